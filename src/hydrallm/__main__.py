@@ -1,0 +1,3 @@
+from hydrallm.cli import main
+
+main()
