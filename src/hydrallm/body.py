@@ -1,0 +1,131 @@
+"""Byte-exact handling of JSON request bodies.
+
+The proxy must replace the top-level `model` of a JSON object body and leave every other
+byte as the client sent it (key order, whitespace, number formatting, escapes).  We walk
+only the *top level* of the object with the stdlib's C scanner: each value is scanned once
+(which also validates the whole document), and we remember the character span of every
+top-level `model` value.  A body that is not a valid JSON object is never touched.
+
+Cost: one C-level scan of the body (about 0.9 ms for 1 MiB on this machine), no
+re-serialisation; the rewrite itself is two slices and a join.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from json.decoder import JSONDecodeError
+from typing import Any
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN / Infinity are not JSON; a body using them is forwarded untouched.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# scan_once(s, idx) -> (value, end): the C scanner json.loads itself uses.
+_SCAN: Any = _DECODER.scan_once  # type: ignore[attr-defined]
+_SCANSTRING: Any = json.decoder.scanstring  # type: ignore[attr-defined]
+_WS = " \t\n\r"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonBody:
+    """A request body that is a JSON object, with what the proxy needs to know about it."""
+
+    text: str  # the body decoded as UTF-8 (the bytes, losslessly)
+    model_spans: tuple[tuple[int, int], ...]  # character spans of top-level `model` values
+    close_at: int  # index of the object's closing brace
+    empty: bool  # the object has no members
+    requested_model: str | None  # the client's `model` when it is a string
+    stream: bool  # top-level "stream": true
+    raw: bytes
+
+    def with_model(self, model: str) -> bytes:
+        """The body with every top-level `model` set to `model` (added last when absent)."""
+        encoded = json.dumps(model)
+        text = self.text
+        if not self.model_spans:
+            sep = "" if self.empty else ","
+            return (
+                text[: self.close_at] + sep + '"model":' + encoded + text[self.close_at :]
+            ).encode()
+        parts: list[str] = []
+        pos = 0
+        for start, end in self.model_spans:
+            parts.append(text[pos:start])
+            parts.append(encoded)
+            pos = end
+        parts.append(text[pos:])
+        return "".join(parts).encode()
+
+
+def _skip_ws(s: str, i: int) -> int:
+    n = len(s)
+    while i < n and s[i] in _WS:
+        i += 1
+    return i
+
+
+def parse_body(raw: bytes) -> JsonBody | None:
+    """Return a `JsonBody` when `raw` is exactly one JSON object, else None."""
+    # Cheap rejections first: most non-JSON bodies do not start with "{".
+    if not raw:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    i = _skip_ws(text, 0)
+    if i >= len(text) or text[i] != "{":
+        return None
+    try:
+        return _walk_object(text, i + 1, raw)
+    except (JSONDecodeError, StopIteration, IndexError, ValueError, RecursionError):
+        return None
+
+
+def _walk_object(s: str, i: int, raw: bytes) -> JsonBody | None:
+    spans: list[tuple[int, int]] = []
+    requested: str | None = None
+    stream = False
+    i = _skip_ws(s, i)
+    empty = False
+    if s[i] == "}":
+        empty = True
+        close_at = i
+    else:
+        while True:
+            if s[i] != '"':
+                return None
+            key, i = _SCANSTRING(s, i + 1, True)
+            i = _skip_ws(s, i)
+            if s[i] != ":":
+                return None
+            i = _skip_ws(s, i + 1)
+            value, end = _SCAN(s, i)
+            if key == "model":
+                spans.append((i, end))
+                requested = value if isinstance(value, str) else None
+            elif key == "stream":
+                stream = value is True
+            i = _skip_ws(s, end)
+            if s[i] == ",":
+                i = _skip_ws(s, i + 1)
+                continue
+            if s[i] == "}":
+                close_at = i
+                break
+            return None
+    if _skip_ws(s, close_at + 1) != len(s):
+        return None
+    return JsonBody(
+        text=s,
+        model_spans=tuple(spans),
+        close_at=close_at,
+        empty=empty,
+        requested_model=requested,
+        stream=stream,
+        raw=raw,
+    )

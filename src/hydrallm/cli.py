@@ -1,0 +1,206 @@
+"""The `hydrallm` command: a thin click layer over loader, runner and friends.
+
+Global flags (--config/-c, --host, --port/-p, --log-level/-l) are accepted before or after
+the subcommand.  Errors the user must fix exit 1 with a one-line (or one-per-problem)
+message and no traceback; usage errors exit 2 (click's default).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from hydrallm import __build_date__, __commit__, __version__
+from hydrallm.errors import HydraError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_LEVELS = click.Choice(["debug", "info", "warn", "warning", "error"], case_sensitive=False)
+
+
+def _global_options(func: F) -> F:
+    """Add the global flags to a command; a value given here wins over the group's."""
+
+    @click.option(
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Config file (default: $HYDRALLM_CONFIG or ~/.config/hydrallm/config.toml).",
+    )
+    @click.option("--host", default=None, help="Listen address (overrides the config).")
+    @click.option(
+        "--port",
+        "-p",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="Listen port (overrides the config).",
+    )
+    @click.option("--log-level", "-l", type=LOG_LEVELS, default=None, help="Log level.")
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        config_path: str | None,
+        host: str | None,
+        port: int | None,
+        log_level: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        ctx = click.get_current_context()
+        obj = ctx.ensure_object(dict)
+        for key, value in (
+            ("config_path", config_path),
+            ("host", host),
+            ("port", port),
+            ("log_level", log_level),
+        ):
+            if value is not None:
+                obj[key] = value
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(
+        f"hydrallm: {message}" if not message.startswith("config validation") else message, err=True
+    )
+    sys.exit(code)
+
+
+def load(obj: dict[str, Any]) -> Any:
+    """Load the config named by the flags / environment, with the flags applied."""
+    from hydrallm.loader import apply_overrides, load_config, resolve_config_path
+
+    path = resolve_config_path(obj.get("config_path"), os.environ)
+    config = load_config(path, os.environ)
+    return apply_overrides(
+        config, host=obj.get("host"), port=obj.get("port"), log_level=obj.get("log_level")
+    )
+
+
+def handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HydraError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_global_options
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """hydrallm: an LLM API proxy with automatic retry and model fallback.
+
+    With no command, starts the server (same as `hydrallm serve`).
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@main.command()
+@_global_options
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes sharing each listener (default: server.workers or 1).",
+)
+@click.pass_obj
+@handle_errors
+def serve(obj: dict[str, Any], workers: int | None = None) -> None:
+    """Start the proxy server."""
+    from hydrallm.serving import run_server
+
+    config = load(obj or {})
+    run_server(config, workers=workers)
+
+
+@main.command()
+@_global_options
+@click.pass_obj
+@handle_errors
+def check(obj: dict[str, Any]) -> None:
+    """Validate the config and print each listener's chain, without starting."""
+    from hydrallm.describe import describe_config
+
+    config = load(obj or {})
+    click.echo(describe_config(config))
+
+
+@main.command()
+@_global_options
+@click.pass_obj
+@handle_errors
+def version(obj: dict[str, Any]) -> None:
+    """Print version, commit and build date."""
+    click.echo(f"hydrallm {__version__}")
+    click.echo(f"commit: {__commit__}")
+    click.echo(f"built: {__build_date__}")
+
+
+def _find_editor() -> list[str] | None:
+    for var in ("VISUAL", "EDITOR"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            import shlex
+
+            return shlex.split(value)
+    candidates = (
+        ["notepad"] if sys.platform == "win32" else ["code", "zed", "nvim", "vim", "vi", "nano"]
+    )
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return [found, "--wait"] if name in ("code", "zed") else [found]
+    return None
+
+
+@main.command()
+@_global_options
+@click.pass_obj
+@handle_errors
+def edit(obj: dict[str, Any]) -> None:
+    """Open the config in $EDITOR (created from a commented template if missing), then validate it."""
+    from hydrallm.errors import ConfigError
+    from hydrallm.loader import default_template, resolve_config_path
+
+    obj = obj or {}
+    path = Path(resolve_config_path(obj.get("config_path"), os.environ))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(default_template(), encoding="utf-8")
+        click.echo(f"created {path} from the default template", err=True)
+    editor = _find_editor()
+    if editor is None:
+        fail(f"no editor found: set $EDITOR, or edit {path} by hand")
+        return
+    try:
+        subprocess.run([*editor, str(path)], check=False)
+    except OSError as exc:
+        fail(f"cannot start editor {editor[0]}: {exc.strerror or exc}")
+    try:
+        load(obj | {"config_path": str(path)})
+    except ConfigError as exc:
+        fail(str(exc))
+    click.echo(f"{path}: valid", err=True)
+
+
+def run() -> None:  # pragma: no cover - alias for entry points
+    main()

@@ -1,0 +1,367 @@
+"""Drives one client request through the plan: attempts, waits, classification, commit.
+
+The commit point is explicit: `Engine.run()` returns either `Committed` (an upstream
+response the client will now receive, with whatever body bytes were read ahead) or `Final`
+(a complete response to send: the last upstream response, or a proxy-made error).  Until
+`run()` returns, nothing has been written to the client, so any failure can still be
+retried or fallen back from.  After it returns `Committed`, `relay.py` streams the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hydrallm.config import ApiType, Config, ModelConfig
+from hydrallm.cooldown import Breakers
+from hydrallm.errors import (
+    RequestNotPossible,
+    StreamFailure,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from hydrallm.observe import AttemptEvent, Telemetry
+from hydrallm.outcome import Verdict, classify_status
+from hydrallm.plan import Attempt, Next, Planner
+from hydrallm.providers.base import ClientRequest, Provider
+from hydrallm.streams.peek import Commit, Failed, Peeker, StreamKind, stream_kind
+from hydrallm.upstream import Response, Transport
+
+# A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
+# be retried) up to this size; a larger body is committed and relayed as it comes.
+PRECOMMIT_BODY_LIMIT = 4 * 1024 * 1024
+# Error bodies kept for the client / classification are read up to this size.
+ERROR_BODY_LIMIT = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Labels:
+    listener: str
+    route: str
+    api_type: ApiType
+
+
+@dataclass(slots=True)
+class Committed:
+    """An upstream response the client now receives."""
+
+    response: Response
+    prefix: list[bytes]  # body bytes already read, to be written first
+    complete: bool  # the whole body is in `prefix`
+    kind: StreamKind | None  # stream format, when the body is a stream we understand
+    model: ModelConfig
+    model_name: str
+    attempts: int
+    chain: Sequence[ModelConfig]  # the plan's chain, for mid-stream recovery
+    attempt: Attempt
+
+
+@dataclass(slots=True)
+class Final:
+    """A whole response to send: an upstream response as received, or a proxy-made error."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    attempts: int
+    model: ModelConfig | None
+    model_name: str | None
+    proxy_made: bool
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Failure:
+    next: Next
+    retry_after: float | None = None
+    open_for: float | None = None  # open the circuit at once for this long
+    snapshot: Final | None = None  # the upstream response, when there was one
+    error: UpstreamError | None = None
+    counts_for_cooldown: bool = True
+
+
+@dataclass(slots=True)
+class Engine:
+    """Per-config-generation request driver.  The world (clock, sleep, random) is injected."""
+
+    config: Config
+    transport: Transport
+    breakers: Breakers
+    telemetry: Telemetry
+    providers: Mapping[str, Provider]
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rand: Callable[[], float] = field(default=random.random)
+
+    async def run(
+        self, request: ClientRequest, chain: Sequence[ModelConfig], labels: Labels
+    ) -> Committed | Final:
+        retry = self.config.retry
+        plan_chain = self.breakers.plan(chain)
+        planner = Planner(plan_chain, retry, rand=self.rand)
+        started = self.clock()
+        deadline = started + retry.total_timeout if retry.total_timeout else None
+        last_response: Final | None = None
+        last_error: UpstreamError | None = None
+        last_model: ModelConfig | None = None
+        last_name: str | None = None
+        budget_spent = False
+        prev_index: int | None = None
+        attempt = planner.first()
+        while attempt is not None:
+            if attempt.wait > 0:
+                if deadline is not None and self.clock() + attempt.wait >= deadline:
+                    budget_spent = True
+                    break
+                await self.sleep(attempt.wait)
+            fallback = prev_index is not None and attempt.index != prev_index
+            prev_index = attempt.index
+            result = await self._attempt(request, attempt, labels, deadline, fallback)
+            if not isinstance(result, _Failure):
+                if isinstance(result, Committed):
+                    result.chain = plan_chain
+                return result
+            last_model = attempt.model
+            last_name = self._name(attempt.model, request)
+            if result.snapshot is not None:
+                last_response = result.snapshot
+            if result.error is not None:
+                last_error = result.error
+            if result.counts_for_cooldown:
+                self.breakers.failure(attempt.model.id, result.open_for)
+            if deadline is not None and self.clock() >= deadline:
+                budget_spent = True
+                break
+            attempt = planner.next(result.next, result.retry_after)
+        attempts = planner.attempts_made
+        if last_response is not None:
+            last_response.attempts = attempts
+            return last_response
+        timed_out = budget_spent or isinstance(last_error, UpstreamTimeout)
+        status = 504 if timed_out else 502
+        if attempts == 0:
+            reason = "no model of the chain could be tried"
+        else:
+            reason = f"all {attempts} attempt{'s' if attempts != 1 else ''} failed"
+        if budget_spent:
+            reason += f"; the request's time budget ({retry.total_timeout:g}s) is spent"
+        if last_error is not None:
+            reason += f"; last error: {last_error.message}"
+        provider = self.providers[labels.api_type]
+        err = provider.error_body(
+            status, f"hydrallm: {reason}", "timeout_error" if timed_out else "api_error"
+        )
+        headers = [("Content-Type", err.content_type), *err.headers]
+        return Final(status, headers, err.body, attempts, last_model, last_name, True, reason)
+
+    def _name(self, model: ModelConfig, request: ClientRequest) -> str:
+        if model.model == "*":
+            return request.requested_model or "*"
+        return model.model
+
+    async def _attempt(
+        self,
+        request: ClientRequest,
+        attempt: Attempt,
+        labels: Labels,
+        deadline: float | None,
+        fallback: bool,
+    ) -> Committed | Final | _Failure:
+        model = attempt.model
+        endpoint = self.config.endpoints[model.endpoint]
+        provider = self.providers[model.type]
+        retry = self.config.retry
+        sent = self.clock()
+        response: Response | None = None
+        ttft: float | None = None
+        phase = "response"
+        try:
+            if model.model == "*" and request.requested_model is None:
+                raise RequestNotPossible('the request names no model to forward for model "*"')
+            outgoing = await provider.prepare(model, endpoint, request)
+            limit = retry.first_token_timeout if request.streaming else model.timeout
+            if deadline is not None:
+                limit = min(limit, max(0.0, deadline - sent))
+            async with asyncio.timeout(limit):
+                response = await self.transport.send(
+                    request.method, outgoing.url, outgoing.headers, outgoing.body
+                )
+                status = response.status
+                get = response.headers.get
+                if status >= 400 or status < 200:
+                    phase = "body"
+                    body = await _read_all(response, ERROR_BODY_LIMIT)
+                    decision = classify_status(status, get, retry, body)
+                    snapshot = Final(
+                        status,
+                        _response_headers(response),
+                        body,
+                        attempt.number,
+                        model,
+                        outgoing.model_label,
+                        False,
+                    )
+                    response.release()
+                    response = None
+                    if decision.verdict is Verdict.RETURN:
+                        self._report(attempt, labels, "status", status, None, sent, None, fallback)
+                        self.breakers.success(model.id)
+                        return snapshot
+                    self._report(attempt, labels, "status", status, None, sent, None, fallback)
+                    return _Failure(
+                        Next.FALLBACK if decision.verdict is Verdict.FALLBACK else Next.RETRY,
+                        retry_after=decision.retry_after,
+                        open_for=decision.retry_after if decision.too_long else None,
+                        snapshot=snapshot,
+                        counts_for_cooldown=status != 0
+                        and retry.is_retryable_status(status)
+                        or decision.too_long,
+                    )
+                kind = stream_kind(get("Content-Type", ""), request.path, model.type)
+                prefix: list[bytes] = []
+                complete = False
+                if kind is None:
+                    phase = "body"
+                    size = 0
+                    while size < PRECOMMIT_BODY_LIMIT:
+                        chunk = await response.read_chunk()
+                        if not chunk:
+                            complete = True
+                            break
+                        prefix.append(chunk)
+                        size += len(chunk)
+                else:
+                    phase = "first_token"
+                    peeker = Peeker(kind)
+                    while True:
+                        chunk = await response.read_chunk()
+                        if chunk:
+                            prefix.append(chunk)
+                            verdict = peeker.feed(chunk)
+                        else:
+                            verdict = peeker.eof()
+                            complete = True
+                        if verdict is None:
+                            continue
+                        if isinstance(verdict, Commit):
+                            ttft = self.clock() - sent
+                            break
+                        assert isinstance(verdict, Failed)
+                        if not verdict.retryable:
+                            # The provider's own, final answer (e.g. a validation error as an
+                            # exception frame): the client gets it as it is.
+                            ttft = self.clock() - sent
+                            break
+                        raise StreamFailure(f"{verdict.kind}: {verdict.message}")
+        except asyncio.CancelledError:
+            if response is not None:
+                response.abort()
+            raise
+        except TimeoutError:
+            if response is not None:
+                response.abort()
+            err: UpstreamError = UpstreamTimeout(
+                _timeout_message(phase, sent, self.clock()), phase=phase
+            )
+            self._report(attempt, labels, "timeout", None, err.message, sent, None, fallback)
+            return _Failure(Next.FALLBACK if retry.fallback_on_timeout else Next.RETRY, error=err)
+        except RequestNotPossible as exc:
+            self._report(attempt, labels, exc.kind, None, exc.message, sent, None, fallback)
+            return _Failure(Next.SKIP_MODEL, error=exc, counts_for_cooldown=False)
+        except UpstreamError as exc:
+            if response is not None:
+                response.abort()
+            self._report(attempt, labels, exc.kind, None, exc.message, sent, None, fallback)
+            return _Failure(Next.RETRY, error=exc)
+        if complete:
+            response.release()
+        self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
+        self.breakers.success(model.id)
+        return Committed(
+            response=response,
+            prefix=prefix,
+            complete=complete,
+            kind=kind,
+            model=model,
+            model_name=outgoing.model_label,
+            attempts=attempt.number,
+            chain=(),
+            attempt=attempt,
+        )
+
+    def _report(
+        self,
+        attempt: Attempt,
+        labels: Labels,
+        outcome: str,
+        status: int | None,
+        error: str | None,
+        sent: float,
+        ttft: float | None,
+        fallback: bool,
+    ) -> None:
+        model = attempt.model
+        self.telemetry.attempt(
+            AttemptEvent(
+                listener=labels.listener,
+                route=labels.route,
+                model_id=model.id,
+                endpoint=model.endpoint,
+                model=model.model,
+                cycle=attempt.cycle,
+                attempt=attempt.number,
+                outcome=outcome,
+                status=status,
+                error=error,
+                latency=self.clock() - sent,
+                ttft=ttft,
+                retry=attempt.is_retry,
+                fallback=fallback,
+            )
+        )
+
+
+def _timeout_message(phase: str, sent: float, now: float) -> str:
+    waited = now - sent
+    what = {
+        "response": "no response",
+        "first_token": "no first token",
+        "body": "response body not complete",
+    }.get(phase, "no answer")
+    return f"{what} after {waited:.1f}s"
+
+
+async def _read_all(response: Response, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.read_chunk()
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+# Response headers that describe the upstream connection, not the message.
+_RESPONSE_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "upgrade",
+        "trailer",
+        "proxy-connection",
+    }
+)
+
+
+def _response_headers(response: Response) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_HOP]
+
+
+response_headers = _response_headers

@@ -1,0 +1,256 @@
+"""What the proxy tells the outside: log lines (secrets redacted) and telemetry events.
+
+The engine calls one `Telemetry` object; it writes the log line and fans the event out to
+the registered sinks (metrics, the status page's recent history).  Log lines are built
+only when their level is on, and written in batches once per event-loop turn, which saves
+a write(2) per line under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TextIO
+
+LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+_COLORS = {"debug": "\x1b[2m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
+_RESET = "\x1b[0m"
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\n\r\t'):
+        text = (
+            '"'
+            + text.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+            + '"'
+        )
+    return text
+
+
+class Redactor:
+    """Replaces every known secret value in a string by `[redacted]`."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is removed whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+
+class Logger:
+    """key=value lines to a stream (stderr by default), coloured on a TTY."""
+
+    def __init__(
+        self,
+        level: str = "info",
+        *,
+        stream: TextIO | None = None,
+        secrets: Iterable[str] = (),
+        color: bool | None = None,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.threshold = LEVELS.get(level, 20)
+        self.redact = Redactor(secrets)
+        if color is None:
+            color = bool(getattr(self.stream, "isatty", lambda: False)()) and not os.environ.get(
+                "NO_COLOR"
+            )
+        self.color = color
+        self._buffer: list[str] = []
+        self._scheduled = False
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS[level] >= self.threshold
+
+    def log(self, level: str, event: str, **fields: object) -> None:
+        if LEVELS[level] < self.threshold:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
+        body = " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
+        tag = level.upper().ljust(5)
+        if self.color:
+            tag = f"{_COLORS.get(level, '')}{tag}{_RESET}"
+        line = self.redact(f"{stamp} {tag} {event} {body}".rstrip()) + "\n"
+        self._write(line)
+
+    def debug(self, event: str, **fields: object) -> None:
+        self.log("debug", event, **fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        self.log("info", event, **fields)
+
+    def warn(self, event: str, **fields: object) -> None:
+        self.log("warn", event, **fields)
+
+    def error(self, event: str, **fields: object) -> None:
+        self.log("error", event, **fields)
+
+    def _write(self, line: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._emit(line)
+            return
+        self._buffer.append(line)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush)
+
+    def _emit(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed: logging must never take the proxy down
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if self._buffer:
+            text = "".join(self._buffer)
+            self._buffer.clear()
+            self._emit(text)
+
+
+@dataclass(slots=True)
+class AttemptEvent:
+    listener: str
+    route: str
+    model_id: str
+    endpoint: str
+    model: str
+    cycle: int
+    attempt: int  # 1-based attempt number in the request
+    outcome: str  # "success" | "status" | "timeout" | "connect_error" | "stream_error" | ...
+    status: int | None
+    error: str | None
+    latency: float  # seconds to the verdict
+    ttft: float | None  # seconds to the first meaningful stream event, for streams
+    retry: bool  # this attempt was a retry of the same model
+    fallback: bool  # this attempt moved to a later model of the chain
+
+
+@dataclass(slots=True)
+class RequestEvent:
+    request_id: str
+    listener: str
+    route: str
+    method: str
+    path: str
+    served_by: str | None  # model id
+    attempts: int
+    status: int
+    latency: float
+    streamed: bool
+    started_at: float  # wall clock
+    error: str | None = None
+
+
+class Sink:
+    """Receives telemetry; subclasses override what they need (all no-ops here)."""
+
+    def attempt(self, event: AttemptEvent) -> None:
+        return None
+
+    def request(self, event: RequestEvent) -> None:
+        return None
+
+    def circuit(self, model_id: str, state: str, open_for: float) -> None:
+        return None
+
+    def stream_open(self, listener: str, delta: int) -> None:
+        return None
+
+    def stream_broken(self, listener: str, model_id: str, reason: str) -> None:
+        return None
+
+    def recovery(self, listener: str, model_id: str, action: str) -> None:
+        return None
+
+    def reload(self, result: str, detail: str) -> None:
+        return None
+
+
+class Telemetry:
+    """The engine's single reporting object: logs, then fans out to the sinks."""
+
+    def __init__(self, logger: Logger, sinks: Iterable[Sink] = ()) -> None:
+        self.log = logger
+        self.sinks: list[Sink] = list(sinks)
+
+    def attempt(self, e: AttemptEvent) -> None:
+        log = self.log
+        if log.threshold <= 20:
+            level = "info"
+            log.log(
+                level,
+                "attempt",
+                listener=e.listener,
+                endpoint=e.endpoint,
+                model=e.model,
+                cycle=e.cycle,
+                attempt=e.attempt,
+                outcome=e.outcome,
+                status=e.status,
+                error=e.error,
+                latency_ms=round(e.latency * 1000, 1),
+                ttft_ms=None if e.ttft is None else round(e.ttft * 1000, 1),
+            )
+        for sink in self.sinks:
+            sink.attempt(e)
+
+    def request(self, e: RequestEvent) -> None:
+        if self.log.threshold <= 20:
+            self.log.info(
+                "request",
+                id=e.request_id,
+                listener=e.listener,
+                method=e.method,
+                path=e.path,
+                served_by=e.served_by,
+                attempts=e.attempts,
+                status=e.status,
+                latency_ms=round(e.latency * 1000, 1),
+                error=e.error,
+            )
+        for sink in self.sinks:
+            sink.request(e)
+
+    def circuit(self, model_id: str, state: str, open_for: float) -> None:
+        self.log.info(
+            "cooldown",
+            model=model_id,
+            state=state,
+            open_for_s=round(open_for, 1) if state == "open" else None,
+        )
+        for sink in self.sinks:
+            sink.circuit(model_id, state, open_for)
+
+    def stream_open(self, listener: str, delta: int) -> None:
+        for sink in self.sinks:
+            sink.stream_open(listener, delta)
+
+    def stream_broken(self, listener: str, model_id: str, reason: str) -> None:
+        self.log.warn("stream_broken", listener=listener, model=model_id, reason=reason)
+        for sink in self.sinks:
+            sink.stream_broken(listener, model_id, reason)
+
+    def recovery(self, listener: str, model_id: str, action: str) -> None:
+        self.log.info("stream_recovery", listener=listener, model=model_id, action=action)
+        for sink in self.sinks:
+            sink.recovery(listener, model_id, action)
+
+    def reload(self, result: str, detail: str) -> None:
+        for sink in self.sinks:
+            sink.reload(result, detail)

@@ -1,0 +1,198 @@
+"""Process lifecycle: listeners up, signals, graceful drain, shutdown.
+
+`serve()` is the programmatic entry point that the CLI (and tests) call.  Shutdown follows
+uvicorn's shape: stop accepting, let in-flight requests finish within
+`server.shutdown_timeout`, then cancel what is left (streams are then ended with an error
+event by the relay), and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from hydrallm.config import Config, ListenerConfig
+from hydrallm.errors import StartupError
+from hydrallm.observe import Logger, Sink, Telemetry
+from hydrallm.runtime import ProxyState, build_runtime
+from hydrallm.server import make_handler
+from hydrallm.upstream import AiohttpTransport
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop where it is available (not on Windows)."""
+    if sys.platform == "win32":
+        return False
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+@dataclass(slots=True)
+class _Listener:
+    config: ListenerConfig
+    runner: web.ServerRunner
+    site: web.BaseSite
+
+
+@dataclass(slots=True)
+class Proxy:
+    """A running proxy: its state and its listeners."""
+
+    state: ProxyState
+    listeners: dict[str, _Listener] = field(default_factory=dict)
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    reuse_port: bool = False
+
+    @property
+    def config(self) -> Config:
+        return self.state.current.config
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        for name, lst in self.listeners.items():
+            addrs = lst.runner.addresses
+            if addrs:
+                host, port = addrs[0][0], addrs[0][1]
+                out[name] = (str(host), int(port))
+        return out
+
+    async def start_listener(self, lc: ListenerConfig) -> None:
+        server = web.Server(
+            make_handler(self.state, lc.name),
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=75.0,
+        )
+        runner = web.ServerRunner(
+            server,
+            handle_signals=False,
+            shutdown_timeout=self.config.server.shutdown_timeout,
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, lc.host, lc.port, reuse_port=self.reuse_port or None, backlog=1024
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(_bind_message(lc, exc)) from exc
+        self.listeners[lc.name] = _Listener(lc, runner, site)
+
+    async def stop_listener(self, name: str) -> None:
+        lst = self.listeners.pop(name, None)
+        if lst is not None:
+            await lst.runner.cleanup()
+
+    async def close(self) -> None:
+        self.state.draining = True
+        await asyncio.gather(*(self.stop_listener(n) for n in list(self.listeners)))
+        await self.state.transport.close()
+        self.state.telemetry.log.flush()
+
+
+def _bind_message(lc: ListenerConfig, exc: OSError) -> str:
+    where = f"{lc.host}:{lc.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: the port is already in use (listener {lc.name!r})"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (listener {lc.name!r})"
+    return f"cannot listen on {where}: {exc.strerror or exc} (listener {lc.name!r})"
+
+
+async def start(
+    config: Config,
+    *,
+    logger: Logger,
+    sinks: list[Sink] | None = None,
+    worker: int = 0,
+    reuse_port: bool = False,
+) -> Proxy:
+    """Build the runtime and open every listener (raises StartupError on a bind failure)."""
+    telemetry = Telemetry(logger, sinks or [])
+    transport = AiohttpTransport()
+    runtime = build_runtime(config, transport, telemetry)
+    state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
+    proxy = Proxy(state, reuse_port=reuse_port)
+    try:
+        for lc in config.listeners:
+            await proxy.start_listener(lc)
+    except BaseException:
+        await proxy.close()
+        raise
+    return proxy
+
+
+def log_startup(proxy: Proxy) -> None:
+    log = proxy.state.telemetry.log
+    config = proxy.config
+    for warning in config.warnings:
+        log.warn("config", problem=warning)
+    for name, (host, port) in proxy.addresses().items():
+        lc = proxy.listeners[name].config
+        log.info("listening", listener=name, address=f"http://{host}:{port}", models=len(lc.models))
+        for i, mid in enumerate(lc.models, 1):
+            m = config.models[mid]
+            log.info(
+                "model",
+                listener=name,
+                position=i,
+                id=mid,
+                endpoint=m.endpoint,
+                type=m.type,
+                model=m.model,
+                attempts=m.attempts,
+            )
+
+
+async def serve(
+    config: Config,
+    *,
+    logger: Logger,
+    ready: Callable[[Proxy], None] | None = None,
+    sinks: list[Sink] | None = None,
+    worker: int = 0,
+    reuse_port: bool = False,
+) -> None:
+    """Run until SIGINT/SIGTERM, then drain and return."""
+    proxy = await start(config, logger=logger, sinks=sinks, worker=worker, reuse_port=reuse_port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, proxy.stop_event.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    log_startup(proxy)
+    if ready is not None:
+        ready(proxy)
+    try:
+        await proxy.stop_event.wait()
+        logger.info(
+            "shutdown",
+            in_flight=proxy.state.in_flight,
+            grace_s=config.server.shutdown_timeout,
+        )
+    finally:
+        await proxy.close()
+        logger.info("stopped")
+        logger.flush()
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

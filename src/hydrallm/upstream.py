@@ -1,0 +1,135 @@
+"""The one place aiohttp's client is used; its exceptions are translated here, once.
+
+`UpstreamClient.send()` returns an `UpstreamResponse` whose body is read chunk by chunk.
+Automatic decompression is off: compressed bodies pass through byte for byte with their
+`Content-Encoding`.  One pooled connector serves every endpoint (keep-alive per host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from hydrallm.errors import ConnectError, ProtocolError, UpstreamError
+
+
+class Response(Protocol):
+    """What the engine needs of an upstream response (the transport seam)."""
+
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+
+    async def read_chunk(self) -> bytes: ...
+    def release(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Transport(Protocol):
+    async def send(
+        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> Response: ...
+
+    async def close(self) -> None: ...
+
+
+def translate(exc: BaseException) -> UpstreamError:
+    """Map aiohttp / OS exceptions to the package's own error types."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientConnectorDNSError):
+        return ConnectError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ProtocolError("upstream closed the connection")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ProtocolError(f"upstream body broken: {_short(exc)}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return ProtocolError(f"invalid upstream response: {_short(exc)}")
+    if isinstance(exc, aiohttp.ClientOSError | ConnectionError | OSError):
+        return ProtocolError(f"connection error: {_short(exc)}")
+    if isinstance(exc, aiohttp.ClientError):
+        return ProtocolError(f"upstream error: {_short(exc)}")
+    return ProtocolError(f"upstream error: {type(exc).__name__}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+class AiohttpResponse:
+    __slots__ = ("_resp", "headers", "reason", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.reason = resp.reason or ""
+        self.headers = resp.headers
+
+    async def read_chunk(self) -> bytes:
+        """Next piece of the body as it arrived; b"" at the end."""
+        try:
+            return await self._resp.content.readany()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    def release(self) -> None:
+        # Returns the connection to the pool when the body was read to the end,
+        # otherwise closes it (aiohttp decides).
+        self._resp.release()
+
+    def abort(self) -> None:
+        self._resp.close()
+
+
+class AiohttpTransport:
+    """Pooled aiohttp client.  Created inside a running event loop."""
+
+    def __init__(self, *, limit_per_host: int = 0, keepalive: float = 60.0) -> None:
+        # Pool size: limit=0 is unbounded; concurrency is bounded by the clients instead,
+        # and an arbitrary cap here would queue agents' streams behind each other.
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=limit_per_host,
+            keepalive_timeout=keepalive,
+            enable_cleanup_closed=False,
+            ttl_dns_cache=300,
+            family=socket.AF_UNSPEC,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            raise_for_status=False,
+        )
+
+    async def send(
+        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> Response:
+        try:
+            resp = await self._session.request(
+                method,
+                URL(url, encoded=True),
+                headers=list(headers),
+                data=body if body or method not in ("GET", "HEAD") else None,
+                allow_redirects=False,
+                compress=None,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+        return AiohttpResponse(resp)
+
+    async def close(self) -> None:
+        await self._session.close()
