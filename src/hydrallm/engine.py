@@ -216,9 +216,7 @@ class Engine:
                         retry_after=decision.retry_after,
                         open_for=decision.retry_after if decision.too_long else None,
                         snapshot=snapshot,
-                        counts_for_cooldown=status != 0
-                        and retry.is_retryable_status(status)
-                        or decision.too_long,
+                        counts_for_cooldown=retry.is_retryable_status(status) or decision.too_long,
                     )
                 kind = stream_kind(get("Content-Type", ""), request.path, model.type)
                 prefix: list[bytes] = []

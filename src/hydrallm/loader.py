@@ -369,12 +369,14 @@ class _Table:
             return default
         return value
 
-    def _parsed(self, key: str, parse: Callable[[Any], _T], kinds: tuple[type, ...]) -> _T | None:
+    def _parsed(
+        self, key: str, parse: Callable[[Any], _T], kinds: tuple[type, ...], expected: str
+    ) -> _T | None:
         value, _ = self._value(key)
         if value is _MISSING:
             return None
         if isinstance(value, bool) or not isinstance(value, kinds):
-            self._wrong(key, 'a string such as "30s" or a number', value)
+            self._wrong(key, expected, value)
             return None
         try:
             return parse(value)
@@ -383,10 +385,12 @@ class _Table:
             return None
 
     def duration(self, key: str) -> float | None:
-        return self._parsed(key, units.parse_duration, (str, int, float))
+        return self._parsed(
+            key, units.parse_duration, (str, int, float), 'a duration such as "30s"'
+        )
 
     def size(self, key: str) -> int | None:
-        return self._parsed(key, units.parse_size, (str, int))
+        return self._parsed(key, units.parse_size, (str, int), 'a size such as "100MiB"')
 
     def choice(self, key: str, options: Sequence[_T]) -> _T | None:
         value = self.string(key)
@@ -857,8 +861,9 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
                 continue
             endpoints[name] = _endpoint(name, _Table(raw, place, report, _ENDPOINT_KEYS))
 
-    entries = _model_entries(data.get("models", []), report)
-    if not entries:
+    raw_models = data.get("models", [])
+    entries = _model_entries(raw_models, report)
+    if not entries and isinstance(raw_models, list | dict):
         report.problem("at least one model must be configured")
     known = [ident for ident, _ in entries]
     models: dict[str, ModelConfig] = {}
@@ -928,5 +933,6 @@ def _warn_unused(
         ignored = [key for key in ("host", "port") if key in server]
         if ignored:
             report.warnings.append(
-                f"server: {' and '.join(ignored)} are not used when [[listeners]] are configured"
+                f"server: {' and '.join(ignored)} {'is' if len(ignored) == 1 else 'are'}"
+                " not used when [[listeners]] are configured"
             )

@@ -37,6 +37,8 @@ async def relay(
     *,
     idle_timeout: float,
     abort_client: Callable[[], None],
+    write_timeout: float | None = None,
+    draining: Callable[[], bool] = lambda: False,
     observe: Callable[[bytes], None] | None = None,
     recover: Recover | None = None,
 ) -> RelayResult:
@@ -50,12 +52,21 @@ async def relay(
             await out.write(chunk)
         if committed.complete:
             return RelayResult(None)
+        loop = asyncio.get_running_loop()
+        # write_timeout bounds the whole response once it has started (as the original).
+        write_deadline = loop.time() + write_timeout if write_timeout else None
         while True:
+            wait = idle_timeout
+            if write_deadline is not None:
+                wait = min(wait, write_deadline - loop.time())
             try:
-                async with asyncio.timeout(idle_timeout):
+                async with asyncio.timeout(wait):
                     chunk = await response.read_chunk()
             except TimeoutError:
-                broken = f"upstream stalled: no data for {idle_timeout:g}s"
+                if write_deadline is not None and loop.time() >= write_deadline:
+                    broken = f"response exceeded write_timeout ({write_timeout:g}s)"
+                else:
+                    broken = f"upstream stalled: no data for {idle_timeout:g}s"
                 break
             except UpstreamError as exc:
                 broken = exc.message
@@ -70,6 +81,13 @@ async def relay(
         return RelayResult(None, client_gone=True)
     except asyncio.CancelledError:
         response.abort()
+        if draining() and committed.kind is not None:
+            # Shutdown grace ran out: end the stream in a way the client's SDK reports,
+            # rather than a silent cut.  The write only fills the transport buffer.
+            try:
+                await out.write(error_event(committed.kind, "hydrallm: the proxy is shutting down"))
+            except BaseException:
+                pass
         raise
     if broken is None:
         response.release()

@@ -268,6 +268,8 @@ async def _send_committed(
             pass
     _tag(h, committed.model_name, model.endpoint, committed.attempts)
     is_stream = committed.kind is not None
+    listener = state.current.listeners.get(listener_name)
+    write_timeout = listener.config.write_timeout if listener is not None else None
     if is_stream:
         state.telemetry.stream_open(listener_name, 1)
     broken: str | None = None
@@ -284,6 +286,8 @@ async def _send_committed(
             out,
             idle_timeout=engine.config.retry.stream_idle_timeout,
             abort_client=abort_client,
+            write_timeout=write_timeout,
+            draining=lambda: state.draining,
         )
         broken = result.broken
         if result.broken is not None and not result.recovered:

@@ -123,9 +123,9 @@ def split_text(text: str, chunk_words: int = 1) -> list[str]:
     """Cut `text` into chunks of `chunk_words` words; joined they give `text` back."""
     if not text:
         return []
-    # Split where whitespace is followed by a word: each piece is a word plus the
-    # whitespace after it, so nothing is lost.
-    words = re.split(r"(?<=\s)(?=\S)", text)
+    # Each piece is a word with the whitespace after it (the first also takes any
+    # leading whitespace), so joining the pieces loses nothing.
+    words = re.findall(r"\s*\S+\s*", text) or [text]
     size = max(1, chunk_words)
     return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
 
@@ -361,7 +361,11 @@ def _responses_stream(spec: AnswerSpec) -> Stream:
             {"type": "response.content_part.done", **part_at, "part": _output_text_part(spec.text)},
         ]
     tail.append(
-        {"type": "response.output_item.done", "output_index": 0, "item": _responses_item(spec, True)}
+        {
+            "type": "response.output_item.done",
+            "output_index": 0,
+            "item": _responses_item(spec, True),
+        }
     )
     terminal = [{"type": "response.completed", "response": _responses_json(spec)}]
 

@@ -38,11 +38,13 @@ LONG_BODY_EXTRA = b"x" * 100
 EARLY_ANSWER = b'{"early":true}'
 
 
-def _head(status: str, length: int, extra: bytes = b"") -> bytes:
-    return (
+def _head(status: str, length: int, extra: bytes = b"", *, close: bool = True) -> bytes:
+    connection = "Connection: close\r\n" if close else ""
+    text = (
         f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {length}\r\nConnection: close\r\n"
-    ).encode() + extra + b"\r\n"
+        f"Content-Length: {length}\r\n{connection}"
+    )
+    return text.encode() + extra + b"\r\n"
 
 
 class RawFaultServer:
@@ -150,8 +152,14 @@ class RawFaultServer:
         elif mode is RawMode.SHORT_BODY:
             writer.write(_head("200 OK", SHORT_BODY_PROMISED) + SHORT_BODY_SENT)
         elif mode is RawMode.LONG_BODY:
-            writer.write(_head("200 OK", len(LONG_BODY)) + LONG_BODY + LONG_BODY_EXTRA)
+            # Keep-alive: the extra bytes look like the start of the next response.
+            writer.write(_head("200 OK", len(LONG_BODY), close=False) + LONG_BODY + LONG_BODY_EXTRA)
         elif mode is RawMode.ANSWER_BEFORE_BODY:
             writer.write(_head("200 OK", len(EARLY_ANSWER)) + EARLY_ANSWER)
+            await writer.drain()
+            # Only now read (and drop) the body, until the client hangs up: closing
+            # with unread bytes would send a RST that could destroy the answer.
+            while await reader.read(65536):
+                pass
         await writer.drain()
         return False
