@@ -3,13 +3,14 @@
 `serve()` is the programmatic entry point that the CLI (and tests) call.  Shutdown follows
 uvicorn's shape: stop accepting, let in-flight requests finish within
 `server.shutdown_timeout`, then cancel what is left (streams are then ended with an error
-event by the relay), and return.
+event by the relay), and return.  SIGHUP and config-file changes reload (`reload.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import signal
 import socket
 import sys
@@ -19,10 +20,14 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from hydrallm.config import Config, ListenerConfig
+from hydrallm.describe import exposure_warnings
 from hydrallm.errors import StartupError
+from hydrallm.metrics import MetricsSink
 from hydrallm.observe import Logger, Sink, Telemetry
+from hydrallm.reload import Reloader
 from hydrallm.runtime import ProxyState, build_runtime
 from hydrallm.server import make_handler
+from hydrallm.status import StatusSink
 from hydrallm.upstream import AiohttpTransport
 
 
@@ -53,6 +58,8 @@ class Proxy:
     listeners: dict[str, _Listener] = field(default_factory=dict)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     reuse_port: bool = False
+    # Listeners taken out by a reload, finishing their requests in the background.
+    drains: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def config(self) -> Config:
@@ -95,9 +102,24 @@ class Proxy:
         if lst is not None:
             await lst.runner.cleanup()
 
+    async def detach_listener(self, name: str) -> _Listener | None:
+        """Stop accepting on a listener (its requests go on); `drain()` finishes it."""
+        lst = self.listeners.pop(name, None)
+        if lst is not None:
+            await lst.site.stop()
+        return lst
+
+    def drain(self, lst: _Listener) -> None:
+        """Let a detached listener's requests finish (within shutdown_timeout), owned here."""
+        task = asyncio.create_task(lst.runner.cleanup(), name=f"hydrallm-drain-{lst.config.name}")
+        self.drains.add(task)
+        task.add_done_callback(self.drains.discard)
+
     async def close(self) -> None:
         self.state.draining = True
-        await asyncio.gather(*(self.stop_listener(n) for n in list(self.listeners)))
+        await asyncio.gather(
+            *(self.stop_listener(n) for n in list(self.listeners)), *list(self.drains)
+        )
         await self.state.transport.close()
         self.state.telemetry.log.flush()
 
@@ -119,8 +141,13 @@ async def start(
     worker: int = 0,
     reuse_port: bool = False,
 ) -> Proxy:
-    """Build the runtime and open every listener (raises StartupError on a bind failure)."""
-    telemetry = Telemetry(logger, sinks or [])
+    """Build the runtime and open every listener (raises StartupError on a bind failure).
+
+    `sinks=None` gives the default sinks: Prometheus metrics and the status history.
+    """
+    if sinks is None:
+        sinks = [MetricsSink(worker=worker, pid=os.getpid()), StatusSink()]
+    telemetry = Telemetry(logger, sinks)
     transport = AiohttpTransport()
     runtime = build_runtime(config, transport, telemetry)
     state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
@@ -139,6 +166,8 @@ def log_startup(proxy: Proxy) -> None:
     config = proxy.config
     for warning in config.warnings:
         log.warn("config", problem=warning)
+    for warning in exposure_warnings(config):
+        log.warn("exposed", problem=warning)
     for name, (host, port) in proxy.addresses().items():
         lc = proxy.listeners[name].config
         log.info("listening", listener=name, address=f"http://{host}:{port}", models=len(lc.models))
@@ -164,8 +193,14 @@ async def serve(
     sinks: list[Sink] | None = None,
     worker: int = 0,
     reuse_port: bool = False,
+    reload_config: Callable[[], Config] | None = None,
+    watch_interval: float = 0.5,
 ) -> None:
-    """Run until SIGINT/SIGTERM, then drain and return."""
+    """Run until SIGINT/SIGTERM, then drain and return.
+
+    SIGHUP, and a change of `config.path`, reload with `reload_config` (default: read
+    `config.path` again with the process environment; no path and no function: no reload).
+    """
     proxy = await start(config, logger=logger, sinks=sinks, worker=worker, reuse_port=reuse_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -173,6 +208,16 @@ async def serve(
             loop.add_signal_handler(sig, proxy.stop_event.set)
         except (NotImplementedError, RuntimeError):
             pass
+    reloader: Reloader | None = None
+    load = reload_config or _default_loader(config.path)
+    if load is not None:
+        reloader = Reloader(proxy, load, path=config.path, poll=watch_interval)
+        reloader.start()
+        if hasattr(signal, "SIGHUP"):
+            try:
+                loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+            except (NotImplementedError, RuntimeError):
+                pass
     log_startup(proxy)
     if ready is not None:
         ready(proxy)
@@ -181,12 +226,26 @@ async def serve(
         logger.info(
             "shutdown",
             in_flight=proxy.state.in_flight,
-            grace_s=config.server.shutdown_timeout,
+            grace_s=proxy.config.server.shutdown_timeout,
         )
     finally:
+        if reloader is not None:
+            await reloader.close()
         await proxy.close()
         logger.info("stopped")
         logger.flush()
+
+
+def _default_loader(path: str | None) -> Callable[[], Config] | None:
+    if path is None:
+        return None
+
+    def load() -> Config:
+        from hydrallm.loader import load_config
+
+        return load_config(path, os.environ)
+
+    return load
 
 
 def port_is_free(host: str, port: int) -> bool:

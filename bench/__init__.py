@@ -1,0 +1,1 @@
+"""hydrallm's benchmark: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,598 @@
+"""The benchmark driver: `python -m bench [--quick | --smoke] [--json PATH]`.
+
+Starts the fake upstream, the bare pass-through and hydrallm (one process each, loopback,
+free ports), then measures every figure against the same three targets in interleaved
+rounds (direct → pass-through → hydrallm, repeated) so drift on a shared machine cancels
+out.  Throughput and non-streaming latency come from `wrk` when it is on PATH, otherwise
+from bench/loadgen.py; streaming figures always come from loadgen.py (wrk cannot see the
+first byte).  The result is one table (also written as JSON) with PASS/MISS per target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.procs import Procs, cpu_seconds, free_port, raise_nofile, rss_mb, wait_port
+
+HERE = Path(__file__).resolve().parent
+TARGETS = ("direct", "passthrough", "hydrallm")
+OPENAI_PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    rounds: int
+    duration: float  # seconds per non-streaming measurement
+    stream_duration: float
+    warmup: float
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    stream_concurrencies: tuple[int, ...] = (1, 64)
+    chunks: int = 20
+    chunk_delay_ms: float = 5.0
+    open_streams: int = 1000
+    open_stream_delay_ms: float = 50.0
+    big_body_bytes: int = 1024 * 1024
+    startup_repeats: int = 5
+
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke",
+        rounds=1,
+        duration=0.3,
+        stream_duration=0.3,
+        warmup=0.0,
+        open_streams=50,
+        open_stream_delay_ms=5.0,
+        startup_repeats=1,
+    ),
+    "quick": Profile("quick", rounds=1, duration=2.0, stream_duration=1.5, warmup=0.3),
+    "full": Profile("full", rounds=3, duration=5.0, stream_duration=3.0, warmup=1.0),
+}
+
+
+@dataclass
+class Figure:
+    key: str
+    label: str
+    unit: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, target: str, value: float | None) -> None:
+        if value is not None:
+            self.values.setdefault(target, []).append(value)
+
+    def get(self, target: str) -> float | None:
+        vals = self.values.get(target)
+        return statistics.median(vals) if vals else None
+
+
+@dataclass
+class Target:
+    name: str
+    value: float | None
+    limit: str
+    passed: bool | None
+
+
+class Bench:
+    def __init__(self, profile: Profile, procs: Procs, work: Path, use_wrk: bool) -> None:
+        self.profile = profile
+        self.procs = procs
+        self.work = work
+        self.use_wrk = use_wrk
+        self.figures: dict[str, Figure] = {}
+        self.urls: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
+        self.hydrallm_cmd = _hydrallm_cmd()
+        self.bodies = self._write_bodies()
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _write_bodies(self) -> dict[str, Path]:
+        msg = {"role": "user", "content": "Say hello."}
+        small = {"model": "bench-model", "messages": [msg], "max_tokens": 32}
+        stream = small | {"stream": True}
+        filler = "x" * (self.profile.big_body_bytes - 200)
+        big = {"model": "bench-model", "messages": [{"role": "user", "content": filler}]}
+        paths = {}
+        for name, body in (("small", small), ("stream", stream), ("big", big)):
+            path = self.work / f"{name}.json"
+            path.write_bytes(json.dumps(body, separators=(",", ":")).encode())
+            paths[name] = path
+        return paths
+
+    def start(self) -> None:
+        py = sys.executable
+        up = free_port()
+        proc = self.procs.spawn(
+            "upstream",
+            [
+                py,
+                str(HERE / "upstream.py"),
+                "--port",
+                str(up),
+                "--chunks",
+                str(self.profile.chunks),
+            ],
+        )
+        wait_port(up, proc)
+        self.urls["direct"] = f"http://127.0.0.1:{up}"
+        self.pids["direct"] = proc.pid
+        pt = free_port()
+        proc = self.procs.spawn(
+            "passthrough",
+            [
+                py,
+                str(HERE / "passthrough.py"),
+                "--port",
+                str(pt),
+                "--upstream",
+                f"http://127.0.0.1:{up}",
+            ],
+        )
+        wait_port(pt, proc)
+        self.urls["passthrough"] = f"http://127.0.0.1:{pt}"
+        self.pids["passthrough"] = proc.pid
+        proc, port, _ = self._start_hydrallm(up, "hydrallm")
+        self.urls["hydrallm"] = f"http://127.0.0.1:{port}"
+        self.pids["hydrallm"] = proc.pid
+        self.upstream_port = up
+
+    def _start_hydrallm(
+        self, upstream_port: int, name: str
+    ) -> tuple[subprocess.Popen[bytes], int, float]:
+        port = free_port()
+        config = self.work / f"{name}.toml"
+        config.write_text(_CONFIG.format(port=port, upstream=upstream_port))
+        started = time.perf_counter()
+        proc = self.procs.spawn(
+            name, [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"]
+        )
+        try:
+            wait_port(port, proc)
+        except RuntimeError:
+            print(self.procs.log_tail(name), file=sys.stderr)
+            raise
+        return proc, port, time.perf_counter() - started
+
+    # -- figures -----------------------------------------------------------------------
+
+    def fig(self, key: str, label: str, unit: str) -> Figure:
+        if key not in self.figures:
+            self.figures[key] = Figure(key, label, unit)
+        return self.figures[key]
+
+    def rounds(self) -> Iterator[tuple[int, str]]:
+        for r in range(self.profile.rounds):
+            for target in TARGETS:
+                yield r, target
+
+    def loadgen(self, url: str, body: str, conc: int, *extra: str) -> dict[str, Any]:
+        argv = [
+            sys.executable,
+            str(HERE / "loadgen.py"),
+            "--url",
+            url,
+            "--body-file",
+            str(self.bodies[body]),
+            "--concurrency",
+            str(conc),
+            *extra,
+        ]
+        out = subprocess.run(
+            argv, capture_output=True, check=True, timeout=300, preexec_fn=raise_nofile
+        )
+        result: dict[str, Any] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        return result
+
+    def load(
+        self, target: str, body: str, conc: int, duration: float, fail_every: int = 0
+    ) -> dict[str, Any]:
+        """One closed-loop run; returns rps, p50_ms, p99_ms, requests, cpu_ms_per_req."""
+        url = self.urls[target] + OPENAI_PATH
+        pid = self.pids[target]
+        cpu0 = cpu_seconds(pid)
+        if self.use_wrk:
+            result = self._wrk(url, body, conc, duration, fail_every)
+        else:
+            extra = ["--duration", str(duration), "--fail-every", str(fail_every)]
+            result = self.loadgen(url, body, conc, *extra)
+        cpu = cpu_seconds(pid) - cpu0
+        n = result["requests"]
+        result["cpu_ms_per_req"] = cpu * 1000 / n if n else None
+        return result
+
+    def _wrk(
+        self, url: str, body: str, conc: int, duration: float, fail_every: int
+    ) -> dict[str, Any]:
+        env = os.environ | {
+            "BENCH_BODY_FILE": str(self.bodies[body]),
+            "BENCH_FAIL_EVERY": str(fail_every),
+        }
+        argv = [
+            "wrk",
+            f"-t{min(conc, 2)}",
+            f"-c{conc}",
+            f"-d{max(1, math.ceil(duration))}s",  # wrk takes whole seconds
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "wrk.lua"),
+            url,
+        ]
+        out = subprocess.run(
+            argv, capture_output=True, check=True, env=env, timeout=300, preexec_fn=raise_nofile
+        )
+        line = next(
+            (ln for ln in out.stdout.decode().splitlines() if ln.startswith("BENCHJSON ")), None
+        )
+        if line is None:
+            raise RuntimeError(
+                f"wrk printed no result: {out.stdout.decode()} {out.stderr.decode()}"
+            )
+        raw = json.loads(line[len("BENCHJSON ") :])
+        secs = raw["duration_us"] / 1e6
+        good = raw["requests"] - raw["status_errors"]
+        return {
+            "requests": raw["requests"],
+            "errors": raw["status_errors"] + raw["socket_errors"],
+            "rps": good / secs if secs else 0.0,
+            "p50_ms": raw["p50_us"] / 1000,
+            "p99_ms": raw["p99_us"] / 1000,
+        }
+
+    # -- scenarios ---------------------------------------------------------------------
+
+    def warm(self) -> None:
+        for target in TARGETS:
+            self.load(target, "small", 16, max(self.profile.warmup, 0.2))
+
+    def non_streaming(self) -> None:
+        p = self.profile
+        for _, target in self.rounds():
+            for c in p.concurrencies:
+                r = self.load(target, "small", c, p.duration)
+                self.fig(f"rps_c{c}", f"non-stream throughput c{c}", "req/s").add(target, r["rps"])
+                self.fig(f"p50_c{c}", f"non-stream p50 c{c}", "ms").add(target, r["p50_ms"])
+                self.fig(f"p99_c{c}", f"non-stream p99 c{c}", "ms").add(target, r["p99_ms"])
+                if target != "direct":
+                    label = f"proxy CPU per request c{c}"
+                    self.fig(f"cpu_c{c}", label, "ms").add(target, r["cpu_ms_per_req"])
+
+    def streaming(self) -> None:
+        p = self.profile
+        for _, target in self.rounds():
+            for c in p.stream_concurrencies:
+                url = self.urls[target] + OPENAI_PATH
+                r = self.loadgen(
+                    url,
+                    "stream",
+                    c,
+                    "--stream",
+                    "--duration",
+                    str(p.stream_duration),
+                    "--warmup",
+                    str(min(p.warmup, 0.3)),
+                    "--header",
+                    f"x-bench-delay-ms:{p.chunk_delay_ms}",
+                )
+                label = f"{p.chunks}-chunk stream"
+                self.fig(f"stream_ttfb_c{c}", f"{label} TTFB p50 c{c}", "ms").add(
+                    target, r["ttfb_p50_ms"]
+                )
+                self.fig(f"stream_total_c{c}", f"{label} total p50 c{c}", "ms").add(
+                    target, r["p50_ms"]
+                )
+
+    def open_streams(self) -> None:
+        p = self.profile
+        n = p.open_streams
+        for target in TARGETS:
+            pid = self.pids[target]
+            argv = [
+                sys.executable,
+                str(HERE / "loadgen.py"),
+                "--url",
+                self.urls[target] + OPENAI_PATH,
+                "--body-file",
+                str(self.bodies["stream"]),
+                "--concurrency",
+                str(n),
+                "--total",
+                str(n),
+                "--stream",
+                "--header",
+                f"x-bench-delay-ms:{p.open_stream_delay_ms}",
+            ]
+            peak = rss_mb(pid)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, preexec_fn=raise_nofile)
+            while proc.poll() is None:
+                peak = max(peak, rss_mb(pid))
+                time.sleep(0.02)
+            stdout = proc.communicate()[0]
+            result = json.loads(stdout.decode().strip().splitlines()[-1])
+            self.fig("streams_rss", f"RSS peak, {n} open streams", "MB").add(target, peak)
+            self.fig("streams_ok", f"streams completed of {n}", "count").add(
+                target, float(result["complete"])
+            )
+
+    def big_body(self) -> None:
+        p = self.profile
+        mib = p.big_body_bytes / (1024 * 1024)
+        for _, target in self.rounds():
+            r = self.load(target, "big", 1, p.duration)
+            self.fig("big_p50", f"{mib:g} MiB body p50 c1", "ms").add(target, r["p50_ms"])
+
+    def retry(self) -> None:
+        """hydrallm only: clean vs 50 % first-attempt 503 (direct would see the 503s)."""
+        p = self.profile
+        for _ in range(p.rounds):
+            for label, fail_every in (("direct", 0), ("hydrallm", 2)):
+                r = self.load("hydrallm", "small", 16, p.duration, fail_every)
+                self.fig(
+                    "retry_rps", "retry path throughput c16 (baseline: hydrallm clean)", "req/s"
+                ).add(label, r["rps"])
+                self.fig("retry_p50", "retry path p50 c16 (baseline: hydrallm clean)", "ms").add(
+                    label, r["p50_ms"]
+                )
+
+    def startup(self) -> None:
+        p = self.profile
+        helps = []
+        for _ in range(p.startup_repeats):
+            started = time.perf_counter()
+            subprocess.run([*self.hydrallm_cmd, "--help"], capture_output=True, check=True)
+            helps.append((time.perf_counter() - started) * 1000)
+        self.fig("help_ms", "`hydrallm --help` wall time", "ms").add(
+            "hydrallm", statistics.median(helps)
+        )
+        readies = []
+        for i in range(p.startup_repeats):
+            proc, _, waited = self._start_hydrallm(self.upstream_port, f"startup{i}")
+            readies.append(waited * 1000)
+            self.procs.stop(proc)
+        self.fig("ready_ms", "`hydrallm serve` ready", "ms").add(
+            "hydrallm", statistics.median(readies)
+        )
+
+    def memory(self, when: str) -> None:
+        for target in ("passthrough", "hydrallm"):
+            self.fig(f"rss_{when}", f"RSS {when}", "MB").add(target, rss_mb(self.pids[target]))
+
+    def run_all(self, progress: Callable[[str], None]) -> None:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("startup", self.startup),
+            ("idle memory", lambda: self.memory("idle")),
+            ("warm-up", self.warm),
+            ("non-streaming", self.non_streaming),
+            ("streaming", self.streaming),
+            ("1 MiB body", self.big_body),
+            ("retry path", self.retry),
+            ("memory after run", lambda: self.memory("after run")),
+            ("open streams", self.open_streams),
+        ]
+        for name, step in steps:
+            started = time.perf_counter()
+            step()
+            progress(f"{name}: {time.perf_counter() - started:.1f}s")
+
+
+_CONFIG = """\
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[log]
+level = "warn"
+
+[retry]
+max_cycles = 1
+default_interval = "0s"  # retry at once: the retry row measures the proxy, not a wait
+
+[endpoints.bench]
+url = "http://127.0.0.1:{upstream}"
+
+[[models]]
+endpoint = "bench"
+type = "openai"
+model = "bench-upstream-model"  # differs from the client's: every body is rewritten
+attempts = 2
+"""
+
+
+def _hydrallm_cmd() -> list[str]:
+    beside = Path(sys.executable).parent / "hydrallm"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("hydrallm")
+    return [found] if found else [sys.executable, "-m", "hydrallm"]
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def evaluate(figs: dict[str, Figure]) -> list[Target]:
+    def get(key: str, target: str) -> float | None:
+        f = figs.get(key)
+        return f.get(target) if f else None
+
+    def check(name: str, value: float | None, limit: str, ok: Callable[[float], bool]) -> Target:
+        return Target(name, value, limit, None if value is None else ok(value))
+
+    out = []
+    for c in (16, 64):
+        r = _ratio(get(f"rps_c{c}", "hydrallm"), get(f"rps_c{c}", "passthrough"))
+        out.append(check(f"throughput c{c} / pass-through", r, ">= 0.8", lambda v: v >= 0.8))
+    for c in (16, 64):
+        cpu = get(f"cpu_c{c}", "hydrallm")
+        out.append(check(f"CPU per request c{c} (ms)", cpu, "<= 0.17", lambda v: v <= 0.17))
+    added50 = _diff(get("p50_c1", "hydrallm"), get("p50_c1", "direct"))
+    out.append(check("added p50 c1 (ms)", added50, "<= 0.35", lambda v: v <= 0.35))
+    added99 = _diff(get("p99_c1", "hydrallm"), get("p99_c1", "direct"))
+    out.append(check("added p99 c1 (ms)", added99, "<= 2", lambda v: v <= 2))
+    ttfb = _diff(get("stream_ttfb_c1", "hydrallm"), get("stream_ttfb_c1", "direct"))
+    out.append(check("added TTFB p50 c1 (ms)", ttfb, "<= 1", lambda v: v <= 1))
+    total = _ratio(get("stream_total_c1", "hydrallm"), get("stream_total_c1", "direct"))
+    out.append(check("stream total c1 / direct", total, "<= 1.02", lambda v: v <= 1.02))
+    out.append(check("RSS idle (MB)", get("rss_idle", "hydrallm"), "<= 60", lambda v: v <= 60))
+    streams_rss = get("streams_rss", "hydrallm")
+    out.append(check("RSS with open streams (MB)", streams_rss, "<= 150", lambda v: v <= 150))
+    ok = get("streams_ok", "hydrallm")
+    expected = get("streams_ok", "direct")
+    out.append(
+        check(
+            "open streams all completed",
+            ok,
+            f"== {expected:g}" if expected else "all",
+            lambda v: expected is not None and v >= expected,
+        )
+    )
+    big = _diff(get("big_p50", "hydrallm"), get("big_p50", "direct"))
+    out.append(check("1 MiB body added p50 (ms)", big, "<= 3", lambda v: v <= 3))
+    out.append(check("--help (ms)", get("help_ms", "hydrallm"), "<= 150", lambda v: v <= 150))
+    out.append(check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 400", lambda v: v <= 400))
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def table(figs: dict[str, Figure], targets: list[Target]) -> str:
+    head = ("figure", "unit", "direct", "pass-through", "hydrallm", "hy/direct", "hy/pt")
+    rows = [head]
+    for f in figs.values():
+        d, p, h = (f.get(t) for t in TARGETS)
+        rows.append(
+            (f.label, f.unit, _fmt(d), _fmt(p), _fmt(h), _fmt(_ratio(h, d)), _fmt(_ratio(h, p)))
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
+    for i, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+        cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:], strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines.append("")
+    lines.append("| target | value | limit | result |")
+    lines.append("|---|---|---|---|")
+    for t in targets:
+        result = "n/a" if t.passed is None else ("PASS" if t.passed else "MISS")
+        lines.append(f"| {t.name} | {_fmt(t.value)} | {t.limit} | {result} |")
+    return "\n".join(lines)
+
+
+def to_json(bench: Bench, targets: list[Target], elapsed: float) -> dict[str, Any]:
+    figures = {}
+    for f in bench.figures.values():
+        d, p, h = (f.get(t) for t in TARGETS)
+        figures[f.key] = {
+            "label": f.label,
+            "unit": f.unit,
+            "direct": d,
+            "passthrough": p,
+            "hydrallm": h,
+            "ratio_direct": _ratio(h, d),
+            "ratio_passthrough": _ratio(h, p),
+            "samples": f.values,
+        }
+    return {
+        "meta": {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "profile": asdict(bench.profile),
+            "loadgen": "wrk" if bench.use_wrk else "python",
+            "nproc": os.cpu_count(),
+            "machine": platform.platform(),
+            "python": platform.python_version(),
+            "elapsed_s": round(elapsed, 1),
+        },
+        "figures": figures,
+        "targets": [asdict(t) for t in targets],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="one round, < 1 minute")
+    group.add_argument("--smoke", action="store_true", help="tiny settings, for the test")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (override)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (override)")
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="use bench/loadgen.py even if wrk is installed"
+    )
+    args = parser.parse_args(argv)
+    profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.duration is not None:
+        profile = replace(profile, duration=args.duration, stream_duration=args.duration)
+    if args.rounds is not None:
+        profile = replace(profile, rounds=args.rounds)
+    # wrk runs whole seconds; the smoke profile (for the test) stays sub-second in Python.
+    use_wrk = not (args.no_wrk or args.smoke) and shutil.which("wrk") is not None
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    raise_nofile()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hydrallm-bench-") as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            bench = Bench(profile, procs, Path(tmp), use_wrk)
+            bench.start()
+            print(
+                f"bench: profile {profile.name}, load generator {'wrk' if use_wrk else 'python'}",
+                file=sys.stderr,
+            )
+            bench.run_all(lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+        except BaseException:
+            for name in ("upstream", "passthrough", "hydrallm"):
+                tail = procs.log_tail(name)
+                if tail:
+                    print(f"--- {name} log ---\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            procs.close()
+    targets = evaluate(bench.figures)
+    print(table(bench.figures, targets))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(to_json(bench, targets, time.perf_counter() - started), indent=2) + "\n"
+        )
+    return 0

@@ -1,0 +1,42 @@
+-- wrk script for the benchmark: POST a JSON body read from $BENCH_BODY_FILE.
+-- With $BENCH_FAIL_EVERY = n > 0, every n-th request carries a fresh `x-bench-fail` token
+-- (the fake upstream answers 503 the first time it sees a token, 200 the second time).
+-- done() prints one line "BENCHJSON {...}" with the figures bench/main.py reads.
+
+local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+
+local fail_every = tonumber(os.getenv("BENCH_FAIL_EVERY") or "0")
+local threads = {}
+local counter = 0
+
+function setup(thread)
+   thread:set("tid", #threads + 1)
+   table.insert(threads, thread)
+end
+
+-- Only define request() when needed: without it wrk sends one pre-built request (faster).
+if fail_every > 0 then
+   function request()
+      counter = counter + 1
+      if counter % fail_every == 0 then
+         local headers = {}
+         for k, v in pairs(wrk.headers) do headers[k] = v end
+         headers["x-bench-fail"] = tostring(tid) .. "-" .. tostring(counter)
+         return wrk.format(nil, nil, headers, nil)
+      end
+      return wrk.format(nil, nil, nil, nil)
+   end
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      'BENCHJSON {"requests": %d, "duration_us": %d, "status_errors": %d, ' ..
+      '"socket_errors": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f}\n',
+      summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
+end
