@@ -57,9 +57,10 @@ PROFILES = {
     "smoke": Profile(
         "smoke",
         rounds=1,
-        duration=0.3,
-        stream_duration=0.3,
+        duration=0.2,
+        stream_duration=0.2,
         warmup=0.0,
+        chunk_delay_ms=1.0,
         open_streams=50,
         open_stream_delay_ms=5.0,
         startup_repeats=1,
@@ -167,11 +168,7 @@ class Bench:
         proc = self.procs.spawn(
             name, [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"]
         )
-        try:
-            wait_port(port, proc)
-        except RuntimeError:
-            print(self.procs.log_tail(name), file=sys.stderr)
-            raise
+        wait_port(port, proc)
         return proc, port, time.perf_counter() - started
 
     # -- figures -----------------------------------------------------------------------
@@ -263,6 +260,8 @@ class Bench:
     # -- scenarios ---------------------------------------------------------------------
 
     def warm(self) -> None:
+        if self.profile.warmup <= 0:
+            return
         for target in TARGETS:
             self.load(target, "small", 16, max(self.profile.warmup, 0.2))
 
@@ -376,7 +375,8 @@ class Bench:
 
     def memory(self, when: str) -> None:
         for target in ("passthrough", "hydrallm"):
-            self.fig(f"rss_{when}", f"RSS {when}", "MB").add(target, rss_mb(self.pids[target]))
+            label = "RSS idle" if when == "idle" else "RSS after the load rounds"
+            self.fig(f"rss_{when}", label, "MB").add(target, rss_mb(self.pids[target]))
 
     def run_all(self, progress: Callable[[str], None]) -> None:
         steps: list[tuple[str, Callable[[], None]]] = [
@@ -387,7 +387,7 @@ class Bench:
             ("streaming", self.streaming),
             ("1 MiB body", self.big_body),
             ("retry path", self.retry),
-            ("memory after run", lambda: self.memory("after run")),
+            ("memory after run", lambda: self.memory("after")),
             ("open streams", self.open_streams),
         ]
         for name, step in steps:
@@ -582,10 +582,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             bench.run_all(lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
         except BaseException:
-            for name in ("upstream", "passthrough", "hydrallm"):
-                tail = procs.log_tail(name)
+            for log in sorted(Path(tmp).glob("*.log")):
+                tail = procs.log_tail(log.stem)
                 if tail:
-                    print(f"--- {name} log ---\n{tail}", file=sys.stderr)
+                    print(f"--- {log.stem} log ---\n{tail}", file=sys.stderr)
             raise
         finally:
             procs.close()

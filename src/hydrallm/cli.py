@@ -71,9 +71,9 @@ def _global_options(func: F) -> F:
 
 
 def fail(message: str, code: int = 1) -> None:
-    click.echo(
-        f"hydrallm: {message}" if not message.startswith("config validation") else message, err=True
-    )
+    """Print an error the user must fix (no traceback) and exit."""
+    plain = message.startswith(("config validation failed", "cannot load config"))
+    click.echo(message if plain else f"hydrallm: {message}", err=True)
     sys.exit(code)
 
 
@@ -129,7 +129,7 @@ def serve(obj: dict[str, Any], workers: int | None = None) -> None:
     from hydrallm.serving import run_server
 
     config = load(obj or {})
-    run_server(config, workers=workers)
+    run_server(config, workers=workers, reload_config=lambda: load(obj or {}))
 
 
 @main.command()

@@ -26,16 +26,25 @@ class HydraError(Exception):
 class ConfigError(HydraError):
     """The configuration cannot be used.  `problems` lists every issue found."""
 
-    def __init__(self, problems: list[str], path: str | None = None) -> None:
+    def __init__(
+        self,
+        problems: list[str],
+        path: str | None = None,
+        *,
+        heading: str = "config validation failed",
+    ) -> None:
         self.problems = list(problems)
         self.path = path
+        self.heading = heading
         super().__init__(self.render())
 
     def render(self) -> str:
-        where = f" ({self.path})" if self.path else ""
+        # The first line keeps the original tool's wording ("config validation failed: ...");
+        # the file it came from follows on its own line.
+        where = f"\n  in {self.path}" if self.path and self.path not in self.problems[0] else ""
         if len(self.problems) == 1:
-            return f"config validation failed{where}: {self.problems[0]}"
-        lines = [f"config validation failed{where}:"]
+            return f"{self.heading}: {self.problems[0]}{where}"
+        lines = [f"{self.heading}: {len(self.problems)} problems{where}"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
 

@@ -151,17 +151,17 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            [f'no config file at {where}; run "hydrallm edit" to create one'], where
+            [f'no config file at {where}; run "hydrallm edit" to create one'], where, heading="cannot load config"
         ) from None
     except IsADirectoryError:
-        raise ConfigError([f"{where} is a directory, not a config file"], where) from None
+        raise ConfigError([f"{where} is a directory, not a config file"], where, heading="cannot load config") from None
     except OSError as exc:
-        raise ConfigError([f"cannot read {where}: {exc.strerror or exc}"], where) from None
+        raise ConfigError([f"cannot read {where}: {exc.strerror or exc}"], where, heading="cannot load config") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            [f"{where} is not valid UTF-8 (byte {exc.start}); TOML files must be UTF-8"], where
+            [f"{where} is not valid UTF-8 (byte {exc.start}); TOML files must be UTF-8"], where, heading="cannot load config"
         ) from None
     return parse_config(text, path=where, env=env)
 

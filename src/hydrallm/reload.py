@@ -141,6 +141,14 @@ class Reloader:
         gone = [name for name in old_by_name if name not in new_by_name]
         added = [name for name in new_by_name if name not in old_by_name]
 
+        if proxy.fixed_sockets and (moved or gone or added):
+            message = (
+                "listeners cannot be added, removed or moved while workers share inherited"
+                " sockets; restart hydrallm to apply"
+            )
+            log.error("reload_failed", error=message)
+            telemetry.reload("failure", message)
+            return False
         # Stop accepting on the addresses being given up, so they can be bound again.
         detached = {name: await proxy.detach_listener(name) for name in (*gone, *moved)}
         opened: list[str] = []

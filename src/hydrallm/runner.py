@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -58,6 +58,8 @@ class Proxy:
     listeners: dict[str, _Listener] = field(default_factory=dict)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     reuse_port: bool = False
+    # Listeners accept on sockets inherited from a parent process: addresses are fixed.
+    fixed_sockets: bool = False
     # Listeners taken out by a reload, finishing their requests in the background.
     drains: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -74,7 +76,8 @@ class Proxy:
                 out[name] = (str(host), int(port))
         return out
 
-    async def start_listener(self, lc: ListenerConfig) -> None:
+    async def start_listener(self, lc: ListenerConfig, sock: socket.socket | None = None) -> None:
+        """Serve `lc`, binding its address (or accepting on `sock`, already listening)."""
         server = web.Server(
             make_handler(self.state, lc.name),
             handler_cancellation=True,
@@ -87,14 +90,18 @@ class Proxy:
             shutdown_timeout=self.config.server.shutdown_timeout,
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner, lc.host, lc.port, reuse_port=self.reuse_port or None, backlog=1024
-        )
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(
+                runner, lc.host, lc.port, reuse_port=self.reuse_port or None, backlog=1024
+            )
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise StartupError(_bind_message(lc, exc)) from exc
+            raise StartupError(bind_message(lc, exc)) from exc
         self.listeners[lc.name] = _Listener(lc, runner, site)
 
     async def stop_listener(self, name: str) -> None:
@@ -124,7 +131,7 @@ class Proxy:
         self.state.telemetry.log.flush()
 
 
-def _bind_message(lc: ListenerConfig, exc: OSError) -> str:
+def bind_message(lc: ListenerConfig, exc: OSError) -> str:
     where = f"{lc.host}:{lc.port}"
     if exc.errno == errno.EADDRINUSE:
         return f"cannot listen on {where}: the port is already in use (listener {lc.name!r})"
@@ -140,6 +147,7 @@ async def start(
     sinks: list[Sink] | None = None,
     worker: int = 0,
     reuse_port: bool = False,
+    sockets: Mapping[str, socket.socket] | None = None,
 ) -> Proxy:
     """Build the runtime and open every listener (raises StartupError on a bind failure).
 
@@ -151,10 +159,10 @@ async def start(
     transport = AiohttpTransport()
     runtime = build_runtime(config, transport, telemetry)
     state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
-    proxy = Proxy(state, reuse_port=reuse_port)
+    proxy = Proxy(state, reuse_port=reuse_port, fixed_sockets=sockets is not None)
     try:
         for lc in config.listeners:
-            await proxy.start_listener(lc)
+            await proxy.start_listener(lc, sockets.get(lc.name) if sockets else None)
     except BaseException:
         await proxy.close()
         raise
@@ -193,6 +201,7 @@ async def serve(
     sinks: list[Sink] | None = None,
     worker: int = 0,
     reuse_port: bool = False,
+    sockets: Mapping[str, socket.socket] | None = None,
     reload_config: Callable[[], Config] | None = None,
     watch_interval: float = 0.5,
 ) -> None:
@@ -201,7 +210,14 @@ async def serve(
     SIGHUP, and a change of `config.path`, reload with `reload_config` (default: read
     `config.path` again with the process environment; no path and no function: no reload).
     """
-    proxy = await start(config, logger=logger, sinks=sinks, worker=worker, reuse_port=reuse_port)
+    proxy = await start(
+        config,
+        logger=logger,
+        sinks=sinks,
+        worker=worker,
+        reuse_port=reuse_port,
+        sockets=sockets,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
