@@ -20,9 +20,10 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from hydrallm.config import EndpointConfig
 from hydrallm.loader import parse_config
 from hydrallm.observe import Logger
-from hydrallm.providers.aws import region_from_host
+from hydrallm.providers.aws import region_from_host, resolve
 from hydrallm.providers.bedrock import BedrockProvider, path_model, with_model
 from hydrallm.runner import Proxy, start
 from hydrallm.testing import CANONICAL_TEXT
@@ -298,13 +299,38 @@ async def test_profile_from_shared_files(aws_env: Path) -> None:
     (aws_env / "aws-credentials").write_text(
         "[dev]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = profile-secret\n"
     )
-    (aws_env / "aws-config").write_text("[profile dev]\nregion = eu-west-3\n")
-    fake = FakeBedrock({"AKIDPROFILE": "profile-secret"}, region="eu-west-3")
-    # No aws_region and no region in the url: the profile's region signs.
+    fake = FakeBedrock({"AKIDPROFILE": "profile-secret"})
     async with fake, running(fake, endpoint_extra='aws_profile = "dev"') as proxy:
         await _in_thread(lambda: _invoke(proxy.url))
     (seen,) = fake.requests
     assert (seen.auth, seen.access_key) == ("sigv4", "AKIDPROFILE")
+
+
+def _endpoint(url: str, **fields: Any) -> EndpointConfig:
+    return EndpointConfig(name="aws", url=url, **fields)
+
+
+def test_region_precedence(aws_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (aws_env / "aws-config").write_text("[profile dev]\nregion = eu-west-3\n")
+    host = "https://bedrock-runtime.ap-south-1.amazonaws.com"
+    local = "http://127.0.0.1:9"
+
+    def region(url: str, env: dict[str, str], **fields: Any) -> str:
+        return resolve(_endpoint(url, **fields), env, {}).region
+
+    env = {"AWS_REGION": "us-west-2"}
+    assert region(host, env, aws_region="ca-central-1", aws_profile="dev") == "ca-central-1"
+    assert region(host, env, aws_profile="dev") == "ap-south-1"
+    assert region(local, env, aws_profile="dev") == "us-west-2"
+    assert region(local, {"AWS_DEFAULT_REGION": "sa-east-1"}, aws_profile="dev") == "sa-east-1"
+    assert region(local, {}, aws_profile="dev") == "eu-west-3"
+    assert region(local, {}) == "us-east-1"
+
+
+def test_missing_profile_is_reported_not_raised() -> None:
+    auth = resolve(_endpoint("http://127.0.0.1:9", aws_profile="nope"), {}, {})
+    assert auth.credentials is None
+    assert auth.problem is not None and "nope" in auth.problem
 
 
 async def test_environment_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

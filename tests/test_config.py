@@ -704,7 +704,8 @@ def test_every_problem_is_reported_together() -> None:
     with pytest.raises(ConfigError) as info:
         parse("[server]\nport = 70000\n")
     assert str(info.value).splitlines() == [
-        "config validation failed (config.toml):",
+        "config validation failed: 2 problems",
+        "  in config.toml",
         "  - server: port 70000 is out of range (1..65535)",
         "  - at least one model must be configured",
     ]

@@ -204,3 +204,64 @@ def edit(obj: dict[str, Any]) -> None:
 
 def run() -> None:  # pragma: no cover - alias for entry points
     main()
+
+
+# --------------------------------------------------------------------------- demo, status, service
+
+
+@main.command()
+@click.option(
+    "--requests",
+    "requests_",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Requests in each run.",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 1024), default=16, show_default=True,
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--failure-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.3,
+    show_default=True,
+    help="Fraction (0..1) of the primary's answers that fail.",
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the failure sequence.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0,
+    help="Port of the demo proxy (default: any free port).",
+)
+@click.option(
+    "--keep-running", is_flag=True,
+    help="Leave the demo proxy up after the runs, to curl it and open its status page.",
+)
+@handle_errors
+def demo(
+    requests_: int,
+    concurrency: int,
+    failure_rate: float,
+    seed: int,
+    port: int,
+    keep_running: bool,
+) -> None:
+    """Show hydrallm hiding a flaky provider: no config, API key or network needed."""
+    import asyncio
+
+    from rich.console import Console
+
+    from hydrallm.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        requests=requests_,
+        concurrency=concurrency,
+        failure_rate=failure_rate,
+        seed=seed,
+        port=port,
+        keep_running=keep_running,
+    )
+    report = asyncio.run(run_demo(options, Console(highlight=False)))
+    if not report.all_succeeded_through_proxy:
+        sys.exit(1)
