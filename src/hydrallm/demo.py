@@ -120,8 +120,8 @@ first_token_timeout = "{FIRST_TOKEN_TIMEOUT_S}s"
 stream_idle_timeout = "5s"
 
 [cooldown]
-failures = 3
-duration = "2s"
+failures = 4
+duration = "1s"
 max_duration = "10s"
 
 [providers.primary]
@@ -165,14 +165,20 @@ def _mix(rate: float) -> FailureMix:
     return FailureMix(rate=rate, retry_after=RETRY_AFTER_S, slow_first_token=SLOW_FIRST_TOKEN_S)
 
 
-def _injected(fake: FakeUpstream, since: int = 0) -> Counter[str]:
-    kinds = (r.fault.kind for r in fake.requests[since:])
-    return Counter(_FAULT_LABELS.get(k, k) for k in kinds if k != "ok")
+def _injected(fake: FakeUpstream) -> Counter[str]:
+    """The faults the fake played, by label (as the client met them)."""
+    counts: Counter[str] = Counter()
+    for r in fake.requests:
+        kind = r.fault.kind
+        if kind == "ok":
+            continue
+        if kind == "error_event_first" and not r.stream:
+            kind = "overloaded"  # what _FlakyPrimary answers instead
+        counts[_FAULT_LABELS.get(kind, kind)] += 1
+    return counts
 
 
-async def _phase(
-    console: Console, title: str, url: str, options: DemoOptions
-) -> WorkloadResult:
+async def _phase(console: Console, title: str, url: str, options: DemoOptions) -> WorkloadResult:
     columns = (
         TextColumn("{task.description:<22}"),
         BarColumn(),
@@ -204,8 +210,9 @@ async def run_demo(
     buffer = log_buffer if log_buffer is not None else io.StringIO()
     logger = Logger("warn", stream=buffer, color=False)
     counter = DemoSink()
-    direct_primary = _FlakyPrimary(name="primary", failure_mix=_mix(options.failure_rate),
-                                   rng_seed=options.seed)
+    direct_primary = _FlakyPrimary(
+        name="primary", failure_mix=_mix(options.failure_rate), rng_seed=options.seed
+    )
     primary = _FlakyPrimary(
         name="primary", failure_mix=_mix(options.failure_rate), rng_seed=options.seed
     )
@@ -219,16 +226,14 @@ async def run_demo(
             console.print(
                 f"[bold]hydrallm demo[/]: a flaky primary (failure rate "
                 f"{options.failure_rate:.0%}, seed {options.seed}), a healthy fallback, and "
-                f"hydrallm at {proxy_url} with the chain [primary x2, fallback].\n"
+                f"hydrallm at {proxy_url} with the chain \\[primary x2, fallback].\n"
                 f"{options.requests} requests, {options.concurrency} at a time, half of them "
                 "streaming.\n"
             )
             direct = await _phase(
                 console, "straight to primary", direct_primary.url + "/v1/messages", options
             )
-            proxied = await _phase(
-                console, "through hydrallm", proxy_url + "/v1/messages", options
-            )
+            proxied = await _phase(console, "through hydrallm", proxy_url + "/v1/messages", options)
             report = DemoReport(
                 options=options,
                 direct=direct,
@@ -318,8 +323,9 @@ def summary_table(report: DemoReport) -> Table:
         "failed at the client", str(sum(seen_direct.values())), str(sum(seen_proxied.values()))
     )
     table.add_section()
-    kinds = [*dict.fromkeys([*report.faults_direct, *report.faults_proxied, *seen_direct,
-                             *seen_proxied])]
+    kinds = [
+        *dict.fromkeys([*report.faults_direct, *report.faults_proxied, *seen_direct, *seen_proxied])
+    ]
     for kind in sorted(kinds):
         injected_direct = report.faults_direct.get(kind, 0)
         injected_proxied = report.faults_proxied.get(kind, 0)
