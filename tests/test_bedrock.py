@@ -20,10 +20,11 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from hydrallm.config import EndpointConfig
+from hydrallm.config import Config, EndpointConfig, ModelConfig
 from hydrallm.loader import parse_config
-from hydrallm.observe import Logger
+from hydrallm.observe import Logger, Telemetry
 from hydrallm.providers.aws import region_from_host, resolve
+from hydrallm.providers.base import ClientRequest
 from hydrallm.providers.bedrock import BedrockProvider, path_model, with_model
 from hydrallm.runner import Proxy, start
 from hydrallm.testing import CANONICAL_TEXT
@@ -462,3 +463,30 @@ def test_error_body_is_bedrock_shaped(status: int, kind: str, name: str) -> None
     err = BedrockProvider().error_body(status, "hydrallm: why", kind)
     assert json.loads(err.body) == {"message": "hydrallm: why"}
     assert dict(err.headers) == {"x-amzn-ErrorType": name}
+
+
+async def test_prepare_signs_for_the_default_regional_endpoint() -> None:
+    """No url: the region's public endpoint; the client's signature is replaced."""
+    endpoint = _endpoint(
+        "", aws_region="eu-west-1", aws_access_key_id=KEY, aws_secret_access_key=SECRET
+    )
+    model = ModelConfig(id="m", endpoint="aws", type="bedrock", model=ARN)
+    config = Config(endpoints={"aws": endpoint}, models={"m": model})
+    provider = BedrockProvider(env={})
+    provider.configure(config, Telemetry(Logger("debug", stream=io.StringIO())))
+    client_headers = (
+        ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIDCLIENT/20250101/us-east-1/x"),
+        ("X-Amz-Date", "20250101T000000Z"),
+        ("X-Amz-Security-Token", "client-token"),
+        ("Content-Type", "application/json"),
+    )
+    request = ClientRequest("POST", "/model/x/invoke", "", client_headers, b"{}", None, False)
+    out = await provider.prepare(model, endpoint, request)
+    assert out.url == f"https://bedrock-runtime.eu-west-1.amazonaws.com/model/{ARN_ENCODED}/invoke"
+    assert out.body == b"{}"
+    headers = dict(out.headers)
+    assert headers["Authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={KEY}/")
+    assert "/eu-west-1/bedrock/aws4_request" in headers["Authorization"]
+    assert "X-Amz-Security-Token" not in headers
+    assert headers["X-Amz-Date"] != "20250101T000000Z"
+    assert headers["Content-Type"] == "application/json"

@@ -82,30 +82,36 @@ async def _frozen(credentials: Credentials, endpoint: str, source: str) -> Any:
         ) from exc
 
 
-def resolve_all(endpoints: Iterable[EndpointConfig], env: Mapping[str, str]) -> dict[str, AwsAuth]:
-    """`resolve` for each endpoint, sharing one botocore session per profile."""
+def resolve_all(
+    endpoints: Iterable[tuple[EndpointConfig, bool]], env: Mapping[str, str]
+) -> dict[str, AwsAuth]:
+    """`resolve` for each (endpoint, signs), sharing one botocore session per profile."""
     sessions: dict[str | None, botocore.session.Session] = {}
-    return {e.name: resolve(e, env, sessions) for e in endpoints}
+    return {e.name: resolve(e, env, sessions, signs=signs) for e, signs in endpoints}
 
 
 def resolve(
     endpoint: EndpointConfig,
     env: Mapping[str, str],
     sessions: dict[str | None, botocore.session.Session],
+    *,
+    signs: bool = True,
 ) -> AwsAuth:
     """Credentials and region of one endpoint.
 
     Credentials: the endpoint's static keys, else its `aws_profile`, else botocore's
     default chain.  Region: `aws_region`, else the endpoint host's, else AWS_REGION /
     AWS_DEFAULT_REGION, else the profile's, else us-east-1.  `sessions` caches one
-    botocore session per profile for the duration of one configure pass.
+    botocore session per profile for the duration of one configure pass.  With
+    `signs=False` (a Bedrock API key endpoint) only the region is resolved.
     """
     name = endpoint.name
     static = endpoint.aws_access_key_id and endpoint.aws_secret_access_key
     profile = None if static else endpoint.aws_profile
     session: botocore.session.Session | None = None
     problem: str | None = None
-    if not static or not (endpoint.aws_region or region_from_host(endpoint.url)):
+    needs_chain = signs and not static
+    if needs_chain or not (endpoint.aws_region or region_from_host(endpoint.url)):
         session = sessions.get(profile)
         if session is None:
             session = botocore.session.Session(profile=profile)
@@ -118,8 +124,10 @@ def resolve(
         or _profile_region(session)
         or DEFAULT_REGION
     )
-    credentials: Credentials | None
-    if static:
+    credentials: Credentials | None = None
+    if not signs:
+        source = "a Bedrock API key"
+    elif static:
         source = "static keys"
         credentials = Credentials(
             endpoint.aws_access_key_id, endpoint.aws_secret_access_key, endpoint.aws_session_token

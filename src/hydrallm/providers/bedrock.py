@@ -69,12 +69,10 @@ class BedrockProvider(Provider):
         """Resolve each bedrock endpoint's region and credentials; warn about the missing."""
         env = os.environ if self._env is None else self._env
         names = {m.endpoint for m in config.models.values() if m.type == "bedrock"}
-        signed = [
-            config.endpoints[name]
-            for name in sorted(names)
-            if _bearer(config.endpoints[name]) is None
+        endpoints = [
+            (config.endpoints[n], _bearer(config.endpoints[n]) is None) for n in sorted(names)
         ]
-        self._auth = resolve_all(signed, env)
+        self._auth = resolve_all(endpoints, env)
         for name, auth in self._auth.items():
             if auth.problem is not None:
                 telemetry.log.warn(
@@ -99,20 +97,18 @@ class BedrockProvider(Provider):
         name = self.effective_model(model, request)
         if name is None:
             raise RequestNotPossible('the request path names no model to forward for model "*"')
+        auth = self._auth.get(endpoint.name)
+        if auth is None:
+            raise RequestNotPossible(f'bedrock endpoint "{endpoint.name}" was not configured')
+        # An endpoint without a url is the region's public runtime endpoint.
+        base = endpoint.url or f"https://bedrock-runtime.{auth.region}.amazonaws.com"
         path = with_model(request.path, name)
-        url = join(
-            endpoint.url, path, request.query, strip_version_prefix=endpoint.strip_version_prefix
-        )
+        url = join(base, path, request.query, strip_version_prefix=endpoint.strip_version_prefix)
         headers = [(k, v) for k, v in request.headers if not is_signing_header(k)]
         bearer = _bearer(endpoint)
         if bearer is not None:
             headers.append(("Authorization", f"Bearer {bearer}"))
         else:
-            auth = self._auth.get(endpoint.name)
-            if auth is None:
-                raise RequestNotPossible(
-                    f'bedrock endpoint "{endpoint.name}" was not configured for signing'
-                )
             headers = await auth.sign(request.method, url, headers, request.body)
         return Outgoing(url, headers, request.body, name)
 
