@@ -202,7 +202,7 @@ class Bench:
         return result
 
     def load(
-        self, target: str, body: str, conc: int, duration: float, fail_every: int = 0
+        self, target: str, body: str, conc: int, duration: float, fail_every: int = -1
     ) -> dict[str, Any]:
         """One closed-loop run; returns rps, p50_ms, p99_ms, requests, cpu_ms_per_req."""
         url = self.urls[target] + OPENAI_PATH
@@ -211,7 +211,7 @@ class Bench:
         if self.use_wrk:
             result = self._wrk(url, body, conc, duration, fail_every)
         else:
-            extra = ["--duration", str(duration), "--fail-every", str(fail_every)]
+            extra = ["--duration", str(duration), "--fail-every", str(max(fail_every, 0))]
             result = self.loadgen(url, body, conc, *extra)
         cpu = cpu_seconds(pid) - cpu0
         n = result["requests"]
@@ -221,10 +221,9 @@ class Bench:
     def _wrk(
         self, url: str, body: str, conc: int, duration: float, fail_every: int
     ) -> dict[str, Any]:
-        env = os.environ | {
-            "BENCH_BODY_FILE": str(self.bodies[body]),
-            "BENCH_FAIL_EVERY": str(fail_every),
-        }
+        env = os.environ | {"BENCH_BODY_FILE": str(self.bodies[body])}
+        if fail_every >= 0:
+            env["BENCH_FAIL_EVERY"] = str(fail_every)
         argv = [
             "wrk",
             f"-t{min(conc, 2)}",

@@ -251,7 +251,7 @@ async def run_demo(
             if on_ready is not None:
                 on_ready(report)
             if options.keep_running:
-                console.print(keep_running_text(proxy_url))
+                console.print(keep_running_text(proxy_url), soft_wrap=True)
                 await _wait_for_signal()
             return report
         finally:

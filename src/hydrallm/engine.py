@@ -110,13 +110,27 @@ class Engine:
         last_name: str | None = None
         budget_spent = False
         prev_index: int | None = None
+        # When each model may be asked again, by its Retry-After: the planner's waits only
+        # cover the try right after, but the ask also holds when a later cycle comes back.
+        not_before: dict[int, float] = {}
         attempt = planner.first()
         while attempt is not None:
-            if attempt.wait > 0:
-                if deadline is not None and self.clock() + attempt.wait >= deadline:
+            wait = attempt.wait
+            hold = not_before.get(attempt.index)
+            if hold is not None:
+                remaining = hold - self.clock()
+                if remaining > retry.max_retry_after:
+                    # Asked to stay away longer than we are willing to wait: not in this request.
+                    planner.withdraw()
+                    attempt = planner.next(Next.SKIP_MODEL)
+                    continue
+                wait = max(wait, remaining)
+            if wait > 0:
+                if deadline is not None and self.clock() + wait >= deadline:
+                    planner.withdraw()
                     budget_spent = True
                     break
-                await self.sleep(attempt.wait)
+                await self.sleep(wait)
             fallback = prev_index is not None and attempt.index != prev_index
             prev_index = attempt.index
             result = await self._attempt(request, attempt, labels, deadline, fallback)
@@ -132,6 +146,8 @@ class Engine:
                 last_error = result.error
             if result.counts_for_cooldown:
                 self.breakers.failure(attempt.model.id, result.open_for)
+            if result.retry_after is not None:
+                not_before[attempt.index] = self.clock() + result.retry_after
             if deadline is not None and self.clock() >= deadline:
                 budget_spent = True
                 break
@@ -178,13 +194,15 @@ class Engine:
         response: Response | None = None
         ttft: float | None = None
         phase = "response"
+        budget_cut = False
         try:
             if model.model == "*" and request.requested_model is None:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
             outgoing = await provider.prepare(model, endpoint, request)
             limit = retry.first_token_timeout if request.streaming else model.timeout
-            if deadline is not None:
-                limit = min(limit, max(0.0, deadline - sent))
+            if deadline is not None and deadline - sent < limit:
+                limit = max(0.0, deadline - sent)
+                budget_cut = True
             async with asyncio.timeout(limit):
                 response = await self.transport.send(
                     request.method, outgoing.url, outgoing.headers, outgoing.body
@@ -265,7 +283,12 @@ class Engine:
                 _timeout_message(phase, sent, self.clock()), phase=phase
             )
             self._report(attempt, labels, "timeout", None, err.message, sent, None, fallback)
-            return _Failure(Next.FALLBACK if retry.fallback_on_timeout else Next.RETRY, error=err)
+            return _Failure(
+                Next.FALLBACK if retry.fallback_on_timeout else Next.RETRY,
+                error=err,
+                # Cut short by the request's own budget: no sign that the model is unwell.
+                counts_for_cooldown=not budget_cut,
+            )
         except RequestNotPossible as exc:
             self._report(attempt, labels, exc.kind, None, exc.message, sent, None, fallback)
             return _Failure(Next.SKIP_MODEL, error=exc, counts_for_cooldown=False)

@@ -4,6 +4,9 @@ The order is the original's: for cycle 1..max_cycles, for each model of the chai
 `attempts` tries.  Waits follow DECISIONS.md: only before another try of the *same* model
 (its interval, exponential backoff, or an honoured Retry-After); moving on to the next model
 is immediate; a new cycle waits the first model's interval; nothing after the last try.
+A new cycle that comes back to the model just tried (a one-model chain, or every other
+model skipped) is another try of that model, so its backoff and Retry-After apply: without
+that, `max_cycles` would turn a one-model chain into a constant-interval loop.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class Planner:
         self._skipped: set[int] = set()
         self._started = False
         self._pending_wait: float | None = None  # Retry-After honoured for the next retry
+        self._last: int | None = None  # chain index of the last attempt handed out
+        self._before_last: int | None = None  # ... and of the one before, for withdraw()
 
     @property
     def attempts_made(self) -> int:
@@ -75,6 +80,14 @@ class Planner:
         self._pending_wait = retry_after
         return self._advance(start=False)
 
+    def withdraw(self) -> None:
+        """The attempt just handed out was not made (the request gave up, or skipped it).
+
+        It is not counted; follow with `next(Next.SKIP_MODEL)` to move past its model.
+        """
+        self._number -= 1
+        self._last = self._before_last
+
     def _advance(self, *, start: bool) -> Attempt | None:
         chain = self._chain
         if not chain:
@@ -86,7 +99,6 @@ class Planner:
                 and self._try < chain[self._index].attempts
                 and self._index not in self._skipped
             ):
-                is_retry = True
                 break
             if start:
                 start = False
@@ -105,10 +117,10 @@ class Planner:
             if self._index in self._skipped:
                 self._try = chain[self._index].attempts
                 continue
-            is_retry = False
             break
         model = chain[self._index]
         wait = 0.0
+        is_retry = self._last == self._index
         if is_retry:
             n = self._retries.get(self._index, 0) + 1
             self._retries[self._index] = n
@@ -118,6 +130,7 @@ class Planner:
         elif new_cycle:
             wait = self._jitter_constant(model.interval)
         self._pending_wait = None
+        self._before_last, self._last = self._last, self._index
         self._try += 1
         self._number += 1
         return Attempt(
