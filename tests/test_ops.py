@@ -7,11 +7,11 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
-from opshelp import HYDRALLM, chat, free_port, parse, post_chat, running, url
 from prometheus_client.parser import text_string_to_metric_families
 
 from hydrallm.loader import load_config
 from hydrallm.testing import FakeUpstream, ok, slow_chunks, status
+from opshelp import HYDRALLM, chat, free_port, parse, post_chat, running, url
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -77,7 +77,9 @@ async def test_both_schemas_serve_the_same_chain() -> None:
                 for m in config.chain(config.listeners[0].models)
             ]
 
-        assert shape(v1) == shape(v2) == [("up", "openai", "first", 2), ("up", "openai", "second", 1)]
+        assert (
+            shape(v1) == shape(v2) == [("up", "openai", "first", 2), ("up", "openai", "second", 1)]
+        )
         for config in (v1, v2):
             fake.requests.clear()
             fake.script(status(503), status(503), ok())
@@ -332,7 +334,11 @@ async def test_proxy_auth_accepts_rejects_and_never_forwards_the_key() -> None:
             good = await post_chat(session, base, chat(), {"Authorization": "Bearer proxy-key-123"})
             async with session.post(
                 url(proxy, "anthropic") + "/v1/messages",
-                json={"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+                json={
+                    "model": "x",
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
                 headers={"x-api-key": "proxy-key-123", "anthropic-version": "2023-06-01"},
             ) as resp:
                 anthropic_status = resp.status

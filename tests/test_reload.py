@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -11,10 +10,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from opshelp import ServeProcess, chat, free_port, post_chat
 from prometheus_client.parser import text_string_to_metric_families
 
 from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, slow_chunks
+from hydrallm.testing import status as fault_status
+from opshelp import ServeProcess, chat, free_port, post_chat
 
 
 def config_text(upstream: str, port: int, model: str, extra: str = "") -> str:
@@ -158,19 +158,21 @@ async def test_a_stream_in_flight_survives_a_reload_to_another_chain(
     proc = await start(tmp_path, config_text(a.url, port, "model-a"), port)
     try:
         a.script(slow_chunks(0.05))  # about 1.5 s of stream
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
                 base + "/v1/chat/completions", data=json.dumps(chat("x", stream=True)).encode()
-            ) as resp:
-                assert resp.status == 200
-                assert resp.headers["x-hydrallm-model"] == "model-a"
-                received = [await resp.content.readany()]
-                write(proc.config_path, config_text(b.url, port, "model-b"))
-                proc.signal(signal.SIGHUP)
-                await proc.wait_log("reloaded")
-                # New requests go to the new chain while the old stream is still running.
-                assert await served_by(base) == "model-b"
-                received.append(await resp.content.read())
+            ) as resp,
+        ):
+            assert resp.status == 200
+            assert resp.headers["x-hydrallm-model"] == "model-a"
+            received = [await resp.content.readany()]
+            write(proc.config_path, config_text(b.url, port, "model-b"))
+            proc.signal(signal.SIGHUP)
+            await proc.wait_log("reloaded")
+            # New requests go to the new chain while the old stream is still running.
+            assert await served_by(base) == "model-b"
+            received.append(await resp.content.read())
         raw = b"".join(received).decode()
         events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
@@ -193,22 +195,22 @@ async def test_reload_keeps_cooldown_for_unchanged_models(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     text = config_text(a.url, port, "model-a").replace(
-        "[providers.up]", '[cooldown]\nfailures = 1\nduration = "60s"\n[retry]\nmax_cycles = 1\n[providers.up]'
+        "[providers.up]",
+        '[cooldown]\nfailures = 1\nduration = "60s"\n[retry]\nmax_cycles = 1\n[providers.up]',
     )
     proc = await start(tmp_path, text, port)
     try:
-        from hydrallm.testing import status as fault_status
-
         a.script(fault_status(503))
         async with aiohttp.ClientSession() as session:
             code, _, _ = await post_chat(session, base, chat("x"))
             assert code == 503
-            write(proc.config_path, text.replace('shutdown_timeout = "3s"', 'shutdown_timeout = "2s"'))
+            write(
+                proc.config_path, text.replace('shutdown_timeout = "3s"', 'shutdown_timeout = "2s"')
+            )
             await proc.wait_log("reloaded")
             async with session.get(base + "/_hydrallm/health") as resp:
                 health = await resp.json()
         assert health["models"]["model-a"]["state"] == "open"
-        await asyncio.sleep(0)
         assert await proc.stop() == 0
     finally:
         proc.kill()

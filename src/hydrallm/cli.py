@@ -219,7 +219,10 @@ def run() -> None:  # pragma: no cover - alias for entry points
     help="Requests in each run.",
 )
 @click.option(
-    "--concurrency", type=click.IntRange(1, 1024), default=16, show_default=True,
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=16,
+    show_default=True,
     help="Requests in flight at once.",
 )
 @click.option(
@@ -229,13 +232,18 @@ def run() -> None:  # pragma: no cover - alias for entry points
     show_default=True,
     help="Fraction (0..1) of the primary's answers that fail.",
 )
-@click.option("--seed", type=int, default=7, show_default=True, help="Seed of the failure sequence.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=0,
+    "--seed", type=int, default=7, show_default=True, help="Seed of the failure sequence."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
     help="Port of the demo proxy (default: any free port).",
 )
 @click.option(
-    "--keep-running", is_flag=True,
+    "--keep-running",
+    is_flag=True,
     help="Leave the demo proxy up after the runs, to curl it and open its status page.",
 )
 @handle_errors
@@ -265,3 +273,54 @@ def demo(
     report = asyncio.run(run_demo(options, Console(highlight=False)))
     if not report.all_succeeded_through_proxy:
         sys.exit(1)
+
+
+def _status_url(obj: dict[str, Any], url: str | None) -> str:
+    from hydrallm.statusview import default_url
+
+    if url:
+        return url
+    try:
+        config = load(obj)
+    except HydraError:
+        config = None
+    return str(default_url(config))
+
+
+@main.command()
+@_global_options
+@click.option("--url", default=None, help="Proxy address (default: the configured listener).")
+@click.option("--watch", "-w", is_flag=True, help="Refresh every second until Ctrl-C.")
+@click.option(
+    "--requests",
+    "requests_",
+    type=click.IntRange(0, 50),
+    default=10,
+    show_default=True,
+    help="Recent requests to show.",
+)
+@click.pass_obj
+@handle_errors
+def status(obj: dict[str, Any], url: str | None, watch: bool, requests_: int) -> None:
+    """Show a running proxy's models, chains and recent requests."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from hydrallm.statusview import StatusUnavailable, fetch_status, render_status
+
+    target = _status_url(obj or {}, url)
+    console = Console(highlight=False)
+    if not watch:
+        console.print(render_status(fetch_status(target), target, requests=requests_))
+        return
+    with Live(console=console, auto_refresh=False, screen=False) as live:
+        while True:
+            try:
+                view: Any = render_status(fetch_status(target), target, requests=requests_)
+            except StatusUnavailable as exc:
+                view = Text(f"hydrallm: {exc} (retrying)", style="red")
+            live.update(view, refresh=True)
+            time.sleep(1.0)

@@ -555,17 +555,15 @@ def _finish_endpoint(
     """Check the url (defaulting it for bedrock-only endpoints) and the AWS credentials."""
     place = f"endpoint {_show(endpoint.name)}"
     region = endpoint.aws_region
-    if "bedrock" in types:
-        region = (
-            region or report.env.get("AWS_REGION") or report.env.get("AWS_DEFAULT_REGION")
-        ) or "us-east-1"
     if region is not None and not re.fullmatch(r"[a-z0-9-]+", region):
         report.problem(f"{place}: aws_region {_show(region)} is not a valid AWS region")
     url = endpoint.url
     if url:
         url = _checked_url(url, place, report)
     elif types == {"bedrock"}:
-        url = f"https://bedrock-runtime.{region}.amazonaws.com"
+        # Left empty: the bedrock provider builds the regional URL from the region it
+        # resolves at signing time (aws_region, environment, profile, us-east-1).
+        url = ""
     else:
         report.problem(f"{place}: url is required")
     has_id = endpoint.aws_access_key_id is not None
@@ -580,7 +578,7 @@ def _finish_endpoint(
             f"{place}: bedrock aws_session_token requires aws_access_key_id"
             " and aws_secret_access_key"
         )
-    return replace(endpoint, url=url, aws_region=region)
+    return replace(endpoint, url=url)
 
 
 # --------------------------------------------------------------------------- models

@@ -177,7 +177,7 @@ async def _proxy(
         json=parsed,
         streaming=streaming,
     )
-    route, chain = listener.resolve(client_request.requested_model)
+    route, chain = listener.resolve(provider.requested_model(client_request))
     labels = Labels(name, route, listener.api_type)
     state.in_flight += 1
     try:

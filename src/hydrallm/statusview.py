@@ -48,7 +48,7 @@ def fetch_status(url: str, *, timeout: float = 3.0) -> dict[str, Any]:
     """GET `<url>/_hydrallm/status.json` and decode it."""
     target = url.rstrip("/") + "/_hydrallm/status.json"
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(target, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         raise StatusUnavailable(
@@ -93,35 +93,31 @@ def _state(model: dict[str, Any]) -> Text:
 
 
 def _models(doc: dict[str, Any]) -> Table:
-    table = Table(title="Models (last 5 minutes)", title_justify="left", expand=False)
-    for name, justify in (
-        ("model", "left"),
-        ("upstream", "left"),
-        ("state", "left"),
-        ("success", "right"),
-        ("ok / attempts", "right"),
-        ("p50 latency", "right"),
-        ("p50 TTFT", "right"),
-        ("last error", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table = Table(title="Models (last 5 minutes)", title_justify="left")
+    table.add_column("model", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("success", justify="right", no_wrap=True)
+    table.add_column("ok / attempts", justify="right", no_wrap=True)
+    table.add_column("p50", justify="right", no_wrap=True)
+    table.add_column("TTFT", justify="right", no_wrap=True)
+    table.add_column("last error", overflow="fold", ratio=1)
     now = float(doc.get("now", time.time()))
     for m in doc.get("models", []):
         total, ok = int(m.get("requests_5m", 0)), int(m.get("successes_5m", 0))
         rate = "-" if not total else f"{ok / total:.0%}" if ok == total else f"{ok / total:.1%}"
         err = m.get("last_error")
-        err_text = (
-            Text("none", style="dim")
-            if not err
-            else Text(
-                f"{err.get('outcome')} {err.get('message')} ({_duration(now - err.get('at', now))}"
-                " ago)",
-                style="red",
-            )
-        )
+        if err:
+            message = str(err.get("message", ""))
+            if len(message) > 90:
+                message = message[:89] + "…"
+            ago = _duration(now - float(err.get("at", now)))
+            err_text = Text(f"{err.get('outcome')}: {message} ({ago} ago)", style="red")
+        else:
+            err_text = Text("none", style="dim")
+        name = Text(str(m.get("id")), style="bold")
+        name.append(f"\n{m.get('endpoint')} · {m.get('model')} ×{m.get('attempts')}", style="dim")
         table.add_row(
-            str(m.get("id")),
-            f"{m.get('endpoint')} {m.get('model')} ×{m.get('attempts')}",
+            name,
             _state(m),
             rate,
             f"{ok} / {total}",
@@ -152,16 +148,13 @@ def _listeners(doc: dict[str, Any]) -> Table:
 
 def _requests(doc: dict[str, Any], limit: int) -> Table:
     table = Table(title=f"Recent requests (newest first, up to {limit})", title_justify="left")
-    for name, justify in (
-        ("time", "left"),
-        ("listener", "left"),
-        ("request", "left"),
-        ("served by", "left"),
-        ("attempts", "right"),
-        ("status", "right"),
-        ("latency", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("time", no_wrap=True)
+    table.add_column("listener")
+    table.add_column("request", overflow="fold")
+    table.add_column("served by")
+    table.add_column("tries", justify="right")
+    table.add_column("status", justify="right")
+    table.add_column("latency", justify="right", no_wrap=True)
     for r in doc.get("requests", [])[:limit]:
         status = int(r.get("status", 0))
         listener = str(r.get("listener"))
@@ -170,7 +163,7 @@ def _requests(doc: dict[str, Any], limit: int) -> Table:
         table.add_row(
             time.strftime("%H:%M:%S", time.localtime(float(r.get("at", 0)))),
             listener,
-            f"{r.get('method')} {r.get('path')}" + (" (stream)" if r.get("streamed") else ""),
+            f"{r.get('method')} {r.get('path')}" + (" stream" if r.get("streamed") else ""),
             str(r.get("served_by") or "-"),
             str(r.get("attempts")),
             Text(str(status), style="green" if status < 400 else "red"),

@@ -75,10 +75,14 @@ class Provider:
         """Called once per config generation (bedrock resolves credentials here)."""
         return None
 
+    def requested_model(self, request: ClientRequest) -> str | None:
+        """The model the client asked for (routes match on it; `*` forwards it)."""
+        return request.requested_model
+
     def effective_model(self, model: ModelConfig, request: ClientRequest) -> str | None:
         """The model name this attempt asks for; None when `*` has nothing to forward."""
         if model.model == "*":
-            return request.requested_model
+            return self.requested_model(request)
         return model.model
 
     def body_for(self, model_name: str, request: ClientRequest) -> bytes:
