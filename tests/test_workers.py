@@ -45,14 +45,15 @@ def alive(pid: int) -> bool:
 async def status_by_pid(base: str, want: int = 2, tries: int = 400) -> dict[int, dict]:
     """status.json from each worker, over fresh connections, until `want` pids answered."""
     seen: dict[int, dict] = {}
-    for _ in range(tries):
-        # A new connection each time: the kernel spreads connections, not requests.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-            async with s.get(base + "/_hydrallm/status.json") as resp:
+    # A new connection for each request: the kernel spreads connections, not requests.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(tries):
+            async with session.get(base + "/_hydrallm/status.json") as resp:
                 body = await resp.json()
-        seen[body["pid"]] = body
-        if len(seen) >= want:
-            break
+            seen[body["pid"]] = body
+            if len(seen) >= want:
+                break
     return seen
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
 import socket
 from collections import Counter
@@ -25,6 +26,7 @@ from rich.table import Table
 from hydrallm.config import Config
 from hydrallm.demo_workload import Outcome, WorkloadResult, run_workload
 from hydrallm.loader import parse_config
+from hydrallm.metrics import MetricsSink
 from hydrallm.observe import AttemptEvent, Logger, Sink
 from hydrallm.runner import Proxy, start
 from hydrallm.status import StatusSink
@@ -219,7 +221,7 @@ async def run_demo(
     fallback = FakeUpstream(name="fallback")
     async with direct_primary, primary, fallback:
         config = demo_config(primary.url, fallback.url, options.port or _free_port())
-        proxy: Proxy = await start(config, logger=logger, sinks=[StatusSink(), counter])
+        proxy: Proxy = await start(config, logger=logger, sinks=[MetricsSink(worker=0, pid=os.getpid()), StatusSink(), counter])
         try:
             host, port = next(iter(proxy.addresses().values()))
             proxy_url = f"http://{host}:{port}"

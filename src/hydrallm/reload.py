@@ -100,12 +100,19 @@ class Reloader:
             if file_signature(self._path) != seen:
                 continue  # still being written; look again at the next poll
             last = seen
+            # A SIGHUP that came meanwhile is served by this reload: it reads the same file.
+            self._wake.clear()
             await self.reload("file changed")
 
     async def reload(self, reason: str) -> bool:
         """Load the config again and apply it; True when the new config is serving."""
         async with self._lock:
-            return await self._reload(reason)
+            try:
+                return await self._reload(reason)
+            except Exception as exc:  # a reload must never end the watcher, nor the proxy
+                self.proxy.state.telemetry.log.error("reload_failed", error=repr(exc))
+                self.proxy.state.telemetry.reload("failure", repr(exc))
+                return False
 
     async def _reload(self, reason: str) -> bool:
         proxy = self.proxy

@@ -1,0 +1,140 @@
+"""A request-head deadline for aiohttp's low-level server (slow-loris protection).
+
+aiohttp's server bounds idle keep-alive connections but not a request head that trickles
+in a byte at a time: such a connection holds a socket and a parser for as long as the
+client likes.  `GuardedServer` is a drop-in `web.Server` whose connections start a timer
+at the first byte of each request; if the head is not complete within `read_timeout`, the
+client gets `408 Request Timeout` and the connection is closed.  Once the head is in, the
+handler bounds the body itself (server.py reads it within the same `read_timeout`).
+
+    server = GuardedServer(handler, read_timeout=lc.read_timeout, on_timeout=log_it, ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+__all__ = ["GuardedServer", "GuardedRequestHandler"]
+
+# Sent before closing a connection whose request head is too slow (RFC 9110 §15.5.9).
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Connection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 46\r\n"
+    b"\r\n"
+    b"hydrallm: request head not complete in time.\r\n"
+)
+
+# Called with the peer address ("host:port", or "-") when a connection is closed.
+OnTimeout = Callable[[str], None]
+
+
+class GuardedRequestHandler(RequestHandler):
+    """A `RequestHandler` that closes connections whose request head arrives too slowly."""
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        read_timeout: float,
+        on_timeout: OnTimeout | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = read_timeout
+        self._on_head_timeout = on_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        # True from the moment a request head is handed to the handler until its
+        # response is finished: bytes arriving then are body (or pipelined heads).
+        self._serving = False
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._head_timer is None and not self._serving and not self._messages:
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_deadline)
+        super().data_received(data)
+        if self._messages:
+            self._cancel_head_timer()
+
+    def request_started(self) -> None:
+        """Called by `GuardedServer` when the head of a request is complete."""
+        self._serving = True
+        self._cancel_head_timer()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._serving = False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_deadline(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if self._serving or self._messages or transport is None or transport.is_closing():
+            return
+        peer = transport.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+        try:
+            transport.write(_TIMEOUT_RESPONSE)
+        except (ConnectionError, RuntimeError):
+            pass
+        # Closes the transport once the 408 is flushed, and stops the handler's loop.
+        self.force_close()
+        if self._on_head_timeout is not None:
+            self._on_head_timeout(where)
+
+
+class GuardedServer(web.Server):
+    """`web.Server` whose connections enforce a request-head deadline of `read_timeout`."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        read_timeout: float,
+        on_timeout: OnTimeout | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.read_timeout = read_timeout
+        self.on_timeout = on_timeout
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(
+            self,
+            read_timeout=self.read_timeout,
+            on_timeout=self.on_timeout,
+            loop=self._loop,
+            **self._kwargs,
+        )
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        if isinstance(protocol, GuardedRequestHandler):
+            protocol.request_started()
+        return super()._make_request(message, payload, protocol, writer, task)
