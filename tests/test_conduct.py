@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import socket
 import time
@@ -159,7 +160,7 @@ def chat_body(*, stream: bool = False) -> dict[str, Any]:
 
 def gaps(fake: FakeUpstream) -> list[float]:
     times = [r.received_at for r in fake.requests]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def tags(headers: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
@@ -267,11 +268,21 @@ async def test_non_stream_body_cut_midway_is_retried(primary: FakeUpstream) -> N
 # --------------------------------------------------------------------------- after commit
 
 
+BREAKS = {
+    "stall": (faults.stall(after_chunks=3, seconds=5.0), "stalled"),
+    "reset": (faults.reset_mid_stream(after_chunks=3), "upstream stream failed"),
+}
+
+
 @pytest.mark.parametrize("api", ["chat", "messages"])
-async def test_stall_after_commit_ends_with_an_error_the_sdk_raises(
-    api: str, primary: FakeUpstream
+@pytest.mark.parametrize("fault", list(BREAKS))
+async def test_a_stream_broken_after_commit_ends_with_an_error_the_sdk_raises(
+    api: str, fault: str, primary: FakeUpstream
 ) -> None:
-    primary.script(faults.stall(after_chunks=3, seconds=5.0))
+    # After the first token, no transparent retry is possible: the client must get an
+    # error, never a truncated answer that looks complete.
+    script, reason = BREAKS[fault]
+    primary.script(script)
     async with running(Model("primary", primary.url, api_type(api))) as run:
         got: list[str] = []
         began = time.monotonic()
@@ -295,7 +306,7 @@ async def test_stall_after_commit_ends_with_an_error_the_sdk_raises(
         elapsed = time.monotonic() - began
         # The idle limit is 300 ms: the error comes then, not after the 5 s stall.
         assert elapsed < 2.0
-        assert "stalled" in str(caught.value)
+        assert reason in str(caught.value)
         partial = "".join(got)
         assert partial and CANONICAL_TEXT.startswith(partial) and partial != CANONICAL_TEXT
         # The proxy is fine for the next request.
@@ -323,10 +334,12 @@ async def test_retry_after_ms_is_waited_before_the_retry(
     primary: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     primary.script(faults.status(429, headers={"retry-after-ms": "400"}))
-    async with running(Model("primary", primary.url, attempts=2)) as run:
-        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-            assert resp.status == 200
-            assert tags(resp.headers) == ("primary-model", "primary", "2")
+    async with (
+        running(Model("primary", primary.url, attempts=2)) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        assert resp.status == 200
+        assert tags(resp.headers) == ("primary-model", "primary", "2")
     [gap] = gaps(primary)
     assert gap >= 0.4
 
@@ -335,9 +348,11 @@ async def test_retry_after_seconds_is_waited_before_the_retry(
     primary: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     primary.script(faults.status(429, retry_after=1))
-    async with running(Model("primary", primary.url, attempts=2)) as run:
-        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-            assert resp.status == 200
+    async with (
+        running(Model("primary", primary.url, attempts=2)) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        assert resp.status == 200
     [gap] = gaps(primary)
     assert gap >= 1.0
 
@@ -414,15 +429,17 @@ async def test_a_400_is_never_retried_on_the_same_model(
     primary: FakeUpstream, fallback: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     primary.default = faults.status(400)
-    async with running(
-        Model("primary", primary.url, attempts=3),
-        Model("fallback", fallback.url),
-        retry={"max_cycles": 3},
-    ) as run:
-        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-            assert resp.status == 400
-            body = await resp.json()
-            assert tags(resp.headers) == ("primary-model", "primary", "1")
+    async with (
+        running(
+            Model("primary", primary.url, attempts=3),
+            Model("fallback", fallback.url),
+            retry={"max_cycles": 3},
+        ) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        assert resp.status == 400
+        body = await resp.json()
+        assert tags(resp.headers) == ("primary-model", "primary", "1")
     assert body["error"]["message"] == "fake upstream error 400"
     assert len(primary.requests) == 1
     assert fallback.requests == []
@@ -432,14 +449,16 @@ async def test_fallback_on_status_skips_the_rest_of_the_models_tries(
     primary: FakeUpstream, fallback: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
     primary.default = faults.status(503)
-    async with running(
-        Model("primary", primary.url, attempts=3),
-        Model("fallback", fallback.url),
-        retry={"fallback_on": [503]},
-    ) as run:
-        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-            assert resp.status == 200
-            assert tags(resp.headers) == ("fallback-model", "fallback", "2")
+    async with (
+        running(
+            Model("primary", primary.url, attempts=3),
+            Model("fallback", fallback.url),
+            retry={"fallback_on": [503]},
+        ) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        assert resp.status == 200
+        assert tags(resp.headers) == ("fallback-model", "fallback", "2")
     assert len(primary.requests) == 1
 
 
@@ -459,11 +478,13 @@ async def test_context_length_error_goes_to_the_next_model(
 ) -> None:
     primary.default = faults.status(400, CONTEXT_TOO_LONG)
     retry: dict[str, object] = {} if enabled else {"fallback_on_body": []}
-    async with running(
-        Model("primary", primary.url, attempts=3), Model("fallback", fallback.url), retry=retry
-    ) as run:
-        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-            status, headers = resp.status, resp.headers
+    async with (
+        running(
+            Model("primary", primary.url, attempts=3), Model("fallback", fallback.url), retry=retry
+        ) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        status, headers = resp.status, resp.headers
     assert len(primary.requests) == 1
     if enabled:
         assert status == 200
@@ -509,6 +530,23 @@ async def test_a_down_primary_is_skipped_and_traffic_returns_after_it_recovers(
         assert [await ask() for _ in range(3)] == ["primary-model"] * 3
     assert "state=open" in run.log.getvalue()
     assert "state=closed" in run.log.getvalue()
+
+
+async def test_when_every_model_is_cooling_down_they_are_tried_anyway(
+    primary: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    primary.script(faults.status(503))
+    async with running(
+        Model("primary", primary.url), cooldown={"failures": 1, "duration": "30s"}
+    ) as run:
+        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
+            assert resp.status == 503
+        async with http.get(run.url + "/_hydrallm/health") as resp:
+            assert (await resp.json())["models"]["primary"]["state"] == "open"
+        # Never refused because of cooldown: the only model is asked, and it answers.
+        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
+            assert resp.status == 200
+    assert len(primary.requests) == 2
 
 
 # --------------------------------------------------------------------------- timeouts
@@ -604,13 +642,15 @@ async def test_exhaustion_returns_the_last_upstream_response_even_if_later_ones_
 ) -> None:
     raw = b'{"error": {"message": "try later",  "type": "overloaded"}}\n'
     primary.script(faults.status(503, raw, {"Retry-After": "30", "x-request-id": "req-1"}))
-    async with running(
-        Model("primary", primary.url),
-        Model("fallback", dead_url()),
-        retry={"max_retry_after": "1s"},
-    ) as run:
-        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-            status, headers, body = resp.status, resp.headers, await resp.read()
+    async with (
+        running(
+            Model("primary", primary.url),
+            Model("fallback", dead_url()),
+            retry={"max_retry_after": "1s"},
+        ) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        status, headers, body = resp.status, resp.headers, await resp.read()
     assert (status, body) == (503, raw)
     assert headers["Retry-After"] == "30"
     assert headers["x-request-id"] == "req-1"
@@ -618,11 +658,11 @@ async def test_exhaustion_returns_the_last_upstream_response_even_if_later_ones_
 
 
 async def test_no_response_at_all_is_a_502_saying_why(http: aiohttp.ClientSession) -> None:
-    async with running(
-        Model("primary", dead_url(), attempts=2), Model("fallback", dead_url())
-    ) as run:
-        async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-            status, headers, payload = resp.status, resp.headers, await resp.json()
+    async with (
+        running(Model("primary", dead_url(), attempts=2), Model("fallback", dead_url())) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        status, headers, payload = resp.status, resp.headers, await resp.json()
     assert status == 502
     assert tags(headers) == ("fallback-model", "fallback", "3")
     message = payload["error"]["message"]
@@ -634,13 +674,13 @@ async def test_only_timeouts_is_a_504(http: aiohttp.ClientSession) -> None:
     async with (
         FakeUpstream(default=faults.hang()) as primary,
         FakeUpstream(default=faults.hang()) as fallback,
-    ):
-        async with running(
+        running(
             Model("primary", primary.url, timeout="200ms"),
             Model("fallback", fallback.url, timeout="200ms"),
-        ) as run:
-            async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
-                status, headers, payload = resp.status, resp.headers, await resp.json()
+        ) as run,
+        http.post(run.url + CHAT_PATH, json=chat_body()) as resp,
+    ):
+        status, headers, payload = resp.status, resp.headers, await resp.json()
     assert status == 504
     assert tags(headers) == ("fallback-model", "fallback", "2")
     assert "all 2 attempts failed" in payload["error"]["message"]

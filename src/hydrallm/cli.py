@@ -316,13 +316,21 @@ def status(obj: dict[str, Any], url: str | None, watch: bool, requests_: int) ->
     if not watch:
         console.print(render_status(fetch_status(target), target, requests=requests_))
         return
+    def view() -> Any:
+        try:
+            return render_status(fetch_status(target), target, requests=requests_)
+        except StatusUnavailable as exc:
+            return Text(f"hydrallm: {exc} (retrying)", style="red")
+
+    if not console.is_terminal:
+        # Piped or logged: one full frame per second, one after the other.
+        while True:
+            console.print(view())
+            console.rule()
+            time.sleep(1.0)
     with Live(console=console, auto_refresh=False, screen=False) as live:
         while True:
-            try:
-                view: Any = render_status(fetch_status(target), target, requests=requests_)
-            except StatusUnavailable as exc:
-                view = Text(f"hydrallm: {exc} (retrying)", style="red")
-            live.update(view, refresh=True)
+            live.update(view(), refresh=True)
             time.sleep(1.0)
 
 

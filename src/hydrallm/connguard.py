@@ -22,7 +22,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["GuardedServer", "GuardedRequestHandler"]
+__all__ = ["GuardedRequestHandler", "GuardedServer"]
 
 # Sent before closing a connection whose request head is too slow (RFC 9110 §15.5.9).
 _TIMEOUT_RESPONSE = (

@@ -66,7 +66,10 @@ class _Bridge(logging.Handler):
                 level, "client_error", peer=peer or "-", problem=_one_line(problem), status=exc.code
             )
             return
-        fields: dict[str, object] = {"source": record.name, "message": _one_line(record.getMessage())}
+        fields: dict[str, object] = {
+            "source": record.name,
+            "message": _one_line(record.getMessage()),
+        }
         if exc is not None:
             fields["problem"] = _one_line(f"{type(exc).__name__}: {exc}")
         self.target.log(_level_name(record.levelno), "aiohttp", **fields)
@@ -79,15 +82,14 @@ def bridge_aiohttp_logging(logger: Logger) -> None:
     then stops propagating to the root logger); a later call only changes its target.
     """
     root = logging.getLogger(_ROOT)
+    # Records are filtered by our Logger's own threshold; this only saves building them.
+    root.setLevel(logging.DEBUG if logger.enabled("debug") else logging.INFO)
+    root.propagate = False
     for handler in root.handlers:
         if isinstance(handler, _Bridge):
             handler.target = logger
             return
     root.addHandler(_Bridge(logger))
-    root.propagate = False
-    if root.level == logging.NOTSET or root.level > logging.DEBUG:
-        # Records are filtered by our Logger's own threshold, not here.
-        root.setLevel(logging.DEBUG if logger.enabled("debug") else logging.INFO)
 
 
 def unbridge_aiohttp_logging() -> None:
