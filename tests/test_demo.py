@@ -28,17 +28,36 @@ def succeeded(output: str) -> tuple[tuple[int, int], tuple[int, int]]:
 def test_demo_hides_every_failure_that_the_primary_shows() -> None:
     started = time.monotonic()
     done = subprocess.run(
-        [HYDRALLM, "demo", "--requests", "40", "--concurrency", "8", "--failure-rate", "0.5",
-         "--seed", "3"],
-        capture_output=True, text=True, timeout=60, env=ENV, check=False,
+        [
+            HYDRALLM,
+            "demo",
+            "--requests",
+            "40",
+            "--concurrency",
+            "8",
+            "--failure-rate",
+            "0.5",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     direct, proxied = succeeded(done.stdout)
     assert proxied == (40, 40)
     assert direct[1] == 40 and direct[0] < 40
     assert "every request succeeded" in done.stdout
-    for row in ("retries (same model)", "fallbacks (next model)", "cooldowns opened",
-                "latency p50", "latency p99"):
+    for row in (
+        "retries (same model)",
+        "fallbacks (next model)",
+        "cooldowns opened",
+        "latency p50",
+        "latency p99",
+    ):
         assert row in done.stdout
     retries = int(re.search(r"retries \(same model\)\s*│\s*-\s*│\s*(\d+)", done.stdout)[1])
     assert retries > 0
@@ -46,19 +65,33 @@ def test_demo_hides_every_failure_that_the_primary_shows() -> None:
 
 
 def test_demo_is_reproducible_with_a_seed() -> None:
-    args = [HYDRALLM, "demo", "--requests", "10", "--concurrency", "1", "--failure-rate",
-            "0.3", "--seed", "11"]
-    first = subprocess.run(args, capture_output=True, text=True, timeout=60, env=ENV,
-                           check=False)
-    second = subprocess.run(args, capture_output=True, text=True, timeout=60, env=ENV,
-                            check=False)
+    args = [
+        HYDRALLM,
+        "demo",
+        "--requests",
+        "10",
+        "--concurrency",
+        "1",
+        "--failure-rate",
+        "0.3",
+        "--seed",
+        "11",
+    ]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=60, env=ENV, check=False)
+    second = subprocess.run(args, capture_output=True, text=True, timeout=60, env=ENV, check=False)
     assert first.returncode == second.returncode == 0
     assert succeeded(first.stdout) == succeeded(second.stdout)
 
 
 def test_failure_rate_must_be_a_fraction() -> None:
-    done = subprocess.run([HYDRALLM, "demo", "--failure-rate", "30"], capture_output=True,
-                          text=True, timeout=30, env=ENV, check=False)
+    done = subprocess.run(
+        [HYDRALLM, "demo", "--failure-rate", "30"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+        check=False,
+    )
     assert done.returncode == 2
     assert "--failure-rate" in done.stderr
 
@@ -66,7 +99,10 @@ def test_failure_rate_must_be_a_fraction() -> None:
 def test_keep_running_leaves_the_proxy_up_until_ctrl_c() -> None:
     proc = subprocess.Popen(
         [HYDRALLM, "demo", "--requests", "10", "--concurrency", "4", "--keep-running"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
     )
     try:
         assert proc.stdout is not None

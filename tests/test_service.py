@@ -39,12 +39,14 @@ models = ["glm", "claude"]
 """
 
 
-def run(home: Path, *args: str, cwd: Path | None = None,
-        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    home: Path, *args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ZAI_API_KEY", "HYDRALLM_CONFIG")}
     env.update({"HOME": str(home), "NO_COLOR": "1", **(extra_env or {})})
-    return subprocess.run([HYDRALLM, *args], capture_output=True, text=True, timeout=30,
-                          cwd=cwd, env=env, check=False)
+    return subprocess.run(
+        [HYDRALLM, *args], capture_output=True, text=True, timeout=30, cwd=cwd, env=env, check=False
+    )
 
 
 @pytest.fixture
@@ -61,17 +63,16 @@ def unit_path(home: Path) -> Path:
 
 def test_systemd_unit_runs_this_hydrallm_with_the_absolute_config(home: Path) -> None:
     work = home.parent / "work"
-    done = run(home, "service", "install", "--manager", "systemd", "--config", "hydrallm.toml",
-               cwd=work)
+    done = run(
+        home, "service", "install", "--manager", "systemd", "--config", "hydrallm.toml", cwd=work
+    )
     assert done.returncode == 0, done.stderr
     unit = unit_path(home)
     assert f"wrote {unit}" in done.stdout
     assert "systemctl --user enable --now hydrallm" in done.stdout
     text = unit.read_text()
     exec_start = next(x for x in text.splitlines() if x.startswith("ExecStart="))
-    assert exec_start == (
-        f'ExecStart="{HYDRALLM}" "serve" "--config" "{work / "hydrallm.toml"}"'
-    )
+    assert exec_start == (f'ExecStart="{HYDRALLM}" "serve" "--config" "{work / "hydrallm.toml"}"')
     assert "WantedBy=default.target" in text
     # The $ZAI_API_KEY reference is reported; the literal key is not.
     assert "providers.zai.api_key refers to $ZAI_API_KEY" in done.stderr
@@ -82,24 +83,33 @@ def test_systemd_unit_runs_this_hydrallm_with_the_absolute_config(home: Path) ->
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
 def test_systemd_analyze_accepts_the_unit(home: Path) -> None:
     work = home.parent / "work"
-    assert run(home, "service", "install", "--manager", "systemd", "-c",
-               str(work / "hydrallm.toml")).returncode == 0
-    verify = subprocess.run(["systemd-analyze", "verify", str(unit_path(home))],
-                            capture_output=True, text=True, timeout=60, check=False)
+    assert (
+        run(
+            home, "service", "install", "--manager", "systemd", "-c", str(work / "hydrallm.toml")
+        ).returncode
+        == 0
+    )
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit_path(home))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     problems = [x for x in verify.stderr.splitlines() if "hydrallm.service" in x]
     assert verify.returncode == 0 and not problems, verify.stderr
 
 
 def test_launchd_plist(home: Path) -> None:
     work = home.parent / "work"
-    done = run(home, "service", "install", "--manager", "launchd", "-c",
-               str(work / "hydrallm.toml"))
+    done = run(
+        home, "service", "install", "--manager", "launchd", "-c", str(work / "hydrallm.toml")
+    )
     assert done.returncode == 0, done.stderr
     path = home / "Library" / "LaunchAgents" / "dev.hydrallm.plist"
     plist = plistlib.loads(path.read_bytes())
     assert plist["Label"] == "dev.hydrallm"
-    assert plist["ProgramArguments"] == [HYDRALLM, "serve", "--config",
-                                         str(work / "hydrallm.toml")]
+    assert plist["ProgramArguments"] == [HYDRALLM, "serve", "--config", str(work / "hydrallm.toml")]
     assert plist["RunAtLoad"] is True
     assert f"launchctl load -w {path}" in done.stdout
     assert "$ZAI_API_KEY" in done.stderr

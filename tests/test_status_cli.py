@@ -28,9 +28,21 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def demo_url() -> Iterator[str]:
     proc = subprocess.Popen(
-        [HYDRALLM, "demo", "--requests", "12", "--concurrency", "4", "--failure-rate", "0",
-         "--keep-running"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV,
+        [
+            HYDRALLM,
+            "demo",
+            "--requests",
+            "12",
+            "--concurrency",
+            "4",
+            "--failure-rate",
+            "0",
+            "--keep-running",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
     )
     assert proc.stdout is not None
     found = None
@@ -50,8 +62,9 @@ def demo_url() -> Iterator[str]:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HYDRALLM, *args], capture_output=True, text=True, timeout=30,
-                          env=ENV, check=False)
+    return subprocess.run(
+        [HYDRALLM, *args], capture_output=True, text=True, timeout=30, env=ENV, check=False
+    )
 
 
 def test_status_shows_models_chains_and_requests(demo_url: str) -> None:
@@ -70,8 +83,13 @@ def test_status_shows_models_chains_and_requests(demo_url: str) -> None:
 
 
 def test_status_watch_refreshes_until_interrupted(demo_url: str) -> None:
-    proc = subprocess.Popen([HYDRALLM, "status", "--url", demo_url, "--watch"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [HYDRALLM, "status", "--url", demo_url, "--watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     time.sleep(2.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
@@ -102,7 +120,11 @@ model = "m"
 
 def test_status_without_a_config_tries_the_default_address(tmp_path: Path) -> None:
     done = subprocess.run(
-        [HYDRALLM, "status"], capture_output=True, text=True, timeout=30, check=False,
+        [HYDRALLM, "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
         env={**ENV, "HOME": str(tmp_path), "HYDRALLM_CONFIG": str(tmp_path / "none.toml")},
     )
     assert done.returncode == 1

@@ -67,8 +67,9 @@ async def scripted_run(primary: FakeUpstream, fallback: FakeUpstream) -> Proxy:
     config = parse_config(config_text(primary.url, fallback.url, free_port()), env={})
     proxy = await start(config, logger=Logger("error", stream=io.StringIO()))
     host, port = proxy.addresses()["claude"]
-    body = json.dumps({"model": "claude-x", "max_tokens": 10,
-                       "messages": [{"role": "user", "content": "hi"}]})
+    body = json.dumps(
+        {"model": "claude-x", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    )
     async with aiohttp.ClientSession() as session:
         for _ in range(4):
             async with session.post(f"http://{host}:{port}/v1/messages", data=body) as resp:
@@ -101,8 +102,9 @@ async def test_the_page_and_its_json_are_served() -> None:
                     assert 'id="hl-models"' in await resp.text()
                 async with session.get(base(proxy) + "/_hydrallm/status.json") as resp:
                     doc = await resp.json()
-            states = {m["id"]: (m["state"], m["successes_5m"], m["requests_5m"])
-                      for m in doc["models"]}
+            states = {
+                m["id"]: (m["state"], m["successes_5m"], m["requests_5m"]) for m in doc["models"]
+            }
             assert states == {"primary": ("open", 1, 3), "fallback": ("closed", 3, 3)}
         finally:
             await proxy.close()
@@ -110,10 +112,18 @@ async def test_the_page_and_its_json_are_served() -> None:
 
 async def chromium(*args: str) -> bytes:
     proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", "--virtual-time-budget=3000", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--virtual-time-budget=3000",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=90)
     assert proc.returncode == 0
@@ -121,17 +131,24 @@ async def chromium(*args: str) -> bytes:
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not HAVE_CHROMIUM, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    not HAVE_CHROMIUM, reason="chromium is not installed (apt-get install chromium)"
+)
 async def test_chromium_shows_model_states_counts_and_requests(tmp_path: Path) -> None:
     async with FakeUpstream(name="p") as primary, FakeUpstream(name="f") as fallback:
         proxy = await scripted_run(primary, fallback)
         try:
             page = base(proxy) + "/_hydrallm/"
-            dom = (await chromium(f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom",
-                                  page)).decode()
+            dom = (
+                await chromium(f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", page)
+            ).decode()
             shot = tmp_path / "statuspage.png"
-            await chromium(f"--user-data-dir={tmp_path / 'profile-shot'}",
-                           "--window-size=1280,900", f"--screenshot={shot}", page)
+            await chromium(
+                f"--user-data-dir={tmp_path / 'profile-shot'}",
+                "--window-size=1280,900",
+                f"--screenshot={shot}",
+                page,
+            )
         finally:
             await proxy.close()
 

@@ -316,6 +316,7 @@ def status(obj: dict[str, Any], url: str | None, watch: bool, requests_: int) ->
     if not watch:
         console.print(render_status(fetch_status(target), target, requests=requests_))
         return
+
     def view() -> Any:
         try:
             return render_status(fetch_status(target), target, requests=requests_)

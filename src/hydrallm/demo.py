@@ -221,7 +221,11 @@ async def run_demo(
     fallback = FakeUpstream(name="fallback")
     async with direct_primary, primary, fallback:
         config = demo_config(primary.url, fallback.url, options.port or _free_port())
-        proxy: Proxy = await start(config, logger=logger, sinks=[MetricsSink(worker=0, pid=os.getpid()), StatusSink(), counter])
+        proxy: Proxy = await start(
+            config,
+            logger=logger,
+            sinks=[MetricsSink(worker=0, pid=os.getpid()), StatusSink(), counter],
+        )
         try:
             host, port = next(iter(proxy.addresses().values()))
             proxy_url = f"http://{host}:{port}"

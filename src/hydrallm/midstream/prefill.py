@@ -47,7 +47,10 @@ def _append(messages: list[Any], text: str, *, responses: bool) -> list[Any]:
             return [*messages[:-1], {**last, "content": content + text}]
         if isinstance(content, list):
             part_type = "output_text" if responses else "text"
-            return [*messages[:-1], {**last, "content": [*content, {"type": part_type, "text": text}]}]
+            return [
+                *messages[:-1],
+                {**last, "content": [*content, {"type": part_type, "text": text}]},
+            ]
     return [*messages, {"role": "assistant", "content": text}]
 
 

@@ -14,7 +14,7 @@ index), so a continuation that reproduces the blocks keeps them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hydrallm.midstream.frames import Event, EventSplitter, parse_event
@@ -68,6 +68,21 @@ class Transcript:
             self._responses(event)
         else:
             self._chat(event)
+
+    def snapshot(self) -> Transcript:
+        """A copy that later feeding does not change."""
+        return Transcript(
+            self.kind,
+            [replace(b) for b in self.blocks],
+            self.started,
+            self.finished,
+            self.done,
+            self.usage,
+            self.events,
+            self.message_id,
+            self.last_sequence,
+            self.opaque,
+        )
 
     # --- questions ------------------------------------------------------------------
 
@@ -145,11 +160,11 @@ class Transcript:
                 index = index if isinstance(index, int) else 0
                 function = call.get("function")
                 function = function if isinstance(function, dict) else {}
-                block = self.block((TOOL, index))
-                if block is None:
+                found = self.block((TOOL, index))
+                if found is None:
                     name = function.get("name")
                     ident = call.get("id")
-                    block = self._open(
+                    found = self._open(
                         (TOOL, index),
                         TOOL,
                         index,
@@ -158,7 +173,7 @@ class Transcript:
                     )
                 arguments = function.get("arguments")
                 if isinstance(arguments, str):
-                    block.text += arguments
+                    found.text += arguments
 
     def _anthropic(self, event: Event) -> None:
         data = event.data or {}
@@ -184,21 +199,21 @@ class Transcript:
             if isinstance(initial, str):
                 block.text = initial
         elif name == "content_block_delta" and isinstance(index, int):
-            block = self.block(index)
+            target = self.block(index)
             delta = data.get("delta")
-            if block is None or not isinstance(delta, dict):
+            if target is None or not isinstance(delta, dict):
                 self.opaque = True
                 return
             piece = delta_text(delta)
             if piece is None:
                 if delta.get("type") != "signature_delta":
-                    block.kind = OTHER
+                    target.kind = OTHER
             else:
-                block.text += piece
+                target.text += piece
         elif name == "content_block_stop" and isinstance(index, int):
-            block = self.block(index)
-            if block is not None:
-                block.closed = True
+            stopped = self.block(index)
+            if stopped is not None:
+                stopped.closed = True
         elif name == "message_delta":
             self.finished = True
             self.usage = self.usage or isinstance(data.get("usage"), dict)

@@ -1,0 +1,261 @@
+"""Mid-stream recovery (issue 9), end to end.
+
+The real proxy runs in-process in front of fake upstreams that always answer
+CANONICAL_TEXT; the primary breaks after part of the answer, the fallback finishes it.
+What is checked is what the user notices: the official SDK reads exactly the canonical
+answer as one well-formed stream (one start, one finish, usage), or a clean error event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, Reset, faults, split_text
+from hydrallm.testing.harness import ProxyHarness
+from hydrallm.testing.prefill import REFUSAL, PrefillUpstream
+
+APIS = ["chat", "responses", "messages"]
+MESSAGES = [{"role": "user", "content": "hi"}]
+CUT = 5  # content chunks the client gets before the primary breaks
+SEEN = "".join(split_text(CANONICAL_TEXT)[:CUT])
+
+
+def config(*urls: str, api: str, retry: str = "", endpoint: str = "") -> str:
+    kind = "anthropic" if api == "messages" else "openai"
+    parts = [
+        '[retry]\nmax_cycles = 1\ndefault_interval = "10ms"\n'
+        'first_token_timeout = "2s"\nstream_idle_timeout = "300ms"\n' + retry,
+        "[cooldown]\nenabled = false\n",
+    ]
+    for i, url in enumerate(urls):
+        base = url if kind == "anthropic" else url + "/v1"
+        parts.append(f'[endpoints.e{i}]\nurl = "{base}"\napi_key = "k{i}"\n{endpoint}\n')
+    for i, _ in enumerate(urls):
+        parts.append(f'[[models]]\nendpoint = "e{i}"\ntype = "{kind}"\nmodel = "m{i}"\n')
+    return "\n".join(parts)
+
+
+@dataclass
+class Answer:
+    text: str = ""
+    starts: int = 0  # role chunks / message_start / response.created
+    finishes: int = 0  # finish_reason / message_delta / response.completed
+    usage: Any = None
+    final: str | None = None  # get_final_message() / get_final_response() text
+    tool_args: str = ""
+    sequence: list[int] = field(default_factory=list)
+
+
+async def ask(url: str, api: str, **extra: Any) -> Answer:
+    """Stream one answer through the proxy with the official SDK."""
+    got = Answer()
+    if api == "messages":
+        async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as claude:
+            async with claude.messages.stream(
+                model="m", max_tokens=200, messages=MESSAGES, **extra
+            ) as stream:
+                async for event in stream:
+                    if event.type == "message_start":
+                        got.starts += 1
+                    elif event.type == "message_delta":
+                        got.finishes += 1
+                    elif event.type == "content_block_delta":
+                        if event.delta.type == "text_delta":
+                            got.text += event.delta.text
+                        elif event.delta.type == "input_json_delta":
+                            got.tool_args += event.delta.partial_json
+                final = await stream.get_final_message()
+            got.usage = final.usage
+            got.final = "".join(b.text for b in final.content if b.type == "text")
+        return got
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        if api == "responses":
+            async with client.responses.stream(model="m", input="hi", **extra) as events:
+                async for ev in events:
+                    got.sequence.append(ev.sequence_number)
+                    if ev.type == "response.created":
+                        got.starts += 1
+                    elif ev.type == "response.completed":
+                        got.finishes += 1
+                    elif ev.type == "response.output_text.delta":
+                        got.text += ev.delta
+                    elif ev.type == "response.function_call_arguments.delta":
+                        got.tool_args += ev.delta
+                response = await events.get_final_response()
+            got.usage = response.usage
+            got.final = response.output_text
+            return got
+        chunks = await client.chat.completions.create(
+            model="m",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+            **extra,
+        )
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                got.usage = chunk.usage
+            for choice in chunk.choices:
+                if choice.delta.role is not None:
+                    got.starts += 1
+                if choice.finish_reason is not None:
+                    got.finishes += 1
+                got.text += choice.delta.content or ""
+                for call in choice.delta.tool_calls or []:
+                    got.tool_args += (call.function.arguments or "") if call.function else ""
+        got.final = got.text
+    return got
+
+
+def assert_whole(got: Answer, api: str) -> None:
+    assert got.text == CANONICAL_TEXT
+    assert got.final == CANONICAL_TEXT
+    assert (got.starts, got.finishes) == (1, 1)
+    assert got.usage is not None
+    if api == "responses":
+        assert got.sequence == list(range(len(got.sequence)))
+
+
+@asynccontextmanager
+async def proxy(
+    primary: FakeUpstream, fallback: FakeUpstream, api: str, **kw: str
+) -> AsyncIterator[ProxyHarness]:
+    async with ProxyHarness(config(primary.url, fallback.url, api=api, **kw)) as px:
+        yield px
+
+
+@pytest.fixture
+async def primary() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream(name="primary") as up:
+        yield up
+
+
+@pytest.fixture
+async def fallback() -> AsyncIterator[PrefillUpstream]:
+    async with PrefillUpstream(name="fallback") as up:
+        yield up
+
+
+BREAKS = {
+    "reset": faults.reset_mid_stream(after_chunks=CUT),
+    "stall": faults.stall(after_chunks=CUT, seconds=3.0),
+    "error_event": faults.error_event_after(CUT),
+}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("brk", list(BREAKS))
+async def test_a_broken_answer_is_finished_by_prefill_on_the_fallback(
+    api: str, brk: str, primary: FakeUpstream, fallback: PrefillUpstream
+) -> None:
+    primary.script(BREAKS[brk])
+    async with proxy(primary, fallback, api) as px:
+        got = await ask(px.url(), api)
+        assert_whole(got, api)
+        # The fallback was asked to go on from exactly what the client had seen.
+        assert fallback.prefills == [SEEN.rstrip()]
+        assert "action=continued" in px.logs()
+        assert "model=e1/m1" in px.logs().split("action=continued")[0].splitlines()[-1]
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_refused_prefill_restarts_and_keeps_the_matching_answer(
+    api: str, primary: FakeUpstream
+) -> None:
+    primary.script(faults.reset_mid_stream(after_chunks=CUT), faults.reset_mid_stream(CUT))
+    async with PrefillUpstream(refuse=True) as fallback, proxy(primary, fallback, api) as px:
+        got = await ask(px.url(), api)
+        assert_whole(got, api)
+        assert len(fallback.prefills) == 1  # refused, then the original request again
+        assert [r.fault.kind for r in fallback.requests] == ["status_400", "ok"]
+        assert "action=restarted-matched" in px.logs()
+        # The refusal is remembered: the next recovery does not offer a prefill again.
+        assert_whole(await ask(px.url(), api), api)
+        assert len(fallback.prefills) == 1 and len(fallback.requests) == 3
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_different_answer_after_a_refused_prefill_ends_with_a_clean_error(
+    api: str, primary: FakeUpstream
+) -> None:
+    primary.script(faults.reset_mid_stream(after_chunks=CUT))
+    other = "Something else entirely, " + CANONICAL_TEXT
+    async with (
+        PrefillUpstream(refuse=True, text=other) as fallback,
+        proxy(primary, fallback, api) as px,
+    ):
+        with pytest.raises((openai.APIError, anthropic.APIError)) as caught:
+            await ask(px.url(), api)
+        message = str(caught.value)
+        assert "upstream stream failed" in message
+        assert REFUSAL not in message and "prefill" not in message
+        assert len(fallback.requests) == 2
+        assert "action=gave-up" in px.logs()
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_cut_inside_a_tool_call_restarts_and_completes_the_call(
+    api: str, primary: FakeUpstream
+) -> None:
+    call = faults.tool_call()
+    primary.script(replace(call, reset=Reset.MID_STREAM, after_chunks=1))
+    async with PrefillUpstream(default=call) as fallback, proxy(primary, fallback, api) as px:
+        got = await ask(px.url(), api)
+        assert json.loads(got.tool_args) == {"city": "Paris"}
+        assert (got.starts, got.finishes) == (1, 1)
+        assert got.usage is not None
+        assert fallback.prefills == []  # a tool call cannot be prefilled
+        assert "action=restarted-matched" in px.logs()
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_midstream_error_setting_only_ends_the_stream_cleanly(
+    api: str, primary: FakeUpstream, fallback: PrefillUpstream
+) -> None:
+    primary.script(faults.reset_mid_stream(after_chunks=CUT))
+    async with proxy(primary, fallback, api, retry='midstream = "error"\n') as px:
+        with pytest.raises((openai.APIError, anthropic.APIError)):
+            await ask(px.url(), api)
+        assert fallback.requests == []
+
+
+@pytest.mark.parametrize("api", ["chat", "messages"])
+async def test_the_recovered_stream_is_one_well_formed_stream_on_the_wire(
+    api: str, primary: FakeUpstream, fallback: PrefillUpstream
+) -> None:
+    primary.script(faults.reset_mid_stream(after_chunks=CUT))
+    async with proxy(primary, fallback, api) as px, aiohttp.ClientSession() as session:
+        path = "/v1/messages" if api == "messages" else "/v1/chat/completions"
+        body: dict[str, Any] = {"model": "m", "messages": MESSAGES, "stream": True}
+        if api == "messages":
+            body["max_tokens"] = 100
+        else:
+            body["stream_options"] = {"include_usage": True}
+        async with session.post(px.url() + path, json=body) as resp:
+            raw = (await resp.read()).decode()
+    if api == "messages":
+        for name, count in [
+            ("message_start", 1),
+            ("content_block_start", 1),
+            ("content_block_stop", 1),
+            ("message_delta", 1),
+            ("message_stop", 1),
+        ]:
+            assert raw.count(f"event: {name}\n") == count, name
+    else:
+        assert raw.count("data: [DONE]") == 1
+        assert raw.count('"role"') == 1
+        assert raw.count('"finish_reason":"stop"') == 1
+        ids = {
+            json.loads(line[6:])["id"] for line in raw.splitlines() if line.startswith("data: {")
+        }
+        assert len(ids) == 1
