@@ -16,30 +16,45 @@ from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, faults
 from hydrallm.testing.harness import ProxyHarness
 
 
-def anthropic_config(*upstreams: tuple[str, str, int], extra: str = "", key: str | None = "sk-ant-test-0001") -> str:
+def anthropic_config(
+    *upstreams: tuple[str, str, int], extra: str = "", key: str | None = "sk-ant-test-0001"
+) -> str:
     """A schema-1 config: one endpoint and model per (url, model, attempts)."""
     parts = ['[retry]\ndefault_interval = "10ms"\nmax_cycles = 1\n' + extra]
-    for i, (url, model, attempts) in enumerate(upstreams):
+    for i, (url, _model, _attempts) in enumerate(upstreams):
         key_line = f'api_key = "{key}"' if key else ""
         parts.append(f'[endpoints.e{i}]\nurl = "{url}"\n{key_line}\n')
     for i, (_url, model, attempts) in enumerate(upstreams):
-        parts.append(f'[[models]]\nendpoint = "e{i}"\ntype = "anthropic"\nmodel = "{model}"\nattempts = {attempts}\n')
+        parts.append(
+            f'[[models]]\nendpoint = "e{i}"\ntype = "anthropic"\nmodel = "{model}"\nattempts = {attempts}\n'
+        )
     return "\n".join(parts)
 
 
-def openai_config(*upstreams: tuple[str, str, int], extra: str = "", endpoint_extra: str = "") -> str:
+def openai_config(
+    *upstreams: tuple[str, str, int], extra: str = "", endpoint_extra: str = ""
+) -> str:
     parts = ['[retry]\ndefault_interval = "10ms"\nmax_cycles = 1\n' + extra]
     for i, (url, _model, _a) in enumerate(upstreams):
-        parts.append(f'[endpoints.e{i}]\nurl = "{url}"\napi_key = "sk-openai-test-0002"\n{endpoint_extra}\n')
+        parts.append(
+            f'[endpoints.e{i}]\nurl = "{url}"\napi_key = "sk-openai-test-0002"\n{endpoint_extra}\n'
+        )
     for i, (_url, model, attempts) in enumerate(upstreams):
-        parts.append(f'[[models]]\nendpoint = "e{i}"\ntype = "openai"\nmodel = "{model}"\nattempts = {attempts}\n')
+        parts.append(
+            f'[[models]]\nendpoint = "e{i}"\ntype = "openai"\nmodel = "{model}"\nattempts = {attempts}\n'
+        )
     return "\n".join(parts)
 
 
 async def test_openai_sdk_non_streaming_and_streaming_through_the_proxy() -> None:
-    async with FakeUpstream() as up, ProxyHarness(openai_config((up.url + "/v1", "gpt-up", 1))) as px:
+    async with (
+        FakeUpstream() as up,
+        ProxyHarness(openai_config((up.url + "/v1", "gpt-up", 1))) as px,
+    ):
         client = openai.AsyncOpenAI(base_url=px.url() + "/v1", api_key="client-key")
-        done = await client.chat.completions.create(model="whatever", messages=[{"role": "user", "content": "hi"}])
+        done = await client.chat.completions.create(
+            model="whatever", messages=[{"role": "user", "content": "hi"}]
+        )
         assert done.choices[0].message.content == CANONICAL_TEXT
         assert done.model == "gpt-up"  # the upstream's own answer, never rewritten
         stream = await client.chat.completions.create(
@@ -72,13 +87,18 @@ async def test_anthropic_sdk_non_streaming_and_streaming_through_the_proxy() -> 
 
 
 async def test_retry_counts_follow_attempts_models_and_cycles() -> None:
-    async with FakeUpstream(default=faults.status(503)) as a, FakeUpstream(default=faults.status(502)) as b:
+    async with (
+        FakeUpstream(default=faults.status(503)) as a,
+        FakeUpstream(default=faults.status(502)) as b,
+    ):
         cfg = anthropic_config((a.url, "a", 3), (b.url, "b", 2), extra="max_cycles = 2\n").replace(
             "max_cycles = 1\n", ""
         )
-        cfg += '\n[cooldown]\nenabled = false\n'
+        cfg += "\n[cooldown]\nenabled = false\n"
         async with ProxyHarness(cfg) as px, aiohttp.ClientSession() as s:
-            async with s.post(px.url() + "/v1/messages", json={"model": "x", "max_tokens": 5, "messages": []}) as r:
+            async with s.post(
+                px.url() + "/v1/messages", json={"model": "x", "max_tokens": 5, "messages": []}
+            ) as r:
                 body = await r.read()
                 # Exhausted: the most recent upstream response, as received.
                 assert r.status == 502
@@ -86,7 +106,9 @@ async def test_retry_counts_follow_attempts_models_and_cycles() -> None:
                 assert r.headers["x-hydrallm-endpoint"] == "e1"
                 assert json.loads(body)["type"] == "error"
         assert len(a.requests) == 6 and len(b.requests) == 4
-        order = sorted([(r.received_at, "a") for r in a.requests] + [(r.received_at, "b") for r in b.requests])
+        order = sorted(
+            [(r.received_at, "a") for r in a.requests] + [(r.received_at, "b") for r in b.requests]
+        )
         assert [n for _, n in order] == list("aaabbaaabb")
 
 
@@ -105,9 +127,15 @@ async def test_fallback_order_and_model_rewrite() -> None:
 
 async def test_non_retryable_4xx_goes_back_unchanged_at_once() -> None:
     body = {"error": {"message": "bad request here", "type": "invalid_request_error"}}
-    async with FakeUpstream(default=faults.status(400, body, {"X-Upstream": "yes"})) as a, FakeUpstream() as b:
+    async with (
+        FakeUpstream(default=faults.status(400, body, {"X-Upstream": "yes"})) as a,
+        FakeUpstream() as b,
+    ):
         async with ProxyHarness(openai_config((a.url, "a", 3), (b.url, "b", 1))) as px:
-            async with aiohttp.ClientSession() as s, s.post(px.url() + "/v1/chat/completions", json={"model": "m"}) as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(px.url() + "/v1/chat/completions", json={"model": "m"}) as r,
+            ):
                 assert r.status == 400
                 assert r.headers["X-Upstream"] == "yes"
                 assert await r.json() == body
@@ -116,8 +144,12 @@ async def test_non_retryable_4xx_goes_back_unchanged_at_once() -> None:
 
 async def test_connection_refused_and_timeout_fall_back() -> None:
     async with FakeUpstream(default=faults.hang()) as slow, FakeUpstream() as good:
-        cfg = openai_config(("http://127.0.0.1:1", "dead", 2), (slow.url, "slow", 1), (good.url, "good", 1))
-        cfg = cfg.replace('model = "slow"\nattempts = 1', 'model = "slow"\nattempts = 1\ntimeout = "200ms"')
+        cfg = openai_config(
+            ("http://127.0.0.1:1", "dead", 2), (slow.url, "slow", 1), (good.url, "good", 1)
+        )
+        cfg = cfg.replace(
+            'model = "slow"\nattempts = 1', 'model = "slow"\nattempts = 1\ntimeout = "200ms"'
+        )
         async with ProxyHarness(cfg) as px, aiohttp.ClientSession() as s:
             started = time.monotonic()
             async with s.post(px.url() + "/v1/chat/completions", json={"model": "m"}) as r:
@@ -128,7 +160,10 @@ async def test_connection_refused_and_timeout_fall_back() -> None:
 
 
 async def test_exhaustion_without_any_response_is_a_502_in_the_api_format() -> None:
-    async with ProxyHarness(anthropic_config(("http://127.0.0.1:1", "a", 2))) as px, aiohttp.ClientSession() as s:
+    async with (
+        ProxyHarness(anthropic_config(("http://127.0.0.1:1", "a", 2))) as px,
+        aiohttp.ClientSession() as s,
+    ):
         async with s.post(px.url() + "/v1/messages", json={"model": "m"}) as r:
             assert r.status == 502
             data = await r.json()
@@ -136,7 +171,10 @@ async def test_exhaustion_without_any_response_is_a_502_in_the_api_format() -> N
             assert "2 attempts" in data["error"]["message"]
             assert "cannot connect" in data["error"]["message"]
             assert r.headers["x-hydrallm-attempts"] == "2"
-    async with ProxyHarness(openai_config(("http://127.0.0.1:1", "a", 1))) as px, aiohttp.ClientSession() as s:
+    async with (
+        ProxyHarness(openai_config(("http://127.0.0.1:1", "a", 1))) as px,
+        aiohttp.ClientSession() as s,
+    ):
         async with s.post(px.url() + "/v1/chat/completions", json={"model": "m"}) as r:
             data = await r.json()
             assert r.status == 502 and set(data["error"]) >= {"message", "type", "code"}
@@ -145,18 +183,30 @@ async def test_exhaustion_without_any_response_is_a_502_in_the_api_format() -> N
 @pytest.mark.parametrize(
     ("key", "client_headers", "expect"),
     [
-        ("sk-config-9999", {"Authorization": "Bearer client", "api-key": "c2"}, {"Authorization": "Bearer sk-config-9999"}),
+        (
+            "sk-config-9999",
+            {"Authorization": "Bearer client", "api-key": "c2"},
+            {"Authorization": "Bearer sk-config-9999"},
+        ),
         ("-", {"Authorization": "Bearer client", "x-api-key": "c"}, {}),
         (None, {"Authorization": "Bearer client"}, {"Authorization": "Bearer client"}),
     ],
 )
-async def test_openai_auth_rules(key: str | None, client_headers: dict[str, str], expect: dict[str, str]) -> None:
+async def test_openai_auth_rules(
+    key: str | None, client_headers: dict[str, str], expect: dict[str, str]
+) -> None:
     async with FakeUpstream() as up:
         key_line = f'api_key = "{key}"' if key else ""
         cfg = f'[endpoints.e]\nurl = "{up.url}"\n{key_line}\n[[models]]\nendpoint = "e"\ntype = "openai"\nmodel = "m"\n'
         async with ProxyHarness(cfg) as px, aiohttp.ClientSession() as s:
-            headers = {**client_headers, "OpenAI-Beta": "assistants=v2", "User-Agent": "my-agent/1.0"}
-            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}, headers=headers) as r:
+            headers = {
+                **client_headers,
+                "OpenAI-Beta": "assistants=v2",
+                "User-Agent": "my-agent/1.0",
+            }
+            async with s.post(
+                px.url() + "/v1/chat/completions", json={"model": "x"}, headers=headers
+            ) as r:
                 assert r.status == 200
         got = up.requests[0].headers
         creds = {k: got[k] for k in ("Authorization", "x-api-key", "api-key") if k in got}
@@ -167,8 +217,14 @@ async def test_openai_auth_rules(key: str | None, client_headers: dict[str, str]
 async def test_anthropic_headers_and_query_pass_through() -> None:
     async with FakeUpstream() as up, ProxyHarness(anthropic_config((up.url, "m", 1))) as px:
         async with aiohttp.ClientSession() as s:
-            headers = {"anthropic-beta": "tools-2024", "anthropic-version": "2024-01-01", "x-api-key": "client"}
-            async with s.post(px.url() + "/v1/messages?beta=true", json={"model": "x"}, headers=headers) as r:
+            headers = {
+                "anthropic-beta": "tools-2024",
+                "anthropic-version": "2024-01-01",
+                "x-api-key": "client",
+            }
+            async with s.post(
+                px.url() + "/v1/messages?beta=true", json={"model": "x"}, headers=headers
+            ) as r:
                 assert r.status == 200
         req = up.requests[0]
         assert req.query_string == "beta=true"
@@ -180,7 +236,10 @@ async def test_anthropic_headers_and_query_pass_through() -> None:
 async def test_env_key_resolution_and_unset_variable_warning() -> None:
     async with FakeUpstream() as up:
         cfg = anthropic_config((up.url, "m", 1), key="$HYDRA_TEST_KEY")
-        async with ProxyHarness(cfg, env={"HYDRA_TEST_KEY": "sk-from-env-123"}) as px, aiohttp.ClientSession() as s:
+        async with (
+            ProxyHarness(cfg, env={"HYDRA_TEST_KEY": "sk-from-env-123"}) as px,
+            aiohttp.ClientSession() as s,
+        ):
             async with s.post(px.url() + "/v1/messages", json={"model": "x"}) as r:
                 assert r.status == 200
             assert "sk-from-env-123" not in px.logs()
@@ -189,7 +248,9 @@ async def test_env_key_resolution_and_unset_variable_warning() -> None:
         assert up.requests[0].headers["anthropic-version"] == "2023-06-01"
         async with ProxyHarness(cfg, env={}) as px, aiohttp.ClientSession() as s:
             assert any("HYDRA_TEST_KEY" in w for w in px.config.warnings)
-            async with s.post(px.url() + "/v1/messages", json={"model": "x"}, headers={"x-api-key": "mine"}) as r:
+            async with s.post(
+                px.url() + "/v1/messages", json={"model": "x"}, headers={"x-api-key": "mine"}
+            ) as r:
                 assert r.status == 200
         # Unset: the client's own key passes through, never the literal "$HYDRA_TEST_KEY".
         assert up.requests[1].headers["x-api-key"] == "mine"
@@ -197,21 +258,30 @@ async def test_env_key_resolution_and_unset_variable_warning() -> None:
 
 async def test_url_joining_and_strip_version_prefix() -> None:
     async with FakeUpstream() as up:
-        cfg = openai_config((up.url + "/api/coding/paas/v4/", "m", 1), endpoint_extra="strip_version_prefix = true")
+        cfg = openai_config(
+            (up.url + "/api/coding/paas/v4/", "m", 1), endpoint_extra="strip_version_prefix = true"
+        )
         async with ProxyHarness(cfg) as px, aiohttp.ClientSession() as s:
             async with s.post(px.url() + "/v1/chat/completions?x=1", json={"model": "x"}) as r:
                 await r.read()
             async with s.get(px.url() + "/v1/..%2F..%2Fadmin") as r:
                 assert r.status == 400
                 assert "base path" in (await r.json())["error"]["message"]
-        assert [(r.path, r.query_string) for r in up.requests] == [("/api/coding/paas/v4/chat/completions", "x=1")]
+        assert [(r.path, r.query_string) for r in up.requests] == [
+            ("/api/coding/paas/v4/chat/completions", "x=1")
+        ]
 
 
 async def test_streaming_arrives_incrementally() -> None:
     async with FakeUpstream(default=faults.slow_chunks(0.15), chunk_words=4) as up:
-        async with ProxyHarness(openai_config((up.url, "m", 1))) as px, aiohttp.ClientSession() as s:
+        async with (
+            ProxyHarness(openai_config((up.url, "m", 1))) as px,
+            aiohttp.ClientSession() as s,
+        ):
             started = time.monotonic()
-            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x", "stream": True}) as r:
+            async with s.post(
+                px.url() + "/v1/chat/completions", json={"model": "x", "stream": True}
+            ) as r:
                 first = await r.content.readany()
                 first_at = time.monotonic() - started
                 rest = await r.read()
@@ -223,7 +293,10 @@ async def test_streaming_arrives_incrementally() -> None:
 
 
 async def test_client_disconnect_closes_the_upstream_request() -> None:
-    async with FakeUpstream(default=faults.slow_chunks(0.2)) as up, ProxyHarness(openai_config((up.url, "m", 1))) as px:
+    async with (
+        FakeUpstream(default=faults.slow_chunks(0.2)) as up,
+        ProxyHarness(openai_config((up.url, "m", 1))) as px,
+    ):
         async with aiohttp.ClientSession() as s:
             r = await s.post(px.url() + "/v1/chat/completions", json={"model": "x", "stream": True})
             await r.content.readany()
@@ -234,21 +307,31 @@ async def test_client_disconnect_closes_the_upstream_request() -> None:
 
 
 async def test_gzip_bodies_pass_through_compressed() -> None:
-    async with FakeUpstream(default=faults.gzip()) as up, ProxyHarness(openai_config((up.url, "m", 1))) as px:
+    async with (
+        FakeUpstream(default=faults.gzip()) as up,
+        ProxyHarness(openai_config((up.url, "m", 1))) as px,
+    ):
         async with aiohttp.ClientSession(auto_decompress=False) as s:
             headers = {"Accept-Encoding": "gzip"}
-            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}, headers=headers) as r:
+            async with s.post(
+                px.url() + "/v1/chat/completions", json={"model": "x"}, headers=headers
+            ) as r:
                 assert r.headers["Content-Encoding"] == "gzip"
                 raw = await r.read()
-        assert json.loads(gzip_mod.decompress(raw))["choices"][0]["message"]["content"] == CANONICAL_TEXT
+        assert (
+            json.loads(gzip_mod.decompress(raw))["choices"][0]["message"]["content"]
+            == CANONICAL_TEXT
+        )
         assert up.requests[0].headers["Accept-Encoding"] == "gzip"
 
 
 async def test_body_limit_413_and_nothing_forwarded() -> None:
     async with FakeUpstream() as up:
-        cfg = "[server]\nmax_body_size = \"1KiB\"\n" + openai_config((up.url, "m", 1))
+        cfg = '[server]\nmax_body_size = "1KiB"\n' + openai_config((up.url, "m", 1))
         async with ProxyHarness(cfg) as px, aiohttp.ClientSession() as s:
-            async with s.post(px.url() + "/v1/chat/completions", data=b"{" + b" " * 4096 + b"}") as r:
+            async with s.post(
+                px.url() + "/v1/chat/completions", data=b"{" + b" " * 4096 + b"}"
+            ) as r:
                 assert r.status == 413
                 assert "limit" in (await r.json())["error"]["message"]
         assert not up.requests
@@ -256,9 +339,15 @@ async def test_body_limit_413_and_nothing_forwarded() -> None:
 
 async def test_secrets_never_appear_in_logs() -> None:
     async with FakeUpstream(default=faults.status(503)) as up:
-        async with ProxyHarness(openai_config((up.url, "m", 2))) as px, aiohttp.ClientSession() as s:
-            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"},
-                              headers={"Authorization": "Bearer client-secret-777"}) as r:
+        async with (
+            ProxyHarness(openai_config((up.url, "m", 2))) as px,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.post(
+                px.url() + "/v1/chat/completions",
+                json={"model": "x"},
+                headers={"Authorization": "Bearer client-secret-777"},
+            ) as r:
                 await r.read()
             logs = px.logs()
         assert "outcome=status" in logs
@@ -273,14 +362,22 @@ async def test_every_method_and_path_is_proxied() -> None:
                 assert "data" in await r.json()
             async with s.delete(px.url() + "/v1/files/abc") as r:
                 await r.read()
-        assert [(r.method, r.path) for r in up.requests] == [("GET", "/v1/models"), ("DELETE", "/v1/files/abc")]
+        assert [(r.method, r.path) for r in up.requests] == [
+            ("GET", "/v1/models"),
+            ("DELETE", "/v1/files/abc"),
+        ]
 
 
 async def test_concurrent_requests_are_independent() -> None:
     async with FakeUpstream() as up, ProxyHarness(openai_config((up.url, "m", 1))) as px:
         client = openai.AsyncOpenAI(base_url=px.url() + "/v1", api_key="k")
         results = await asyncio.gather(
-            *[client.chat.completions.create(model="x", messages=[{"role": "user", "content": str(i)}]) for i in range(20)]
+            *[
+                client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": str(i)}]
+                )
+                for i in range(20)
+            ]
         )
         assert all(r.choices[0].message.content == CANONICAL_TEXT for r in results)
         await client.close()

@@ -30,7 +30,7 @@ from hydrallm.metrics import MetricsSink
 from hydrallm.observe import AttemptEvent, Logger, Sink
 from hydrallm.runner import Proxy, start
 from hydrallm.status import StatusSink
-from hydrallm.testing import FailureMix, FakeUpstream, faults
+from hydrallm.testing import FailureMix, FakeUpstream
 
 __all__ = ["DemoOptions", "DemoReport", "DemoSink", "demo_config", "run_demo"]
 
@@ -76,16 +76,6 @@ class DemoSink(Sink):
     def circuit(self, model_id: str, state: str, open_for: float) -> None:
         if state == "open":
             self.cooldowns_opened += 1
-
-
-class _FlakyPrimary(FakeUpstream):
-    """The demo's primary: as `FakeUpstream`, but an in-stream error fault drawn for a
-    non-streaming request is answered 529, as Anthropic does, not as a 200 error body."""
-
-    async def _answer(self, ex):  # type: ignore[no-untyped-def]
-        if ex.fault.error_kind is not None and ex.payload.get("stream") is not True:
-            ex.fault = faults.overloaded()
-        return await super()._answer(ex)
 
 
 @dataclass(slots=True)
@@ -175,7 +165,7 @@ def _injected(fake: FakeUpstream) -> Counter[str]:
         if kind == "ok":
             continue
         if kind == "error_event_first" and not r.stream:
-            kind = "overloaded"  # what _FlakyPrimary answers instead
+            kind = "overloaded"  # what the fake answers a non-streaming request instead
         counts[_FAULT_LABELS.get(kind, kind)] += 1
     return counts
 
@@ -212,10 +202,10 @@ async def run_demo(
     buffer = log_buffer if log_buffer is not None else io.StringIO()
     logger = Logger("warn", stream=buffer, color=False)
     counter = DemoSink()
-    direct_primary = _FlakyPrimary(
+    direct_primary = FakeUpstream(
         name="primary", failure_mix=_mix(options.failure_rate), rng_seed=options.seed
     )
-    primary = _FlakyPrimary(
+    primary = FakeUpstream(
         name="primary", failure_mix=_mix(options.failure_rate), rng_seed=options.seed
     )
     fallback = FakeUpstream(name="fallback")

@@ -81,9 +81,10 @@ def _chain_lines(config: Config, ids: tuple[str, ...]) -> list[str]:
             if ep.api_key not in (None, "-")
             else ("key: removed" if ep.api_key == "-" else "key: client's")
         )
+        url = ep.url or "bedrock-runtime, regional URL resolved at start"
         out.append(
             f"    {i}. {m.endpoint} / {m.model} [{m.type}] attempts={m.attempts}"
             f" timeout={format_duration(m.timeout)} interval={format_duration(m.interval)}"
-            f"  ({ep.url}; {key})"
+            f"  ({url}; {key})"
         )
     return out

@@ -140,9 +140,16 @@ async def _proxy(
             f"hydrallm: request body is larger than the limit of {limit} bytes",
             "request_too_large",
         )
+    content = request.content
     try:
-        async with asyncio.timeout(listener.config.read_timeout):
-            body = await _read_body(request, limit)
+        if content.is_eof():
+            # The whole body is already buffered (small requests): no timer needed.
+            body = content.read_nowait(-1)
+            if len(body) > limit:
+                raise _TooLarge
+        else:
+            async with asyncio.timeout(listener.config.read_timeout):
+                body = await _read_body(request, limit)
     except _TooLarge:
         finish(413, None, 0, False, "body too large")
         return error(
@@ -157,14 +164,20 @@ async def _proxy(
         )
 
     parsed = parse_body(body) if body[:1] in (b"{", b" ", b"\n", b"\t", b"\r") else None
-    headers = tuple(
-        (k, v)
-        for k, v in request.headers.items()
-        if k.lower() not in HOP_BY_HOP and (strip_auth is None or k.lower() != strip_auth)
-    )
-    if not any(k.lower() == "accept-encoding" for k, _ in headers):
+    # One pass over the client's headers: drop hop-by-hop ones and the proxy key.
+    kept: list[tuple[str, str]] = []
+    has_encoding = False
+    for k, v in request.headers.items():
+        lower = k.lower()
+        if lower in HOP_BY_HOP or lower == strip_auth:
+            continue
+        if lower == "accept-encoding":
+            has_encoding = True
+        kept.append((k, v))
+    if not has_encoding:
         # The upstream client does not decompress; ask for what the client can read.
-        headers = (*headers, ("Accept-Encoding", "identity"))
+        kept.append(("Accept-Encoding", "identity"))
+    headers = tuple(kept)
     streaming = _is_streaming(
         path, request.headers.get("Accept", ""), parsed is not None and parsed.stream
     )
@@ -206,12 +219,16 @@ async def _proxy(
         state.in_flight -= 1
 
 
+_NO_CONTROLS = dict.fromkeys([*range(32), 127])
+
+
 def _tag(headers: object, model: str | None, endpoint: str | None, attempts: int) -> None:
     from multidict import CIMultiDict
 
     assert isinstance(headers, CIMultiDict)
     if model is not None:
-        headers["x-hydrallm-model"] = model
+        # A "*" model is the client's own string: no CR/LF/NUL may reach a header line.
+        headers["x-hydrallm-model"] = model.translate(_NO_CONTROLS)
     if endpoint is not None:
         headers["x-hydrallm-endpoint"] = endpoint
     headers["x-hydrallm-attempts"] = str(attempts)

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 _VERSION_PREFIX = re.compile(r"^/v\d+(?=/|$)")
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+_NOTHING_TO_CHECK = re.compile(r"(?:/[A-Za-z0-9_\-:~+@,;=]+)+/?")
 
 
 class UnsafePath(ValueError):
@@ -22,6 +23,10 @@ def check_path(raw_path: str) -> None:
     """Raise UnsafePath unless `raw_path` (no query) stays below the base it is appended to."""
     if not raw_path.startswith("/"):
         raise UnsafePath("the request path must start with '/'")
+    if _NOTHING_TO_CHECK.fullmatch(raw_path):
+        # Plain API paths (/v1/chat/completions) have no escape, dot or double slash:
+        # skipping the decode saves ~1 µs per request.
+        return
     decoded = unquote(raw_path)
     if decoded.startswith("//") or raw_path.startswith("//"):
         raise UnsafePath("the request path may not name a host")

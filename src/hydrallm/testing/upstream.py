@@ -295,6 +295,13 @@ class FakeUpstream:
             return self._status_answer(ex, 404)
         if ex.payload.get("stream") is True and ex.api in (Api.CHAT, Api.RESPONSES, Api.MESSAGES):
             return await self._stream(ex)
+        if fault.error_kind is not None:
+            # A non-streaming request cannot carry an error event: the provider says the
+            # same thing with an overloaded status (529 on Anthropic paths, 503 elsewhere).
+            code = 529 if ex.api in _ANTHROPIC_APIS else 503
+            body = _encode(error_body(ex.api, code, fault.error_message, kind=fault.error_kind))
+            headers = {"Content-Type": "application/json", **ex.extra_headers}
+            return web.Response(status=code, body=body, headers=headers)
         return await self._single(ex, self._json_body(ex))
 
     def _status_answer(self, ex: _Exchange, code: int) -> web.Response:
@@ -305,11 +312,7 @@ class FakeUpstream:
         return web.Response(status=code, body=body, headers=headers)
 
     def _json_body(self, ex: _Exchange) -> bytes:
-        fault, api = ex.fault, ex.api
-        if fault.error_kind is not None and api is not None:
-            # A non-streaming request cannot carry an error event: answer the error
-            # object with 200, as some providers do.
-            return _encode(error_body(api, 200, fault.error_message, kind=fault.error_kind))
+        api = ex.api
         if api is Api.MODELS:
             anthropic = "anthropic-version" in ex.request.headers
             return _encode(models_body(self.models, anthropic=anthropic, owner=self.name))
