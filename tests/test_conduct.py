@@ -247,7 +247,7 @@ async def test_slow_first_token_falls_back_after_first_token_timeout(
         headers, text = await stream_text(run, "chat")
         elapsed = time.monotonic() - began
     assert text == CANONICAL_TEXT
-    assert 0.3 <= elapsed < 1.5
+    assert 0.3 <= elapsed < 3.0  # the first token would have come after 5 s
     # A silent model is not asked again (fallback_on_timeout), despite attempts = 3.
     assert len(primary.requests) == 1
     assert tags(headers) == ("fallback-model", "fallback", "2")
@@ -305,7 +305,7 @@ async def test_a_stream_broken_after_commit_ends_with_an_error_the_sdk_raises(
                             got.append(c.choices[0].delta.content or "")
         elapsed = time.monotonic() - began
         # The idle limit is 300 ms: the error comes then, not after the 5 s stall.
-        assert elapsed < 2.0
+        assert elapsed < 3.0
         assert reason in str(caught.value)
         partial = "".join(got)
         assert partial and CANONICAL_TEXT.startswith(partial) and partial != CANONICAL_TEXT
@@ -323,7 +323,7 @@ async def test_stream_without_done_finishes_promptly(primary: FakeUpstream) -> N
         headers, text = await stream_text(run, "chat")
         elapsed = time.monotonic() - began
     assert text == CANONICAL_TEXT
-    assert elapsed < 1.5  # no waiting for a [DONE] that never comes
+    assert elapsed < 3.0  # no waiting (5 s idle limit) for a [DONE] that never comes
     assert tags(headers) == ("primary-model", "primary", "1")
 
 
@@ -368,7 +368,7 @@ async def test_long_retry_after_falls_back_at_once_and_cools_the_model(
         async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
             assert resp.status == 200
             assert tags(resp.headers) == ("fallback-model", "fallback", "2")
-        assert time.monotonic() - began < 1.0
+        assert time.monotonic() - began < 5.0  # not the 120 s asked for
         # The next request goes straight to the fallback: the primary is cooling down.
         async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
             assert resp.status == 200
@@ -398,7 +398,7 @@ async def test_long_retry_after_keeps_the_model_out_of_later_cycles(
             async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
                 assert resp.status == 503  # the most recent upstream answer
                 assert tags(resp.headers) == ("fallback-model", "fallback", "4")
-            assert time.monotonic() - began < 1.0
+            assert time.monotonic() - began < 5.0
         # Asked to stay away for 120 s, the primary is not asked again in cycles 2 and 3.
         assert len(primary.requests) == 1
         assert len(fallback.requests) == 3
@@ -519,13 +519,13 @@ async def test_a_down_primary_is_skipped_and_traffic_returns_after_it_recovers(
         # Every request was answered by the fallback; the primary saw the two failures that
         # opened its circuit and one probe per lapsed cooldown, not one try per request.
         assert set(served) == {"fallback-model"}
-        assert len(served) >= 15
+        assert len(served) >= 8
         assert len(primary.requests) <= 2 + 3
 
         primary.default = faults.ok()
         recovered = time.monotonic()
         while await ask() != "primary-model":
-            assert time.monotonic() - recovered < 0.5 + 0.3, "traffic did not return in time"
+            assert time.monotonic() - recovered < 0.5 + 0.5, "traffic did not return in time"
             await asyncio.sleep(0.03)
         assert [await ask() for _ in range(3)] == ["primary-model"] * 3
     assert "state=open" in run.log.getvalue()
@@ -567,7 +567,7 @@ async def test_total_timeout_is_a_504_in_the_apis_error_format(
             status, headers, payload = resp.status, resp.headers, await resp.json()
         elapsed = time.monotonic() - began
     assert status == 504
-    assert 0.4 <= elapsed < 1.5
+    assert 0.4 <= elapsed < 3.0  # the model's own timeout is 5 s
     assert tags(headers) == ("primary-model", "primary", "1")
     if kind == "anthropic":
         assert payload["type"] == "error"
@@ -585,7 +585,7 @@ async def test_total_timeout_returns_the_last_upstream_error(
     async with FakeUpstream(default=busy) as primary:
         async with running(
             Model("primary", primary.url, attempts=5),
-            retry={"default_interval": "300ms", "total_timeout": "500ms"},
+            retry={"default_interval": "1s", "total_timeout": "500ms"},
         ) as run:
             began = time.monotonic()
             async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
@@ -594,15 +594,26 @@ async def test_total_timeout_returns_the_last_upstream_error(
         assert status == 503
         assert payload == {"error": {"message": "busy"}}
         assert headers["x-upstream"] == "yes"
-        assert elapsed < 1.0
+        # The 1 s wait before a retry would overrun the budget: answer now, not in 5 s.
+        assert elapsed < 2.5
+        assert len(primary.requests) == 1
         # The header counts attempts made, not the one the budget did not allow.
-        assert headers["x-hydrallm-attempts"] == str(len(primary.requests))
+        assert headers["x-hydrallm-attempts"] == "1"
 
 
+@pytest.mark.parametrize(
+    "silence",
+    [faults.hang(), faults.slow_first_token(5.0)],
+    ids=["no-headers", "headers-then-no-body"],
+)
 async def test_a_timed_out_model_is_not_retried(
-    primary: FakeUpstream, fallback: FakeUpstream, http: aiohttp.ClientSession
+    silence: faults.Fault,
+    primary: FakeUpstream,
+    fallback: FakeUpstream,
+    http: aiohttp.ClientSession,
 ) -> None:
-    primary.default = faults.hang()
+    # The model's timeout bounds the whole non-streaming answer, headers and body.
+    primary.default = silence
     async with running(
         Model("primary", primary.url, attempts=3, timeout="300ms"),
         Model("fallback", fallback.url),
@@ -611,7 +622,7 @@ async def test_a_timed_out_model_is_not_retried(
         async with http.post(run.url + CHAT_PATH, json=chat_body()) as resp:
             assert resp.status == 200
             assert tags(resp.headers) == ("fallback-model", "fallback", "2")
-        assert time.monotonic() - began < 1.0
+        assert time.monotonic() - began < 2.0
     assert len(primary.requests) == 1
 
 

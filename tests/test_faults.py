@@ -20,6 +20,8 @@ import pytest
 from aiohttp import web
 
 from hydrallm.connguard import GuardedServer
+from hydrallm.observe import Logger
+from hydrallm.stdlog import bridge_aiohttp_logging, unbridge_aiohttp_logging
 from hydrallm.testing import FakeUpstream, RawFaultServer, faults
 from hydrallm.testing.harness import ProxyHarness
 
@@ -107,7 +109,9 @@ def body_of(size: int, stream: bool) -> bytes:
     return raw
 
 
-async def post(s: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+async def post(
+    s: aiohttp.ClientSession, url: str, body: bytes
+) -> tuple[int, dict[str, str], bytes]:
     # A BytesIO keeps the Content-Length and spares aiohttp's "large raw bytes" warning.
     data = io.BytesIO(body) if len(body) > 65536 else body
     async with s.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
@@ -129,7 +133,11 @@ async def test_upstream_fault_falls_back_and_the_proxy_stays_healthy(
                 assert headers["x-hydrallm-model"] == "good", (kind, body[:300])
                 assert headers["x-hydrallm-attempts"] == str(tries + 1)
                 text = body.decode()
-                assert ("[DONE]" in text) if stream else (json.loads(text)["object"] == "chat.completion")
+                assert (
+                    ("[DONE]" in text)
+                    if stream
+                    else (json.loads(text)["object"] == "chat.completion")
+                )
             if kind != "refused":
                 assert seen() == 2 * tries, f"{kind}: the bad upstream saw {seen()} attempts"
             assert len(good.requests) == 2
@@ -205,7 +213,9 @@ async def test_reset_mid_stream_after_commit_ends_with_an_error_event() -> None:
 # --- client faults ----------------------------------------------------------------------
 
 
-async def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def raw_request(
+    url: str, head: bytes, body: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(head + body)
@@ -214,7 +224,9 @@ async def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[asyncio
 
 
 def head(path: str, *lines: str) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: proxy\r\n" + "".join(f"{x}\r\n" for x in lines) + "\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: proxy\r\n" + "".join(f"{x}\r\n" for x in lines) + "\r\n"
+    ).encode()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
@@ -228,7 +240,12 @@ async def test_client_disconnect_before_the_body_is_sent_forwards_nothing() -> N
         _r, w = await raw_request(px.url(), head(CHAT, "Content-Length: 1000"), b'{"model":')
         await asyncio.sleep(0.1)
         w.transport.abort()
-        await wait_for(lambda: px.proxy.state.in_flight == 0 and not px.proxy.listeners["default"].runner.server.connections)  # type: ignore[union-attr]
+        await wait_for(
+            lambda: (
+                px.proxy.state.in_flight == 0
+                and not px.proxy.listeners["default"].runner.server.connections
+            )
+        )  # type: ignore[union-attr]
         await asyncio.sleep(0.1)
         assert not up.requests
         async with aiohttp.ClientSession() as s:
@@ -307,7 +324,9 @@ async def test_body_over_the_limit_is_413_and_nothing_is_forwarded(chunked: bool
     ],
     ids=["cl-te", "te-cl", "cl-cl", "te-not-last-chunked", "bare-cr"],
 )
-async def test_ambiguous_framing_is_rejected_and_nothing_is_forwarded(lines: tuple[str, ...]) -> None:
+async def test_ambiguous_framing_is_rejected_and_nothing_is_forwarded(
+    lines: tuple[str, ...],
+) -> None:
     async with FakeUpstream() as up, ProxyHarness(config((up.url, "m", 1))) as px:
         r, w = await raw_request(px.url(), head(CHAT, *lines), b'{"model":"x"}\n')
         async with asyncio.timeout(2):
@@ -350,9 +369,13 @@ async def trickle(url: str, interval: float, limit: float) -> tuple[bytes, float
 
 
 @asynccontextmanager
-async def guarded(read_timeout: float, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> AsyncIterator[tuple[str, list[str]]]:
+async def guarded(
+    read_timeout: float, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[tuple[str, list[str]]]:
     timeouts: list[str] = []
-    server = GuardedServer(handler, read_timeout=read_timeout, on_timeout=timeouts.append, access_log=None)
+    server = GuardedServer(
+        handler, read_timeout=read_timeout, on_timeout=timeouts.append, access_log=None
+    )
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -403,7 +426,9 @@ async def test_guarded_server_lets_keep_alive_and_slow_bodies_be() -> None:
 )
 async def test_proxy_closes_a_slow_loris_within_read_timeout() -> None:
     async with FakeUpstream() as up:
-        cfg = config((up.url, "m", 1)).replace("[cooldown]", '[server]\nread_timeout = "400ms"\n[cooldown]')
+        cfg = config((up.url, "m", 1)).replace(
+            "[cooldown]", '[server]\nread_timeout = "400ms"\n[cooldown]'
+        )
         async with ProxyHarness(cfg) as px:
             got, took = await trickle(px.url(), 0.1, 2.5)
             assert got.startswith(b"HTTP/1.1 408"), got[:100]
@@ -413,7 +438,9 @@ async def test_proxy_closes_a_slow_loris_within_read_timeout() -> None:
 
 async def test_body_slower_than_read_timeout_is_408_and_nothing_is_forwarded() -> None:
     async with FakeUpstream() as up:
-        cfg = config((up.url, "m", 1)).replace("[cooldown]", '[server]\nread_timeout = "300ms"\n[cooldown]')
+        cfg = config((up.url, "m", 1)).replace(
+            "[cooldown]", '[server]\nread_timeout = "300ms"\n[cooldown]'
+        )
         async with ProxyHarness(cfg) as px:
             r, w = await raw_request(px.url(), head(CHAT, "Content-Length: 14"), b'{"mod')
             async with asyncio.timeout(2):
@@ -421,3 +448,57 @@ async def test_body_slower_than_read_timeout_is_408_and_nothing_is_forwarded() -
             w.close()
             assert answer.startswith(b"HTTP/1.1 408")
         assert not up.requests
+
+
+# --- aiohttp's own log records: one line, no traceback ---------------------------------
+
+
+async def test_malformed_request_is_logged_as_one_line_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with FakeUpstream() as up, ProxyHarness(config((up.url, "m", 1))) as px:
+        bridge_aiohttp_logging(px.proxy.state.telemetry.log)
+        try:
+            r, w = await raw_request(
+                px.url(), head(CHAT, "Content-Length: 14", "Transfer-Encoding: chunked"), b"{}"
+            )
+            async with asyncio.timeout(2):
+                answer = await r.read()
+            w.close()
+            await asyncio.sleep(0.05)
+            logs = px.logs()
+        finally:
+            unbridge_aiohttp_logging()
+    assert answer.split(b" ", 2)[1] == b"400"
+    lines = [x for x in logs.splitlines() if "client_error" in x]
+    assert len(lines) == 1, logs
+    assert (
+        "peer=127.0.0.1" in lines[0] and "Content-Length" in lines[0] and "status=400" in lines[0]
+    )
+    assert "Traceback" not in logs
+    assert not [rec for rec in caplog.records if rec.name.startswith("aiohttp")]
+    assert not up.requests
+
+
+async def test_bridge_logs_other_aiohttp_errors_as_one_line() -> None:
+    import io
+    import logging
+
+    stream = io.StringIO()
+    logger = Logger("info", stream=stream, secrets=["sk-bridge-secret"], color=False)
+    bridge_aiohttp_logging(logger)
+    bridge_aiohttp_logging(logger)  # idempotent: one handler
+    try:
+        try:
+            raise RuntimeError("boom with sk-bridge-secret\nsecond line")
+        except RuntimeError:
+            logging.getLogger("aiohttp.server").exception("Unhandled exception")
+        logging.getLogger("aiohttp.web").debug("below the threshold")
+        logger.flush()
+    finally:
+        unbridge_aiohttp_logging()
+    out = stream.getvalue()
+    assert out.count("\n") == 1, out
+    assert "ERROR" in out and "source=aiohttp.server" in out
+    assert "RuntimeError: boom with [redacted] second line" in out
+    assert logging.getLogger("aiohttp").propagate is True  # unbridged

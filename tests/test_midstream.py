@@ -9,6 +9,7 @@ answer as one well-formed stream (one start, one finish, usage), or a clean erro
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ def config(*urls: str, api: str, retry: str = "", endpoint: str = "") -> str:
     kind = "anthropic" if api == "messages" else "openai"
     parts = [
         '[retry]\nmax_cycles = 1\ndefault_interval = "10ms"\n'
-        'first_token_timeout = "2s"\nstream_idle_timeout = "300ms"\n' + retry,
+        'first_token_timeout = "5s"\nstream_idle_timeout = "300ms"\n' + retry,
         "[cooldown]\nenabled = false\n",
     ]
     for i, url in enumerate(urls):
@@ -133,6 +134,15 @@ async def proxy(
         yield px
 
 
+@pytest.fixture(autouse=True)
+async def warm_sdks() -> None:
+    # Client, proxy and fakes share one event loop: the SDKs' first parse of a stream
+    # builds their models, which can hold the loop past the short limits under load.
+    async with FakeUpstream() as up:
+        for api in APIS:
+            await ask(up.url, api)
+
+
 @pytest.fixture
 async def primary() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream(name="primary") as up:
@@ -159,10 +169,15 @@ async def test_a_broken_answer_is_finished_by_prefill_on_the_fallback(
 ) -> None:
     primary.script(BREAKS[brk])
     async with proxy(primary, fallback, api) as px:
+        began = time.monotonic()
         got = await ask(px.url(), api)
+        # A stall is given up on at the idle limit (300 ms), not after its 3 s.
+        assert time.monotonic() - began < 2.0
         assert_whole(got, api)
-        # The fallback was asked to go on from exactly what the client had seen.
-        assert fallback.prefills == [SEEN.rstrip()]
+        # The fallback was asked to go on from exactly what the client had seen (a RST
+        # may drop the last chunks in flight: then from a little earlier).
+        [prefill] = fallback.prefills
+        assert prefill == SEEN.rstrip() or (brk == "reset" and SEEN.startswith(prefill))
         assert "action=continued" in px.logs()
         assert "model=e1/m1" in px.logs().split("action=continued")[0].splitlines()[-1]
 
@@ -259,3 +274,14 @@ async def test_the_recovered_stream_is_one_well_formed_stream_on_the_wire(
             json.loads(line[6:])["id"] for line in raw.splitlines() if line.startswith("data: {")
         }
         assert len(ids) == 1
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_cut_after_the_last_word_is_finished_without_repeating_it(
+    api: str, primary: FakeUpstream, fallback: PrefillUpstream
+) -> None:
+    # A stall, not a reset: a RST may drop the last chunks in flight.
+    primary.script(faults.stall(after_chunks=len(split_text(CANONICAL_TEXT)), seconds=3.0))
+    async with proxy(primary, fallback, api) as px:
+        assert_whole(await ask(px.url(), api), api)
+        assert fallback.prefills == [CANONICAL_TEXT]

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -106,7 +105,10 @@ def flatten(status: int, headers: object, body: bytes) -> str:
 
 
 async def test_no_secret_in_any_log_line_response_admin_page_or_check(tmp_path: Path) -> None:
-    async with FakeUpstream() as up, FakeBedrock({"AKIDSECSCAN": AWS_SECRET}, tokens={"AKIDSECSCAN": AWS_TOKEN}) as br:
+    async with (
+        FakeUpstream() as up,
+        FakeBedrock({"AKIDSECSCAN": AWS_SECRET}, tokens={"AKIDSECSCAN": AWS_TOKEN}) as br,
+    ):
         cfg = scan_config(up.url, br.url)
         seen: list[str] = []
         async with ProxyHarness(cfg, env=ENV) as px, aiohttp.ClientSession() as s:
@@ -117,13 +119,33 @@ async def test_no_secret_in_any_log_line_response_admin_page_or_check(tmp_path: 
             up.script(faults.status(503, {"error": {"message": f"bad key {UP_KEY}"}}))
             up.script(faults.ok(), faults.reset_mid_stream(2), faults.status(429, retry_after=0))
             scenarios: list[tuple[str, str, dict[str, str], bytes | None]] = [
-                ("POST", oa + "/v1/chat/completions", auth, json.dumps(chat).encode()),  # 503, retry
-                ("POST", oa + "/v1/chat/completions", auth, json.dumps({**chat, "stream": True}).encode()),  # mid-stream break
-                ("POST", oa + "/v1/chat/completions", auth, json.dumps(chat).encode()),  # 429 then ok
+                (
+                    "POST",
+                    oa + "/v1/chat/completions",
+                    auth,
+                    json.dumps(chat).encode(),
+                ),  # 503, retry
+                (
+                    "POST",
+                    oa + "/v1/chat/completions",
+                    auth,
+                    json.dumps({**chat, "stream": True}).encode(),
+                ),  # mid-stream break
+                (
+                    "POST",
+                    oa + "/v1/chat/completions",
+                    auth,
+                    json.dumps(chat).encode(),
+                ),  # 429 then ok
                 ("POST", oa + "/v1/chat/completions", {}, json.dumps(chat).encode()),  # 401
                 ("POST", oa + "/v1/chat/completions", {"Authorization": "Bearer wrong"}, b"{}"),
                 ("GET", oa + "/v1/..%2F..%2Fx", auth, None),  # 400
-                ("POST", bd + "/model/anthropic.claude-client/invoke", auth, b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":5,"messages":[]}'),
+                (
+                    "POST",
+                    bd + "/model/anthropic.claude-client/invoke",
+                    auth,
+                    b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":5,"messages":[]}',
+                ),
                 ("GET", oa + "/_hydrallm/health", {}, None),
                 ("GET", oa + "/_hydrallm/metrics", {}, None),
                 ("GET", oa + "/_hydrallm/status.json", {}, None),
@@ -150,7 +172,10 @@ async def test_no_secret_in_any_log_line_response_admin_page_or_check(tmp_path: 
         path.write_text(cfg)
         out = subprocess.run(
             [sys.executable, "-m", "hydrallm", "check", "--config", str(path)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, **ENV},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **ENV},
         )
         assert out.returncode == 0, out.stderr
         assert "openai" in out.stdout
@@ -164,7 +189,9 @@ def one_model(url: str, key: str = "sk-inj-key-0001", model: str = "m", extra: s
     )
 
 
-@pytest.mark.xfail(strict=True, reason="loader.py must refuse CR/LF/NUL in secret values (see report)")
+@pytest.mark.xfail(
+    strict=True, reason="loader.py must refuse CR/LF/NUL in secret values (see report)"
+)
 @pytest.mark.parametrize("key", ["sk-a\\r\\nX-Evil: 1", "sk-a\\nX-Evil: 1", "sk-a\\u0000b"])
 def test_cr_lf_in_a_configured_header_value_is_a_config_error(key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -172,7 +199,9 @@ def test_cr_lf_in_a_configured_header_value_is_a_config_error(key: str) -> None:
     assert "X-Evil" not in str(info.value)  # the problem names the place, not the value
 
 
-@pytest.mark.xfail(strict=True, reason="loader.py must refuse CR/LF/NUL in $ENV secret values (see report)")
+@pytest.mark.xfail(
+    strict=True, reason="loader.py must refuse CR/LF/NUL in $ENV secret values (see report)"
+)
 def test_cr_lf_in_an_env_header_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         parse_config(one_model("http://127.0.0.1:9", key="$K"), env={"K": "sk\r\nX-Evil: 1"})
@@ -182,7 +211,10 @@ async def test_cr_lf_in_a_configured_key_never_reaches_the_wire() -> None:
     # Today's defence in depth (until the loader refuses it): aiohttp's client will not
     # send a header value with CR/LF, so nothing goes out and the client gets a 502.
     async with FakeUpstream() as up:
-        async with ProxyHarness(one_model(up.url, key="sk-a\\r\\nX-Evil: 1"), env={}) as px, aiohttp.ClientSession() as s:
+        async with (
+            ProxyHarness(one_model(up.url, key="sk-a\\r\\nX-Evil: 1"), env={}) as px,
+            aiohttp.ClientSession() as s,
+        ):
             async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
                 assert r.status == 502
         assert not up.requests
@@ -190,17 +222,27 @@ async def test_cr_lf_in_a_configured_key_never_reaches_the_wire() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["X-Smuggle: a\rX-Evil: 1", "X-Smuggle: a\nX-Evil: 1", "X-Smuggle: a\x00b", "X-Smuggle: a\r\n folded"],
+    [
+        "X-Smuggle: a\rX-Evil: 1",
+        "X-Smuggle: a\nX-Evil: 1",
+        "X-Smuggle: a\x00b",
+        "X-Smuggle: a\r\n folded",
+    ],
     ids=["bare-cr", "bare-lf", "nul", "obs-fold"],
 )
-async def test_cr_lf_in_a_client_header_is_refused_or_never_forwarded_as_a_header(line: str) -> None:
+async def test_cr_lf_in_a_client_header_is_refused_or_never_forwarded_as_a_header(
+    line: str,
+) -> None:
     async with FakeUpstream() as up, ProxyHarness(one_model(up.url)) as px:
         host, port = px.url().removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         body = b'{"model":"x"}'
         writer.write(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: p\r\nConnection: close\r\n"
-            + line.encode("latin-1") + b"\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + line.encode("latin-1")
+            + b"\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         async with asyncio.timeout(3):
             answer = await reader.read()
@@ -209,11 +251,17 @@ async def test_cr_lf_in_a_client_header_is_refused_or_never_forwarded_as_a_heade
         assert status in (200, 400), answer[:200]
         for rec in up.requests:
             assert "X-Evil" not in rec.headers
-            assert all("\r" not in v and "\n" not in v and "\x00" not in v for v in rec.headers.values())
+            assert all(
+                "\r" not in v and "\n" not in v and "\x00" not in v for v in rec.headers.values()
+            )
 
 
 async def test_client_model_name_with_cr_lf_is_not_a_response_header_injection() -> None:
-    async with FakeUpstream() as up, ProxyHarness(one_model(up.url, model="*")) as px, aiohttp.ClientSession() as s:
+    async with (
+        FakeUpstream() as up,
+        ProxyHarness(one_model(up.url, model="*")) as px,
+        aiohttp.ClientSession() as s,
+    ):
         raw = b'{"model": "gpt\\r\\nSet-Cookie: evil=1", "messages": []}'
         async with s.post(px.url() + "/v1/chat/completions", data=raw) as r:
             assert r.status == 200
@@ -236,7 +284,7 @@ def test_listeners_bind_loopback_by_default() -> None:
 
 async def test_default_listener_is_reachable_only_on_loopback() -> None:
     async with FakeUpstream() as up, ProxyHarness(one_model(up.url)) as px:
-        (host, _port), = px.proxy.addresses().values()
+        ((host, _port),) = px.proxy.addresses().values()
         assert host == "127.0.0.1"
 
 
@@ -258,7 +306,9 @@ async def test_reserved_paths_are_never_forwarded() -> None:
         for method, path in RESERVED:
             # Raw socket: no client library normalises the path first.
             reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(f"{method} {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+            )
             async with asyncio.timeout(3):
                 answer = await reader.read()
             writer.close()
@@ -278,7 +328,9 @@ async def test_reserved_paths_are_never_forwarded() -> None:
     ],
     ids=["none", "wrong", "basic", "empty", "prefix", "unchecked-header"],
 )
-async def test_unauthenticated_requests_get_401_before_any_upstream_work(headers: dict[str, str]) -> None:
+async def test_unauthenticated_requests_get_401_before_any_upstream_work(
+    headers: dict[str, str],
+) -> None:
     async with FakeUpstream() as up:
         cfg = '[server]\nauth_keys = ["$PROXY_KEY"]\n' + one_model(up.url)
         async with ProxyHarness(cfg, env=ENV) as px:
@@ -286,7 +338,9 @@ async def test_unauthenticated_requests_get_401_before_any_upstream_work(headers
             reader, writer = await asyncio.open_connection(host, int(port))
             # A 50 MB body is announced and never sent: the 401 must not wait for it.
             lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: p\r\n{lines}Content-Length: 50000000\r\n\r\n".encode())
+            writer.write(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: p\r\n{lines}Content-Length: 50000000\r\n\r\n".encode()
+            )
             async with asyncio.timeout(2):
                 status_line = await reader.readuntil(b"\r\n")
             writer.transport.abort()

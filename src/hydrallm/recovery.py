@@ -48,6 +48,10 @@ from hydrallm.upstream import Response
 
 RECOVERABLE = frozenset({StreamKind.OPENAI_CHAT, StreamKind.OPENAI_RESPONSES, StreamKind.ANTHROPIC})
 ERROR_BODY_LIMIT = 64 * 1024
+_TERMINAL = {
+    StreamKind.OPENAI_CHAT: b"data: [DONE]\n\n",
+    StreamKind.ANTHROPIC: b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+}
 
 
 @dataclass(slots=True)
@@ -61,6 +65,7 @@ class _Outcome(enum.Enum):
     DONE = "done"  # the answer is finished
     PREFILL_REFUSED = "prefill_refused"  # a 4xx naming the prefill: try a restart
     FAILED = "failed"  # try the next model (from wherever the client now is)
+    CLIENT_GONE = "client_gone"  # nobody to finish the answer for
 
 
 class GuardedResponse:
@@ -147,10 +152,23 @@ class Recovery:
         telemetry = self.engine.telemetry
         if self.transcript.done:
             return True  # the answer was complete; only the close was missing
+        if self.transcript.finished:
+            # Only the terminal event is missing: a continuation would finish twice.
+            ending = _TERMINAL.get(self.transcript.kind)
+            if ending is None:
+                return False
+            try:
+                await self._write(out, ending)
+            except ConnectionError:
+                pass
+            telemetry.recovery(self.listener, committed.model.id, "continued")
+            return True
         for model in self._candidates(committed.model, committed.chain):
             mode = "prefill" if self._may_prefill(model) else "restart"
             while True:
                 outcome = await self._try(model, mode, out)
+                if outcome is _Outcome.CLIENT_GONE:
+                    return True
                 if outcome is _Outcome.DONE:
                     action = "continued" if mode == "prefill" else "restarted-matched"
                     telemetry.recovery(self.listener, model.id, action)
@@ -251,6 +269,10 @@ class Recovery:
             if response is not None:
                 response.abort()
             raise
+        except ConnectionError:
+            if response is not None:
+                response.abort()
+            return _Outcome.CLIENT_GONE
         except (TimeoutError, UpstreamError, UpstreamFailed, Mismatch) as exc:
             if response is not None:
                 response.abort()

@@ -22,6 +22,7 @@ from hydrallm.body import parse_body
 from hydrallm.engine import Committed, Final, Labels
 from hydrallm.observe import RequestEvent
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest
+from hydrallm.recovery import RecoveryMemory, make_recovery
 from hydrallm.relay import relay
 from hydrallm.runtime import ListenerRuntime, ProxyState
 from hydrallm.urls import UnsafePath, check_path
@@ -57,6 +58,8 @@ def _auth_ok(listener: ListenerRuntime, request: web.BaseRequest) -> tuple[bool,
 def make_handler(state: ProxyState, listener_name: str) -> Handler:
     """The request handler of one listener."""
 
+    memory = RecoveryMemory()  # TODO(lead): move to ProxyState (process-wide)
+
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         runtime = state.current
         listener = runtime.listeners.get(listener_name)
@@ -66,7 +69,7 @@ def make_handler(state: ProxyState, listener_name: str) -> Handler:
             return await admin.handle(request, state, listener_name, path)
         if listener is None:
             return _plain_error(503, "this listener is shutting down")
-        return await _proxy(state, runtime.engine, listener, request, path, query)
+        return await _proxy(state, runtime.engine, listener, request, path, query, memory)
 
     return handle
 
@@ -78,6 +81,7 @@ async def _proxy(
     request: web.BaseRequest,
     path: str,
     query: str,
+    memory: RecoveryMemory,
 ) -> web.StreamResponse:
     from hydrallm.engine import Engine
 
@@ -214,7 +218,9 @@ async def _proxy(
                 result.error,
             )
             return resp
-        return await _send_committed(state, engine, request, result, name, finish)
+        return await _send_committed(
+            state, engine, request, result, name, finish, client_request, memory
+        )
     finally:
         state.in_flight -= 1
 
@@ -254,6 +260,8 @@ async def _send_committed(
     committed: Committed,
     listener_name: str,
     finish: Callable[[int, str | None, int, bool, str | None], None],
+    client_request: ClientRequest,
+    memory: RecoveryMemory,
 ) -> web.StreamResponse:
     from hydrallm.engine import Engine
 
@@ -298,13 +306,16 @@ async def _send_committed(
             if transport is not None:
                 transport.abort()
 
+        hooks = make_recovery(engine, client_request, committed, listener_name, memory)
         result = await relay(
-            committed,
+            hooks.committed,
             out,
             idle_timeout=engine.config.retry.stream_idle_timeout,
             abort_client=abort_client,
             write_timeout=write_timeout,
             draining=lambda: state.draining,
+            observe=hooks.observe,
+            recover=hooks.recover,
         )
         broken = result.broken
         if result.broken is not None and not result.recovered:
