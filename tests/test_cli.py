@@ -18,7 +18,9 @@ from hydrallm import __version__
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def hydrallm(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def hydrallm(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
     full_env.update(env or {})
     return subprocess.run(
@@ -113,7 +115,10 @@ def test_default_path_is_under_home(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[server]\nport = 8080\n", "config validation failed: at least one model must be configured"),
+        (
+            "[server]\nport = 8080\n",
+            "config validation failed: at least one model must be configured",
+        ),
         (
             '[endpoints.a]\nurl = "http://x"\n[[models]]\nendpoint = "a"\ntype = "openai"\nmodel = "m"\n'
             '[[models]]\nendpoint = "a"\ntype = "openai"\nmodel = "m"\n[[models]]\nendpoint = "foo"\ntype = "openai"\nmodel = "m"\n',
@@ -130,7 +135,9 @@ def test_default_path_is_under_home(tmp_path: Path) -> None:
         ("[server\nport = 1\n", "line 1"),
     ],
 )
-def test_validation_errors_exit_1_without_traceback(tmp_path: Path, text: str, message: str) -> None:
+def test_validation_errors_exit_1_without_traceback(
+    tmp_path: Path, text: str, message: str
+) -> None:
     out = hydrallm("check", "-c", str(write_config(tmp_path, text)))
     assert out.returncode == 1
     assert message in out.stderr
@@ -204,7 +211,11 @@ def test_edit_creates_from_template_and_validates(tmp_path: Path) -> None:
 
 
 def test_showcase_configs_check(tmp_path: Path) -> None:
-    for name in ("glm-5-coding-plan-openai.toml", "glm-5-coding-plan-anthropic.toml", "v2-glm-coding-plan.toml"):
+    for name in (
+        "glm-5-coding-plan-openai.toml",
+        "glm-5-coding-plan-anthropic.toml",
+        "v2-glm-coding-plan.toml",
+    ):
         out = hydrallm("check", "-c", str(FIXTURES / name), env={"ZAI_API_KEY": "zk-showcase-1"})
         assert out.returncode == 0, out.stderr
         assert "zk-showcase-1" not in out.stdout

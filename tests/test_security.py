@@ -189,9 +189,6 @@ def one_model(url: str, key: str = "sk-inj-key-0001", model: str = "m", extra: s
     )
 
 
-@pytest.mark.xfail(
-    strict=True, reason="loader.py must refuse CR/LF/NUL in secret values (see report)"
-)
 @pytest.mark.parametrize("key", ["sk-a\\r\\nX-Evil: 1", "sk-a\\nX-Evil: 1", "sk-a\\u0000b"])
 def test_cr_lf_in_a_configured_header_value_is_a_config_error(key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -199,25 +196,9 @@ def test_cr_lf_in_a_configured_header_value_is_a_config_error(key: str) -> None:
     assert "X-Evil" not in str(info.value)  # the problem names the place, not the value
 
 
-@pytest.mark.xfail(
-    strict=True, reason="loader.py must refuse CR/LF/NUL in $ENV secret values (see report)"
-)
 def test_cr_lf_in_an_env_header_value_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         parse_config(one_model("http://127.0.0.1:9", key="$K"), env={"K": "sk\r\nX-Evil: 1"})
-
-
-async def test_cr_lf_in_a_configured_key_never_reaches_the_wire() -> None:
-    # Today's defence in depth (until the loader refuses it): aiohttp's client will not
-    # send a header value with CR/LF, so nothing goes out and the client gets a 502.
-    async with FakeUpstream() as up:
-        async with (
-            ProxyHarness(one_model(up.url, key="sk-a\\r\\nX-Evil: 1"), env={}) as px,
-            aiohttp.ClientSession() as s,
-        ):
-            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
-                assert r.status == 502
-        assert not up.requests
 
 
 @pytest.mark.parametrize(

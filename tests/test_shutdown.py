@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from hydrallm.testing import FakeUpstream, faults
 
@@ -77,12 +76,6 @@ async def refused(port: int) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the grace, aiohttp cancels the handler and closes the transport in the same "
-    "step, so the relay's shutdown error event is lost (stream cut) and the end takes 2x the "
-    "grace; needs the runner/relay patch in the report",
-)
 async def test_sigterm_with_100_streams_in_flight(tmp_path: Path) -> None:
     short = dataclasses.replace(faults.slow_chunks(0.15), text=SHORT)
     long = dataclasses.replace(faults.slow_chunks(0.3), text=LONG)

@@ -151,17 +151,25 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            [f'no config file at {where}; run "hydrallm edit" to create one'], where, heading="cannot load config"
+            [f'no config file at {where}; run "hydrallm edit" to create one'],
+            where,
+            heading="cannot load config",
         ) from None
     except IsADirectoryError:
-        raise ConfigError([f"{where} is a directory, not a config file"], where, heading="cannot load config") from None
+        raise ConfigError(
+            [f"{where} is a directory, not a config file"], where, heading="cannot load config"
+        ) from None
     except OSError as exc:
-        raise ConfigError([f"cannot read {where}: {exc.strerror or exc}"], where, heading="cannot load config") from None
+        raise ConfigError(
+            [f"cannot read {where}: {exc.strerror or exc}"], where, heading="cannot load config"
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            [f"{where} is not valid UTF-8 (byte {exc.start}); TOML files must be UTF-8"], where, heading="cannot load config"
+            [f"{where} is not valid UTF-8 (byte {exc.start}); TOML files must be UTF-8"],
+            where,
+            heading="cannot load config",
         ) from None
     return parse_config(text, path=where, env=env)
 
@@ -252,6 +260,7 @@ def _unset_consequence(key: str) -> str:
 
 # --------------------------------------------------------------------------- reading tables
 
+_HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
 _MISSING: Final = object()
 
 
@@ -332,6 +341,12 @@ class _Table:
             return None
         if not isinstance(value, str):
             self._wrong(key, "a string", value)
+            return None
+        if secret and _HEADER_UNSAFE.search(value):
+            # Keys go into HTTP headers: a line break there would inject a header.
+            self.report.problem(
+                f"{self.where(key)}: contains a line break or NUL, which cannot go into an HTTP header"
+            )
             return None
         if secret and value != "-":
             self.report.secrets.add(value)
@@ -418,6 +433,11 @@ class _Table:
                 continue
             resolved = self.report.resolve(item, self.place, key)
             if resolved is None:
+                continue
+            if secret and _HEADER_UNSAFE.search(resolved):
+                self.report.problem(
+                    f"{self.where(key)}: contains a line break or NUL, which cannot go into an HTTP header"
+                )
                 continue
             if secret:
                 self.report.secrets.add(resolved)

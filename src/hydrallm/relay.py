@@ -95,6 +95,8 @@ async def relay(
     response.abort()
     if recover is not None and await recover(committed, out, broken):
         return RelayResult(broken, recovered=True)
+    if draining():
+        broken = "the proxy is shutting down"
     await end_broken(committed, out, broken, abort_client)
     return RelayResult(broken)
 

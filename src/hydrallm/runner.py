@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from hydrallm.config import Config, ListenerConfig
+from hydrallm.connguard import GuardedServer
 from hydrallm.describe import exposure_warnings
 from hydrallm.errors import StartupError
 from hydrallm.metrics import MetricsSink
@@ -28,6 +29,7 @@ from hydrallm.reload import Reloader
 from hydrallm.runtime import ProxyState, build_runtime
 from hydrallm.server import make_handler
 from hydrallm.status import StatusSink
+from hydrallm.stdlog import bridge_aiohttp_logging
 from hydrallm.upstream import AiohttpTransport
 
 
@@ -78,8 +80,16 @@ class Proxy:
 
     async def start_listener(self, lc: ListenerConfig, sock: socket.socket | None = None) -> None:
         """Serve `lc`, binding its address (or accepting on `sock`, already listening)."""
-        server = web.Server(
+        log = self.state.telemetry.log
+        server = GuardedServer(
             make_handler(self.state, lc.name),
+            read_timeout=lc.read_timeout,
+            on_timeout=lambda peer: log.warn(
+                "client_timeout",
+                listener=lc.name,
+                peer=peer,
+                problem="request head not complete within read_timeout",
+            ),
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=75.0,
@@ -123,7 +133,22 @@ class Proxy:
         task.add_done_callback(self.drains.discard)
 
     async def close(self) -> None:
-        self.state.draining = True
+        """Stop accepting, let in-flight requests finish within the grace, end the rest."""
+        state = self.state
+        state.draining = True
+        await asyncio.gather(*(lst.site.stop() for lst in self.listeners.values()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.server.shutdown_timeout
+        while state.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if state.live:
+            # Grace is over: cut the upstream side; each relay then ends its client's
+            # stream with a protocol-correct error event instead of a silent cut.
+            for response in list(state.live):
+                response.abort()
+            end = loop.time() + 1.0
+            while state.in_flight and loop.time() < end:
+                await asyncio.sleep(0.02)
         await asyncio.gather(
             *(self.stop_listener(n) for n in list(self.listeners)), *list(self.drains)
         )
@@ -153,6 +178,7 @@ async def start(
 
     `sinks=None` gives the default sinks: Prometheus metrics and the status history.
     """
+    bridge_aiohttp_logging(logger)
     if sinks is None:
         sinks = [MetricsSink(worker=worker, pid=os.getpid()), StatusSink()]
     telemetry = Telemetry(logger, sinks)

@@ -21,7 +21,8 @@ from hydrallm.cooldown import Breakers
 from hydrallm.engine import Engine
 from hydrallm.observe import Telemetry
 from hydrallm.providers import Provider, provider_for
-from hydrallm.upstream import Transport
+from hydrallm.recovery import RecoveryMemory
+from hydrallm.upstream import Response, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,11 @@ class ProxyState:
     ids: itertools.count[int] = field(default_factory=itertools.count)
     in_flight: int = 0
     draining: bool = False
+    # Upstream bodies being relayed to clients: shutdown aborts them after the grace period
+    # so that each relay ends its stream with a proper error event.
+    live: set[Response] = field(default_factory=set)
+    # Models that refused an assistant prefill, for the life of the process.
+    recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
 
     def next_request_id(self) -> str:
         return f"{self.pid:x}-{next(self.ids):x}"

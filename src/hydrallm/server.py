@@ -58,7 +58,7 @@ def _auth_ok(listener: ListenerRuntime, request: web.BaseRequest) -> tuple[bool,
 def make_handler(state: ProxyState, listener_name: str) -> Handler:
     """The request handler of one listener."""
 
-    memory = RecoveryMemory()  # TODO(lead): move to ProxyState (process-wide)
+    memory = state.recovery  # process-wide: survives reloads
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         runtime = state.current
@@ -307,6 +307,8 @@ async def _send_committed(
                 transport.abort()
 
         hooks = make_recovery(engine, client_request, committed, listener_name, memory)
+        # Registered so that shutdown can end it cleanly once the grace period is over.
+        state.live.add(upstream)
         result = await relay(
             hooks.committed,
             out,
@@ -326,6 +328,7 @@ async def _send_committed(
             except (ConnectionError, RuntimeError):
                 pass
     finally:
+        state.live.discard(upstream)
         if is_stream:
             state.telemetry.stream_open(listener_name, -1)
         finish(status, model.id, committed.attempts, is_stream, broken)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import warnings
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -90,6 +91,19 @@ class AiohttpResponse:
         self._resp.close()
 
 
+_LARGE = 1024 * 1024
+
+
+def _payload(body: bytes) -> bytes | aiohttp.payload.BytesPayload:
+    if len(body) <= _LARGE:
+        return body
+    # aiohttp warns (ResourceWarning) about raw bodies over 1 MiB, suggesting streaming;
+    # the body is already in memory and is written at once, so the warning does not apply.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        return aiohttp.payload.BytesPayload(body)
+
+
 class AiohttpTransport:
     """Pooled aiohttp client.  Created inside a running event loop."""
 
@@ -121,7 +135,7 @@ class AiohttpTransport:
                 method,
                 URL(url, encoded=True),
                 headers=list(headers),
-                data=body if body or method not in ("GET", "HEAD") else None,
+                data=_payload(body) if body or method not in ("GET", "HEAD") else None,
                 allow_redirects=False,
                 compress=None,
             )
