@@ -175,7 +175,7 @@ class Engine:
 
     def _name(self, model: ModelConfig, request: ClientRequest) -> str:
         if model.model == "*":
-            return request.requested_model or "*"
+            return self.providers[model.type].requested_model(request) or "*"
         return model.model
 
     async def _attempt(
@@ -196,7 +196,7 @@ class Engine:
         phase = "response"
         budget_cut = False
         try:
-            if model.model == "*" and request.requested_model is None:
+            if model.model == "*" and provider.requested_model(request) is None:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
             outgoing = await provider.prepare(model, endpoint, request)
             limit = retry.first_token_timeout if request.streaming else model.timeout

@@ -104,7 +104,7 @@ class StatusSink(Sink):
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._models: dict[str, _ModelStats] = {}
-        self._requests: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)
+        self._requests: deque[RequestEvent] = deque(maxlen=RECENT_REQUESTS)
         self._reloads: deque[dict[str, Any]] = deque(maxlen=RECENT_RELOADS)
         self._streams = 0
 
@@ -130,22 +130,9 @@ class StatusSink(Sink):
             stats.last_error = (now, outcome, message)
 
     def request(self, event: RequestEvent) -> None:
-        self._requests.append(
-            {
-                "at": round(event.started_at, 3),
-                "id": event.request_id,
-                "listener": event.listener,
-                "route": event.route,
-                "method": event.method,
-                "path": event.path,
-                "served_by": event.served_by,
-                "attempts": event.attempts,
-                "status": event.status,
-                "latency_ms": round(event.latency * 1000, 1),
-                "streamed": event.streamed,
-                "error": event.error,
-            }
-        )
+        # Kept as the event itself; formatted only when the status page asks (saves
+        # building a dict on every request).
+        self._requests.append(event)
 
     def stream_open(self, listener: str, delta: int) -> None:
         self._streams += delta
@@ -205,7 +192,20 @@ class StatusSink(Sink):
             )
 
         requests = [
-            {**r, "error": None if r["error"] is None else redact(r["error"])}
+            {
+                "at": round(r.started_at, 3),
+                "id": r.request_id,
+                "listener": r.listener,
+                "route": r.route,
+                "method": r.method,
+                "path": r.path,
+                "served_by": r.served_by,
+                "attempts": r.attempts,
+                "status": r.status,
+                "latency_ms": round(r.latency * 1000, 1),
+                "streamed": r.streamed,
+                "error": None if r.error is None else redact(r.error),
+            }
             for r in reversed(self._requests)
         ]
         reloads = [{**r, "detail": redact(r["detail"])} for r in reversed(self._reloads)]
