@@ -13,6 +13,7 @@ re-serialisation; the rewrite itself is two slices and a join.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from json.decoder import JSONDecodeError
 from typing import Any
@@ -28,9 +29,16 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _SCAN: Any = _DECODER.scan_once  # type: ignore[attr-defined]
 _SCANSTRING: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 _WS = " \t\n\r"
+_WS_RE = re.compile(r"[ \t\n\r]*")
+_COLON_RE = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")
+# After a member's value: either "," (more members) or "}" and then only whitespace to the
+# end of the body.
+_AFTER_VALUE_RE = re.compile(r"[ \t\n\r]*(,)[ \t\n\r]*|[ \t\n\r]*(})[ \t\n\r]*\Z")
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen slots dataclass sets each field through object.__setattr__,
+# about 0.15 µs a field on every request.  Treated as immutable all the same.
+@dataclass(slots=True)
 class JsonBody:
     """A request body that is a JSON object, with what the proxy needs to know about it."""
 
@@ -98,38 +106,42 @@ def parse_body(raw: bytes) -> JsonBody | None:
 
 
 def _walk_object(s: str, i: int, raw: bytes) -> JsonBody | None:
+    # Separators are matched by compiled regexes (one C call each); values are scanned by
+    # the C scanner.  A typical SDK body takes ~3.5 µs, most of it building `messages`.
     spans: list[tuple[int, int]] = []
     requested: str | None = None
     stream = False
-    i = _skip_ws(s, i)
+    i = _WS_RE.match(s, i).end()  # type: ignore[union-attr]
     empty = False
     if s[i] == "}":
         empty = True
         close_at = i
     else:
+        colon = _COLON_RE.match
+        after = _AFTER_VALUE_RE.match
         while True:
             if s[i] != '"':
                 return None
             key, i = _SCANSTRING(s, i + 1, True)
-            i = _skip_ws(s, i)
-            if s[i] != ":":
+            m = colon(s, i)
+            if m is None:
                 return None
-            i = _skip_ws(s, i + 1)
+            i = m.end()
             value, end = _SCAN(s, i)
             if key == "model":
                 spans.append((i, end))
                 requested = value if isinstance(value, str) else None
             elif key == "stream":
                 stream = value is True
-            i = _skip_ws(s, end)
-            if s[i] == ",":
-                i = _skip_ws(s, i + 1)
+            m = after(s, end)
+            if m is None:
+                return None
+            if m.group(1) == ",":
+                i = m.end()
                 continue
-            if s[i] == "}":
-                close_at = i
-                break
-            return None
-    if _skip_ws(s, close_at + 1) != len(s):
+            close_at = m.start(2)  # the "}" alternative; \Z made sure nothing follows
+            break
+    if empty and _WS_RE.match(s, close_at + 1).end() != len(s):  # type: ignore[union-attr]
         return None
     return JsonBody(
         text=s,

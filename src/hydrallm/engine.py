@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from hydrallm.config import ApiType, Config, ModelConfig
 from hydrallm.cooldown import Breakers
+from hydrallm.deadline import Deadlines
 from hydrallm.errors import (
     RequestNotPossible,
     StreamFailure,
@@ -95,6 +96,8 @@ class Engine:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rand: Callable[[], float] = field(default=random.random)
+    # Created on first use, inside the running loop.
+    deadlines: Deadlines | None = None
 
     async def run(
         self, request: ClientRequest, chain: Sequence[ModelConfig], labels: Labels
@@ -203,7 +206,11 @@ class Engine:
             if deadline is not None and deadline - sent < limit:
                 limit = max(0.0, deadline - sent)
                 budget_cut = True
-            async with asyncio.timeout(limit):
+            deadlines = self.deadlines
+            if deadlines is None:
+                deadlines = self.deadlines = Deadlines()
+            # One timer per 10 ms shared by all attempts, not one per attempt: see deadline.py.
+            with deadlines.guard(limit):
                 response = await self.transport.send(
                     request.method, outgoing.url, outgoing.headers, outgoing.body
                 )

@@ -30,7 +30,9 @@ HOP_BY_HOP = frozenset(
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen slots dataclass sets each field through object.__setattr__,
+# about 0.15 µs a field on every request.  Treated as immutable all the same.
+@dataclass(slots=True)
 class ClientRequest:
     """The client's request as the engine sees it: read once, shared by every attempt."""
 
@@ -47,7 +49,9 @@ class ClientRequest:
         return self.json.requested_model if self.json is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen slots dataclass sets each field through object.__setattr__,
+# about 0.15 µs a field on every request.  Treated as immutable all the same.
+@dataclass(slots=True)
 class Outgoing:
     url: str
     headers: list[tuple[str, str]]
