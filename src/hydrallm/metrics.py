@@ -166,7 +166,9 @@ class MetricsSink(Sink):
             req.add_metric([listener, route, str(status)], n)
         yield req
         att = CounterMetricFamily(
-            "hydrallm_attempts", "Upstream attempts by model and outcome", labels=["model", "outcome"]
+            "hydrallm_attempts",
+            "Upstream attempts by model and outcome",
+            labels=["model", "outcome"],
         )
         for (model, outcome), n in sorted(self.attempts.items()):
             att.add_metric([model, outcome], n)
