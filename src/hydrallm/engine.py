@@ -29,7 +29,7 @@ from hydrallm.outcome import Verdict, classify_status
 from hydrallm.plan import Attempt, Next, Planner
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.streams.peek import Commit, Failed, Peeker, StreamKind, stream_kind
-from hydrallm.upstream import Response, Transport
+from hydrallm.upstream import Response, Transport, message_headers, read_body
 
 # A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
 # be retried) up to this size; a larger body is committed and relayed as it comes.
@@ -218,11 +218,11 @@ class Engine:
                 get = response.headers.get
                 if status >= 400 or status < 200:
                     phase = "body"
-                    body = await _read_all(response, ERROR_BODY_LIMIT)
+                    body = await read_body(response, ERROR_BODY_LIMIT)
                     decision = classify_status(status, get, retry, body)
                     snapshot = Final(
                         status,
-                        _response_headers(response),
+                        message_headers(response),
                         body,
                         attempt.number,
                         model,
@@ -360,36 +360,3 @@ def _timeout_message(phase: str, sent: float, now: float) -> str:
         "body": "response body not complete",
     }.get(phase, "no answer")
     return f"{what} after {waited:.1f}s"
-
-
-async def _read_all(response: Response, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.read_chunk()
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
-
-
-# Response headers that describe the upstream connection, not the message.
-_RESPONSE_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "upgrade",
-        "trailer",
-        "proxy-connection",
-    }
-)
-
-
-def _response_headers(response: Response) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_HOP]
-
-
-response_headers = _response_headers

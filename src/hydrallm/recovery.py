@@ -44,7 +44,7 @@ from hydrallm.midstream.transcript import Transcript
 from hydrallm.providers.base import ClientRequest
 from hydrallm.relay import Recover
 from hydrallm.streams.peek import Commit, Peeker, StreamKind, stream_kind
-from hydrallm.upstream import Response
+from hydrallm.upstream import Response, read_body
 
 RECOVERABLE = frozenset({StreamKind.OPENAI_CHAT, StreamKind.OPENAI_RESPONSES, StreamKind.ANTHROPIC})
 ERROR_BODY_LIMIT = 64 * 1024
@@ -229,7 +229,7 @@ class Recovery:
                 )
                 status = response.status
                 if status >= 300:
-                    error = await _read(response, ERROR_BODY_LIMIT)
+                    error = await read_body(response, ERROR_BODY_LIMIT)
                     response.release()
                     response = None
                     return self._refusal(mode, status, error)
@@ -297,18 +297,6 @@ class Recovery:
             mode=mode,
             error=str(exc) or type(exc).__name__,
         )
-
-
-async def _read(response: Response, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await response.read_chunk()
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,22 +27,11 @@ from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.recovery import make_recovery
 from hydrallm.relay import relay
 from hydrallm.runtime import ListenerRuntime, ProxyState
+from hydrallm.upstream import message_headers
 from hydrallm.urls import UnsafePath, check_path
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
-# Response headers that describe the upstream connection, not the message.
-_RESPONSE_SKIP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "upgrade",
-        "trailer",
-        "proxy-connection",
-    }
-)
 _NO_CONTROLS = dict.fromkeys([*range(32), 127])
 _JSON_START = frozenset(b"{ \t\r\n")
 
@@ -173,7 +162,7 @@ class _Exchange:
         upstream = committed.response
         status = upstream.status
         model = committed.model
-        headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_SKIP]
+        headers = message_headers(upstream)
         headers += _tags(committed.model_name, model.endpoint, committed.attempts)
         reason = upstream.reason or None
         if committed.complete:

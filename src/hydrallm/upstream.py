@@ -40,6 +40,38 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+# Response headers that describe the upstream connection, not the message.
+RESPONSE_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "upgrade",
+        "trailer",
+        "proxy-connection",
+    }
+)
+
+
+def message_headers(response: Response) -> list[tuple[str, str]]:
+    """The response's headers less the ones about the upstream connection."""
+    return [(k, v) for k, v in response.headers.items() if k.lower() not in RESPONSE_HOP_BY_HOP]
+
+
+async def read_body(response: Response, limit: int) -> bytes:
+    """Read the body to its end, or until `limit` bytes (what was read is returned)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.read_chunk()
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 def translate(exc: BaseException) -> UpstreamError:
     """Map aiohttp / OS exceptions to the package's own error types."""
     if isinstance(exc, UpstreamError):

@@ -20,7 +20,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
@@ -33,6 +32,7 @@ from multidict import CIMultiDict
 from hydrallm.streams.eventstream import encode_message
 from hydrallm.testing.answers import CANONICAL_TEXT, AnswerSpec, Api, json_answer, split_text
 from hydrallm.testing.answers import stream_answer as _stream_answer
+from hydrallm.testing.service import AsyncService
 
 __all__ = [
     "BedrockFault",
@@ -128,7 +128,7 @@ class BedrockRequest:
         return json.loads(self.body)
 
 
-class FakeBedrock:
+class FakeBedrock(AsyncService):
     """An aiohttp Bedrock runtime on 127.0.0.1:<random port>."""
 
     def __init__(
@@ -167,18 +167,6 @@ class FakeBedrock:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> FakeBedrock:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def url(self) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import io
 from collections.abc import Mapping
-from types import TracebackType
 
 from hydrallm.config import Config
 from hydrallm.loader import parse_config
 from hydrallm.observe import Logger, Sink
-from hydrallm.runner import Proxy, start
+from hydrallm.runner import Proxy
+from hydrallm.runner import start as start_proxy
+from hydrallm.testing.service import AsyncService
 
 
 def with_free_ports(config: Config) -> Config:
@@ -25,7 +26,7 @@ def with_free_ports(config: Config) -> Config:
     return dataclasses.replace(config, listeners=listeners)
 
 
-class ProxyHarness:
+class ProxyHarness(AsyncService):
     def __init__(
         self,
         config: str | Config,
@@ -48,17 +49,11 @@ class ProxyHarness:
         assert self._proxy is not None, "the proxy is not running"
         return self._proxy
 
-    async def __aenter__(self) -> ProxyHarness:
+    async def start(self) -> None:
         logger = Logger(self.level, stream=self.stream, secrets=self.config.secrets, color=False)
-        self._proxy = await start(self.config, logger=logger, sinks=self.sinks)
-        return self
+        self._proxy = await start_proxy(self.config, logger=logger, sinks=self.sinks)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._proxy is not None:
             await self._proxy.close()
             self._proxy = None

@@ -12,7 +12,8 @@ import asyncio
 import enum
 import socket
 import struct
-from types import TracebackType
+
+from hydrallm.testing.service import AsyncService
 
 __all__ = ["RawFaultServer", "RawMode"]
 
@@ -47,7 +48,7 @@ def _head(status: str, length: int, extra: bytes = b"", *, close: bool = True) -
     return text.encode() + extra + b"\r\n"
 
 
-class RawFaultServer:
+class RawFaultServer(AsyncService):
     """Listens on 127.0.0.1:<random port>; every connection gets `mode`.
 
     `connections` counts accepted connections, `requests` the request heads read
@@ -97,18 +98,6 @@ class RawFaultServer:
             writer.transport.abort()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await server.wait_closed()
-
-    async def __aenter__(self) -> RawFaultServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -22,7 +22,6 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +39,7 @@ from hydrallm.testing.answers import (
     stream_answer,
 )
 from hydrallm.testing.faults import FailureMix, Fault, Reset
+from hydrallm.testing.service import AsyncService
 
 __all__ = ["FakeUpstream", "RecordedRequest"]
 
@@ -99,7 +99,7 @@ class _Sink:
             self._zip = None
 
 
-class FakeUpstream:
+class FakeUpstream(AsyncService):
     """An aiohttp server on 127.0.0.1:<random port> answering as an LLM provider.
 
     Each request takes the next fault queued with `script()`; when the script is
@@ -169,18 +169,6 @@ class FakeUpstream:
                 if connection.transport is not None:
                     connection.transport.abort()
         await runner.cleanup()
-
-    async def __aenter__(self) -> FakeUpstream:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @property
     def url(self) -> str:
