@@ -70,7 +70,8 @@ async def wait_ready(url: str, proc: asyncio.subprocess.Process, timeout: float 
 async def refused(port: int) -> bool:
     try:
         _r, w = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A reset, too: a connection that raced into the backlog as the listener closed.
         return True
     w.close()
     return False
