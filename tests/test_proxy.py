@@ -381,3 +381,43 @@ async def test_concurrent_requests_are_independent() -> None:
         )
         assert all(r.choices[0].message.content == CANONICAL_TEXT for r in results)
         await client.close()
+
+
+async def test_include_error_body_logs_the_upstream_error_gunzipped() -> None:
+    import gzip as gz
+
+    body = gz.compress(b'{"error":{"message":"quota exceeded for project 42"}}')
+    fault = faults.status(429, body, {"Content-Encoding": "gzip"})
+    async with FakeUpstream(default=fault) as up:
+        cfg = "[log]\ninclude_error_body = true\n" + openai_config((up.url, "m", 1))
+        async with ProxyHarness(cfg, level="info") as px, aiohttp.ClientSession() as s:
+            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
+                assert r.status == 429
+            logs = px.logs()
+        assert "quota exceeded for project 42" in logs
+        cfg_off = openai_config((up.url, "m", 1))
+        async with ProxyHarness(cfg_off, level="info") as px, aiohttp.ClientSession() as s:
+            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
+                await r.read()
+            assert "quota exceeded" not in px.logs()
+
+
+async def test_debug_level_logs_the_outgoing_url_and_body_truncated() -> None:
+    async with FakeUpstream() as up:
+        async with ProxyHarness(openai_config((up.url, "m", 1)), level="debug") as px:
+            async with aiohttp.ClientSession() as s:
+                big = "x" * 5000
+                payload = {"model": "c", "messages": [{"role": "user", "content": big}]}
+                async with s.post(px.url() + "/v1/chat/completions?trace=1", json=payload) as r:
+                    await r.read()
+            logs = px.logs()
+        line = next(ln for ln in logs.splitlines() if "upstream_request" in ln)
+        assert f'url="{up.url}/v1/chat/completions?trace=1"' in line
+        assert '{\\"model\\": \\"m\\"' in line  # the body as sent: model rewritten
+        assert "bytes)" in line and big not in line  # truncated to 2 KiB
+        assert "sk-openai-test-0002" not in logs
+        async with ProxyHarness(openai_config((up.url, "m", 1)), level="info") as px:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(px.url() + "/v1/chat/completions", json={"model": "c"}) as r:
+                    await r.read()
+            assert "upstream_request" not in px.logs()

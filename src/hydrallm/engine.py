@@ -10,8 +10,10 @@ retried or fallen back from.  After it returns `Committed`, `relay.py` streams t
 from __future__ import annotations
 
 import asyncio
+import gzip
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +36,10 @@ from hydrallm.upstream import Response, Transport, message_headers, read_body
 # A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
 # be retried) up to this size; a larger body is committed and relayed as it comes.
 PRECOMMIT_BODY_LIMIT = 4 * 1024 * 1024
+# How much of an upstream error body `log.include_error_body` shows, and of an outgoing
+# body the debug level shows.
+ERROR_LOG_LIMIT = 4096
+DEBUG_BODY_LIMIT = 2048
 # Error bodies kept for the client / classification are read up to this size.
 ERROR_BODY_LIMIT = 1024 * 1024
 
@@ -202,6 +208,14 @@ class Engine:
             if model.model == "*" and provider.requested_model(request) is None:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
             outgoing = await provider.prepare(model, endpoint, request)
+            log = self.telemetry.log
+            if log.threshold <= 10:
+                log.debug(
+                    "upstream_request",
+                    method=request.method,
+                    url=outgoing.url,
+                    body=_excerpt(outgoing.body, DEBUG_BODY_LIMIT),
+                )
             limit = retry.first_token_timeout if request.streaming else model.timeout
             if deadline is not None and deadline - sent < limit:
                 limit = max(0.0, deadline - sent)
@@ -218,6 +232,7 @@ class Engine:
                 get = response.headers.get
                 if status >= 400 or status < 200:
                     phase = "body"
+                    response_encoding = get("Content-Encoding", "")
                     body = await read_body(response, ERROR_BODY_LIMIT)
                     decision = classify_status(status, get, retry, body)
                     snapshot = Final(
@@ -231,11 +246,16 @@ class Engine:
                     )
                     response.release()
                     response = None
+                    shown = self._error_body(status, response_encoding, body)
                     if decision.verdict is Verdict.RETURN:
-                        self._report(attempt, labels, "status", status, None, sent, None, fallback)
+                        self._report(
+                            attempt, labels, "status", status, None, sent, None, fallback, shown
+                        )
                         self.breakers.success(model.id)
                         return snapshot
-                    self._report(attempt, labels, "status", status, None, sent, None, fallback)
+                    self._report(
+                        attempt, labels, "status", status, None, sent, None, fallback, shown
+                    )
                     return _Failure(
                         Next.FALLBACK if decision.verdict is Verdict.FALLBACK else Next.RETRY,
                         retry_after=decision.retry_after,
@@ -330,6 +350,7 @@ class Engine:
         sent: float,
         ttft: float | None,
         fallback: bool,
+        error_body: str | None = None,
     ) -> None:
         model = attempt.model
         self.telemetry.attempt(
@@ -348,8 +369,25 @@ class Engine:
                 ttft=ttft,
                 retry=attempt.is_retry,
                 fallback=fallback,
+                error_body=error_body,
             )
         )
+
+    def _error_body(self, status: int, encoding: str, body: bytes) -> str | None:
+        """The upstream's error body for the log, when `log.include_error_body` is on."""
+        if status < 400 or not self.config.log.include_error_body:
+            return None
+        if "gzip" in encoding.lower():
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError, zlib.error):
+                return "(gzip body that could not be decompressed)"
+        return _excerpt(body, ERROR_LOG_LIMIT)
+
+
+def _excerpt(body: bytes, limit: int) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return text + f"… ({len(body)} bytes)" if len(body) > limit else text
 
 
 def _timeout_message(phase: str, sent: float, now: float) -> str:

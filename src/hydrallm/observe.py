@@ -139,6 +139,7 @@ class AttemptEvent:
     ttft: float | None  # seconds to the first meaningful stream event, for streams
     retry: bool  # this attempt was a retry of the same model
     fallback: bool  # this attempt moved to a later model of the chain
+    error_body: str | None = None  # with log.include_error_body: the upstream's error body
 
 
 @dataclass(slots=True)
@@ -206,6 +207,7 @@ class Telemetry:
                 error=e.error,
                 latency_ms=round(e.latency * 1000, 1),
                 ttft_ms=None if e.ttft is None else round(e.ttft * 1000, 1),
+                body=e.error_body,
             )
         for sink in self.sinks:
             sink.attempt(e)

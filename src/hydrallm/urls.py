@@ -23,8 +23,9 @@ def check_path(raw_path: str) -> None:
     """Raise UnsafePath unless `raw_path` (no query) stays below the base it is appended to."""
     if not raw_path.startswith("/"):
         raise UnsafePath("the request path must start with '/'")
-    if "#" in raw_path:
-        # A fragment never belongs on the wire; "/..#x" would otherwise hide a climb.
+    if "#" in raw_path or "?" in raw_path:
+        # The query is split off before this check, and a fragment never belongs on the
+        # wire; either left in the path could hide a climb ("/..#x").
         raise UnsafePath("the request path may not carry a fragment")
     if _NOTHING_TO_CHECK.fullmatch(raw_path):
         # Plain API paths (/v1/chat/completions) have no escape, dot or double slash:

@@ -4,7 +4,8 @@
         url = proxy.url()              # first listener, e.g. "http://127.0.0.1:41234"
         proxy.logs()                   # everything the proxy logged so far
 
-Listener ports are replaced by 0 so the OS picks free ones: tests never collide.
+Listener ports are replaced by 0 so the OS picks free ones: tests never collide.  On
+close, the captured log is scanned for every configured secret (see `check_no_secrets`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ class ProxyHarness(AsyncService):
         if self._proxy is not None:
             await self._proxy.close()
             self._proxy = None
+            self.check_no_secrets()
+
+    def check_no_secrets(self) -> None:
+        """Every scenario run through the harness doubles as a leak check: no configured
+        secret (API key, AWS secret, proxy key) may appear in anything the proxy logged."""
+        text = self.stream.getvalue()
+        leaked = [s for s in self.config.secrets if len(s) >= 8 and s in text]
+        if leaked:
+            shown = ", ".join(f"{s[:3]}…" for s in leaked)
+            raise AssertionError(f"secrets leaked into the proxy's log: {shown}")
 
     def url(self, listener: str | None = None) -> str:
         addresses = self.proxy.addresses()
