@@ -353,6 +353,43 @@ class Bench:
                     label, r["p50_ms"]
                 )
 
+    def workers(self) -> None:
+        """hydrallm with --workers 2 against the 1-worker process, same load (c64).
+
+        The "direct" column of this row holds the 1-worker figure.  On a 2-core machine the
+        load generator and the upstream share the cores, so this shows the headroom left,
+        not a clean 2x.
+        """
+        p = self.profile
+        port = free_port()
+        config = self.work / "workers.toml"
+        config.write_text(_CONFIG.format(port=port, upstream=self.upstream_port))
+        proc = self.procs.spawn(
+            "hydrallm-2w",
+            [
+                *self.hydrallm_cmd,
+                "serve",
+                "-c",
+                str(config),
+                "--log-level",
+                "warn",
+                "--workers",
+                "2",
+            ],
+        )
+        wait_port(port, proc)
+        self.urls["hydrallm-2w"] = f"http://127.0.0.1:{port}"
+        self.pids["hydrallm-2w"] = proc.pid
+        try:
+            for _ in range(p.rounds):
+                for label, target in (("direct", "hydrallm"), ("hydrallm", "hydrallm-2w")):
+                    r = self.load(target, "small", 64, p.duration)
+                    self.fig(
+                        "workers_rps", "2 workers throughput c64 (baseline: 1 worker)", "req/s"
+                    ).add(label, r["rps"])
+        finally:
+            self.procs.stop(proc)
+
     def startup(self) -> None:
         p = self.profile
         helps = []
@@ -386,6 +423,7 @@ class Bench:
             ("streaming", self.streaming),
             ("1 MiB body", self.big_body),
             ("retry path", self.retry),
+            ("workers", self.workers),
             ("memory after run", lambda: self.memory("after")),
             ("open streams", self.open_streams),
         ]
