@@ -285,3 +285,21 @@ async def test_a_cut_after_the_last_word_is_finished_without_repeating_it(
     async with proxy(primary, fallback, api) as px:
         assert_whole(await ask(px.url(), api), api)
         assert fallback.prefills == [CANONICAL_TEXT]
+
+
+@pytest.mark.parametrize("flag", ["prefix", "continue_final_message"])
+async def test_the_endpoints_prefix_flag_marks_the_prefill(
+    flag: str, primary: FakeUpstream, fallback: PrefillUpstream
+) -> None:
+    primary.script(BREAKS["reset"])
+    extra = f'prefill_flag = "{flag}"'
+    async with proxy(primary, fallback, "chat", endpoint=extra) as px:
+        assert_whole(await ask(px.url(), "chat"), "chat")
+    sent = fallback.requests[-1].json()
+    last = sent["messages"][-1]
+    assert last["role"] == "assistant"
+    if flag == "prefix":
+        assert last["prefix"] is True and "continue_final_message" not in sent
+    else:
+        assert sent["continue_final_message"] is True
+        assert sent["add_generation_prompt"] is False and "prefix" not in last

@@ -211,3 +211,17 @@ async def test_an_error_event_read_before_commit_is_held_back_too() -> None:
     assert guard.hold([head + failure]) == [head]
     with pytest.raises(StreamFailure):
         await guard.read_chunk()
+
+
+def test_prefill_flags_only_mark_chat_completions() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    plain = json.loads(prefill_body(StreamKind.OPENAI_CHAT, body, "Hy") or b"")
+    assert plain["messages"][-1] == {"role": "assistant", "content": "Hy"}
+    marked = json.loads(prefill_body(StreamKind.OPENAI_CHAT, body, "Hy", "prefix") or b"")
+    assert marked["messages"][-1] == {"role": "assistant", "content": "Hy", "prefix": True}
+    vllm = json.loads(
+        prefill_body(StreamKind.OPENAI_CHAT, body, "Hy", "continue_final_message") or b""
+    )
+    assert vllm["continue_final_message"] is True and vllm["add_generation_prompt"] is False
+    anthropic = json.loads(prefill_body(StreamKind.ANTHROPIC, body, "Hy", "prefix") or b"")
+    assert "prefix" not in anthropic["messages"][-1]

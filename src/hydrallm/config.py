@@ -15,6 +15,8 @@ from typing import Literal
 ApiType = Literal["openai", "anthropic", "bedrock"]
 API_TYPES: tuple[ApiType, ...] = ("openai", "anthropic", "bedrock")
 Prefill = Literal["auto", "yes", "no"]
+# How an OpenAI-compatible endpoint marks the last assistant message as a prefix to continue.
+PrefillFlag = Literal["none", "prefix", "continue_final_message"]
 
 DEFAULT_FALLBACK_ON_BODY: tuple[str, ...] = (
     "context_length_exceeded",
@@ -38,6 +40,7 @@ class EndpointConfig:
     aws_session_token: str | None = None
     aws_profile: str | None = None
     prefill: Prefill = "auto"
+    prefill_flag: PrefillFlag = "none"
 
 
 @dataclass(frozen=True, slots=True)

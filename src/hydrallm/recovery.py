@@ -194,7 +194,7 @@ class Recovery:
         text = self.transcript.prefill_text()
         return text is not None and bool(text.strip())
 
-    def _body(self, mode: str) -> tuple[bytes, str | None]:
+    def _body(self, mode: str, model: ModelConfig) -> tuple[bytes, str | None]:
         text = self.transcript.prefill_text() if mode == "prefill" else None
         if text is None or self.request.json is None:
             return self.request.body, None
@@ -204,7 +204,8 @@ class Recovery:
             return self.request.body, None
         if not isinstance(original, dict):
             return self.request.body, None
-        body = prefill_body(self.transcript.kind, original, text)
+        flag = self.engine.config.endpoints[model.endpoint].prefill_flag
+        body = prefill_body(self.transcript.kind, original, text, flag)
         if body is None:
             return self.request.body, None
         return body, text.rstrip()
@@ -214,7 +215,7 @@ class Recovery:
         retry = engine.config.retry
         endpoint = engine.config.endpoints[model.endpoint]
         provider = engine.providers[model.type]
-        body, prefilled = self._body(mode)
+        body, prefilled = self._body(mode, model)
         request = dataclasses.replace(self.request, body=body, json=parse_body(body))
         response: Response | None = None
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hydrallm.config import PrefillFlag
 from hydrallm.streams.peek import StreamKind
 
 # Words a 4xx body uses when a model refuses an assistant prefill (Anthropic: "This model
@@ -13,11 +14,17 @@ from hydrallm.streams.peek import StreamKind
 _PREFILL_WORDS = ("prefill", "assistant", "final message", "last message", "prefix")
 
 
-def prefill_body(kind: StreamKind, body: dict[str, Any], text: str) -> bytes | None:
+def prefill_body(
+    kind: StreamKind, body: dict[str, Any], text: str, flag: PrefillFlag = "none"
+) -> bytes | None:
     """`body` with `text` appended as the answer so far; None when the body has no place for it.
 
     The text is sent without trailing whitespace (Anthropic refuses a prefill that ends
-    in whitespace); the splice expects the continuation to reproduce it.
+    in whitespace); the splice expects the continuation to reproduce it.  For chat
+    completions, `flag` adds the marker an OpenAI-compatible server needs to continue the
+    last assistant message rather than answer after it: `prefix` (DeepSeek, Mistral:
+    `"prefix": true` on that message) or `continue_final_message` (vLLM and TGI-style
+    servers: top-level `continue_final_message: true, add_generation_prompt: false`).
     """
     text = text.rstrip()
     if not text:
@@ -34,7 +41,13 @@ def prefill_body(kind: StreamKind, body: dict[str, Any], text: str) -> bytes | N
         messages = out.get("messages")
         if not isinstance(messages, list) or not messages:
             return None
-        out["messages"] = _append(messages, text, responses=False)
+        appended = _append(messages, text, responses=False)
+        if kind is StreamKind.OPENAI_CHAT and flag == "prefix":
+            appended[-1] = {**appended[-1], "prefix": True}
+        elif kind is StreamKind.OPENAI_CHAT and flag == "continue_final_message":
+            out["continue_final_message"] = True
+            out["add_generation_prompt"] = False
+        out["messages"] = appended
     return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
 
 
