@@ -303,3 +303,27 @@ async def test_the_endpoints_prefix_flag_marks_the_prefill(
     else:
         assert sent["continue_final_message"] is True
         assert sent["add_generation_prompt"] is False and "prefix" not in last
+
+
+async def test_recoveries_are_counted_and_shown_on_the_status_page(
+    primary: FakeUpstream, fallback: PrefillUpstream
+) -> None:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    primary.script(BREAKS["reset"])
+    async with proxy(primary, fallback, "messages") as px:
+        assert_whole(await ask(px.url(), "messages"), "messages")
+        async with aiohttp.ClientSession() as s:
+            async with s.get(px.url() + "/_hydrallm/status.json") as r:
+                doc = await r.json()
+            async with s.get(px.url() + "/_hydrallm/metrics") as r:
+                text = await r.text()
+    assert [(e["event"], e["model"]) for e in doc["streams"]] == [("continued", "e1/m1")]
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    key = ("hydrallm_stream_recoveries_total", (("action", "continued"), ("listener", "default")))
+    assert samples[key] == 1

@@ -34,8 +34,17 @@ except `listeners` and `models`, which are in config order)::
          "served_by": "model-id" | null, "attempts": 3, "status": 200,
          "latency_ms": 1234.5, "streamed": true, "error": null | "..."}
       ],
-      "reloads": [{"at": 1700000000.0, "result": "success" | "failure", "detail": "..."}]
+      "reloads": [{"at": 1700000000.0, "result": "success" | "failure", "detail": "..."}],
+      "streams": [
+        {"at": 1700000000.0, "listener": "default", "model": "model-id",
+         "event": "continued" | "restarted-matched" | "gave-up" | "broken",
+         "detail": "..."}
+      ]
     }
+
+`streams` lists what happened to streams that broke after the client had received part
+of them: finished on a fallback (`continued`, `restarted-matched`), ended with an error
+event (`gave-up`), or broken with no recovery tried (`broken`, with the reason).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ WINDOW_S = 300.0
 _BUCKETS = 60
 RECENT_REQUESTS = 50
 RECENT_RELOADS = 20
+RECENT_STREAM_EVENTS = 20
 _SAMPLES = 100
 
 
@@ -106,6 +116,7 @@ class StatusSink(Sink):
         self._models: dict[str, _ModelStats] = {}
         self._requests: deque[RequestEvent] = deque(maxlen=RECENT_REQUESTS)
         self._reloads: deque[dict[str, Any]] = deque(maxlen=RECENT_RELOADS)
+        self._stream_events: deque[dict[str, Any]] = deque(maxlen=RECENT_STREAM_EVENTS)
         self._streams = 0
 
     def _stats(self, model_id: str) -> _ModelStats:
@@ -136,6 +147,23 @@ class StatusSink(Sink):
 
     def stream_open(self, listener: str, delta: int) -> None:
         self._streams += delta
+
+    def stream_broken(self, listener: str, model_id: str, reason: str) -> None:
+        self._stream_event(listener, model_id, "broken", reason)
+
+    def recovery(self, listener: str, model_id: str, action: str) -> None:
+        self._stream_event(listener, model_id, action, "")
+
+    def _stream_event(self, listener: str, model_id: str, event: str, detail: str) -> None:
+        self._stream_events.append(
+            {
+                "at": round(self._clock(), 3),
+                "listener": listener,
+                "model": model_id,
+                "event": event,
+                "detail": detail,
+            }
+        )
 
     def reload(self, result: str, detail: str) -> None:
         self._reloads.append({"at": round(self._clock(), 3), "result": result, "detail": detail})
@@ -209,6 +237,7 @@ class StatusSink(Sink):
             for r in reversed(self._requests)
         ]
         reloads = [{**r, "detail": redact(r["detail"])} for r in reversed(self._reloads)]
+        streams = [{**e, "detail": redact(e["detail"])} for e in reversed(self._stream_events)]
         return {
             "status": "draining" if state.draining else "ok",
             "version": __version__,
@@ -224,4 +253,5 @@ class StatusSink(Sink):
             "models": models,
             "requests": requests,
             "reloads": reloads,
+            "streams": streams,
         }
