@@ -170,3 +170,12 @@ async def test_chromium_shows_model_states_counts_and_requests(tmp_path: Path) -
 
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_the_page_has_no_duplicate_element_ids() -> None:
+    import re
+    from importlib import resources
+
+    html = resources.files("hydrallm").joinpath("statuspage.html").read_text()
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert ids and len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
