@@ -421,3 +421,17 @@ async def test_debug_level_logs_the_outgoing_url_and_body_truncated() -> None:
                 async with s.post(px.url() + "/v1/chat/completions", json={"model": "c"}) as r:
                     await r.read()
             assert "upstream_request" not in px.logs()
+
+
+async def test_a_large_non_retryable_error_body_reaches_the_client_whole() -> None:
+    big = b'{"error":{"message":"' + b"x" * (1536 * 1024) + b'"}}'
+    async with FakeUpstream(default=faults.status(400, big)) as up:
+        async with (
+            ProxyHarness(openai_config((up.url, "m", 2))) as px,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
+                assert r.status == 400
+                assert r.headers["x-hydrallm-attempts"] == "1"
+                assert await r.read() == big
+        assert len(up.requests) == 1

@@ -244,15 +244,29 @@ class Engine:
                         outgoing.model_label,
                         False,
                     )
-                    response.release()
-                    response = None
                     shown = self._error_body(status, response_encoding, body)
                     if decision.verdict is Verdict.RETURN:
                         self._report(
                             attempt, labels, "status", status, None, sent, None, fallback, shown
                         )
                         self.breakers.success(model.id)
-                        return snapshot
+                        if len(body) < ERROR_BODY_LIMIT:
+                            response.release()
+                            return snapshot
+                        # A body longer than we hold: the client gets all of it, relayed.
+                        return Committed(
+                            response=response,
+                            prefix=[body],
+                            complete=False,
+                            kind=None,
+                            model=model,
+                            model_name=outgoing.model_label,
+                            attempts=attempt.number,
+                            chain=(),
+                            attempt=attempt,
+                        )
+                    response.release()
+                    response = None
                     self._report(
                         attempt, labels, "status", status, None, sent, None, fallback, shown
                     )
