@@ -435,3 +435,26 @@ async def test_a_large_non_retryable_error_body_reaches_the_client_whole() -> No
                 assert r.headers["x-hydrallm-attempts"] == "1"
                 assert await r.read() == big
         assert len(up.requests) == 1
+
+
+async def test_expect_100_continue_is_answered_and_not_forwarded() -> None:
+    async with FakeUpstream() as up, ProxyHarness(openai_config((up.url, "m", 1))) as px:
+        host, port = px.url()[len("http://") :].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = b'{"model":"x","messages":[]}'
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(2):
+            interim = await reader.readuntil(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            status_line = await reader.readuntil(b"\r\n")
+        assert status_line.startswith(b"HTTP/1.1 200")
+        writer.close()
+    assert "Expect" not in up.requests[0].headers
+    assert up.requests[0].body == body.replace(b'"x"', b'"m"')

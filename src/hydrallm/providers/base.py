@@ -25,6 +25,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
+        "expect",  # the proxy buffers the body; the upstream gets it whole
     }
 )
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
