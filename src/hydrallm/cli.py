@@ -150,9 +150,32 @@ def check(obj: dict[str, Any]) -> None:
 @handle_errors
 def version(obj: dict[str, Any]) -> None:
     """Print version, commit and build date."""
+    commit, built = _build_info()
     click.echo(f"hydrallm {__version__}")
-    click.echo(f"commit: {__commit__}")
-    click.echo(f"built: {__build_date__}")
+    click.echo(f"commit: {commit}")
+    click.echo(f"built: {built}")
+
+
+def _build_info() -> tuple[str, str]:
+    """Commit and date stamped by a release build; in a source checkout, asked of git."""
+    if __commit__ != "unknown":
+        return __commit__, __build_date__
+    here = Path(__file__).resolve().parent
+    if here.parent.name != "src" or not (here.parent.parent / "pyproject.toml").exists():
+        return __commit__, __build_date__  # an installed copy: no checkout to ask
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "log", "-1", "--format=%h %cs"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return __commit__, __build_date__
+    if len(out) != 2:
+        return __commit__, __build_date__
+    return f"{out[0]} (source checkout)", out[1]
 
 
 def _find_editor() -> list[str] | None:
