@@ -81,3 +81,17 @@ def test_disabled_never_opens() -> None:
     b = Breakers(CooldownConfig(enabled=False, failures=1), Clock())
     b.failure("a")
     assert b.state("a")[0] == "closed"
+
+
+def test_a_probe_slot_not_used_is_released() -> None:
+    clock = Clock()
+    b = Breakers(CooldownConfig(failures=1, duration=10), clock)
+    chain = models("a", "b")
+    b.failure("b")
+    clock.now += 10
+    assert [m.id for m in b.plan(chain)] == ["a", "b"]  # b admitted as the probe
+    # "a" answered, so "b" was never asked: the next request may probe it.
+    b.release("b")
+    assert [m.id for m in b.plan(chain)] == ["a", "b"]
+    b.release("a")  # closed circuits are untouched
+    assert b.state("a")[0] == "closed"

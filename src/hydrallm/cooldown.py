@@ -80,6 +80,18 @@ class Breakers:
             return True
         return False
 
+    def release(self, model_id: str) -> None:
+        """A request that was admitted as a half-open probe ended without asking the model
+        (an earlier model answered): free the probe slot for the next request."""
+        c = self._circuits.get(model_id)
+        if c is not None and c.state == "half-open":
+            c.probing_since = None
+
+    @property
+    def quiet(self) -> bool:
+        """No circuit has ever left the closed state (the fast path of every request)."""
+        return not self._circuits
+
     def success(self, model_id: str) -> None:
         c = self._circuits.get(model_id)
         if c is None:

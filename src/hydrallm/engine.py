@@ -146,6 +146,9 @@ class Engine:
             if not isinstance(result, _Failure):
                 if isinstance(result, Committed):
                     result.chain = plan_chain
+                if not self.breakers.quiet:
+                    for later in plan_chain[attempt.index + 1 :]:
+                        self.breakers.release(later.id)
                 return result
             last_model = attempt.model
             last_name = self._name(attempt.model, request)
