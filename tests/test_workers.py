@@ -90,6 +90,9 @@ async def test_two_workers_serve_reload_together_and_stop_cleanly(tmp_path: Path
                 await asyncio.sleep(0.05)
             assert not any(alive(pid) for pid in workers), "a worker outlived the parent"
             assert proc.log().count("stopped") == 2
+            # Each worker's lines say which worker wrote them.
+            reloaded = [ln for ln in proc.log().splitlines() if " reloaded" in ln]
+            assert sorted(ln.split(" worker=")[1].split()[0] for ln in reloaded) == ["0", "1"]
         finally:
             proc.kill()
 

@@ -59,8 +59,11 @@ class Logger:
         stream: TextIO | None = None,
         secrets: Iterable[str] = (),
         color: bool | None = None,
+        worker: int | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        # With several worker processes, each line says which one wrote it.
+        self._source = f" worker={worker}" if worker is not None else ""
         self.threshold = LEVELS.get(level, 20)
         self.redact = Redactor(secrets)
         if color is None:
@@ -82,7 +85,7 @@ class Logger:
         tag = level.upper().ljust(5)
         if self.color:
             tag = f"{_COLORS.get(level, '')}{tag}{_RESET}"
-        line = self.redact(f"{stamp} {tag} {event} {body}".rstrip()) + "\n"
+        line = self.redact(f"{stamp} {tag} {event}{self._source} {body}".rstrip()) + "\n"
         self._write(line)
 
     def debug(self, event: str, **fields: object) -> None:

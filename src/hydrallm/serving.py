@@ -33,7 +33,7 @@ def run_server(
         )
         count = 1
     if count <= 1:
-        _serve_here(config, 0, None, False, reload_config)
+        _serve_here(config, 0, None, False, reload_config, tagged=False)
         return
 
     reuse = balanced_reuse_port() and all(lc.port != 0 for lc in config.listeners)
@@ -48,7 +48,7 @@ def run_server(
         sockets = bind_shared(config)
 
     def worker_main(index: int, inherited: dict[str, socket.socket] | None) -> int:
-        return _serve_here(config, index, inherited, reuse, reload_config)
+        return _serve_here(config, index, inherited, reuse, reload_config, tagged=True)
 
     def log(message: str) -> None:
         sys.stderr.write(f"hydrallm: {message}\n")
@@ -64,9 +64,11 @@ def _serve_here(
     sockets: dict[str, socket.socket] | None,
     reuse_port: bool,
     reload_config: Callable[[], Config] | None,
+    *,
+    tagged: bool,
 ) -> int:
     install_uvloop()
-    logger = Logger(config.log.level, secrets=config.secrets)
+    logger = Logger(config.log.level, secrets=config.secrets, worker=worker if tagged else None)
     asyncio.run(
         serve(
             config,
