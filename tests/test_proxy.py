@@ -458,3 +458,17 @@ async def test_expect_100_continue_is_answered_and_not_forwarded() -> None:
         writer.close()
     assert "Expect" not in up.requests[0].headers
     assert up.requests[0].body == body.replace(b'"x"', b'"m"')
+
+
+async def test_a_large_retryable_error_body_is_never_returned_cut_short() -> None:
+    big = b'{"error":{"message":"' + b"y" * (1536 * 1024) + b'"}}'
+    async with FakeUpstream(default=faults.status(503, big)) as up:
+        async with (
+            ProxyHarness(openai_config((up.url, "m", 2))) as px,
+            aiohttp.ClientSession() as s,
+        ):
+            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
+                data = await r.json()
+                assert r.status == 502
+                assert "HTTP 503 with a body over" in data["error"]["message"]
+        assert len(up.requests) == 2

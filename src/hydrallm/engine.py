@@ -21,6 +21,7 @@ from hydrallm.config import ApiType, Config, ModelConfig
 from hydrallm.cooldown import Breakers
 from hydrallm.deadline import Deadlines
 from hydrallm.errors import (
+    ProtocolError,
     RequestNotPossible,
     StreamFailure,
     UpstreamError,
@@ -273,11 +274,18 @@ class Engine:
                     self._report(
                         attempt, labels, "status", status, None, sent, None, fallback, shown
                     )
+                    whole = len(body) < ERROR_BODY_LIMIT
                     return _Failure(
                         Next.FALLBACK if decision.verdict is Verdict.FALLBACK else Next.RETRY,
                         retry_after=decision.retry_after,
                         open_for=decision.retry_after if decision.too_long else None,
-                        snapshot=snapshot,
+                        # An error body longer than we hold is never handed back cut short.
+                        snapshot=snapshot if whole else None,
+                        error=None
+                        if whole
+                        else ProtocolError(
+                            f"HTTP {status} with a body over {ERROR_BODY_LIMIT} bytes"
+                        ),
                         counts_for_cooldown=retry.is_retryable_status(status) or decision.too_long,
                     )
                 kind = stream_kind(get("Content-Type", ""), request.path, model.type)
