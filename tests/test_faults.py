@@ -496,3 +496,26 @@ async def test_bridge_logs_other_aiohttp_errors_as_one_line() -> None:
     assert "ERROR" in out and "source=aiohttp.server" in out
     assert "RuntimeError: boom with [redacted] second line" in out
     assert logging.getLogger("aiohttp").propagate is True  # unbridged
+
+
+async def test_read_timeout_bounds_head_and_body_together() -> None:
+    # The head takes most of read_timeout; the body then gets only what is left of it.
+    async with FakeUpstream() as up:
+        cfg = config((up.url, "m", 1)).replace(
+            "[cooldown]", '[server]\nread_timeout = "600ms"\n[cooldown]'
+        )
+        async with ProxyHarness(cfg) as px:
+            host, port = px.url().removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            started = time.monotonic()
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            await asyncio.sleep(0.4)
+            writer.write(b"Content-Length: 14\r\n\r\n" + b'{"mod')  # the rest never comes
+            async with asyncio.timeout(3):
+                answer = await reader.readuntil(b"\r\n")
+            took = time.monotonic() - started
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408")
+        # ~0.6 s from the first byte, not 0.4 s of head plus a fresh 0.6 s for the body.
+        assert took < 0.9, took
+        assert not up.requests

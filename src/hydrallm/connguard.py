@@ -56,8 +56,15 @@ class GuardedRequestHandler(RequestHandler):
         # True from the moment a request head is handed to the handler until its
         # response is finished: bytes arriving then are body (or pipelined heads).
         self._serving = False
+        # When the first byte of the head being received arrived (loop time), and the same
+        # for the request being served: the body must arrive within what is left of
+        # `read_timeout` (DECISIONS.md: it bounds the whole request, head and body).
+        self._head_began: float | None = None
+        self.request_began: float | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self._head_began is None and not self._serving:
+            self._head_began = self._loop.time()
         super().data_received(data)
         if self._messages:
             self._cancel_head_timer()
@@ -69,6 +76,7 @@ class GuardedRequestHandler(RequestHandler):
     def request_started(self) -> None:
         """Called by `GuardedServer` when the head of a request is complete."""
         self._serving = True
+        self.request_began, self._head_began = self._head_began, None
         self._cancel_head_timer()
 
     async def finish_response(

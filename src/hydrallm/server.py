@@ -120,7 +120,7 @@ class _Exchange:
                     # instead of asking for a body that would be thrown away.
                     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     request.writer.output_size = 0
-                async with asyncio.timeout(listener.config.read_timeout):
+                async with asyncio.timeout(_body_budget(request, listener.config.read_timeout)):
                     body = await _read_body(content, limit)
         except _TooLarge:
             return self.too_large(limit)
@@ -325,6 +325,14 @@ def _tags(model: str | None, endpoint: str | None, attempts: int) -> list[tuple[
         tags.append(("x-hydrallm-endpoint", endpoint))
     tags.append(("x-hydrallm-attempts", str(attempts)))
     return tags
+
+
+def _body_budget(request: web.BaseRequest, read_timeout: float) -> float:
+    """What is left of `read_timeout` for the body, counted from the head's first byte."""
+    began = getattr(request.protocol, "request_began", None)
+    if not isinstance(began, float):
+        return read_timeout
+    return max(0.0, read_timeout - (asyncio.get_running_loop().time() - began))
 
 
 class _TooLarge(Exception):
