@@ -472,3 +472,23 @@ async def test_a_large_retryable_error_body_is_never_returned_cut_short() -> Non
                 assert r.status == 502
                 assert "HTTP 503 with a body over" in data["error"]["message"]
         assert len(up.requests) == 2
+
+
+async def test_the_standard_proxy_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A corporate HTTP proxy in front of the provider: the fake plays the proxy, and the
+    # endpoint's host does not even resolve, so only a proxied request can succeed.
+    cfg = openai_config(("http://llm.example.invalid/v1", "m", 1))
+    async with FakeUpstream(name="corporate-proxy") as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with ProxyHarness(cfg) as px, aiohttp.ClientSession() as s:
+            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
+                assert r.status == 200
+        assert len(proxy.requests) == 1
+        assert proxy.requests[0].headers["Host"] == "llm.example.invalid"
+        monkeypatch.setenv("NO_PROXY", "localhost,.example.invalid")
+        async with ProxyHarness(cfg) as px, aiohttp.ClientSession() as s:
+            async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
+                assert r.status == 502  # bypassed the proxy: the host does not resolve
+        assert len(proxy.requests) == 1
