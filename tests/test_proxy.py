@@ -6,6 +6,7 @@ import asyncio
 import gzip as gzip_mod
 import json
 import time
+import zlib
 
 import aiohttp
 import anthropic
@@ -492,3 +493,49 @@ async def test_the_standard_proxy_variables_are_honoured(monkeypatch: pytest.Mon
             async with s.post(px.url() + "/v1/chat/completions", json={"model": "x"}) as r:
                 assert r.status == 502  # bypassed the proxy: the host does not resolve
         assert len(proxy.requests) == 1
+
+
+async def test_a_gzip_compressed_stream_is_peeked_through_and_relayed_as_sent() -> None:
+    # Providers behind CDNs may compress event streams when the client accepts gzip.
+    async with (
+        FakeUpstream(default=faults.gzip()) as up,
+        ProxyHarness(openai_config((up.url, "m", 2))) as px,
+    ):
+        async with aiohttp.ClientSession(auto_decompress=False) as s:
+            payload = {"model": "x", "stream": True}
+            headers = {"Accept-Encoding": "gzip"}
+            async with s.post(
+                px.url() + "/v1/chat/completions", json=payload, headers=headers
+            ) as r:
+                assert r.status == 200
+                assert r.headers["Content-Encoding"] == "gzip"
+                assert r.headers["x-hydrallm-attempts"] == "1"
+                raw = await r.read()
+        text = zlib.decompressobj(wbits=47).decompress(raw).decode()
+        chunks = [
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in text.splitlines()
+            if line.startswith("data: {") and '"choices":[{' in line
+        ]
+        assert "".join(chunks) == CANONICAL_TEXT
+        assert text.rstrip().endswith("data: [DONE]")
+        assert len(up.requests) == 1
+
+
+async def test_a_compressed_stream_that_breaks_is_cut_not_padded_with_plain_text() -> None:
+    import dataclasses
+
+    broken = dataclasses.replace(faults.reset_mid_stream(after_chunks=3), gzip=True)
+    async with (
+        FakeUpstream(default=broken) as up,
+        ProxyHarness(openai_config((up.url, "m", 1))) as px,
+    ):
+        async with aiohttp.ClientSession(auto_decompress=False) as s:
+            payload = {"model": "x", "stream": True}
+            headers = {"Accept-Encoding": "gzip"}
+            async with s.post(
+                px.url() + "/v1/chat/completions", json=payload, headers=headers
+            ) as r:
+                assert r.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await r.read()  # a transport-level error, never a clean end

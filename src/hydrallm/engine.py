@@ -303,14 +303,18 @@ class Engine:
                         size += len(chunk)
                 else:
                     phase = "first_token"
+                    # A compressed stream is relayed as it is; the peek reads through it.
+                    inflate = _inflater(get("Content-Encoding", ""))
+                    if inflate is False:
+                        kind = StreamKind.UNKNOWN  # br, zstd...: commit on the first byte
                     peeker = Peeker(kind)
                     while True:
                         chunk = await response.read_chunk()
                         if chunk:
                             prefix.append(chunk)
-                            verdict = peeker.feed(chunk)
+                            verdict = _feed(peeker, inflate, chunk)
                         else:
-                            verdict = peeker.eof()
+                            verdict = _feed(peeker, inflate, b"", end=True) or peeker.eof()
                             complete = True
                         if verdict is None:
                             continue
@@ -408,6 +412,30 @@ class Engine:
             except (OSError, EOFError, zlib.error):
                 return "(gzip body that could not be decompressed)"
         return _excerpt(body, ERROR_LOG_LIMIT)
+
+
+def _inflater(encoding: str) -> zlib._Decompress | bool | None:
+    """A decompressor for the peek: None when the body is not compressed, False when it is
+    compressed in a way the standard library cannot read."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
+    return False
+
+
+def _feed(
+    peeker: Peeker, inflate: zlib._Decompress | bool | None, chunk: bytes, *, end: bool = False
+) -> Commit | Failed | None:
+    """Feed the peek the plain bytes of `chunk` (None: no verdict yet)."""
+    if inflate is None or isinstance(inflate, bool):
+        return None if end else peeker.feed(chunk)
+    try:
+        data = inflate.flush() if end else inflate.decompress(chunk)
+    except zlib.error:
+        return Commit()  # cannot look inside: the client's own decoder will judge it
+    return peeker.feed(data) if data else None
 
 
 def _excerpt(body: bytes, limit: int) -> str:

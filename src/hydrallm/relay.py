@@ -18,6 +18,7 @@ from aiohttp import web
 from hydrallm.engine import Committed
 from hydrallm.errors import UpstreamError
 from hydrallm.streams.errors import error_event
+from hydrallm.streams.peek import StreamKind
 
 # Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
 # finish the answer (writing to the client itself); return True when it did.
@@ -108,7 +109,8 @@ async def end_broken(
     abort_client: Callable[[], None],
 ) -> None:
     """End a committed body whose upstream broke: an error event, or a cut connection."""
-    if committed.kind is not None:
+    encoded = committed.response.headers.get("Content-Encoding", "identity").lower()
+    if committed.kind not in (None, StreamKind.UNKNOWN) and encoded in ("", "identity"):
         try:
             await out.write(
                 error_event(committed.kind, f"hydrallm: upstream stream failed: {reason}")
