@@ -539,3 +539,41 @@ async def test_a_compressed_stream_that_breaks_is_cut_not_padded_with_plain_text
                 assert r.status == 200
                 with pytest.raises(aiohttp.ClientPayloadError):
                     await r.read()  # a transport-level error, never a clean end
+
+
+async def test_a_stream_in_another_format_is_relayed_as_it_comes() -> None:
+    # Ollama's native API streams NDJSON: not SSE, but it must not be buffered either.
+    from aiohttp import web
+
+    async def ndjson(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await out.prepare(request)
+        for i in range(4):
+            await out.write(
+                json.dumps({"message": {"content": f"w{i} "}, "done": False}).encode() + b"\n"
+            )
+            await asyncio.sleep(0.2)
+        await out.write(b'{"done": true}\n')
+        return out
+
+    app = web.Application()
+    app.router.add_post("/api/chat", ndjson)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with ProxyHarness(openai_config((f"http://127.0.0.1:{port}", "llama", 1))) as px:
+            async with aiohttp.ClientSession() as s:
+                started = time.monotonic()
+                async with s.post(px.url() + "/api/chat", json={"model": "x", "stream": True}) as r:
+                    first = await r.content.readline()
+                    first_at = time.monotonic() - started
+                    rest = await r.read()
+                total = time.monotonic() - started
+        assert json.loads(first)["message"]["content"] == "w0 "
+        assert rest.endswith(b'{"done": true}\n')
+        assert first_at < total - 0.4  # the first line arrived long before the end
+    finally:
+        await runner.cleanup()

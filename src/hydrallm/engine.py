@@ -288,7 +288,12 @@ class Engine:
                         ),
                         counts_for_cooldown=retry.is_retryable_status(status) or decision.too_long,
                     )
-                kind = stream_kind(get("Content-Type", ""), request.path, model.type)
+                content_type = get("Content-Type", "")
+                kind = stream_kind(content_type, request.path, model.type)
+                if kind is None and (request.streaming or "ndjson" in content_type):
+                    # A stream in a format we do not decode (Ollama's NDJSON, ...): relay it
+                    # as it comes, from its first byte, instead of buffering it as a body.
+                    kind = StreamKind.UNKNOWN
                 prefix: list[bytes] = []
                 complete = False
                 if kind is None:
