@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 
+from hydrallm.app.lifecycle import Proxy, log_startup, start
 from hydrallm.config import Config
-from hydrallm.loader import parse_config
-from hydrallm.observe import Logger
-from hydrallm.runner import Proxy, log_startup, start
+from hydrallm.config.load import parse_config
+from hydrallm.observe.events import Logger
 
 HYDRALLM = str(Path(sys.executable).with_name("hydrallm"))
 

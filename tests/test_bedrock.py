@@ -20,13 +20,13 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from hydrallm.app.lifecycle import Proxy, start
 from hydrallm.config import Config, EndpointConfig, ModelConfig
-from hydrallm.loader import parse_config
-from hydrallm.observe import Logger, Telemetry
+from hydrallm.config.load import parse_config
+from hydrallm.observe.events import Logger, Telemetry
 from hydrallm.providers.aws import region_from_host, resolve
 from hydrallm.providers.base import ClientRequest
 from hydrallm.providers.bedrock import BedrockProvider, path_model, with_model
-from hydrallm.runner import Proxy, start
 from hydrallm.testing import CANONICAL_TEXT
 from hydrallm.testing import bedrock as fakes
 from hydrallm.testing.bedrock import FakeBedrock

@@ -24,9 +24,9 @@ import anthropic
 import openai
 import pytest
 
-from hydrallm.loader import parse_config
-from hydrallm.observe import Logger
-from hydrallm.runner import Proxy, start
+from hydrallm.app.lifecycle import Proxy, start
+from hydrallm.config.load import parse_config
+from hydrallm.observe.events import Logger
 from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, faults
 
 REQUESTED = "client-model"  # what clients ask for; the chain decides what is sent upstream

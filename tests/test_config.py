@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hydrallm.config import Config, ListenerConfig, Route
-from hydrallm.errors import ConfigError
-from hydrallm.loader import (
+from hydrallm.config.load import (
     apply_overrides,
     default_config_path,
     default_template,
@@ -23,6 +22,7 @@ from hydrallm.loader import (
     parse_config,
     resolve_config_path,
 )
+from hydrallm.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENV = {"ZAI_API_KEY": "zai-secret"}

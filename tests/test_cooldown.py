@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hydrallm.config import CooldownConfig, ModelConfig
-from hydrallm.cooldown import Breakers
+from hydrallm.routing.breakers import Breakers
 
 
 class Clock:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hydrallm.deadline import GRAIN, Deadlines
+from hydrallm.proxy.deadline import GRAIN, Deadlines
 
 
 async def test_times_out_like_asyncio_timeout() -> None:

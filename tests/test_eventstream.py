@@ -14,15 +14,15 @@ from botocore.session import Session
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hydrallm.streams.errors import error_event
-from hydrallm.streams.eventstream import (
+from hydrallm.formats.errors import error_event
+from hydrallm.formats.eventstream import (
     EventStreamDecoder,
     EventStreamError,
     HeaderValue,
     Message,
     encode_message,
 )
-from hydrallm.streams.peek import StreamKind
+from hydrallm.formats.peek import StreamKind
 
 
 def frame(header_block: bytes, payload: bytes) -> bytes:

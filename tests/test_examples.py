@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hydrallm.loader import load_config
+from hydrallm.config.load import load_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 HYDRALLM = str(Path(sys.executable).with_name("hydrallm"))

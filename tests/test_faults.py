@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from hydrallm.connguard import GuardedServer
-from hydrallm.observe import Logger
-from hydrallm.stdlog import bridge_aiohttp_logging, unbridge_aiohttp_logging
+from hydrallm.observe.events import Logger
+from hydrallm.observe.log import bridge_aiohttp_logging, unbridge_aiohttp_logging
+from hydrallm.proxy.connguard import GuardedServer
 from hydrallm.testing import FakeUpstream, RawFaultServer, faults
 from hydrallm.testing.harness import ProxyHarness
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from hydrallm.urls import UnsafePath, check_path, join
+from hydrallm.proxy.urls import UnsafePath, check_path, join
 
 EXAMPLES = int(os.environ.get("HYDRALLM_FUZZ_EXAMPLES", "400"))
 

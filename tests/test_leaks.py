@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from hydrallm.proxy.upstream import AiohttpTransport
 from hydrallm.testing import CANONICAL_TEXT, FailureMix, FakeUpstream, faults
 from hydrallm.testing.harness import ProxyHarness
-from hydrallm.upstream import AiohttpTransport
 
 CHAT = "/v1/chat/completions"
 

@@ -10,9 +10,15 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hydrallm.errors import StreamFailure
-from hydrallm.midstream import Mismatch, Transcript, make_splicer, names_prefill, prefill_body
-from hydrallm.recovery import GuardedResponse
-from hydrallm.streams.peek import StreamKind
+from hydrallm.formats.midstream import (
+    Mismatch,
+    Transcript,
+    make_splicer,
+    names_prefill,
+    prefill_body,
+)
+from hydrallm.formats.peek import StreamKind
+from hydrallm.proxy.recovery import GuardedResponse
 from hydrallm.testing import CANONICAL_TEXT, split_text
 from hydrallm.testing.answers import AnswerSpec, Api, ToolCall, error_event, stream_answer
 

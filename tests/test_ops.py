@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from hydrallm.loader import load_config
+from hydrallm.config.load import load_config
 from hydrallm.testing import FakeUpstream, ok, slow_chunks, status
 from opshelp import HYDRALLM, chat, free_port, parse, post_chat, running, url
 

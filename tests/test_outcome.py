@@ -5,7 +5,7 @@ from __future__ import annotations
 from email.utils import formatdate
 
 from hydrallm.config import RetryConfig
-from hydrallm.outcome import Verdict, classify_status, parse_retry_after
+from hydrallm.routing.outcome import Verdict, classify_status, parse_retry_after
 
 
 def headers(**h: str):  # type: ignore[no-untyped-def]

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hydrallm.streams.errors import error_event
-from hydrallm.streams.eventstream import encode_message
-from hydrallm.streams.peek import (
+from hydrallm.formats.errors import error_event
+from hydrallm.formats.eventstream import encode_message
+from hydrallm.formats.peek import (
     Commit,
     Failed,
     Peeker,

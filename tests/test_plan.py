@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hydrallm.config import ModelConfig, RetryConfig
-from hydrallm.plan import Next, Planner, backoff_wait
+from hydrallm.routing.plan import Next, Planner, backoff_wait
 
 
 def chain(*attempts: int, interval: float = 0.1) -> list[ModelConfig]:

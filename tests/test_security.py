@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from hydrallm.config import ListenerConfig, ServerConfig
+from hydrallm.config.load import parse_config
 from hydrallm.errors import ConfigError
-from hydrallm.loader import parse_config
 from hydrallm.testing import FakeUpstream, faults
 from hydrallm.testing.bedrock import FakeBedrock
 from hydrallm.testing.harness import ProxyHarness

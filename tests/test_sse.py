@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hydrallm.streams.sse import SSEDecoder, SSEError, SSEEvent
+from hydrallm.formats.sse import SSEDecoder, SSEError, SSEEvent
 
 
 def decode(*chunks: bytes, max_size: int = 1024 * 1024) -> list[SSEEvent]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hydrallm.loader import parse_config
-from hydrallm.observe import Logger
-from hydrallm.runner import Proxy, start
+from hydrallm.app.lifecycle import Proxy, start
+from hydrallm.config.load import parse_config
+from hydrallm.observe.events import Logger
 from hydrallm.testing import FakeUpstream, ok, overloaded
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -84,7 +84,7 @@ def base(proxy: Proxy) -> str:
 
 
 def test_the_page_is_self_contained() -> None:
-    page = resources.files("hydrallm").joinpath("statuspage.html").read_text("utf-8")
+    page = resources.files("hydrallm.observe").joinpath("statuspage.html").read_text("utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "@import" not in page
     assert "prefers-color-scheme: dark" in page
@@ -176,6 +176,6 @@ def test_the_page_has_no_duplicate_element_ids() -> None:
     import re
     from importlib import resources
 
-    html = resources.files("hydrallm").joinpath("statuspage.html").read_text()
+    html = resources.files("hydrallm.observe").joinpath("statuspage.html").read_text()
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert ids and len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)

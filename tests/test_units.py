@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hydrallm.units import format_duration, parse_duration, parse_size
+from hydrallm.config.units import format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hydrallm.urls import UnsafePath, check_path, join, strip_version
+from hydrallm.proxy.urls import UnsafePath, check_path, join, strip_version
 
 
 def test_join_and_strip_version_prefix() -> None:

@@ -1,3 +1,3 @@
-from hydrallm.cli import main
+from hydrallm.cli.main import main
 
 main()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from hydrallm.body import JsonBody
 from hydrallm.config import Config, EndpointConfig, ModelConfig
-from hydrallm.observe import Telemetry
-from hydrallm.urls import join
+from hydrallm.observe.events import Telemetry
+from hydrallm.proxy.body import JsonBody
+from hydrallm.proxy.urls import join
 
 # Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
 # the proxy sets itself for the upstream.

@@ -17,10 +17,10 @@ from urllib.parse import quote, unquote
 
 from hydrallm.config import Config, EndpointConfig, ModelConfig
 from hydrallm.errors import RequestNotPossible
-from hydrallm.observe import Telemetry
+from hydrallm.observe.events import Telemetry
 from hydrallm.providers.aws import AwsAuth, is_signing_header, resolve_all
 from hydrallm.providers.base import ClientRequest, ErrorBody, Outgoing, Provider
-from hydrallm.urls import join
+from hydrallm.proxy.urls import join
 
 ACTIONS = ("invoke", "invoke-with-response-stream", "converse", "converse-stream", "count-tokens")
 _MODEL_PATH = re.compile(

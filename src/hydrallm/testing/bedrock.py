@@ -29,7 +29,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from multidict import CIMultiDict
 
-from hydrallm.streams.eventstream import encode_message
+from hydrallm.formats.eventstream import encode_message
 from hydrallm.testing.answers import CANONICAL_TEXT, AnswerSpec, Api, json_answer, split_text
 from hydrallm.testing.answers import stream_answer as _stream_answer
 from hydrallm.testing.service import AsyncService

@@ -14,11 +14,11 @@ import dataclasses
 import io
 from collections.abc import Mapping
 
+from hydrallm.app.lifecycle import Proxy
+from hydrallm.app.lifecycle import start as start_proxy
 from hydrallm.config import Config
-from hydrallm.loader import parse_config
-from hydrallm.observe import Logger, Sink
-from hydrallm.runner import Proxy
-from hydrallm.runner import start as start_proxy
+from hydrallm.config.load import parse_config
+from hydrallm.observe.events import Logger, Sink
 from hydrallm.testing.service import AsyncService
 
 

@@ -1,0 +1,299 @@
+"""Process lifecycle: listeners up, signals, graceful drain, shutdown.
+
+`serve()` is the programmatic entry point that the CLI (and tests) call.  Shutdown follows
+uvicorn's shape: stop accepting, let in-flight requests finish within
+`server.shutdown_timeout`, then cancel what is left (streams are then ended with an error
+event by the relay), and return.  SIGHUP and config-file changes reload (`reload.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from hydrallm.app.reload import Reloader
+from hydrallm.app.runtime import ProxyState, build_runtime
+from hydrallm.cli.describe import exposure_warnings
+from hydrallm.config import Config, ListenerConfig
+from hydrallm.errors import StartupError
+from hydrallm.observe.events import Logger, Sink, Telemetry
+from hydrallm.observe.log import bridge_aiohttp_logging
+from hydrallm.observe.metrics import MetricsSink
+from hydrallm.observe.status import StatusSink
+from hydrallm.proxy.connguard import GuardedServer
+from hydrallm.proxy.handler import make_handler
+from hydrallm.proxy.upstream import AiohttpTransport
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop where it is available (not on Windows)."""
+    if sys.platform == "win32":
+        return False
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+@dataclass(slots=True)
+class _Listener:
+    config: ListenerConfig
+    runner: web.ServerRunner
+    site: web.BaseSite
+
+
+@dataclass(slots=True)
+class Proxy:
+    """A running proxy: its state and its listeners."""
+
+    state: ProxyState
+    listeners: dict[str, _Listener] = field(default_factory=dict)
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    reuse_port: bool = False
+    # Listeners accept on sockets inherited from a parent process: addresses are fixed.
+    fixed_sockets: bool = False
+    # Listeners taken out by a reload, finishing their requests in the background.
+    drains: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def config(self) -> Config:
+        return self.state.current.config
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        for name, lst in self.listeners.items():
+            addrs = lst.runner.addresses
+            if addrs:
+                host, port = addrs[0][0], addrs[0][1]
+                out[name] = (str(host), int(port))
+        return out
+
+    async def start_listener(self, lc: ListenerConfig, sock: socket.socket | None = None) -> None:
+        """Serve `lc`, binding its address (or accepting on `sock`, already listening)."""
+        log = self.state.telemetry.log
+        server = GuardedServer(
+            make_handler(self.state, lc.name),
+            read_timeout=lc.read_timeout,
+            on_timeout=lambda peer: log.warn(
+                "client_timeout",
+                listener=lc.name,
+                peer=peer,
+                problem="request head not complete within read_timeout",
+            ),
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=75.0,
+        )
+        runner = web.ServerRunner(
+            server,
+            handle_signals=False,
+            shutdown_timeout=self.config.server.shutdown_timeout,
+        )
+        await runner.setup()
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock)
+        else:
+            site = web.TCPSite(
+                runner, lc.host, lc.port, reuse_port=self.reuse_port or None, backlog=1024
+            )
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(bind_message(lc, exc)) from exc
+        self.listeners[lc.name] = _Listener(lc, runner, site)
+
+    async def stop_listener(self, name: str) -> None:
+        lst = self.listeners.pop(name, None)
+        if lst is not None:
+            await lst.runner.cleanup()
+
+    async def detach_listener(self, name: str) -> _Listener | None:
+        """Stop accepting on a listener (its requests go on); `drain()` finishes it."""
+        lst = self.listeners.pop(name, None)
+        if lst is not None:
+            await lst.site.stop()
+        return lst
+
+    def drain(self, lst: _Listener) -> None:
+        """Let a detached listener's requests finish (within shutdown_timeout), owned here."""
+        task = asyncio.create_task(lst.runner.cleanup(), name=f"hydrallm-drain-{lst.config.name}")
+        self.drains.add(task)
+        task.add_done_callback(self.drains.discard)
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace, end the rest."""
+        state = self.state
+        state.draining = True
+        await asyncio.gather(*(lst.site.stop() for lst in self.listeners.values()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.server.shutdown_timeout
+        while state.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if state.live:
+            # Grace is over: cut the upstream side; each relay then ends its client's
+            # stream with a protocol-correct error event instead of a silent cut.
+            for response in list(state.live):
+                response.abort()
+            end = loop.time() + 1.0
+            while state.in_flight and loop.time() < end:
+                await asyncio.sleep(0.02)
+        await asyncio.gather(
+            *(self.stop_listener(n) for n in list(self.listeners)), *list(self.drains)
+        )
+        await self.state.transport.close()
+        self.state.telemetry.log.flush()
+
+
+def bind_message(lc: ListenerConfig, exc: OSError) -> str:
+    where = f"{lc.host}:{lc.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: the port is already in use (listener {lc.name!r})"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (listener {lc.name!r})"
+    return f"cannot listen on {where}: {exc.strerror or exc} (listener {lc.name!r})"
+
+
+async def start(
+    config: Config,
+    *,
+    logger: Logger,
+    sinks: list[Sink] | None = None,
+    worker: int = 0,
+    reuse_port: bool = False,
+    sockets: Mapping[str, socket.socket] | None = None,
+) -> Proxy:
+    """Build the runtime and open every listener (raises StartupError on a bind failure).
+
+    `sinks=None` gives the default sinks: Prometheus metrics and the status history.
+    """
+    bridge_aiohttp_logging(logger)
+    if sinks is None:
+        sinks = [MetricsSink(worker=worker, pid=os.getpid()), StatusSink()]
+    telemetry = Telemetry(logger, sinks)
+    transport = AiohttpTransport()
+    runtime = build_runtime(config, transport, telemetry)
+    state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
+    proxy = Proxy(state, reuse_port=reuse_port, fixed_sockets=sockets is not None)
+    try:
+        for lc in config.listeners:
+            await proxy.start_listener(lc, sockets.get(lc.name) if sockets else None)
+    except BaseException:
+        await proxy.close()
+        raise
+    return proxy
+
+
+def log_startup(proxy: Proxy) -> None:
+    log = proxy.state.telemetry.log
+    config = proxy.config
+    for warning in config.warnings:
+        log.warn("config", problem=warning)
+    for warning in exposure_warnings(config):
+        log.warn("exposed", problem=warning)
+    for name, (host, port) in proxy.addresses().items():
+        lc = proxy.listeners[name].config
+        log.info("listening", listener=name, address=f"http://{host}:{port}", models=len(lc.models))
+        for i, mid in enumerate(lc.models, 1):
+            m = config.models[mid]
+            log.info(
+                "model",
+                listener=name,
+                position=i,
+                id=mid,
+                endpoint=m.endpoint,
+                type=m.type,
+                model=m.model,
+                attempts=m.attempts,
+            )
+
+
+async def serve(
+    config: Config,
+    *,
+    logger: Logger,
+    ready: Callable[[Proxy], None] | None = None,
+    sinks: list[Sink] | None = None,
+    worker: int = 0,
+    reuse_port: bool = False,
+    sockets: Mapping[str, socket.socket] | None = None,
+    reload_config: Callable[[], Config] | None = None,
+    watch_interval: float = 0.5,
+) -> None:
+    """Run until SIGINT/SIGTERM, then drain and return.
+
+    SIGHUP, and a change of `config.path`, reload with `reload_config` (default: read
+    `config.path` again with the process environment; no path and no function: no reload).
+    """
+    proxy = await start(
+        config,
+        logger=logger,
+        sinks=sinks,
+        worker=worker,
+        reuse_port=reuse_port,
+        sockets=sockets,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, proxy.stop_event.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    reloader: Reloader | None = None
+    load = reload_config or _default_loader(config.path)
+    if load is not None:
+        reloader = Reloader(proxy, load, path=config.path, poll=watch_interval)
+        reloader.start()
+        if hasattr(signal, "SIGHUP"):
+            try:
+                loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+            except (NotImplementedError, RuntimeError):
+                pass
+    log_startup(proxy)
+    if ready is not None:
+        ready(proxy)
+    try:
+        await proxy.stop_event.wait()
+        logger.info(
+            "shutdown",
+            in_flight=proxy.state.in_flight,
+            grace_s=proxy.config.server.shutdown_timeout,
+        )
+    finally:
+        if reloader is not None:
+            await reloader.close()
+        await proxy.close()
+        logger.info("stopped")
+        logger.flush()
+
+
+def _default_loader(path: str | None) -> Callable[[], Config] | None:
+    if path is None:
+        return None
+
+    def load() -> Config:
+        from hydrallm.config.load import load_config
+
+        return load_config(path, os.environ)
+
+    return load
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,137 @@
+"""One configuration generation, ready to serve: engine, breakers, compiled routes.
+
+A reload builds a new `Runtime` and swaps it into `ProxyState.current`; requests that
+started on the old one keep their reference and finish on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import itertools
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hydrallm.config import ApiType, Config, ListenerConfig, ModelConfig
+from hydrallm.observe.events import Telemetry
+from hydrallm.providers import Provider, provider_for
+from hydrallm.proxy.engine import Engine
+from hydrallm.proxy.recovery import RecoveryMemory
+from hydrallm.proxy.upstream import Response, Transport
+from hydrallm.routing.breakers import Breakers
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    pattern: str
+    match: Callable[[str], object]
+    chain: tuple[ModelConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRuntime:
+    config: ListenerConfig
+    api_type: ApiType
+    chain: tuple[ModelConfig, ...]
+    routes: tuple[CompiledRoute, ...]
+    auth_keys: tuple[bytes, ...]
+
+    def resolve(self, requested: str | None) -> tuple[str, tuple[ModelConfig, ...]]:
+        """The route label and chain for a requested model name."""
+        if self.routes and requested is not None:
+            for route in self.routes:
+                if route.match(requested):
+                    return route.pattern, route.chain
+        return "default", self.chain
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: Config
+    engine: Engine
+    listeners: dict[str, ListenerRuntime]
+    generation: int = 0
+
+
+def compile_listener(config: Config, listener: ListenerConfig) -> ListenerRuntime:
+    chain = config.chain(listener.models)
+    routes = tuple(
+        CompiledRoute(
+            r.pattern,
+            re.compile(fnmatch.translate(r.pattern), re.IGNORECASE).match,
+            config.chain(r.models),
+        )
+        for r in listener.routes
+    )
+    first = chain[0] if chain else next((r.chain[0] for r in routes if r.chain), None)
+    api_type: ApiType = first.type if first is not None else "openai"
+    keys = listener.auth_keys or config.server.auth_keys
+    return ListenerRuntime(listener, api_type, chain, routes, tuple(k.encode() for k in keys))
+
+
+def build_runtime(
+    config: Config,
+    transport: Transport,
+    telemetry: Telemetry,
+    *,
+    previous: Runtime | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rand: Callable[[], float] = random.random,
+) -> Runtime:
+    breakers = Breakers(config.cooldown, clock, telemetry.circuit)
+    if previous is not None:
+        old_models = previous.config.models
+        unchanged = {
+            mid
+            for mid, m in config.models.items()
+            if old_models.get(mid) == m
+            and previous.config.endpoints.get(m.endpoint) == config.endpoints.get(m.endpoint)
+        }
+        breakers.carry_over(previous.engine.breakers, unchanged)
+    types = {m.type for m in config.models.values()}
+    providers: dict[str, Provider] = {t: provider_for(t) for t in types}
+    for t in ("openai", "anthropic"):
+        providers.setdefault(t, provider_for(t))
+    for provider in providers.values():
+        provider.configure(config, telemetry)
+    engine = Engine(
+        config=config,
+        transport=transport,
+        breakers=breakers,
+        telemetry=telemetry,
+        providers=providers,
+        clock=clock,
+        sleep=sleep,
+        rand=rand,
+    )
+    listeners = {lc.name: compile_listener(config, lc) for lc in config.listeners}
+    generation = previous.generation + 1 if previous is not None else 1
+    return Runtime(config, engine, listeners, generation)
+
+
+@dataclass(slots=True)
+class ProxyState:
+    """Process-wide: the current runtime and what outlives a reload."""
+
+    current: Runtime
+    transport: Transport
+    telemetry: Telemetry
+    started_at: float = field(default_factory=time.time)
+    worker: int = 0
+    pid: int = field(default_factory=os.getpid)
+    ids: itertools.count[int] = field(default_factory=itertools.count)
+    in_flight: int = 0
+    draining: bool = False
+    # Upstream bodies being relayed to clients: shutdown aborts them after the grace period
+    # so that each relay ends its stream with a proper error event.
+    live: set[Response] = field(default_factory=set)
+    # Models that refused an assistant prefill, for the life of the process.
+    recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
+
+    def next_request_id(self) -> str:
+        return f"{self.pid:x}-{next(self.ids):x}"

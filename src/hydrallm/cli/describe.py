@@ -1,0 +1,90 @@
+"""Human-readable description of a loaded config (`hydrallm check`).  Never prints secrets."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hydrallm.config import Config, ListenerConfig
+from hydrallm.config.units import format_duration
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _injects_keys(config: Config, lc: ListenerConfig) -> list[str]:
+    ids = set(lc.models)
+    for route in lc.routes:
+        ids.update(route.models)
+    names = set()
+    for mid in ids:
+        model = config.models[mid]
+        ep = config.endpoints[model.endpoint]
+        if model.type == "bedrock" or ep.api_key not in (None, "-"):
+            names.add(ep.name)
+    return sorted(names)
+
+
+def exposure_warnings(config: Config) -> list[str]:
+    """One line per listener open beyond this machine, without proxy auth, spending keys."""
+    out = []
+    for lc in config.listeners:
+        if is_loopback(lc.host) or lc.auth_keys or config.server.auth_keys:
+            continue
+        endpoints = _injects_keys(config, lc)
+        if endpoints:
+            out.append(
+                f"listener {lc.name!r} listens on {lc.host}:{lc.port} without auth_keys and adds"
+                f" the api keys of {', '.join(endpoints)}: anyone who can reach the port can"
+                " spend those keys (set server.auth_keys, or listen on 127.0.0.1)"
+            )
+    return out
+
+
+def describe_config(config: Config) -> str:
+    lines: list[str] = []
+    if config.path:
+        lines.append(f"config: {config.path} (valid)")
+    for warning in (*config.warnings, *exposure_warnings(config)):
+        lines.append(f"warning: {warning}")
+    retry = config.retry
+    lines.append(
+        f"retry: max_cycles={retry.max_cycles} exponential_backoff={str(retry.exponential_backoff).lower()}"
+        f" first_token_timeout={format_duration(retry.first_token_timeout)}"
+        f" stream_idle_timeout={format_duration(retry.stream_idle_timeout)}"
+    )
+    for lc in config.listeners:
+        auth = " (proxy auth on)" if (lc.auth_keys or config.server.auth_keys) else ""
+        lines.append("")
+        lines.append(f"listener {lc.name}: http://{lc.host}:{lc.port}{auth}")
+        for route in lc.routes:
+            lines.append(f"  route {route.pattern!r}:")
+            lines.extend(_chain_lines(config, route.models))
+        if lc.routes:
+            lines.append("  default chain:")
+        lines.extend(_chain_lines(config, lc.models))
+    return "\n".join(lines)
+
+
+def _chain_lines(config: Config, ids: tuple[str, ...]) -> list[str]:
+    out = []
+    for i, mid in enumerate(ids, 1):
+        m = config.models[mid]
+        ep = config.endpoints[m.endpoint]
+        key = (
+            "key: from config"
+            if ep.api_key not in (None, "-")
+            else ("key: removed" if ep.api_key == "-" else "key: client's")
+        )
+        url = ep.url or "bedrock-runtime, regional URL resolved at start"
+        out.append(
+            f"    {i}. {m.endpoint} / {m.model} [{m.type}] attempts={m.attempts}"
+            f" timeout={format_duration(m.timeout)} interval={format_duration(m.interval)}"
+            f"  ({url}; {key})"
+        )
+    return out

@@ -1,0 +1,458 @@
+"""The `hydrallm` command: a thin click layer over loader, runner and friends.
+
+Global flags (--config/-c, --host, --port/-p, --log-level/-l) are accepted before or after
+the subcommand.  Errors the user must fix exit 1 with a one-line (or one-per-problem)
+message and no traceback; usage errors exit 2 (click's default).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from hydrallm import __build_date__, __commit__, __version__
+from hydrallm.errors import HydraError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+LOG_LEVELS = click.Choice(["debug", "info", "warn", "warning", "error"], case_sensitive=False)
+
+
+def _global_options(func: F) -> F:
+    """Add the global flags to a command; a value given here wins over the group's."""
+
+    @click.option(
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Config file (default: $HYDRALLM_CONFIG or ~/.config/hydrallm/config.toml).",
+    )
+    @click.option("--host", default=None, help="Listen address (overrides the config).")
+    @click.option(
+        "--port",
+        "-p",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="Listen port (overrides the config).",
+    )
+    @click.option("--log-level", "-l", type=LOG_LEVELS, default=None, help="Log level.")
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        config_path: str | None,
+        host: str | None,
+        port: int | None,
+        log_level: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        ctx = click.get_current_context()
+        obj = ctx.ensure_object(dict)
+        for key, value in (
+            ("config_path", config_path),
+            ("host", host),
+            ("port", port),
+            ("log_level", log_level),
+        ):
+            if value is not None:
+                obj[key] = value
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print an error the user must fix (no traceback) and exit."""
+    plain = message.startswith(("config validation failed", "cannot load config"))
+    click.echo(message if plain else f"hydrallm: {message}", err=True)
+    sys.exit(code)
+
+
+def load(obj: dict[str, Any]) -> Any:
+    """Load the config named by the flags / environment, with the flags applied."""
+    from hydrallm.config.load import apply_overrides, load_config, resolve_config_path
+
+    path = resolve_config_path(obj.get("config_path"), os.environ)
+    config = load_config(path, os.environ)
+    return apply_overrides(
+        config, host=obj.get("host"), port=obj.get("port"), log_level=obj.get("log_level")
+    )
+
+
+def handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HydraError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_global_options
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """hydrallm: an LLM API proxy with automatic retry and model fallback.
+
+    With no command, starts the server (same as `hydrallm serve`).
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@main.command()
+@_global_options
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes sharing each listener (default: server.workers or 1).",
+)
+@click.pass_obj
+@handle_errors
+def serve(obj: dict[str, Any], workers: int | None = None) -> None:
+    """Start the proxy server."""
+    from hydrallm.app.serve import run_server
+
+    config = load(obj or {})
+    run_server(config, workers=workers, reload_config=lambda: load(obj or {}))
+
+
+@main.command()
+@_global_options
+@click.pass_obj
+@handle_errors
+def check(obj: dict[str, Any]) -> None:
+    """Validate the config and print each listener's chain, without starting."""
+    from hydrallm.cli.describe import describe_config
+
+    config = load(obj or {})
+    click.echo(describe_config(config))
+
+
+@main.command()
+@_global_options
+@click.pass_obj
+@handle_errors
+def version(obj: dict[str, Any]) -> None:
+    """Print version, commit and build date."""
+    commit, built = _build_info()
+    click.echo(f"hydrallm {__version__}")
+    click.echo(f"commit: {commit}")
+    click.echo(f"built: {built}")
+
+
+def _build_info() -> tuple[str, str]:
+    """Commit and date stamped by a release build; in a source checkout, asked of git."""
+    if __commit__ != "unknown":
+        return __commit__, __build_date__
+    here = Path(__file__).resolve().parent.parent  # src/hydrallm
+    if here.parent.name != "src" or not (here.parent.parent / "pyproject.toml").exists():
+        return __commit__, __build_date__  # an installed copy: no checkout to ask
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "log", "-1", "--format=%h %cs"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return __commit__, __build_date__
+    if len(out) != 2:
+        return __commit__, __build_date__
+    return f"{out[0]} (source checkout)", out[1]
+
+
+def _find_editor() -> list[str] | None:
+    for var in ("VISUAL", "EDITOR"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            import shlex
+
+            return shlex.split(value)
+    candidates = (
+        ["notepad"] if sys.platform == "win32" else ["code", "zed", "nvim", "vim", "vi", "nano"]
+    )
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return [found, "--wait"] if name in ("code", "zed") else [found]
+    return None
+
+
+@main.command()
+@_global_options
+@click.pass_obj
+@handle_errors
+def edit(obj: dict[str, Any]) -> None:
+    """Open the config in $EDITOR (created from a commented template if missing), then validate it."""
+    from hydrallm.config.load import default_template, resolve_config_path
+    from hydrallm.errors import ConfigError
+
+    obj = obj or {}
+    path = Path(resolve_config_path(obj.get("config_path"), os.environ))
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(default_template(), encoding="utf-8")
+        click.echo(f"created {path} from the default template", err=True)
+    editor = _find_editor()
+    if editor is None:
+        fail(f"no editor found: set $EDITOR, or edit {path} by hand")
+        return
+    try:
+        subprocess.run([*editor, str(path)], check=False)
+    except OSError as exc:
+        fail(f"cannot start editor {editor[0]}: {exc.strerror or exc}")
+    try:
+        load(obj | {"config_path": str(path)})
+    except ConfigError as exc:
+        fail(str(exc))
+    click.echo(f"{path}: valid", err=True)
+
+
+def run() -> None:  # pragma: no cover - alias for entry points
+    main()
+
+
+# --------------------------------------------------------------------------- demo, status, service
+
+
+@main.command()
+@click.option(
+    "--requests",
+    "requests_",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Requests in each run.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=16,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--failure-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.3,
+    show_default=True,
+    help="Fraction (0..1) of the primary's answers that fail.",
+)
+@click.option(
+    "--seed", type=int, default=7, show_default=True, help="Seed of the failure sequence."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Port of the demo proxy (default: any free port).",
+)
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave the demo proxy up after the runs, to curl it and open its status page.",
+)
+@handle_errors
+def demo(
+    requests_: int,
+    concurrency: int,
+    failure_rate: float,
+    seed: int,
+    port: int,
+    keep_running: bool,
+) -> None:
+    """Show hydrallm hiding a flaky provider: no config, API key or network needed."""
+    import asyncio
+
+    from rich.console import Console
+
+    from hydrallm.cli.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        requests=requests_,
+        concurrency=concurrency,
+        failure_rate=failure_rate,
+        seed=seed,
+        port=port,
+        keep_running=keep_running,
+    )
+    report = asyncio.run(run_demo(options, Console(highlight=False)))
+    if not report.all_succeeded_through_proxy:
+        sys.exit(1)
+
+
+def _status_url(obj: dict[str, Any], url: str | None) -> str:
+    from hydrallm.cli.statusview import default_url
+
+    if url:
+        return url
+    try:
+        config = load(obj)
+    except HydraError:
+        config = None
+    return str(default_url(config))
+
+
+@main.command()
+@_global_options
+@click.option("--url", default=None, help="Proxy address (default: the configured listener).")
+@click.option("--watch", "-w", is_flag=True, help="Refresh every second until Ctrl-C.")
+@click.option(
+    "--requests",
+    "requests_",
+    type=click.IntRange(0, 50),
+    default=10,
+    show_default=True,
+    help="Recent requests to show.",
+)
+@click.pass_obj
+@handle_errors
+def status(obj: dict[str, Any], url: str | None, watch: bool, requests_: int) -> None:
+    """Show a running proxy's models, chains and recent requests."""
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from hydrallm.cli.statusview import StatusUnavailable, fetch_status, render_status
+
+    target = _status_url(obj or {}, url)
+    console = Console(highlight=False)
+    if not watch:
+        console.print(render_status(fetch_status(target), target, requests=requests_))
+        return
+
+    def view() -> Any:
+        try:
+            return render_status(fetch_status(target), target, requests=requests_)
+        except StatusUnavailable as exc:
+            return Text(f"hydrallm: {exc} (retrying)", style="red")
+
+    if not console.is_terminal:
+        # Piped or logged: one full frame per second, one after the other.
+        while True:
+            console.print(view())
+            console.rule()
+            time.sleep(1.0)
+    with Live(console=console, auto_refresh=False, screen=False) as live:
+        while True:
+            live.update(view(), refresh=True)
+            time.sleep(1.0)
+
+
+_MANAGERS = click.Choice(["auto", "systemd", "launchd"])
+
+
+def _manager(choice: str) -> Any:
+    from hydrallm.cli.service import detect_manager
+
+    return detect_manager() if choice == "auto" else choice
+
+
+@main.group()
+def service() -> None:
+    """Run hydrallm at login with systemd (Linux) or launchd (macOS)."""
+
+
+@service.command("install")
+@_global_options
+@click.option(
+    "--manager",
+    type=_MANAGERS,
+    default="auto",
+    show_default=True,
+    help="Service manager to write for.",
+)
+@click.pass_obj
+@handle_errors
+def service_install(obj: dict[str, Any], manager: str) -> None:
+    """Write the service file for `hydrallm serve --config PATH` and print how to enable it."""
+    from hydrallm.cli.service import hydrallm_command, install
+    from hydrallm.config.load import resolve_config_path
+
+    obj = obj or {}
+    done = install(
+        resolve_config_path(obj.get("config_path"), os.environ),
+        home=Path.home(),
+        manager=_manager(manager),
+        command=hydrallm_command(),
+        env=os.environ,
+    )
+    verb = "replaced" if done.replaced else "wrote"
+    click.echo(f"{verb} {done.path}")
+    for warning in done.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo("enable and start it with:")
+    click.echo(f"  {done.enable_command}")
+    if done.manager == "systemd":
+        if done.replaced:
+            click.echo("(it was installed before: run `systemctl --user daemon-reload` first)")
+        click.echo("to keep it running when you are logged out: loginctl enable-linger $USER")
+
+
+@service.command("uninstall")
+@click.option("--manager", type=_MANAGERS, default="auto", show_default=True)
+@handle_errors
+def service_uninstall(manager: str) -> None:
+    """Remove the service file written by `service install`."""
+    from hydrallm.cli.service import service_path, uninstall
+
+    kind = _manager(manager)
+    removed = uninstall(home=Path.home(), manager=kind)
+    if removed is None:
+        click.echo(f"not installed: there is no {service_path(kind, Path.home())}")
+        return
+    path, stop = removed
+    click.echo(f"removed {path}")
+    click.echo(f"if it is still running, stop it with:\n  {stop}")
+
+
+@service.command("status")
+@click.option("--manager", type=_MANAGERS, default="auto", show_default=True)
+@handle_errors
+def service_status(manager: str) -> None:
+    """Say whether the service is installed, running, and answering."""
+    from hydrallm.cli.service import service_state
+    from hydrallm.cli.statusview import StatusUnavailable, default_url, fetch_status
+    from hydrallm.config.load import load_config
+
+    state = service_state(home=Path.home(), manager=_manager(manager))
+    if not state.installed:
+        click.echo(f"installed: no ({state.path} does not exist)")
+        click.echo("install it with: hydrallm service install --config PATH")
+        return
+    click.echo(f"installed: yes ({state.path})")
+    click.echo(f"config: {state.config_path or 'unknown'}")
+    click.echo(f"{state.manager}: {state.running}")
+    if state.running == "not running":
+        click.echo(f"start it with: {state.enable_command}")
+    if state.config_path:
+        try:
+            url = default_url(load_config(state.config_path, os.environ))
+        except HydraError as exc:
+            click.echo(f"answering: unknown (the config does not load: {exc})")
+            return
+        try:
+            fetch_status(url, timeout=2.0)
+        except StatusUnavailable:
+            click.echo(f"answering: no ({url})")
+        else:
+            click.echo(f"answering: yes ({url})")

@@ -1,0 +1,200 @@
+"""`hydrallm status`: the status page's information as rich tables in a terminal.
+
+`fetch_status(url)` reads `/_hydrallm/status.json` from a running proxy (shape in
+`hydrallm.observe.status`); `render_status(doc)` turns it into a renderable; `default_url(config)`
+picks the address of the configured listener.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from hydrallm.config import Config
+from hydrallm.errors import HydraError
+
+__all__ = ["FALLBACK_URL", "StatusUnavailable", "default_url", "fetch_status", "render_status"]
+
+FALLBACK_URL = "http://127.0.0.1:8080"
+_STATE_STYLE = {"closed": "green", "open": "bold red", "half-open": "yellow"}
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
+
+
+class StatusUnavailable(HydraError):
+    """The proxy could not be reached or did not answer with its status."""
+
+    exit_code = 1
+
+
+def default_url(config: Config | None) -> str:
+    """The first listener's address (a wildcard host is reached via loopback)."""
+    if config is None or not config.listeners:
+        return FALLBACK_URL
+    lc = config.listeners[0]
+    host = "127.0.0.1" if lc.host in _WILDCARD_HOSTS else lc.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{lc.port}"
+
+
+def fetch_status(url: str, *, timeout: float = 3.0) -> dict[str, Any]:
+    """GET `<url>/_hydrallm/status.json` and decode it."""
+    target = url.rstrip("/") + "/_hydrallm/status.json"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        raise StatusUnavailable(
+            f"{target} answered HTTP {exc.code}; is this a hydrallm proxy?"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StatusUnavailable(
+            f"cannot reach hydrallm at {url}: {reason}"
+            " (is it running? pass --url to name another address)"
+        ) from exc
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise StatusUnavailable(f"{target} did not answer JSON; is this a hydrallm proxy?") from exc
+    if not isinstance(doc, dict) or "models" not in doc:
+        raise StatusUnavailable(f"{target} did not answer a hydrallm status document")
+    return doc
+
+
+def _ms(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    return f"{s // 3600}h {s % 3600 // 60}m"
+
+
+def _state(model: dict[str, Any]) -> Text:
+    state = str(model.get("state", "?"))
+    label = state
+    if state == "open":
+        label = f"open, {_duration(float(model.get('open_for_s', 0)))} left"
+    return Text(label, style=_STATE_STYLE.get(state, ""))
+
+
+def _models(doc: dict[str, Any]) -> Table:
+    table = Table(title="Models (last 5 minutes)", title_justify="left")
+    table.add_column("model", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("success", justify="right", no_wrap=True)
+    table.add_column("ok / attempts", justify="right", no_wrap=True)
+    table.add_column("p50", justify="right", no_wrap=True)
+    table.add_column("TTFT", justify="right", no_wrap=True)
+    table.add_column("last error", overflow="fold", ratio=1)
+    now = float(doc.get("now", time.time()))
+    for m in doc.get("models", []):
+        total, ok = int(m.get("requests_5m", 0)), int(m.get("successes_5m", 0))
+        rate = "-" if not total else f"{ok / total:.0%}" if ok == total else f"{ok / total:.1%}"
+        err = m.get("last_error")
+        if err:
+            message = str(err.get("message", ""))
+            if len(message) > 90:
+                message = message[:89] + "…"
+            ago = _duration(now - float(err.get("at", now)))
+            err_text = Text(f"{err.get('outcome')}: {message} ({ago} ago)", style="red")
+        else:
+            err_text = Text("none", style="dim")
+        name = Text(str(m.get("id")), style="bold")
+        name.append(f"\n{m.get('endpoint')} · {m.get('model')} ×{m.get('attempts')}", style="dim")
+        table.add_row(
+            name,
+            _state(m),
+            rate,
+            f"{ok} / {total}",
+            _ms(m.get("p50_latency_ms")),
+            _ms(m.get("p50_ttft_ms")),
+            err_text,
+        )
+    return table
+
+
+def _listeners(doc: dict[str, Any]) -> Table:
+    table = Table(title="Listeners", title_justify="left")
+    table.add_column("listener")
+    table.add_column("address")
+    table.add_column("route")
+    table.add_column("chain")
+    for lc in doc.get("listeners", []):
+        name, address = str(lc.get("name")), str(lc.get("address"))
+        if lc.get("auth"):
+            address += " (auth)"
+        for route in lc.get("routes", []):
+            table.add_row(name, address, str(route.get("pattern")), " → ".join(route["chain"]))
+            name = address = ""
+        label = "otherwise" if lc.get("routes") else "all requests"
+        table.add_row(name, address, Text(label, style="dim"), " → ".join(lc.get("chain", [])))
+    return table
+
+
+def _requests(doc: dict[str, Any], limit: int) -> Table:
+    table = Table(title=f"Recent requests (newest first, up to {limit})", title_justify="left")
+    table.add_column("time", no_wrap=True)
+    table.add_column("listener")
+    table.add_column("request", overflow="fold")
+    table.add_column("served by")
+    table.add_column("tries", justify="right")
+    table.add_column("status", justify="right")
+    table.add_column("latency", justify="right", no_wrap=True)
+    for r in doc.get("requests", [])[:limit]:
+        status = int(r.get("status", 0))
+        listener = str(r.get("listener"))
+        if r.get("route") not in (None, "default"):
+            listener += f" / {r.get('route')}"
+        table.add_row(
+            time.strftime("%H:%M:%S", time.localtime(float(r.get("at", 0)))),
+            listener,
+            f"{r.get('method')} {r.get('path')}" + (" stream" if r.get("streamed") else ""),
+            str(r.get("served_by") or "-"),
+            str(r.get("attempts")),
+            Text(str(status), style="green" if status < 400 else "red"),
+            _ms(r.get("latency_ms")),
+        )
+    return table
+
+
+def render_status(doc: dict[str, Any], url: str, *, requests: int = 10) -> RenderableType:
+    """Everything `hydrallm status` shows, for one status document."""
+    status = str(doc.get("status"))
+    header = Text.assemble(
+        ("hydrallm ", "bold"),
+        (status, "green" if status == "ok" else "yellow"),
+        f"  {url}  version {doc.get('version')}  pid {doc.get('pid')}"
+        f"  worker {doc.get('worker')}  up {_duration(float(doc.get('uptime_s', 0)))}"
+        f"  in flight {doc.get('in_flight')} (streams {doc.get('streams_in_flight')})",
+    )
+    parts: list[RenderableType] = [header, _models(doc), _listeners(doc), _requests(doc, requests)]
+    reloads = doc.get("reloads", [])
+    if reloads:
+        table = Table(title="Config reloads", title_justify="left")
+        table.add_column("time")
+        table.add_column("result")
+        table.add_column("detail")
+        for r in reloads[:5]:
+            ok = r.get("result") == "success"
+            table.add_row(
+                time.strftime("%H:%M:%S", time.localtime(float(r.get("at", 0)))),
+                Text(str(r.get("result")), style="green" if ok else "red"),
+                str(r.get("detail")),
+            )
+        parts.append(table)
+    return Group(*parts)

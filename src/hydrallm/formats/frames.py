@@ -1,0 +1,108 @@
+"""Whole SSE events out of a byte stream, with their raw bytes kept.
+
+`SSEDecoder` gives parsed events but not the bytes they came from; recovery needs
+both: the raw bytes to pass an event through unchanged, the parsed form to read it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hydrallm.formats.peek import StreamKind
+
+# An event ends at a blank line.  Upstreams use one line-ending style per stream.
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One SSE event: its `event:` name, its data (JSON object, or None), and raw bytes."""
+
+    name: str | None
+    data: dict[str, Any] | None
+    text: str  # the joined data lines
+    raw: bytes
+
+    @property
+    def type(self) -> str | None:
+        """The event's type: the `event:` field, else the data's `type`."""
+        if self.name is not None:
+            return self.name
+        value = self.data.get("type") if self.data is not None else None
+        return value if isinstance(value, str) else None
+
+
+class EventSplitter:
+    """Feed bytes, get the raw bytes of each complete event (the tail is held)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf + data
+        out: list[bytes] = []
+        start = 0
+        for match in _EVENT_END.finditer(buf):
+            out.append(buf[start : match.end()])
+            start = match.end()
+        self._buf = buf[start:]
+        return out
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (an unterminated event), if anything."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+    @property
+    def pending(self) -> bytes:
+        return self._buf
+
+
+def parse_event(raw: bytes) -> Event:
+    """Parse the raw bytes of one event (comments and unknown fields ignored)."""
+    name: str | None = None
+    data: list[str] = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        if not line or line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            name = value
+    text = "\n".join(data)
+    parsed: dict[str, Any] | None = None
+    if text and text[0] == "{":
+        try:
+            value_ = json.loads(text)
+        except ValueError:
+            value_ = None
+        if isinstance(value_, dict):
+            parsed = value_
+    return Event(name, parsed, text, raw)
+
+
+def is_error_event(kind: StreamKind, event: Event) -> bool:
+    """An upstream's in-stream failure (after which the answer will not go on)."""
+    if kind is StreamKind.OPENAI_CHAT:
+        return event.name == "error" or (event.data is not None and "error" in event.data)
+    return event.type in ("error", "response.failed")
+
+
+def maybe_error(kind: StreamKind, raw: bytes) -> bool:
+    """Cheap pre-check before parsing: could these bytes be an error event?"""
+    if kind is StreamKind.OPENAI_CHAT:
+        return b'"error"' in raw or b"event: error" in raw or b"event:error" in raw
+    return b"error" in raw or b"response.failed" in raw
+
+
+def encode(data: dict[str, Any], name: str | None = None) -> bytes:
+    """One SSE event with a JSON payload."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    head = f"event: {name}\n" if name else ""
+    return f"{head}data: {payload}\n\n".encode()

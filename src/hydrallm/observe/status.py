@@ -1,0 +1,257 @@
+"""Recent history for the status page and `hydrallm status`, in bounded memory.
+
+`StatusSink` is a telemetry `Sink`; `snapshot(state)` is the body of
+`GET /_hydrallm/status.json`.  Memory is bounded: per model a 5-minute window of 60
+five-second buckets and the last 100 latencies / TTFTs; the last 50 requests; the last 20
+reloads; models no longer configured are dropped at the next snapshot.
+
+Shape of the snapshot (times are Unix seconds, durations milliseconds, lists newest first
+except `listeners` and `models`, which are in config order)::
+
+    {
+      "status": "ok" | "draining",
+      "version": "0.1.0", "pid": 1234, "worker": 0,
+      "uptime_s": 12.3, "now": 1700000000.0,
+      "config_path": "/path/config.toml" | null, "generation": 1,
+      "in_flight": 0, "streams_in_flight": 0,
+      "listeners": [
+        {"name": "default", "host": "127.0.0.1", "port": 8080,
+         "address": "http://127.0.0.1:8080", "auth": false,
+         "chain": ["model-id", ...],
+         "routes": [{"pattern": "*haiku*", "chain": ["model-id", ...]}, ...]}
+      ],
+      "models": [
+        {"id": "model-id", "endpoint": "zai", "model": "glm-5", "type": "openai",
+         "attempts": 2,
+         "state": "closed" | "open" | "half-open", "open_for_s": 0.0,
+         "requests_5m": 10, "successes_5m": 9,
+         "p50_latency_ms": 812.5 | null, "p50_ttft_ms": 120.0 | null,
+         "last_error": {"at": 1700000000.0, "outcome": "503", "message": "..."} | null}
+      ],
+      "requests": [
+        {"at": 1700000000.0, "id": "4d2-1f", "listener": "default", "route": "default",
+         "method": "POST", "path": "/v1/chat/completions",
+         "served_by": "model-id" | null, "attempts": 3, "status": 200,
+         "latency_ms": 1234.5, "streamed": true, "error": null | "..."}
+      ],
+      "reloads": [{"at": 1700000000.0, "result": "success" | "failure", "detail": "..."}],
+      "streams": [
+        {"at": 1700000000.0, "listener": "default", "model": "model-id",
+         "event": "continued" | "restarted-matched" | "gave-up" | "broken",
+         "detail": "..."}
+      ]
+    }
+
+`streams` lists what happened to streams that broke after the client had received part
+of them: finished on a fallback (`continued`, `restarted-matched`), ended with an error
+event (`gave-up`), or broken with no recovery tried (`broken`, with the reason).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hydrallm import __version__
+from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
+
+if TYPE_CHECKING:
+    from hydrallm.app.runtime import ProxyState
+
+WINDOW_S = 300.0
+_BUCKETS = 60
+RECENT_REQUESTS = 50
+RECENT_RELOADS = 20
+RECENT_STREAM_EVENTS = 20
+_SAMPLES = 100
+
+
+class _Window:
+    """Counts of attempts and successes over the last `WINDOW_S` seconds, bucketed."""
+
+    def __init__(self) -> None:
+        self._width = WINDOW_S / _BUCKETS
+        # Per slot: [bucket index, attempts, successes].
+        self._slots = [[-1, 0, 0] for _ in range(_BUCKETS)]
+
+    def add(self, now: float, ok: bool) -> None:
+        index = int(now // self._width)
+        slot = self._slots[index % _BUCKETS]
+        if slot[0] != index:
+            slot[0], slot[1], slot[2] = index, 0, 0
+        slot[1] += 1
+        slot[2] += int(ok)
+
+    def totals(self, now: float) -> tuple[int, int]:
+        current = int(now // self._width)
+        total = ok = 0
+        for index, count, good in self._slots:
+            if 0 <= current - index < _BUCKETS:
+                total += count
+                ok += good
+        return total, ok
+
+
+@dataclass(slots=True)
+class _ModelStats:
+    window: _Window = field(default_factory=_Window)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    last_error: tuple[float, str, str] | None = None  # at, outcome, message
+
+
+def _p50_ms(samples: deque[float]) -> float | None:
+    return round(statistics.median(samples) * 1000, 1) if samples else None
+
+
+class StatusSink(Sink):
+    """Keeps the recent history that `snapshot()` reports."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._models: dict[str, _ModelStats] = {}
+        self._requests: deque[RequestEvent] = deque(maxlen=RECENT_REQUESTS)
+        self._reloads: deque[dict[str, Any]] = deque(maxlen=RECENT_RELOADS)
+        self._stream_events: deque[dict[str, Any]] = deque(maxlen=RECENT_STREAM_EVENTS)
+        self._streams = 0
+
+    def _stats(self, model_id: str) -> _ModelStats:
+        stats = self._models.get(model_id)
+        if stats is None:
+            stats = self._models[model_id] = _ModelStats()
+        return stats
+
+    # --- Sink ---------------------------------------------------------------------------
+
+    def attempt(self, event: AttemptEvent) -> None:
+        now = self._clock()
+        stats = self._stats(event.model_id)
+        ok = event.outcome == "success"
+        stats.window.add(now, ok)
+        stats.latencies.append(event.latency)
+        if event.ttft is not None:
+            stats.ttfts.append(event.ttft)
+        if not ok:
+            outcome = str(event.status) if event.outcome == "status" else event.outcome
+            message = event.error or (f"HTTP {event.status}" if event.status else outcome)
+            stats.last_error = (now, outcome, message)
+
+    def request(self, event: RequestEvent) -> None:
+        # Kept as the event itself; formatted only when the status page asks (saves
+        # building a dict on every request).
+        self._requests.append(event)
+
+    def stream_open(self, listener: str, delta: int) -> None:
+        self._streams += delta
+
+    def stream_broken(self, listener: str, model_id: str, reason: str) -> None:
+        self._stream_event(listener, model_id, "broken", reason)
+
+    def recovery(self, listener: str, model_id: str, action: str) -> None:
+        self._stream_event(listener, model_id, action, "")
+
+    def _stream_event(self, listener: str, model_id: str, event: str, detail: str) -> None:
+        self._stream_events.append(
+            {
+                "at": round(self._clock(), 3),
+                "listener": listener,
+                "model": model_id,
+                "event": event,
+                "detail": detail,
+            }
+        )
+
+    def reload(self, result: str, detail: str) -> None:
+        self._reloads.append({"at": round(self._clock(), 3), "result": result, "detail": detail})
+
+    # --- snapshot -----------------------------------------------------------------------
+
+    def snapshot(self, state: ProxyState) -> dict[str, Any]:
+        """The status.json document (shape in the module docstring)."""
+        runtime = state.current
+        config = runtime.config
+        breakers = runtime.engine.breakers
+        redact = state.telemetry.log.redact
+        now = self._clock()
+        for gone in set(self._models) - set(config.models):
+            del self._models[gone]
+
+        listeners = []
+        for lc in config.listeners:
+            listeners.append(
+                {
+                    "name": lc.name,
+                    "host": lc.host,
+                    "port": lc.port,
+                    "address": f"http://{lc.host}:{lc.port}",
+                    "auth": bool(lc.auth_keys or config.server.auth_keys),
+                    "chain": list(lc.models),
+                    "routes": [{"pattern": r.pattern, "chain": list(r.models)} for r in lc.routes],
+                }
+            )
+
+        models = []
+        for mid, m in config.models.items():
+            st, left = breakers.state(mid)
+            stats = self._models.get(mid)
+            total, ok = stats.window.totals(now) if stats else (0, 0)
+            last = stats.last_error if stats else None
+            models.append(
+                {
+                    "id": mid,
+                    "endpoint": m.endpoint,
+                    "model": m.model,
+                    "type": m.type,
+                    "attempts": m.attempts,
+                    "state": st,
+                    "open_for_s": round(left, 1),
+                    "requests_5m": total,
+                    "successes_5m": ok,
+                    "p50_latency_ms": _p50_ms(stats.latencies) if stats else None,
+                    "p50_ttft_ms": _p50_ms(stats.ttfts) if stats else None,
+                    "last_error": None
+                    if last is None
+                    else {"at": round(last[0], 3), "outcome": last[1], "message": redact(last[2])},
+                }
+            )
+
+        requests = [
+            {
+                "at": round(r.started_at, 3),
+                "id": r.request_id,
+                "listener": r.listener,
+                "route": r.route,
+                "method": r.method,
+                "path": r.path,
+                "served_by": r.served_by,
+                "attempts": r.attempts,
+                "status": r.status,
+                "latency_ms": round(r.latency * 1000, 1),
+                "streamed": r.streamed,
+                "error": None if r.error is None else redact(r.error),
+            }
+            for r in reversed(self._requests)
+        ]
+        reloads = [{**r, "detail": redact(r["detail"])} for r in reversed(self._reloads)]
+        streams = [{**e, "detail": redact(e["detail"])} for e in reversed(self._stream_events)]
+        return {
+            "status": "draining" if state.draining else "ok",
+            "version": __version__,
+            "pid": state.pid,
+            "worker": state.worker,
+            "uptime_s": round(time.time() - state.started_at, 1),
+            "now": round(now, 3),
+            "config_path": config.path,
+            "generation": runtime.generation,
+            "in_flight": state.in_flight,
+            "streams_in_flight": self._streams,
+            "listeners": listeners,
+            "models": models,
+            "requests": requests,
+            "reloads": reloads,
+            "streams": streams,
+        }

@@ -1,0 +1,106 @@
+"""Reserved paths under /_hydrallm/ on every listener; answered here, never forwarded.
+
+    GET /_hydrallm/health       small JSON (DECISIONS.md): status, version, uptime, pid,
+                                worker, listeners, per-model circuit state
+    GET /_hydrallm/metrics      Prometheus text (this process's registry)
+    GET /_hydrallm/status.json  recent history (see `hydrallm.observe.status`)
+    GET /_hydrallm/             the status page (package resource statuspage.html)
+
+Anything else under the prefix is a 404; a method other than GET/HEAD is a 405.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, TypeVar
+
+from aiohttp import web
+
+from hydrallm import __version__
+from hydrallm.observe.events import Sink
+from hydrallm.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hydrallm.observe.metrics import MetricsSink
+from hydrallm.observe.status import StatusSink
+
+if TYPE_CHECKING:
+    from hydrallm.app.runtime import ProxyState
+
+PREFIX = "/_hydrallm"
+
+_S = TypeVar("_S", bound=Sink)
+
+_FALLBACK_PAGE = (
+    "hydrallm status page is not installed.\n"
+    "JSON: /_hydrallm/status.json  health: /_hydrallm/health  metrics: /_hydrallm/metrics\n"
+)
+
+
+def health_payload(state: ProxyState) -> dict[str, object]:
+    runtime = state.current
+    breakers = runtime.engine.breakers
+    models: dict[str, object] = {}
+    for mid in runtime.config.models:
+        st, left = breakers.state(mid)
+        models[mid] = {"state": st, "open_for_s": round(left, 1)}
+    return {
+        "status": "draining" if state.draining else "ok",
+        "version": __version__,
+        "uptime_s": round(time.time() - state.started_at, 1),
+        "pid": state.pid,
+        "worker": state.worker,
+        "listeners": [
+            {"name": lc.name, "host": lc.host, "port": lc.port} for lc in runtime.config.listeners
+        ],
+        "models": models,
+    }
+
+
+def _sink(state: ProxyState, kind: type[_S]) -> _S | None:
+    for sink in state.telemetry.sinks:
+        if isinstance(sink, kind):
+            return sink
+    return None
+
+
+def _not_found(message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "not_found"}}, status=404)
+
+
+def _status_page() -> web.Response:
+    try:
+        page = resources.files("hydrallm.observe").joinpath("statuspage.html").read_bytes()
+    except (FileNotFoundError, OSError):
+        return web.Response(text=_FALLBACK_PAGE, content_type="text/plain")
+    return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+
+async def handle(
+    request: web.BaseRequest, state: ProxyState, listener: str, path: str
+) -> web.StreamResponse:
+    sub = path[len(PREFIX) :].rstrip("/")
+    known = ("", "/health", "/metrics", "/status.json")
+    if sub not in known:
+        return _not_found(f"unknown hydrallm path {path}")
+    if request.method not in ("GET", "HEAD"):
+        resp = web.json_response(
+            {"error": {"message": f"{request.method} is not allowed here", "type": "not_allowed"}},
+            status=405,
+        )
+        resp.headers["Allow"] = "GET, HEAD"
+        return resp
+    if sub == "/health":
+        return web.json_response(health_payload(state))
+    if sub == "/metrics":
+        metrics = _sink(state, MetricsSink)
+        if metrics is None:
+            return _not_found("metrics are not enabled in this process")
+        resp = web.Response(body=metrics.render(state))
+        resp.headers["Content-Type"] = METRICS_CONTENT_TYPE
+        return resp
+    if sub == "/status.json":
+        status = _sink(state, StatusSink)
+        if status is None:
+            return _not_found("status is not enabled in this process")
+        return web.json_response(status.snapshot(state))
+    return _status_page()

@@ -1,0 +1,357 @@
+"""The client-facing side: one aiohttp low-level request handler per listener.
+
+Per request: reserved `/_hydrallm/` paths are answered here and never forwarded; proxy auth;
+path safety; the body is read (bounded in size and time); the route picks a chain; the
+engine runs the plan up to the commit point; then the response is written (whole, or
+relayed as it streams).  aiohttp's low-level `web.Server` is used instead of an
+`Application`: there is exactly one route, and skipping the router and middleware
+machinery saves about 15 µs per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict
+
+from hydrallm.app.runtime import ListenerRuntime, ProxyState
+from hydrallm.observe.events import RequestEvent
+from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
+from hydrallm.proxy import admin
+from hydrallm.proxy.body import parse_body
+from hydrallm.proxy.engine import Committed, Engine, Final, Labels
+from hydrallm.proxy.recovery import make_recovery
+from hydrallm.proxy.relay import relay
+from hydrallm.proxy.upstream import message_headers
+from hydrallm.proxy.urls import UnsafePath, check_path
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+_NO_CONTROLS = dict.fromkeys([*range(32), 127])
+_JSON_START = frozenset(b"{ \t\r\n")
+
+
+def make_handler(state: ProxyState, listener_name: str) -> Handler:
+    """The request handler of one listener."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        runtime = state.current
+        path, _, query = request.raw_path.partition("?")
+        if path.startswith(admin.PREFIX):
+            return await admin.handle(request, state, listener_name, path)
+        listener = runtime.listeners.get(listener_name)
+        if listener is None:
+            return _plain_error(503, "this listener is shutting down")
+        exchange = _Exchange(state, runtime.engine, listener, request, path)
+        return await exchange.proxy(query)
+
+    return handle
+
+
+class _Exchange:
+    """One client request on its way through the proxy (what the log line reports)."""
+
+    __slots__ = (
+        "engine",
+        "listener",
+        "path",
+        "provider",
+        "request",
+        "request_id",
+        "route",
+        "started",
+        "state",
+        "wall",
+    )
+
+    def __init__(
+        self,
+        state: ProxyState,
+        engine: Engine,
+        listener: ListenerRuntime,
+        request: web.BaseRequest,
+        path: str,
+    ) -> None:
+        self.started = time.monotonic()
+        self.wall = time.time()
+        self.state = state
+        self.engine = engine
+        self.listener = listener
+        self.request = request
+        self.path = path
+        self.provider: Provider = engine.providers[listener.api_type]
+        self.request_id = state.next_request_id()
+        self.route = "default"
+
+    # --- the steps -----------------------------------------------------------------------
+
+    async def proxy(self, query: str) -> web.StreamResponse:
+        listener, request, path = self.listener, self.request, self.path
+        strip_auth: str | None = None
+        if listener.auth_keys:
+            ok, strip_auth = _auth_ok(listener, request)
+            if not ok:
+                return self.refuse(401, "missing or invalid proxy key", "authentication_error")
+        try:
+            check_path(path)
+        except UnsafePath as exc:
+            return self.refuse(400, str(exc), "invalid_request_error")
+        limit = self.engine.config.server.max_body_size
+        length = request.content_length
+        if length is not None and length > limit:
+            return self.too_large(limit)
+        content = request.content
+        try:
+            if content.is_eof():
+                # The whole body is already buffered (small requests): no timer needed.
+                body = content.read_nowait(-1)
+                if len(body) > limit:
+                    return self.too_large(limit)
+            else:
+                expect = request.headers.get("Expect")
+                if expect is not None and expect.lower() == "100-continue":
+                    # The client waits for this before sending its body (curl does for large
+                    # bodies); auth, path and size were checked first, so a refusal is sent
+                    # instead of asking for a body that would be thrown away.
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    request.writer.output_size = 0
+                async with asyncio.timeout(_body_budget(request, listener.config.read_timeout)):
+                    body = await _read_body(content, limit)
+        except _TooLarge:
+            return self.too_large(limit)
+        except TimeoutError:
+            return self.refuse(
+                408, "the request body did not arrive within read_timeout", "timeout_error"
+            )
+        parsed = parse_body(body) if body and body[0] in _JSON_START else None
+        headers, accept = _forwarded_headers(request.headers.items(), strip_auth)
+        client_request = ClientRequest(
+            method=request.method,
+            path=path,
+            query=query,
+            headers=headers,
+            body=body,
+            json=parsed,
+            streaming=(parsed is not None and parsed.stream)
+            or "text/event-stream" in accept
+            or "/stream" in path
+            or "-stream" in path,
+        )
+        self.route, chain = listener.resolve(self.provider.requested_model(client_request))
+        labels = Labels(listener.config.name, self.route, listener.api_type)
+        state = self.state
+        state.in_flight += 1
+        try:
+            result = await self.engine.run(client_request, chain, labels)
+            if isinstance(result, Final):
+                return self.send_final(result)
+            return await self.send_committed(result, client_request)
+        finally:
+            state.in_flight -= 1
+
+    def send_final(self, result: Final) -> web.Response:
+        model = result.model
+        endpoint = model.endpoint if model is not None else None
+        headers = [*result.headers, *_tags(result.model_name, endpoint, result.attempts)]
+        self.finish(
+            result.status, model.id if model else None, result.attempts, False, result.error
+        )
+        return web.Response(status=result.status, body=result.body, headers=CIMultiDict(headers))
+
+    async def send_committed(
+        self, committed: Committed, client_request: ClientRequest
+    ) -> web.StreamResponse:
+        upstream = committed.response
+        status = upstream.status
+        model = committed.model
+        headers = message_headers(upstream)
+        headers += _tags(committed.model_name, model.endpoint, committed.attempts)
+        reason = upstream.reason or None
+        if committed.complete:
+            self.finish(status, model.id, committed.attempts, committed.kind is not None, None)
+            return web.Response(
+                status=status,
+                reason=reason,
+                body=b"".join(committed.prefix),
+                headers=CIMultiDict(headers),
+            )
+        out = web.StreamResponse(status=status, reason=reason, headers=CIMultiDict(headers))
+        length = upstream.headers.get("Content-Length")
+        if length is not None and committed.kind is None and "Content-Encoding" not in out.headers:
+            try:
+                out.content_length = int(length)
+            except ValueError:
+                pass
+        return await self.relay(out, committed, client_request)
+
+    async def relay(
+        self, out: web.StreamResponse, committed: Committed, client_request: ClientRequest
+    ) -> web.StreamResponse:
+        state, engine = self.state, self.engine
+        telemetry = state.telemetry
+        name = self.listener.config.name
+        upstream = committed.response
+        is_stream = committed.kind is not None
+        if is_stream:
+            telemetry.stream_open(name, 1)
+        broken: str | None = None
+        try:
+            await out.prepare(self.request)
+            transport = self.request.transport
+
+            def abort_client() -> None:
+                if transport is not None:
+                    transport.abort()
+
+            hooks = make_recovery(engine, client_request, committed, name, state.recovery)
+            # Registered so that shutdown can end it cleanly once the grace period is over.
+            state.live.add(upstream)
+            result = await relay(
+                hooks.committed,
+                out,
+                idle_timeout=engine.config.retry.stream_idle_timeout,
+                abort_client=abort_client,
+                write_timeout=self.listener.config.write_timeout,
+                draining=lambda: state.draining,
+                observe=hooks.observe,
+                recover=hooks.recover,
+            )
+            broken = result.broken
+            if broken is not None and not result.recovered:
+                telemetry.stream_broken(name, committed.model.id, broken)
+            if not result.client_gone:
+                try:
+                    await out.write_eof()
+                except (ConnectionError, RuntimeError):
+                    pass
+        finally:
+            state.live.discard(upstream)
+            if is_stream:
+                telemetry.stream_open(name, -1)
+            self.finish(upstream.status, committed.model.id, committed.attempts, is_stream, broken)
+        return out
+
+    # --- answers the proxy makes itself ----------------------------------------------------
+
+    def refuse(self, status: int, message: str, kind: str) -> web.Response:
+        """A proxy-made error before any upstream work, in the listener's API format."""
+        self.finish(status, None, 0, False, message)
+        err = self.provider.error_body(status, f"hydrallm: {message}", kind)
+        headers = CIMultiDict([("Content-Type", err.content_type), *err.headers])
+        headers["x-hydrallm-attempts"] = "0"
+        return web.Response(status=status, body=err.body, headers=headers)
+
+    def too_large(self, limit: int) -> web.Response:
+        return self.refuse(
+            413, f"request body is larger than the limit of {limit} bytes", "request_too_large"
+        )
+
+    def finish(
+        self, status: int, served_by: str | None, attempts: int, streamed: bool, err: str | None
+    ) -> None:
+        self.state.telemetry.request(
+            RequestEvent(
+                request_id=self.request_id,
+                listener=self.listener.config.name,
+                route=self.route,
+                method=self.request.method,
+                path=self.path,
+                served_by=served_by,
+                attempts=attempts,
+                status=status,
+                latency=time.monotonic() - self.started,
+                streamed=streamed,
+                started_at=self.wall,
+                error=err,
+            )
+        )
+
+
+def _auth_ok(listener: ListenerRuntime, request: web.BaseRequest) -> tuple[bool, str | None]:
+    """Check proxy auth; returns (ok, name of the header that carried the key)."""
+    headers = request.headers
+    presented: list[tuple[str, str]] = []
+    auth = headers.get("Authorization")
+    if auth is not None and auth[:7].lower() == "bearer ":
+        presented.append(("authorization", auth[7:].strip()))
+    key = headers.get("x-api-key")
+    if key is not None:
+        presented.append(("x-api-key", key.strip()))
+    for name, value in presented:
+        candidate = value.encode()
+        # Compare against every key, always, so timing says nothing about which matched.
+        matched = False
+        for k in listener.auth_keys:
+            matched |= hmac.compare_digest(candidate, k)
+        if matched:
+            return True, name
+    return False, None
+
+
+def _forwarded_headers(
+    items: Iterable[tuple[str, str]], strip: str | None
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The client's headers less hop-by-hop ones and the proxy key; also its Accept."""
+    kept: list[tuple[str, str]] = []
+    has_encoding = False
+    accept = ""
+    for k, v in items:
+        lower = k.lower()
+        if lower in HOP_BY_HOP or lower == strip:
+            continue
+        if lower == "accept-encoding":
+            has_encoding = True
+        elif lower == "accept":
+            accept = v
+        kept.append((k, v))
+    if not has_encoding:
+        # The upstream client does not decompress; ask for what the client can read.
+        kept.append(("Accept-Encoding", "identity"))
+    return tuple(kept), accept
+
+
+def _tags(model: str | None, endpoint: str | None, attempts: int) -> list[tuple[str, str]]:
+    """The x-hydrallm-* headers every response carries."""
+    tags: list[tuple[str, str]] = []
+    if model is not None:
+        # A "*" model is the client's own string: no CR/LF/NUL may reach a header line.
+        tags.append(("x-hydrallm-model", model.translate(_NO_CONTROLS)))
+    if endpoint is not None:
+        tags.append(("x-hydrallm-endpoint", endpoint))
+    tags.append(("x-hydrallm-attempts", str(attempts)))
+    return tags
+
+
+def _body_budget(request: web.BaseRequest, read_timeout: float) -> float:
+    """What is left of `read_timeout` for the body, counted from the head's first byte."""
+    began = getattr(request.protocol, "request_began", None)
+    if not isinstance(began, float):
+        return read_timeout
+    return max(0.0, read_timeout - (asyncio.get_running_loop().time() - began))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(content: StreamReader, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _plain_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "api_error"}}, status=status)

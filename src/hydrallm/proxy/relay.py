@@ -1,0 +1,122 @@
+"""After the commit point: relay the rest of an upstream body to the client.
+
+Chunks are written as they arrive (no buffering).  Silence longer than the stream idle
+limit, or an upstream failure, can no longer be retried transparently: a stream we
+understand is ended with a protocol-correct error event (never a silent truncation that
+looks like success); any other body is cut by aborting the client connection, so the
+client sees an incomplete response rather than a short one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from hydrallm.errors import UpstreamError
+from hydrallm.formats.errors import error_event
+from hydrallm.formats.peek import StreamKind
+from hydrallm.proxy.engine import Committed
+
+# Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
+# finish the answer (writing to the client itself); return True when it did.
+Recover = Callable[[Committed, web.StreamResponse, str], Awaitable[bool]]
+
+
+@dataclass(slots=True)
+class RelayResult:
+    broken: str | None  # why the upstream body broke after commit, if it did
+    recovered: bool = False
+    client_gone: bool = False
+
+
+async def relay(
+    committed: Committed,
+    out: web.StreamResponse,
+    *,
+    idle_timeout: float,
+    abort_client: Callable[[], None],
+    write_timeout: float | None = None,
+    draining: Callable[[], bool] = lambda: False,
+    observe: Callable[[bytes], None] | None = None,
+    recover: Recover | None = None,
+) -> RelayResult:
+    """Write the held prefix and then the rest of the upstream body to `out`."""
+    response = committed.response
+    broken: str | None = None
+    try:
+        for chunk in committed.prefix:
+            if observe is not None:
+                observe(chunk)
+            await out.write(chunk)
+        if committed.complete:
+            return RelayResult(None)
+        loop = asyncio.get_running_loop()
+        # write_timeout bounds the whole response once it has started (as the original).
+        write_deadline = loop.time() + write_timeout if write_timeout else None
+        while True:
+            wait = idle_timeout
+            if write_deadline is not None:
+                wait = min(wait, write_deadline - loop.time())
+            try:
+                async with asyncio.timeout(wait):
+                    chunk = await response.read_chunk()
+            except TimeoutError:
+                if write_deadline is not None and loop.time() >= write_deadline:
+                    broken = f"response exceeded write_timeout ({write_timeout:g}s)"
+                else:
+                    broken = f"upstream stalled: no data for {idle_timeout:g}s"
+                break
+            except UpstreamError as exc:
+                broken = exc.message
+                break
+            if not chunk:
+                break
+            if observe is not None:
+                observe(chunk)
+            await out.write(chunk)
+    except (ConnectionResetError, ConnectionError):
+        response.abort()
+        return RelayResult(None, client_gone=True)
+    except asyncio.CancelledError:
+        response.abort()
+        if draining() and committed.kind is not None:
+            # Shutdown grace ran out: end the stream in a way the client's SDK reports,
+            # rather than a silent cut.  The write only fills the transport buffer.
+            try:
+                await out.write(error_event(committed.kind, "hydrallm: the proxy is shutting down"))
+            except BaseException:
+                pass
+        raise
+    if broken is None:
+        response.release()
+        return RelayResult(None)
+    response.abort()
+    if recover is not None and await recover(committed, out, broken):
+        return RelayResult(broken, recovered=True)
+    if draining():
+        broken = "the proxy is shutting down"
+    await end_broken(committed, out, broken, abort_client)
+    return RelayResult(broken)
+
+
+async def end_broken(
+    committed: Committed,
+    out: web.StreamResponse,
+    reason: str,
+    abort_client: Callable[[], None],
+) -> None:
+    """End a committed body whose upstream broke: an error event, or a cut connection."""
+    encoded = committed.response.headers.get("Content-Encoding", "identity").lower()
+    if committed.kind not in (None, StreamKind.UNKNOWN) and encoded in ("", "identity"):
+        try:
+            await out.write(
+                error_event(committed.kind, f"hydrallm: upstream stream failed: {reason}")
+            )
+        except (ConnectionError, RuntimeError):
+            pass
+        return
+    # No in-band way to say it: make the truncation visible as a transport error.
+    abort_client()
