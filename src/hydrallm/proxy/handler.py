@@ -222,6 +222,8 @@ class _Exchange:
                 recover=hooks.recover,
             )
             broken = result.broken
+            if not result.client_gone:
+                engine.attempts.stream_ended(committed, broken)
             if broken is not None and not result.recovered:
                 telemetry.stream_broken(name, committed.model.id, broken)
             if not result.client_gone:

@@ -15,15 +15,26 @@ from enum import Enum
 from hydrallm.config import RetryConfig
 
 
-class Verdict(Enum):
+class Action(Enum):
+    """The one vocabulary for what an attempt's result asks of the request.
+
+    The classification of a status, the planner, the engine, recovery and telemetry all
+    speak it.
+    """
+
     RETURN = "return"  # hand this response to the client as it is
     RETRY = "retry"  # retryable: another try of this model is allowed
     FALLBACK = "fallback"  # go to the next model at once
+    SKIP_MODEL = "skip_model"  # this model cannot be asked at all in this request
+
+
+# The names the classification and the planner used before they shared one vocabulary.
+Verdict = Action
 
 
 @dataclass(frozen=True, slots=True)
 class StatusDecision:
-    verdict: Verdict
+    verdict: Action
     retry_after: float | None = None  # seconds the upstream asked us to wait
     too_long: bool = False  # Retry-After above max_retry_after: fall back and cool down
 

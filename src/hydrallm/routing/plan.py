@@ -14,17 +14,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 from hydrallm.config import ModelConfig, RetryConfig
+from hydrallm.routing.outcome import Action
 
-
-class Next(Enum):
-    """What the last attempt's outcome asks of the plan."""
-
-    RETRY = "retry"  # another try of the same model is fine
-    FALLBACK = "fallback"  # skip the rest of this model's tries in this cycle
-    SKIP_MODEL = "skip_model"  # this model cannot be asked at all in this request
+# What the last attempt's outcome asks of the plan: RETRY (another try of the same model is
+# fine), FALLBACK (skip the rest of this model's tries in this cycle) or SKIP_MODEL (this
+# model cannot be asked at all in this request).
+Next = Action
 
 
 # Not frozen: a frozen slots dataclass sets each field through object.__setattr__,

@@ -1,0 +1,439 @@
+"""ONE attempt: prepare → send → classify → peek → `Committed` | `Final` | `Outcome`.
+
+Every upstream request the proxy makes goes through `AttemptRunner.run`: the plan loop in
+`engine.py` and mid-stream recovery in `recovery.py` alike.  So an attempt's rules hold
+everywhere: the request's time budget bounds it, the breakers hear of it, it is reported to
+telemetry, compressed streams are peeked through, and upstream exceptions become outcomes.
+
+- `Committed`: an upstream response the client will now receive (nothing written yet).
+- `Final`: a whole response to hand back as it is (a non-retryable upstream answer).
+- `Outcome`: the attempt failed; its `action` says what the plan should do next, with the
+  Retry-After asked for, the effect on the model's breaker and the response seen, if any.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from hydrallm.config import ApiType, Config, ModelConfig
+from hydrallm.errors import (
+    ProtocolError,
+    RequestNotPossible,
+    StreamFailure,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from hydrallm.formats.peek import Commit, Failed, Peeker, StreamKind, stream_kind
+from hydrallm.observe.events import AttemptEvent, Telemetry
+from hydrallm.providers.base import ClientRequest, Provider
+from hydrallm.proxy.deadline import Deadlines
+from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
+from hydrallm.routing.breakers import Breakers
+from hydrallm.routing.outcome import Action, classify_status
+from hydrallm.routing.plan import Attempt
+
+# A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
+# be retried) up to this size; a larger body is committed and relayed as it comes.
+PRECOMMIT_BODY_LIMIT = 4 * 1024 * 1024
+# How much of an upstream error body `log.include_error_body` shows, and of an outgoing
+# body the debug level shows.
+ERROR_LOG_LIMIT = 4096
+DEBUG_BODY_LIMIT = 2048
+# Error bodies kept for the client / classification are read up to this size.
+ERROR_BODY_LIMIT = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Labels:
+    listener: str
+    route: str
+    api_type: ApiType
+
+
+@dataclass(slots=True)
+class Committed:
+    """An upstream response the client now receives."""
+
+    response: Response
+    prefix: list[bytes]  # body bytes already read, to be written first
+    complete: bool  # the whole body is in `prefix`
+    kind: StreamKind | None  # stream format, when the body is a stream we understand
+    model: ModelConfig
+    model_name: str
+    attempts: int
+    chain: Sequence[ModelConfig]  # the plan's chain, for mid-stream recovery
+    attempt: Attempt
+
+
+@dataclass(slots=True)
+class Final:
+    """A whole response to send: an upstream response as received, or a proxy-made error."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    attempts: int
+    model: ModelConfig | None
+    model_name: str | None
+    proxy_made: bool
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A failed attempt, in the one vocabulary the planner, engine and recovery share."""
+
+    action: Action
+    retry_after: float | None = None  # what the upstream asked us to wait
+    open_for: float | None = None  # breaker effect: open the circuit at once for this long
+    snapshot: Final | None = None  # the upstream response, when there was one
+    error: UpstreamError | None = None
+    counts_for_cooldown: bool = True  # a sign that the model is unwell
+
+
+class AttemptRunner:
+    """Makes single attempts for one config generation; the world is injected."""
+
+    __slots__ = (
+        "_clock",
+        "_deadlines",
+        "breakers",
+        "config",
+        "providers",
+        "telemetry",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        transport: Transport,
+        breakers: Breakers,
+        telemetry: Telemetry,
+        providers: Mapping[str, Provider],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.breakers = breakers
+        self.telemetry = telemetry
+        self.providers = providers
+        self._clock = clock
+        self._deadlines: Deadlines | None = None  # created on first use, inside the loop
+
+    def model_name(self, model: ModelConfig, request: ClientRequest) -> str:
+        """The model name sent upstream (the requested one for a `"*"` entry)."""
+        if model.model == "*":
+            return self.providers[model.type].requested_model(request) or "*"
+        return model.model
+
+    async def run(
+        self,
+        request: ClientRequest,
+        attempt: Attempt,
+        labels: Labels,
+        deadline: float | None,
+        fallback: bool,
+        *,
+        identity: bool = False,
+    ) -> Committed | Final | Outcome:
+        """Make the attempt; `identity` asks the upstream for an uncompressed body."""
+        model = attempt.model
+        endpoint = self.config.endpoints[model.endpoint]
+        provider = self.providers[model.type]
+        retry = self.config.retry
+        sent = self._clock()
+        response: Response | None = None
+        ttft: float | None = None
+        phase = "response"
+        budget_cut = False
+        try:
+            if model.model == "*" and provider.requested_model(request) is None:
+                raise RequestNotPossible('the request names no model to forward for model "*"')
+            outgoing = await provider.prepare(model, endpoint, request)
+            headers = outgoing.headers
+            if identity:
+                headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+                headers.append(("Accept-Encoding", "identity"))
+            log = self.telemetry.log
+            if log.threshold <= 10:
+                log.debug(
+                    "upstream_request",
+                    method=request.method,
+                    url=outgoing.url,
+                    body=_excerpt(outgoing.body, DEBUG_BODY_LIMIT),
+                )
+            limit = retry.first_token_timeout if request.streaming else model.timeout
+            if deadline is not None and deadline - sent < limit:
+                limit = max(0.0, deadline - sent)
+                budget_cut = True
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = Deadlines()
+            # One timer per 10 ms shared by all attempts, not one per attempt: see deadline.py.
+            with deadlines.guard(limit):
+                response = await self.transport.send(
+                    request.method, outgoing.url, headers, outgoing.body
+                )
+                status = response.status
+                get = response.headers.get
+                if status >= 400 or status < 200:
+                    phase = "body"
+                    response_encoding = get("Content-Encoding", "")
+                    body = await read_body(response, ERROR_BODY_LIMIT)
+                    decision = classify_status(status, get, retry, body)
+                    snapshot = Final(
+                        status,
+                        message_headers(response),
+                        body,
+                        attempt.number,
+                        model,
+                        outgoing.model_label,
+                        False,
+                    )
+                    shown = self._error_body(status, response_encoding, body)
+                    self._report(
+                        attempt, labels, "status", status, None, sent, None, fallback, shown
+                    )
+                    if decision.verdict is Action.RETURN:
+                        self.breakers.success(model.id)
+                        if len(body) < ERROR_BODY_LIMIT:
+                            response.release()
+                            return snapshot
+                        # A body longer than we hold: the client gets all of it, relayed.
+                        return Committed(
+                            response=response,
+                            prefix=[body],
+                            complete=False,
+                            kind=None,
+                            model=model,
+                            model_name=outgoing.model_label,
+                            attempts=attempt.number,
+                            chain=(),
+                            attempt=attempt,
+                        )
+                    response.release()
+                    response = None
+                    whole = len(body) < ERROR_BODY_LIMIT
+                    outcome = Outcome(
+                        Action.FALLBACK if decision.verdict is Action.FALLBACK else Action.RETRY,
+                        retry_after=decision.retry_after,
+                        open_for=decision.retry_after if decision.too_long else None,
+                        # An error body longer than we hold is never handed back cut short.
+                        snapshot=snapshot if whole else None,
+                        error=None
+                        if whole
+                        else ProtocolError(
+                            f"HTTP {status} with a body over {ERROR_BODY_LIMIT} bytes"
+                        ),
+                        counts_for_cooldown=retry.is_retryable_status(status) or decision.too_long,
+                    )
+                    self._failed(model, outcome)
+                    return outcome
+                content_type = get("Content-Type", "")
+                kind = stream_kind(content_type, request.path, model.type)
+                if kind is None and (request.streaming or "ndjson" in content_type):
+                    # A stream in a format we do not decode (Ollama's NDJSON, ...): relay it
+                    # as it comes, from its first byte, instead of buffering it as a body.
+                    kind = StreamKind.UNKNOWN
+                prefix: list[bytes] = []
+                complete = False
+                if kind is None:
+                    phase = "body"
+                    size = 0
+                    while size < PRECOMMIT_BODY_LIMIT:
+                        chunk = await response.read_chunk()
+                        if not chunk:
+                            complete = True
+                            break
+                        prefix.append(chunk)
+                        size += len(chunk)
+                else:
+                    phase = "first_token"
+                    # A compressed stream is relayed as it is; the peek reads through it.
+                    inflate = _inflater(get("Content-Encoding", ""))
+                    if inflate is False:
+                        kind = StreamKind.UNKNOWN  # br, zstd...: commit on the first byte
+                    peeker = Peeker(kind)
+                    while True:
+                        chunk = await response.read_chunk()
+                        if chunk:
+                            prefix.append(chunk)
+                            verdict = _feed(peeker, inflate, chunk)
+                        else:
+                            verdict = _feed(peeker, inflate, b"", end=True) or peeker.eof()
+                            complete = True
+                        if verdict is None:
+                            continue
+                        if isinstance(verdict, Commit):
+                            ttft = self._clock() - sent
+                            break
+                        assert isinstance(verdict, Failed)
+                        if not verdict.retryable:
+                            # The provider's own, final answer (e.g. a validation error as an
+                            # exception frame): the client gets it as it is.
+                            ttft = self._clock() - sent
+                            break
+                        raise StreamFailure(f"{verdict.kind}: {verdict.message}")
+        except BaseException as exc:
+            if response is not None:
+                response.abort()
+            if not isinstance(exc, Exception):
+                raise  # cancellation: nothing to report
+            return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut)
+        if complete:
+            response.release()
+        self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
+        if complete or kind is None:
+            self.breakers.success(model.id)
+        # A stream counts as a success only when it ends well: `stream_ended` says so.
+        return Committed(
+            response=response,
+            prefix=prefix,
+            complete=complete,
+            kind=kind,
+            model=model,
+            model_name=outgoing.model_label,
+            attempts=attempt.number,
+            chain=(),
+            attempt=attempt,
+        )
+
+    def stream_ended(self, committed: Committed, broken: str | None) -> None:
+        """A committed stream ended: well (a success for its model) or broken (a failure)."""
+        if committed.complete or committed.kind is None:
+            return  # judged at commit
+        model_id = committed.model.id
+        if broken is None:
+            self.breakers.success(model_id)
+        else:
+            self.breakers.failure(model_id, None)
+
+    def _outcome(
+        self,
+        exc: Exception,
+        attempt: Attempt,
+        labels: Labels,
+        sent: float,
+        fallback: bool,
+        phase: str,
+        budget_cut: bool,
+    ) -> Outcome:
+        """The outcome of an attempt that raised (the one place exceptions become outcomes)."""
+        retry = self.config.retry
+        outcome: Outcome
+        if isinstance(exc, TimeoutError):
+            err: UpstreamError = UpstreamTimeout(
+                _timeout_message(phase, sent, self._clock()), phase=phase
+            )
+            outcome = Outcome(
+                Action.FALLBACK if retry.fallback_on_timeout else Action.RETRY,
+                error=err,
+                # Cut short by the request's own budget: no sign that the model is unwell.
+                counts_for_cooldown=not budget_cut,
+            )
+            kind = "timeout"
+        elif isinstance(exc, RequestNotPossible):
+            err = exc
+            outcome = Outcome(Action.SKIP_MODEL, error=exc, counts_for_cooldown=False)
+            kind = exc.kind
+        elif isinstance(exc, UpstreamError):
+            err = exc
+            outcome = Outcome(Action.RETRY, error=exc)
+            kind = exc.kind
+        else:
+            raise exc
+        self._report(attempt, labels, kind, None, err.message, sent, None, fallback)
+        self._failed(attempt.model, outcome)
+        return outcome
+
+    def _failed(self, model: ModelConfig, outcome: Outcome) -> None:
+        if outcome.counts_for_cooldown:
+            self.breakers.failure(model.id, outcome.open_for)
+
+    def _report(
+        self,
+        attempt: Attempt,
+        labels: Labels,
+        outcome: str,
+        status: int | None,
+        error: str | None,
+        sent: float,
+        ttft: float | None,
+        fallback: bool,
+        error_body: str | None = None,
+    ) -> None:
+        model = attempt.model
+        self.telemetry.attempt(
+            AttemptEvent(
+                listener=labels.listener,
+                route=labels.route,
+                model_id=model.id,
+                endpoint=model.endpoint,
+                model=model.model,
+                cycle=attempt.cycle,
+                attempt=attempt.number,
+                outcome=outcome,
+                status=status,
+                error=error,
+                latency=self._clock() - sent,
+                ttft=ttft,
+                retry=attempt.is_retry,
+                fallback=fallback,
+                error_body=error_body,
+            )
+        )
+
+    def _error_body(self, status: int, encoding: str, body: bytes) -> str | None:
+        """The upstream's error body for the log, when `log.include_error_body` is on."""
+        if status < 400 or not self.config.log.include_error_body:
+            return None
+        if "gzip" in encoding.lower():
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError, zlib.error):
+                return "(gzip body that could not be decompressed)"
+        return _excerpt(body, ERROR_LOG_LIMIT)
+
+
+def _inflater(encoding: str) -> zlib._Decompress | bool | None:
+    """A decompressor for the peek: None when the body is not compressed, False when it is
+    compressed in a way the standard library cannot read."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
+    return False
+
+
+def _feed(
+    peeker: Peeker, inflate: zlib._Decompress | bool | None, chunk: bytes, *, end: bool = False
+) -> Commit | Failed | None:
+    """Feed the peek the plain bytes of `chunk` (None: no verdict yet)."""
+    if inflate is None or isinstance(inflate, bool):
+        return None if end else peeker.feed(chunk)
+    try:
+        data = inflate.flush() if end else inflate.decompress(chunk)
+    except zlib.error:
+        return Commit()  # cannot look inside: the client's own decoder will judge it
+    return peeker.feed(data) if data else None
+
+
+def _excerpt(body: bytes, limit: int) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return text + f"… ({len(body)} bytes)" if len(body) > limit else text
+
+
+def _timeout_message(phase: str, sent: float, now: float) -> str:
+    waited = now - sent
+    what = {
+        "response": "no response",
+        "first_token": "no first token",
+        "body": "response body not complete",
+    }.get(phase, "no answer")
+    return f"{what} after {waited:.1f}s"
