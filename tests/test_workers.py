@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from hydrallm.testing import FakeUpstream
 from opshelp import HYDRALLM, ServeProcess, chat, free_port, post_chat
@@ -97,7 +98,12 @@ async def test_two_workers_serve_reload_together_and_stop_cleanly(tmp_path: Path
             proc.kill()
 
 
-def test_a_port_in_use_stops_every_worker_with_exit_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "form",
+    [["serve", "--workers", "3"], ["--workers", "3"]],
+    ids=["serve --workers", "--workers without serve"],
+)
+def test_a_port_in_use_stops_every_worker_with_exit_1(tmp_path: Path, form: list[str]) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -105,7 +111,7 @@ def test_a_port_in_use_stops_every_worker_with_exit_1(tmp_path: Path) -> None:
         path = tmp_path / "config.toml"
         path.write_text(config_text("http://127.0.0.1:9", port, "m"))
         result = subprocess.run(
-            [HYDRALLM, "serve", "-c", str(path), "--workers", "3"],
+            [HYDRALLM, *form, "-c", str(path)],
             capture_output=True,
             text=True,
             timeout=20,

@@ -102,14 +102,25 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+WORKERS = click.IntRange(1, 256)
+
+
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @_global_options
+@click.option(
+    "--workers",
+    type=WORKERS,
+    default=None,
+    help="With no command: worker processes sharing each listener (as `serve --workers`).",
+)
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, workers: int | None = None) -> None:
     """hydrallm: an LLM API proxy with automatic retry and model fallback.
 
     With no command, starts the server (same as `hydrallm serve`).
     """
+    if workers is not None:
+        ctx.ensure_object(dict)["workers"] = workers
     if ctx.invoked_subcommand is None:
         ctx.invoke(serve)
 
@@ -118,7 +129,7 @@ def main(ctx: click.Context) -> None:
 @_global_options
 @click.option(
     "--workers",
-    type=click.IntRange(1, 256),
+    type=WORKERS,
     default=None,
     help="Worker processes sharing each listener (default: server.workers or 1).",
 )
@@ -128,6 +139,8 @@ def serve(obj: dict[str, Any], workers: int | None = None) -> None:
     """Start the proxy server."""
     from hydrallm.app.serve import run_server
 
+    if workers is None:
+        workers = (obj or {}).get("workers")
     config = load(obj or {})
     run_server(config, workers=workers, reload_config=lambda: load(obj or {}))
 
