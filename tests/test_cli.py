@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tests.opshelp import free_port
 
 from hydrallm import __version__
 
@@ -30,12 +31,6 @@ def hydrallm(
         env=full_env,
         timeout=timeout,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

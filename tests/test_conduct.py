@@ -128,24 +128,6 @@ async def running(
         await proxy.close()
 
 
-@pytest.fixture
-async def primary() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream(name="primary") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def fallback() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream(name="fallback") as fake:
-        yield fake
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def dead_url() -> str:
     """A URL on which nothing listens: connections are refused."""
     with socket.socket() as s:

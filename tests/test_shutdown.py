@@ -10,24 +10,18 @@ import asyncio
 import dataclasses
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
+from tests.opshelp import free_port
 
 from hydrallm.testing import FakeUpstream, faults
 
 GRACE = 2.0
 SHORT = "short answer ends soon"  # 4 chunks, 0.15s apart: done well within the grace
 LONG = " ".join(["long"] * 60)  # 60 chunks, 0.3s apart: still going when the grace ends
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, upstream: str, port: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.opshelp import free_port
 
 HYDRALLM = str(Path(sys.executable).with_name("hydrallm"))
 ENV = {**os.environ, "COLUMNS": "140", "NO_COLOR": "1", "TERM": "dumb"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")

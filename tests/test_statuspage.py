@@ -7,12 +7,12 @@ import io
 import json
 import re
 import shutil
-import socket
 from importlib import resources
 from pathlib import Path
 
 import aiohttp
 import pytest
+from tests.opshelp import free_port
 
 from hydrallm.app.lifecycle import Proxy, start
 from hydrallm.config.load import parse_config
@@ -21,13 +21,6 @@ from hydrallm.testing import FakeUpstream, ok, overloaded
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HAVE_CHROMIUM = Path(CHROMIUM).exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def config_text(primary: str, fallback: str, port: int) -> str:
