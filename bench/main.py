@@ -11,6 +11,7 @@ first byte).  The result is one table (also written as JSON) with PASS/MISS per 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import math
@@ -51,6 +52,7 @@ class Profile:
     open_stream_delay_ms: float = 50.0
     big_body_bytes: int = 1024 * 1024
     startup_repeats: int = 5
+    long_stream_mb: int = 100  # one stream this long; MB/s over its first and last fifth
 
 
 PROFILES = {
@@ -64,6 +66,7 @@ PROFILES = {
         open_streams=50,
         open_stream_delay_ms=5.0,
         startup_repeats=1,
+        long_stream_mb=5,
     ),
     "quick": Profile("quick", rounds=1, duration=2.0, stream_duration=1.5, warmup=0.3),
     "full": Profile("full", rounds=3, duration=5.0, stream_duration=3.0, warmup=1.0),
@@ -333,6 +336,29 @@ class Bench:
                 target, float(result["complete"])
             )
 
+    def long_stream(self) -> None:
+        """One long stream per target: MB/s over its first and its last fifth (at most
+        20 MB each), so a per-byte cost that grows with the answer shows as a drop."""
+        p = self.profile
+        total = p.long_stream_mb * 1_000_000
+        part = min(20_000_000, total // 5)
+        for _, target in self.rounds():
+            first, last = asyncio.run(
+                _read_long_stream(
+                    self.urls[target] + OPENAI_PATH,
+                    self.bodies["stream"].read_bytes(),
+                    total,
+                    part,
+                )
+            )
+            mb = part / 1e6
+            self.fig("long_first", f"{p.long_stream_mb} MB stream, first {mb:g} MB", "MB/s").add(
+                target, first
+            )
+            self.fig("long_last", f"{p.long_stream_mb} MB stream, last {mb:g} MB", "MB/s").add(
+                target, last
+            )
+
     def big_body(self) -> None:
         p = self.profile
         mib = p.big_body_bytes / (1024 * 1024)
@@ -422,6 +448,7 @@ class Bench:
             ("non-streaming", self.non_streaming),
             ("streaming", self.streaming),
             ("1 MiB body", self.big_body),
+            ("long stream", self.long_stream),
             ("retry path", self.retry),
             ("workers", self.workers),
             ("memory after run", lambda: self.memory("after")),
@@ -454,6 +481,33 @@ type = "openai"
 model = "bench-upstream-model"  # differs from the client's: every body is rewritten
 attempts = 2
 """
+
+
+async def _read_long_stream(url: str, body: bytes, total: int, part: int) -> tuple[float, float]:
+    """Read one long stream; MB/s over its first `part` bytes and over its last `part`."""
+    import aiohttp
+
+    headers = {"Content-Type": "application/json", "x-bench-bytes": str(total)}
+    marks: list[tuple[int, float]] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers) as resp,
+    ):
+        got = 0
+        marks.append((0, time.perf_counter()))
+        async for chunk in resp.content.iter_any():
+            got += len(chunk)
+            marks.append((got, time.perf_counter()))
+    end_bytes, end_t = marks[-1]
+
+    def at(n: int) -> tuple[int, float]:
+        return next(m for m in marks if m[0] >= n)
+
+    b1, t1 = at(part)
+    b2, t2 = at(end_bytes - part)
+    first = b1 / 1e6 / max(t1 - marks[0][1], 1e-9)
+    last = (end_bytes - b2) / 1e6 / max(end_t - t2, 1e-9)
+    return first, last
 
 
 def _hydrallm_cmd() -> list[str]:
@@ -513,6 +567,8 @@ def evaluate(figs: dict[str, Figure]) -> list[Target]:
     )
     big = _diff(get("big_p50", "hydrallm"), get("big_p50", "direct"))
     out.append(check("1 MiB body added p50 (ms)", big, "<= 3", lambda v: v <= 3))
+    first = _ratio(get("long_last", "hydrallm"), get("long_first", "hydrallm"))
+    out.append(check("long stream last / first MB/s", first, ">= 0.8", lambda v: v >= 0.8))
     out.append(check("--help (ms)", get("help_ms", "hydrallm"), "<= 150", lambda v: v <= 150))
     out.append(check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 400", lambda v: v <= 400))
     return out

@@ -6,6 +6,8 @@ Answers `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic)
 - non-streaming: a small fixed JSON completion;
 - streaming (`"stream": true` in the body): `--chunks` SSE events (header
   `x-bench-chunks` overrides), with `--delay-ms` between them (`x-bench-delay-ms`);
+- long stream: a streaming request with `x-bench-bytes: N` gets about N bytes of chat
+  chunks of 4 KiB each, as fast as the connection takes them;
 - retry path: a request carrying `x-bench-fail: <token>` answers 503 the first time that
   token is seen and 200 the second time, so a proxy's retry of the same request succeeds
   while the load generator marks every other request with a fresh token (50 %).
@@ -100,6 +102,9 @@ class Upstream:
         anthropic = request.path.endswith("/messages")
         if not _wants_stream(body):
             return web.Response(body=_ANTHROPIC if anthropic else _OPENAI, headers=_JSON)
+        size = request.headers.get("x-bench-bytes")
+        if size is not None and not anthropic:
+            return await _long_stream(request, int(size))
         chunks = int(request.headers.get("x-bench-chunks", self.chunks))
         delay_ms = request.headers.get("x-bench-delay-ms")
         delay = float(delay_ms) / 1000 if delay_ms is not None else self.delay
@@ -114,6 +119,26 @@ class Upstream:
         await resp.write(_ANTHROPIC_STOP if anthropic else _OPENAI_DONE)
         await resp.write_eof()
         return resp
+
+
+_BIG_CHUNK = (
+    b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+    b'"model":"bench-upstream-model","choices":[{"index":0,"delta":{"content":"'
+    + b"tok " * 1000
+    + b'"},"finish_reason":null}]}\n\n'
+)
+
+
+async def _long_stream(request: web.BaseRequest, size: int) -> web.StreamResponse:
+    resp = web.StreamResponse(headers=_SSE)
+    await resp.prepare(request)
+    sent = 0
+    while sent < size:
+        await resp.write(_BIG_CHUNK)
+        sent += len(_BIG_CHUNK)
+    await resp.write(_OPENAI_DONE)
+    await resp.write_eof()
+    return resp
 
 
 def raise_nofile() -> None:

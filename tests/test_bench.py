@@ -29,6 +29,8 @@ FIGURES = {
     "retry_rps",
     "streams_rss",
     "streams_ok",
+    "long_first",
+    "long_last",
 }
 
 
