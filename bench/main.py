@@ -24,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.peers import Peer, start_litellm, start_portkey
 from bench.procs import Procs, cpu_seconds, free_port, raise_nofile, rss_mb, wait_port
 
 HERE = Path(__file__).resolve().parent
@@ -98,8 +99,13 @@ class Target:
 
 
 class Bench:
-    def __init__(self, profile: Profile, procs: Procs, work: Path, use_wrk: bool) -> None:
+    def __init__(
+        self, profile: Profile, procs: Procs, work: Path, use_wrk: bool, peers: bool = False
+    ) -> None:
         self.profile = profile
+        self.with_peers = peers
+        self.peers: list[Peer] = []
+        self.headers: dict[str, dict[str, str]] = {}
         self.procs = procs
         self.work = work
         self.use_wrk = use_wrk
@@ -160,6 +166,12 @@ class Bench:
         self.urls["hydrallm"] = f"http://127.0.0.1:{port}"
         self.pids["hydrallm"] = proc.pid
         self.upstream_port = up
+        if self.with_peers:
+            self.peers = [start_portkey(self.procs, up), start_litellm(self.procs, self.work, up)]
+            for peer in self.peers:
+                self.urls[peer.name] = peer.url
+                self.pids[peer.name] = peer.pid
+                self.headers[peer.name] = peer.headers
 
     def _start_hydrallm(
         self, upstream_port: int, name: str
@@ -181,10 +193,17 @@ class Bench:
             self.figures[key] = Figure(key, label, unit)
         return self.figures[key]
 
-    def rounds(self) -> Iterator[tuple[int, str]]:
+    def rounds(self, *, peers: bool = False) -> Iterator[tuple[int, str]]:
+        """Every target once per round, interleaved; with `peers`, the peer gateways too."""
+        names = [*TARGETS, *(p.name for p in self.peers)] if peers else list(TARGETS)
         for r in range(self.profile.rounds):
-            for target in TARGETS:
+            for target in names:
                 yield r, target
+
+    def header_args(self, target: str) -> list[str]:
+        return [
+            a for k, v in self.headers.get(target, {}).items() for a in ("--header", f"{k}:{v}")
+        ]
 
     def loadgen(self, url: str, body: str, conc: int, *extra: str) -> dict[str, Any]:
         argv = [
@@ -212,19 +231,27 @@ class Bench:
         pid = self.pids[target]
         cpu0 = cpu_seconds(pid)
         if self.use_wrk:
-            result = self._wrk(url, body, conc, duration, fail_every)
+            result = self._wrk(url, body, conc, duration, fail_every, self.headers.get(target))
         else:
             extra = ["--duration", str(duration), "--fail-every", str(max(fail_every, 0))]
-            result = self.loadgen(url, body, conc, *extra)
+            result = self.loadgen(url, body, conc, *extra, *self.header_args(target))
         cpu = cpu_seconds(pid) - cpu0
         n = result["requests"]
         result["cpu_ms_per_req"] = cpu * 1000 / n if n else None
         return result
 
     def _wrk(
-        self, url: str, body: str, conc: int, duration: float, fail_every: int
+        self,
+        url: str,
+        body: str,
+        conc: int,
+        duration: float,
+        fail_every: int,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         env = os.environ | {"BENCH_BODY_FILE": str(self.bodies[body])}
+        if headers:
+            env["BENCH_HEADERS"] = "\n".join(f"{k}:{v}" for k, v in headers.items())
         if fail_every >= 0:
             env["BENCH_FAIL_EVERY"] = str(fail_every)
         argv = [
@@ -269,7 +296,7 @@ class Bench:
 
     def non_streaming(self) -> None:
         p = self.profile
-        for _, target in self.rounds():
+        for _, target in self.rounds(peers=True):
             for c in p.concurrencies:
                 r = self.load(target, "small", c, p.duration)
                 self.fig(f"rps_c{c}", f"non-stream throughput c{c}", "req/s").add(target, r["rps"])
@@ -281,8 +308,10 @@ class Bench:
 
     def streaming(self) -> None:
         p = self.profile
-        for _, target in self.rounds():
+        for _, target in self.rounds(peers=True):
             for c in p.stream_concurrencies:
+                pid = self.pids[target]
+                cpu0 = cpu_seconds(pid)
                 url = self.urls[target] + OPENAI_PATH
                 r = self.loadgen(
                     url,
@@ -295,8 +324,15 @@ class Bench:
                     str(min(p.warmup, 0.3)),
                     "--header",
                     f"x-bench-delay-ms:{p.chunk_delay_ms}",
+                    *self.header_args(target),
                 )
+                cpu = cpu_seconds(pid) - cpu0
                 label = f"{p.chunks}-chunk stream"
+                if target != "direct" and r["requests"]:
+                    self.fig(f"stream_cpu_c{c}", f"proxy CPU per stream c{c}", "ms").add(
+                        target, cpu * 1000 / r["requests"]
+                    )
+                self.fig(f"stream_rps_c{c}", f"{label}s/s c{c}", "1/s").add(target, r["rps"])
                 self.fig(f"stream_ttfb_c{c}", f"{label} TTFB p50 c{c}", "ms").add(
                     target, r["ttfb_p50_ms"]
                 )
@@ -436,7 +472,7 @@ class Bench:
         )
 
     def memory(self, when: str) -> None:
-        for target in ("passthrough", "hydrallm"):
+        for target in ("passthrough", "hydrallm", *(p.name for p in self.peers)):
             label = "RSS idle" if when == "idle" else "RSS after the load rounds"
             self.fig(f"rss_{when}", label, "MB").add(target, rss_mb(self.pids[target]))
 
@@ -584,14 +620,15 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
 
 
-def table(figs: dict[str, Figure], targets: list[Target]) -> str:
-    head = ("figure", "unit", "direct", "pass-through", "hydrallm", "hy/direct", "hy/pt")
+def table(figs: dict[str, Figure], targets: list[Target], peers: Sequence[str] = ()) -> str:
+    head: tuple[str, ...] = ("figure", "unit", "direct", "pass-through", "hydrallm")
+    head += (*peers, "hy/direct", "hy/pt")
     rows = [head]
     for f in figs.values():
         d, p, h = (f.get(t) for t in TARGETS)
-        rows.append(
-            (f.label, f.unit, _fmt(d), _fmt(p), _fmt(h), _fmt(_ratio(h, d)), _fmt(_ratio(h, p)))
-        )
+        others = tuple(_fmt(f.get(name)) for name in peers)
+        ratios = (_fmt(_ratio(h, d)), _fmt(_ratio(h, p)))
+        rows.append((f.label, f.unit, _fmt(d), _fmt(p), _fmt(h), *others, *ratios))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = []
     for i, r in enumerate(rows):
@@ -621,6 +658,7 @@ def to_json(bench: Bench, targets: list[Target], elapsed: float) -> dict[str, An
             "hydrallm": h,
             "ratio_direct": _ratio(h, d),
             "ratio_passthrough": _ratio(h, p),
+            **{peer.name: f.get(peer.name) for peer in bench.peers},
             "samples": f.values,
         }
     return {
@@ -632,6 +670,7 @@ def to_json(bench: Bench, targets: list[Target], elapsed: float) -> dict[str, An
             "machine": platform.platform(),
             "python": platform.python_version(),
             "elapsed_s": round(elapsed, 1),
+            "peers": {peer.name: peer.version for peer in bench.peers},
         },
         "figures": figures,
         "targets": [asdict(t) for t in targets],
@@ -644,6 +683,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--quick", action="store_true", help="one round, < 1 minute")
     group.add_argument("--smoke", action="store_true", help="tiny settings, for the test")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run LiteLLM's proxy and Portkey's gateway (installed on first use)",
+    )
     parser.add_argument("--duration", type=float, help="seconds per measurement (override)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (override)")
     parser.add_argument(
@@ -667,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hydrallm-bench-") as tmp:
         procs = Procs(Path(tmp))
         try:
-            bench = Bench(profile, procs, Path(tmp), use_wrk)
+            bench = Bench(profile, procs, Path(tmp), use_wrk, peers=args.peers)
             bench.start()
             print(
                 f"bench: profile {profile.name}, load generator {'wrk' if use_wrk else 'python'}",
@@ -683,7 +727,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             procs.close()
     targets = evaluate(bench.figures)
-    print(table(bench.figures, targets))
+    names = [f"{p.name} {p.version}" for p in bench.peers]
+    print(table(bench.figures, targets, [p.name for p in bench.peers]))
+    if names:
+        print(f"\npeers: {', '.join(names)}")
     if args.json is not None:
         args.json.write_text(
             json.dumps(to_json(bench, targets, time.perf_counter() - started), indent=2) + "\n"

@@ -8,6 +8,11 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- $BENCH_HEADERS: more headers, one "name:value" a line (a peer gateway's routing headers).
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
+   local name, value = string.match(line, "^([^:]+):(.*)$")
+   if name then wrk.headers[name] = value end
+end
 
 -- Unset: wrk sends one pre-built request (fastest).  Set, even to 0, request() builds each
 -- request in Lua, so the retry row's clean baseline pays the same load-generator cost.
