@@ -25,7 +25,9 @@ from hydrallm.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from hydrallm.formats.peek import Commit, Failed, Peeker, StreamKind, stream_kind
+from hydrallm.formats.base import WireFormat
+from hydrallm.formats.peek import Commit, Failed, Peeker
+from hydrallm.formats.registry import select_format
 from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
@@ -59,12 +61,17 @@ class Committed:
     response: Response
     prefix: list[bytes]  # body bytes already read, to be written first
     complete: bool  # the whole body is in `prefix`
-    kind: StreamKind | None  # stream format, when the body is a stream we understand
+    format: WireFormat | None  # the body's wire format, when it is a stream
     model: ModelConfig
     model_name: str
     attempts: int
     chain: Sequence[ModelConfig]  # the plan's chain, for mid-stream recovery
     attempt: Attempt
+
+    @property
+    def kind(self) -> WireFormat | None:
+        """Older name of `format` (the handler tests it for None: is this a stream?)."""
+        return self.format
 
 
 @dataclass(slots=True)
@@ -262,7 +269,7 @@ class Engine:
                             response=response,
                             prefix=[body],
                             complete=False,
-                            kind=None,
+                            format=None,
                             model=model,
                             model_name=outgoing.model_label,
                             attempts=attempt.number,
@@ -289,14 +296,16 @@ class Engine:
                         counts_for_cooldown=retry.is_retryable_status(status) or decision.too_long,
                     )
                 content_type = get("Content-Type", "")
-                kind = stream_kind(content_type, request.path, model.type)
-                if kind is None and (request.streaming or "ndjson" in content_type):
-                    # A stream in a format we do not decode (Ollama's NDJSON, ...): relay it
-                    # as it comes, from its first byte, instead of buffering it as a body.
-                    kind = StreamKind.UNKNOWN
+                fmt = select_format(
+                    content_type,
+                    api=model.type,
+                    path=request.path,
+                    streaming=request.streaming,
+                    encoding=get("Content-Encoding", ""),
+                )
                 prefix: list[bytes] = []
                 complete = False
-                if kind is None:
+                if fmt is None:
                     phase = "body"
                     size = 0
                     while size < PRECOMMIT_BODY_LIMIT:
@@ -309,10 +318,9 @@ class Engine:
                 else:
                     phase = "first_token"
                     # A compressed stream is relayed as it is; the peek reads through it.
+                    # (br, zstd...: the registry chose passthrough, which commits at once.)
                     inflate = _inflater(get("Content-Encoding", ""))
-                    if inflate is False:
-                        kind = StreamKind.UNKNOWN  # br, zstd...: commit on the first byte
-                    peeker = Peeker(kind)
+                    peeker = fmt.peeker()
                     while True:
                         chunk = await response.read_chunk()
                         if chunk:
@@ -366,7 +374,7 @@ class Engine:
             response=response,
             prefix=prefix,
             complete=complete,
-            kind=kind,
+            format=fmt,
             model=model,
             model_name=outgoing.model_label,
             attempts=attempt.number,
