@@ -72,14 +72,14 @@ def anthropic_event_usage(data: Mapping[str, Any]) -> Usage | None:
 
 
 def anthropic_usage(usage: object) -> Usage | None:
-    """An Anthropic ``usage`` object; its ``input_tokens`` leave out the cache, added here."""
+    """An Anthropic ``usage`` object (its ``input_tokens`` already leave out the cache)."""
     if not isinstance(usage, Mapping):
         return None
     read = int_field(usage, "cache_read_input_tokens")
     write = int_field(usage, "cache_creation_input_tokens")
     uncached = int_field(usage, "input_tokens")
     found = Usage(
-        input_tokens=None if uncached is None else uncached + (read or 0) + (write or 0),
+        input_tokens=uncached,
         output_tokens=int_field(usage, "output_tokens"),
         cache_read_tokens=read,
         cache_write_tokens=write,

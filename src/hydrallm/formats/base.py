@@ -44,12 +44,11 @@ __all__ = ["EventReader", "SSEFormat", "SSEReader", "Usage", "WireFormat", "int_
 class Usage:
     """Tokens one answer used, as the upstream reported them (None: not reported).
 
-    ``input_tokens`` counts every input token, cached or not: OpenAI's
-    ``prompt_tokens`` / ``input_tokens`` already do; for Anthropic and Bedrock, whose
-    ``input_tokens`` leave out cache reads and writes, the formats add them in, so the
-    number means the same whichever API answered. ``cache_read_tokens`` and
-    ``cache_write_tokens`` are the parts of it read from / written to the prompt cache
-    (OpenAI reports no cache writes).
+    ``input_tokens`` are the input tokens neither read from nor written to the prompt
+    cache (Anthropic's and Bedrock's meaning); OpenAI's ``prompt_tokens`` /
+    ``input_tokens`` include the cached ones, so its formats subtract them. Each field
+    then merges on its own (see `merged`), and `total_input` is the same sum for every
+    API. OpenAI reports no cache writes.
     """
 
     input_tokens: int | None = None
@@ -75,6 +74,13 @@ class Usage:
             if later.cache_write_tokens is not None
             else self.cache_write_tokens,
         )
+
+    @property
+    def total_input(self) -> int | None:
+        """Every input token, cached or not (None when the input was not reported)."""
+        if self.input_tokens is None:
+            return None
+        return self.input_tokens + (self.cache_read_tokens or 0) + (self.cache_write_tokens or 0)
 
     @property
     def empty(self) -> bool:

@@ -58,9 +58,10 @@ class EventStreamReader:
     """Event-stream frames to events.
 
     An `event` message becomes an event named by its `:event-type` with its JSON
-    payload as data; an `exception` message one named by its `:exception-type` (AWS
-    names all end in "Exception"); a protocol `error` message one named "error". A
-    corrupt frame ends the reading: nothing after it can be trusted.
+    payload as data; an `exception` message one named "exception" whose data adds the
+    `:exception-type` header to the payload; a protocol `error` message one named
+    "error" whose data holds its `:error-code` and `:error-message` headers. A corrupt
+    frame ends the reading: nothing after it can be trusted.
     """
 
     __slots__ = ("_broken", "_decoder")
@@ -85,12 +86,11 @@ def _event(message: Message) -> Event:
     data = _object(message.payload)
     kind = message.message_type
     if kind == "exception":
-        name = message.exception_type or "exception"
+        name = "exception"
+        data = {**(data or {}), ":exception-type": message.exception_type}
     elif kind == "error":
-        code = message.headers.get(":error-code")
-        text_ = message.headers.get(":error-message")
         name = "error"
-        data = {"code": code, "message": text_}
+        data = {key: message.headers.get(key) for key in (":error-code", ":error-message")}
     else:
         name = message.event_type or "event"
     return Event(name, data, text, b"")
@@ -133,8 +133,7 @@ class BedrockEventStream(WireFormat):
         return b"exception" in raw or b"error" in raw
 
     def is_error_event(self, event: Event) -> bool:
-        name = event.name or ""
-        return name in ("error", "exception") or name.endswith("Exception")
+        return event.name in ("exception", "error")
 
     def is_terminal(self, event: Event) -> bool:
         if event.name == "metadata":
@@ -188,7 +187,7 @@ def _chunk(event: Event) -> dict[str, Any] | None:
 
 
 def converse_usage(usage: object) -> Usage | None:
-    """A Converse ``usage`` (``inputTokens`` leave out the cache, added here).
+    """A Converse ``usage`` (``inputTokens`` already leave out the cache).
 
     Nova's InvokeModel body spells the cache fields ``...TokenCount``; both are read.
     """
@@ -198,7 +197,7 @@ def converse_usage(usage: object) -> Usage | None:
     write = _first(usage, "cacheWriteInputTokens", "cacheWriteInputTokenCount")
     uncached = int_field(usage, "inputTokens")
     found = Usage(
-        input_tokens=None if uncached is None else uncached + (read or 0) + (write or 0),
+        input_tokens=uncached,
         output_tokens=int_field(usage, "outputTokens"),
         cache_read_tokens=read,
         cache_write_tokens=write,
@@ -211,7 +210,7 @@ def _metrics_usage(metrics: Mapping[str, Any]) -> Usage | None:
     write = int_field(metrics, "cacheWriteInputTokenCount")
     uncached = int_field(metrics, "inputTokenCount")
     found = Usage(
-        input_tokens=None if uncached is None else uncached + (read or 0) + (write or 0),
+        input_tokens=uncached,
         output_tokens=int_field(metrics, "outputTokenCount"),
         cache_read_tokens=read,
         cache_write_tokens=write,

@@ -85,13 +85,17 @@ class OpenAIResponses(SSEFormat):
 
 
 def responses_usage(usage: object) -> Usage | None:
-    """A Responses ``usage`` object (``input_tokens`` already include cached ones)."""
+    """A Responses ``usage`` object (``input_tokens`` include the cached ones)."""
     if not isinstance(usage, Mapping):
         return None
+    prompt = int_field(usage, "input_tokens")
+    cached = int_field(usage, "input_tokens_details", "cached_tokens")
+    if prompt is not None and cached is not None:
+        prompt = max(0, prompt - cached)  # the cached part is counted in cache_read_tokens
     found = Usage(
-        input_tokens=int_field(usage, "input_tokens"),
+        input_tokens=prompt,
         output_tokens=int_field(usage, "output_tokens"),
-        cache_read_tokens=int_field(usage, "input_tokens_details", "cached_tokens"),
+        cache_read_tokens=cached,
     )
     return None if found.empty else found
 
