@@ -175,3 +175,21 @@ def test_bedrock_exceptions_read_as_error_events_with_their_type() -> None:
     # An ordinary event is none, whatever its name.
     [plain] = BEDROCK_EVENTSTREAM.reader().feed(_frame("messageStop", {"stopReason": "x"}))
     assert not BEDROCK_EVENTSTREAM.is_error_event(plain)
+
+
+def test_recovery_is_a_provider_capability_that_matches_its_stream_formats() -> None:
+    from hydrallm.providers import provider_for
+
+    # OpenAI and Anthropic answer in SSE formats the splice reads; Bedrock in frames.
+    assert provider_for("openai").supports_recovery
+    assert provider_for("anthropic").supports_recovery
+    assert not provider_for("bedrock").supports_recovery
+    for api, path, media in [
+        ("openai", "/v1/chat/completions", SSE),
+        ("openai", "/v1/responses", SSE),
+        ("anthropic", "/v1/messages", SSE),
+        ("bedrock", "/model/m/converse-stream", EVENTSTREAM),
+    ]:
+        fmt = select_format(media, api=api, path=path, streaming=True)
+        assert fmt is not None
+        assert fmt.supports_recovery is provider_for(api).supports_recovery
