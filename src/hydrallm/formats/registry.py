@@ -73,5 +73,11 @@ def select_format(
 
 
 def for_kind(kind: StreamKind) -> WireFormat:
-    """The format object of a `StreamKind` (for code still keyed by kind)."""
+    """The format object of a `StreamKind` (for code still keyed by kind).
+
+    A format that recovery does not know needs no kind of its own: it keeps the base's
+    UNKNOWN, which stays passthrough's.
+    """
+    if kind is StreamKind.UNKNOWN:
+        return PASSTHROUGH
     return next(fmt for fmt in FORMATS if fmt.kind is kind)
