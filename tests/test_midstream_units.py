@@ -18,6 +18,7 @@ from hydrallm.formats.midstream import (
     prefill_body,
 )
 from hydrallm.formats.peek import StreamKind
+from hydrallm.formats.registry import for_kind
 from hydrallm.proxy.recovery import GuardedResponse
 from hydrallm.testing import CANONICAL_TEXT, split_text
 from hydrallm.testing.answers import AnswerSpec, Api, ToolCall, error_event, stream_answer
@@ -201,7 +202,7 @@ async def test_an_upstream_error_event_becomes_a_break_not_bytes(api: Api) -> No
     failure = error_event(api, "overloaded_error", "Overloaded", spec=AnswerSpec("m", "a"))
     wire = head + failure
     # Split mid-event, so the error event arrives in two pieces.
-    guard = GuardedResponse(_Upstream([wire[:-7], wire[-7:]]), KINDS[api])
+    guard = GuardedResponse(_Upstream([wire[:-7], wire[-7:]]), for_kind(KINDS[api]))
     passed = b""
     with pytest.raises(StreamFailure, match="overloaded"):
         while chunk := await guard.read_chunk():
@@ -213,7 +214,7 @@ async def test_an_error_event_read_before_commit_is_held_back_too() -> None:
     stream = answer(Api.MESSAGES)
     head = b"".join(stream.head + stream.content[:2])
     failure = error_event(Api.MESSAGES)
-    guard = GuardedResponse(_Upstream([]), StreamKind.ANTHROPIC)
+    guard = GuardedResponse(_Upstream([]), for_kind(StreamKind.ANTHROPIC))
     assert guard.hold([head + failure]) == [head]
     with pytest.raises(StreamFailure):
         await guard.read_chunk()

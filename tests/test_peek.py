@@ -10,15 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hydrallm.formats.errors import error_event
+from hydrallm.formats.anthropic_messages import ANTHROPIC_MESSAGES
+from hydrallm.formats.base import WireFormat
+from hydrallm.formats.bedrock_eventstream import BEDROCK_EVENTSTREAM
 from hydrallm.formats.eventstream import encode_message
+from hydrallm.formats.openai_chat import OPENAI_CHAT
+from hydrallm.formats.openai_responses import OPENAI_RESPONSES
+from hydrallm.formats.passthrough import PASSTHROUGH
 from hydrallm.formats.peek import (
     Commit,
     Failed,
     Peeker,
-    StreamKind,
-    stream_kind,
 )
+from hydrallm.formats.registry import FORMATS, select_format
 
 
 def sse(event: str | None, data: object) -> bytes:
@@ -90,7 +94,7 @@ def bedrock_exception(name: str, message: str) -> bytes:
     return encode_message(headers, json.dumps({"message": message}).encode())
 
 
-def run(kind: StreamKind, *chunks: bytes, max_bytes: int = 64 * 1024) -> Commit | Failed | None:
+def run(kind: WireFormat, *chunks: bytes, max_bytes: int = 64 * 1024) -> Commit | Failed | None:
     """Feed chunks one by one, stopping at the first verdict, as the proxy does."""
     peeker = Peeker(kind, max_bytes=max_bytes)
     for chunk in chunks:
@@ -104,77 +108,77 @@ def bytewise(data: bytes) -> list[bytes]:
     return [data[i : i + 1] for i in range(len(data))]
 
 
-# --- stream_kind ------------------------------------------------------------
+# --- select_format ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("content_type", "path", "api_type", "expected"),
     [
-        ("text/event-stream", "/v1/messages", "anthropic", StreamKind.ANTHROPIC),
+        ("text/event-stream", "/v1/messages", "anthropic", ANTHROPIC_MESSAGES),
         (
             "text/event-stream; charset=utf-8",
             "/v1/chat/completions",
             "openai",
-            StreamKind.OPENAI_CHAT,
+            OPENAI_CHAT,
         ),
-        ("Text/Event-Stream", "/v1/responses", "openai", StreamKind.OPENAI_RESPONSES),
+        ("Text/Event-Stream", "/v1/responses", "openai", OPENAI_RESPONSES),
         (
             "application/vnd.amazon.eventstream",
             "/model/x/converse-stream",
             "bedrock",
-            StreamKind.EVENTSTREAM,
+            BEDROCK_EVENTSTREAM,
         ),
         ("application/json", "/v1/chat/completions", "openai", None),
         ("", "/v1/messages", "anthropic", None),
     ],
 )
-def test_stream_kind(
-    content_type: str, path: str, api_type: str, expected: StreamKind | None
+def test_select_format(
+    content_type: str, path: str, api_type: str, expected: WireFormat | None
 ) -> None:
-    assert stream_kind(content_type, path, api_type) is expected
+    assert select_format(content_type, api=api_type, path=path, streaming=False) is expected
 
 
 # --- OpenAI chat --------------------------------------------------------------
 
 
 def test_chat_commits_on_first_chunk_even_with_empty_role_delta() -> None:
-    assert run(StreamKind.OPENAI_CHAT, b": keep-alive\n\n", chat_chunk(None)) == Commit()
+    assert run(OPENAI_CHAT, b": keep-alive\n\n", chat_chunk(None)) == Commit()
 
 
 def test_chat_keepalives_stay_pending() -> None:
-    assert run(StreamKind.OPENAI_CHAT, b": PROCESSING\n\n", b":\n\n") is None
+    assert run(OPENAI_CHAT, b": PROCESSING\n\n", b":\n\n") is None
 
 
 def test_chat_error_chunk_fails_with_its_type() -> None:
     error = {"error": {"message": "Overloaded", "type": "server_error", "code": None}}
-    assert run(StreamKind.OPENAI_CHAT, sse(None, error)) == Failed("server_error", "Overloaded")
+    assert run(OPENAI_CHAT, sse(None, error)) == Failed("server_error", "Overloaded")
 
 
 def test_chat_rate_limit_is_labelled_by_its_code() -> None:
     error = {"error": {"message": "slow down", "type": "tokens", "code": "rate_limit_exceeded"}}
-    verdict = run(StreamKind.OPENAI_CHAT, *bytewise(sse(None, error)))
+    verdict = run(OPENAI_CHAT, *bytewise(sse(None, error)))
     assert verdict == Failed("rate_limit_exceeded", "slow down")
 
 
 def test_chat_invalid_request_error_is_not_retryable() -> None:
     error = {"error": {"message": "too long", "type": "invalid_request_error"}}
-    verdict = run(StreamKind.OPENAI_CHAT, sse(None, error))
+    verdict = run(OPENAI_CHAT, sse(None, error))
     assert isinstance(verdict, Failed)
     assert not verdict.retryable
 
 
 def test_chat_done_first_commits() -> None:
-    assert run(StreamKind.OPENAI_CHAT, b"data: [DONE]\n\n") == Commit()
+    assert run(OPENAI_CHAT, b"data: [DONE]\n\n") == Commit()
 
 
 def test_chat_non_json_first_event_is_undecodable() -> None:
-    verdict = run(StreamKind.OPENAI_CHAT, b"data: <html>oops</html>\n\n")
+    verdict = run(OPENAI_CHAT, b"data: <html>oops</html>\n\n")
     assert isinstance(verdict, Failed)
     assert verdict.kind == "undecodable_event"
 
 
 def test_chat_eof_before_any_event_fails() -> None:
-    peeker = Peeker(StreamKind.OPENAI_CHAT)
+    peeker = Peeker(OPENAI_CHAT)
     assert peeker.feed(b": keep-alive\n\n") is None
     verdict = peeker.eof()
     assert isinstance(verdict, Failed)
@@ -182,7 +186,7 @@ def test_chat_eof_before_any_event_fails() -> None:
 
 
 def test_chat_unterminated_done_at_eof_commits() -> None:
-    peeker = Peeker(StreamKind.OPENAI_CHAT)
+    peeker = Peeker(OPENAI_CHAT)
     assert peeker.feed(b"data: [DONE]\n") is None
     assert peeker.eof() == Commit()
 
@@ -211,7 +215,7 @@ RESPONSES_PREAMBLE = [
 
 
 def test_responses_preamble_is_pending_and_first_delta_commits() -> None:
-    assert run(StreamKind.OPENAI_RESPONSES, *RESPONSES_PREAMBLE) is None
+    assert run(OPENAI_RESPONSES, *RESPONSES_PREAMBLE) is None
     delta = responses_event(
         "response.output_text.delta",
         4,
@@ -220,17 +224,17 @@ def test_responses_preamble_is_pending_and_first_delta_commits() -> None:
         content_index=0,
         delta="Hi",
     )
-    assert run(StreamKind.OPENAI_RESPONSES, *RESPONSES_PREAMBLE, delta) == Commit()
+    assert run(OPENAI_RESPONSES, *RESPONSES_PREAMBLE, delta) == Commit()
 
 
 def test_responses_reasoning_delta_commits() -> None:
     delta = responses_event("response.reasoning_summary_text.delta", 2, delta="Thinking")
-    assert run(StreamKind.OPENAI_RESPONSES, *RESPONSES_PREAMBLE[:2], delta) == Commit()
+    assert run(OPENAI_RESPONSES, *RESPONSES_PREAMBLE[:2], delta) == Commit()
 
 
 def test_responses_incomplete_is_an_answer() -> None:
     incomplete = responses_event("response.incomplete", 2, response=RESPONSE)
-    assert run(StreamKind.OPENAI_RESPONSES, *RESPONSES_PREAMBLE[:2], incomplete) == Commit()
+    assert run(OPENAI_RESPONSES, *RESPONSES_PREAMBLE[:2], incomplete) == Commit()
 
 
 def test_responses_failed_before_output_fails() -> None:
@@ -243,7 +247,7 @@ def test_responses_failed_before_output_fails() -> None:
             "error": {"code": "server_error", "message": "x"},
         },
     )
-    verdict = run(StreamKind.OPENAI_RESPONSES, *RESPONSES_PREAMBLE[:2], failed)
+    verdict = run(OPENAI_RESPONSES, *RESPONSES_PREAMBLE[:2], failed)
     assert verdict == Failed("response.failed", "server_error: x")
 
 
@@ -253,17 +257,17 @@ def test_responses_error_event_in_the_live_nested_shape() -> None:
         2,
         error={"type": "too_many_requests", "code": "too_many_requests", "message": "Too Many"},
     )
-    verdict = run(StreamKind.OPENAI_RESPONSES, RESPONSES_PREAMBLE[0], error)
+    verdict = run(OPENAI_RESPONSES, RESPONSES_PREAMBLE[0], error)
     assert verdict == Failed("too_many_requests", "Too Many")
 
 
 def test_responses_error_event_in_the_documented_flat_shape() -> None:
     error = responses_event("error", 0, code="rate_limit_exceeded", message="slow", param=None)
-    assert run(StreamKind.OPENAI_RESPONSES, error) == Failed("rate_limit_exceeded", "slow")
+    assert run(OPENAI_RESPONSES, error) == Failed("rate_limit_exceeded", "slow")
 
 
 def test_responses_eof_after_preamble_fails() -> None:
-    peeker = Peeker(StreamKind.OPENAI_RESPONSES)
+    peeker = Peeker(OPENAI_RESPONSES)
     for event in RESPONSES_PREAMBLE:
         assert peeker.feed(event) is None
     verdict = peeker.eof()
@@ -275,13 +279,13 @@ def test_responses_eof_after_preamble_fails() -> None:
 
 
 def test_anthropic_preamble_pending_then_delta_commits() -> None:
-    assert run(StreamKind.ANTHROPIC, MESSAGE_START, BLOCK_START, PING) is None
-    assert run(StreamKind.ANTHROPIC, MESSAGE_START, BLOCK_START, PING, TEXT_DELTA) == Commit()
+    assert run(ANTHROPIC_MESSAGES, MESSAGE_START, BLOCK_START, PING) is None
+    assert run(ANTHROPIC_MESSAGES, MESSAGE_START, BLOCK_START, PING, TEXT_DELTA) == Commit()
 
 
 def test_anthropic_whole_stream_in_one_chunk_commits() -> None:
     stop = sse("message_stop", {"type": "message_stop"})
-    assert run(StreamKind.ANTHROPIC, MESSAGE_START + PING + stop) == Commit()
+    assert run(ANTHROPIC_MESSAGES, MESSAGE_START + PING + stop) == Commit()
 
 
 def test_anthropic_overloaded_after_message_start_fails() -> None:
@@ -289,23 +293,23 @@ def test_anthropic_overloaded_after_message_start_fails() -> None:
         "error",
         {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
     )
-    verdict = run(StreamKind.ANTHROPIC, *bytewise(MESSAGE_START + PING + error))
+    verdict = run(ANTHROPIC_MESSAGES, *bytewise(MESSAGE_START + PING + error))
     assert verdict == Failed("overloaded_error", "Overloaded")
 
 
 def test_anthropic_error_event_with_crlf_line_endings() -> None:
     error = b'event: error\r\ndata: {"type":"error","error":{"type":"api_error","message":"Internal"}}\r\n\r\n'
-    assert run(StreamKind.ANTHROPIC, error) == Failed("api_error", "Internal")
+    assert run(ANTHROPIC_MESSAGES, error) == Failed("api_error", "Internal")
 
 
 def test_anthropic_undecodable_event_fails() -> None:
-    verdict = run(StreamKind.ANTHROPIC, b"event: message_start\ndata: {not json\n\n")
+    verdict = run(ANTHROPIC_MESSAGES, b"event: message_start\ndata: {not json\n\n")
     assert isinstance(verdict, Failed)
     assert verdict.kind == "undecodable_event"
 
 
 def test_anthropic_eof_after_message_start_fails() -> None:
-    peeker = Peeker(StreamKind.ANTHROPIC)
+    peeker = Peeker(ANTHROPIC_MESSAGES)
     assert peeker.feed(MESSAGE_START + BLOCK_START) is None
     verdict = peeker.eof()
     assert isinstance(verdict, Failed)
@@ -317,17 +321,17 @@ def test_anthropic_eof_after_message_start_fails() -> None:
 
 def test_huge_preamble_commits_past_the_bound() -> None:
     big_start = sse("message_start", {"type": "message_start", "pad": "x" * 5000})
-    assert run(StreamKind.ANTHROPIC, big_start, max_bytes=4096) == Commit()
+    assert run(ANTHROPIC_MESSAGES, big_start, max_bytes=4096) == Commit()
 
 
 def test_bytes_without_any_line_fail_past_the_bound() -> None:
-    verdict = run(StreamKind.ANTHROPIC, b"x" * 5000, max_bytes=4096)
+    verdict = run(ANTHROPIC_MESSAGES, b"x" * 5000, max_bytes=4096)
     assert isinstance(verdict, Failed)
     assert verdict.kind == "undecodable_event"
 
 
 def test_verdict_is_sticky() -> None:
-    peeker = Peeker(StreamKind.OPENAI_CHAT)
+    peeker = Peeker(OPENAI_CHAT)
     assert peeker.feed(chat_chunk("a")) == Commit()
     assert peeker.feed(b"garbage") == Commit()
     assert peeker.eof() == Commit()
@@ -339,7 +343,7 @@ def test_verdict_is_sticky() -> None:
 
 def test_bedrock_first_event_commits_even_split_bytewise() -> None:
     frame = bedrock_event("messageStart", {"role": "assistant"})
-    assert run(StreamKind.EVENTSTREAM, *bytewise(frame)) == Commit()
+    assert run(BEDROCK_EVENTSTREAM, *bytewise(frame)) == Commit()
 
 
 @pytest.mark.parametrize(
@@ -353,20 +357,20 @@ def test_bedrock_first_event_commits_even_split_bytewise() -> None:
     ],
 )
 def test_bedrock_exception_first_fails(name: str, retryable: bool) -> None:
-    verdict = run(StreamKind.EVENTSTREAM, bedrock_exception(name, "Too many tokens"))
+    verdict = run(BEDROCK_EVENTSTREAM, bedrock_exception(name, "Too many tokens"))
     assert verdict == Failed(name, "Too many tokens", retryable)
 
 
 def test_bedrock_corrupt_frame_fails() -> None:
     frame = bytearray(bedrock_event("chunk", {"bytes": "e30="}))
     frame[20] ^= 0xFF
-    verdict = run(StreamKind.EVENTSTREAM, bytes(frame))
+    verdict = run(BEDROCK_EVENTSTREAM, bytes(frame))
     assert isinstance(verdict, Failed)
     assert verdict.kind == "corrupt_frame"
 
 
 def test_bedrock_truncated_then_closed_fails() -> None:
-    peeker = Peeker(StreamKind.EVENTSTREAM)
+    peeker = Peeker(BEDROCK_EVENTSTREAM)
     assert peeker.feed(bedrock_event("chunk", {"bytes": "e30="})[:-5]) is None
     verdict = peeker.eof()
     assert isinstance(verdict, Failed)
@@ -374,13 +378,13 @@ def test_bedrock_truncated_then_closed_fails() -> None:
 
 
 def test_unknown_commits_on_first_byte_and_fails_on_empty() -> None:
-    assert run(StreamKind.UNKNOWN, b"", b"x") == Commit()
-    verdict = Peeker(StreamKind.UNKNOWN).eof()
+    assert run(PASSTHROUGH, b"", b"x") == Commit()
+    verdict = Peeker(PASSTHROUGH).eof()
     assert isinstance(verdict, Failed)
 
 
-@given(st.lists(st.binary(max_size=80), max_size=8), st.sampled_from(list(StreamKind)))
-def test_random_bytes_never_crash_the_peeker(chunks: list[bytes], kind: StreamKind) -> None:
+@given(st.lists(st.binary(max_size=80), max_size=8), st.sampled_from(list(FORMATS)))
+def test_random_bytes_never_crash_the_peeker(chunks: list[bytes], kind: WireFormat) -> None:
     peeker = Peeker(kind, max_bytes=256)
     for chunk in chunks:
         peeker.feed(chunk)
@@ -393,23 +397,21 @@ def test_verdict_does_not_depend_on_chunking(cuts: list[int]) -> None:
     stream = MESSAGE_START + PING + error
     points = sorted({c % (len(stream) + 1) for c in cuts})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
-    assert run(StreamKind.ANTHROPIC, *chunks) == Failed("overloaded_error", "o")
+    assert run(ANTHROPIC_MESSAGES, *chunks) == Failed("overloaded_error", "o")
 
 
 # --- proxy-made error events: the peeker and the official SDKs read them as errors ---
 
 
-@pytest.mark.parametrize(
-    "kind", [StreamKind.ANTHROPIC, StreamKind.OPENAI_CHAT, StreamKind.OPENAI_RESPONSES]
-)
-def test_error_events_read_back_as_failures(kind: StreamKind) -> None:
+@pytest.mark.parametrize("kind", [ANTHROPIC_MESSAGES, OPENAI_CHAT, OPENAI_RESPONSES])
+def test_error_events_read_back_as_failures(kind: WireFormat) -> None:
     message = 'upstream "reset"\nline two \u2028 ü'
-    verdict = run(kind, error_event(kind, message, error_type="overloaded_error"))
+    verdict = run(kind, kind.error_event(message, error_type="overloaded_error"))
     assert verdict == Failed("overloaded_error", message)
 
 
 def test_error_event_for_unknown_stream_is_empty() -> None:
-    assert error_event(StreamKind.UNKNOWN, "x") == b""
+    assert PASSTHROUGH.error_event("x") == b""
 
 
 def _client(body: bytes) -> httpx2.Client:
@@ -420,7 +422,7 @@ def _client(body: bytes) -> httpx2.Client:
 
 
 def test_openai_sdk_raises_on_chat_error_event() -> None:
-    body = chat_chunk("Hel") + error_event(StreamKind.OPENAI_CHAT, "upstream reset")
+    body = chat_chunk("Hel") + OPENAI_CHAT.error_event("upstream reset")
     client = openai.OpenAI(api_key="k", base_url="http://upstream/v1", http_client=_client(body))
     stream = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -432,9 +434,7 @@ def test_openai_sdk_raises_on_chat_error_event() -> None:
 
 
 def test_openai_sdk_raises_on_responses_error_event() -> None:
-    body = RESPONSES_PREAMBLE[0] + error_event(
-        StreamKind.OPENAI_RESPONSES, "upstream reset", sequence_number=1
-    )
+    body = RESPONSES_PREAMBLE[0] + OPENAI_RESPONSES.error_event("upstream reset", sequence_number=1)
     client = openai.OpenAI(api_key="k", base_url="http://upstream/v1", http_client=_client(body))
     stream = client.responses.create(model="m", input="hi", stream=True)
     seen: list[str] = []
@@ -444,7 +444,7 @@ def test_openai_sdk_raises_on_responses_error_event() -> None:
 
 
 def test_anthropic_sdk_raises_on_error_event() -> None:
-    body = MESSAGE_START + TEXT_DELTA + error_event(StreamKind.ANTHROPIC, "upstream reset")
+    body = MESSAGE_START + TEXT_DELTA + ANTHROPIC_MESSAGES.error_event("upstream reset")
     client = anthropic.Anthropic(api_key="k", base_url="http://upstream", http_client=_client(body))
     stream = client.messages.create(
         model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}], stream=True

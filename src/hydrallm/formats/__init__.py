@@ -1,6 +1,10 @@
-"""Sans-IO stream handling: SSE and AWS event-stream decoders, the pre-commit
-peek that decides when a stream has started, and proxy-made error events."""
+"""Wire formats: one module per format (openai_chat, openai_responses, anthropic_messages,
+bedrock_eventstream, passthrough), their common base and the registry that picks one for
+a response; the shared codecs (SSE, AWS event-stream); the pre-commit peek; and the
+sans-IO recovery pieces (frames, transcript, splice, prefill) the formats delegate to."""
 
+from hydrallm.formats.base import Usage, WireFormat
+from hydrallm.formats.bedrock_eventstream import RETRYABLE_EXCEPTIONS
 from hydrallm.formats.errors import error_event
 from hydrallm.formats.eventstream import (
     EventStreamDecoder,
@@ -8,18 +12,12 @@ from hydrallm.formats.eventstream import (
     Message,
     encode_message,
 )
-from hydrallm.formats.peek import (
-    RETRYABLE_EXCEPTIONS,
-    Commit,
-    Failed,
-    Peeker,
-    StreamKind,
-    Verdict,
-    stream_kind,
-)
+from hydrallm.formats.peek import Commit, Failed, Peeker, StreamKind, Verdict
+from hydrallm.formats.registry import FORMATS, for_kind, select_format
 from hydrallm.formats.sse import SSEDecoder, SSEError, SSEEvent
 
 __all__ = [
+    "FORMATS",
     "RETRYABLE_EXCEPTIONS",
     "Commit",
     "EventStreamDecoder",
@@ -31,8 +29,11 @@ __all__ = [
     "SSEError",
     "SSEEvent",
     "StreamKind",
+    "Usage",
     "Verdict",
+    "WireFormat",
     "encode_message",
     "error_event",
-    "stream_kind",
+    "for_kind",
+    "select_format",
 ]

@@ -4,7 +4,13 @@ The proxy reads an upstream stream ahead, holding the bytes, until the first
 *meaningful* event arrives (the commit point). Until then an error event or a
 stream that closes early is a failure of that attempt, which may still be
 retried or fall back to another model; after it, bytes go to the client as
-they are. :class:`Peeker` is the pure state machine that makes the call.
+they are. :class:`Peeker` is the pure state machine that makes the call; it
+knows the codecs (SSE, AWS event-stream, raw bytes) and asks the wire format
+(a :class:`Judge`, see `formats/base.py`) what each decoded event means.
+
+Also here: the verdict types, `StreamKind` (the key the recovery modules
+transcript/splice/prefill/frames still switch on) and the helpers the format
+modules share to read error objects.
 """
 
 from __future__ import annotations
@@ -12,34 +18,27 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from hydrallm.formats.eventstream import EventStreamDecoder, EventStreamError, Message
 from hydrallm.formats.sse import SSEDecoder, SSEError, SSEEvent
 
 __all__ = [
+    "COMMIT",
     "DEFAULT_MAX_BYTES",
     "NON_RETRYABLE_ERROR_TYPES",
-    "RETRYABLE_EXCEPTIONS",
+    "Codec",
     "Commit",
     "Failed",
+    "Judge",
     "Peeker",
     "StreamKind",
     "Verdict",
-    "stream_kind",
+    "error_failure",
+    "parse_data",
 ]
 
 DEFAULT_MAX_BYTES = 64 * 1024
-
-RETRYABLE_EXCEPTIONS = frozenset(
-    {
-        "throttlingException",
-        "serviceUnavailableException",
-        "internalServerException",
-        "modelStreamErrorException",
-    }
-)
-"""Bedrock stream exceptions worth another try; others (validationException…) are not."""
 
 NON_RETRYABLE_ERROR_TYPES = frozenset(
     {
@@ -62,23 +61,6 @@ class StreamKind(enum.Enum):
     ANTHROPIC = "anthropic"
     EVENTSTREAM = "eventstream"
     UNKNOWN = "unknown"
-
-
-def stream_kind(content_type: str, path: str, api_type: str) -> StreamKind | None:
-    """Which stream format a response carries, or None when it is not a stream.
-
-    ``api_type`` is the endpoint's type ("openai", "anthropic", "bedrock").
-    """
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/vnd.amazon.eventstream":
-        return StreamKind.EVENTSTREAM
-    if media != "text/event-stream":
-        return None
-    if api_type == "anthropic":
-        return StreamKind.ANTHROPIC
-    if "/responses" in path:
-        return StreamKind.OPENAI_RESPONSES
-    return StreamKind.OPENAI_CHAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,32 +86,45 @@ class Failed:
 
 Verdict = Commit | Failed
 
-_COMMIT = Commit()
+COMMIT = Commit()
 
-# Responses API events that only announce what is coming.
-_RESPONSES_PREAMBLE = frozenset({"response.created", "response.queued", "response.in_progress"})
-_ANTHROPIC_PREAMBLE = frozenset({"message_start", "content_block_start", "ping"})
-_ANTHROPIC_CONTENT = frozenset(
-    {"content_block_delta", "content_block_stop", "message_delta", "message_stop"}
-)
+Codec = Literal["sse", "eventstream", "raw"]
+"""How a stream's bytes are cut into events: SSE, AWS event-stream frames, or not at all."""
+
+
+class Judge(Protocol):
+    """What the peek asks a wire format (every `WireFormat` is one)."""
+
+    @property
+    def codec(self) -> Codec: ...
+
+    def first_event(self, event: SSEEvent) -> Verdict | None:
+        """An SSE event before commit: commit, fail, or None (still pending)."""
+        ...
+
+    def first_message(self, message: Message) -> Verdict:
+        """The first event-stream message: commit or fail."""
+        ...
 
 
 class Peeker:
     """Feed the held bytes of one upstream stream; get a verdict or None (pending).
 
-    ``max_bytes`` bounds how much is held: past it, a stream that has shown
-    well-formed SSE commits (the proxy never holds a stream forever), while
-    one that has not produced a single line fails as undecodable.
-    Once given, the verdict is sticky: later calls return it again.
+    ``judge`` is the stream's wire format. ``max_bytes`` bounds how much is
+    held: past it, a stream that has shown well-formed SSE commits (the proxy
+    never holds a stream forever), while one that has not produced a single
+    line fails as undecodable. Once given, the verdict is sticky: later calls
+    return it again.
     """
 
-    def __init__(self, kind: StreamKind, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._kind = kind
+    def __init__(self, judge: Judge, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._judge = judge
         self._max_bytes = max_bytes
         self._seen = 0
         self._verdict: Verdict | None = None
-        self._sse = SSEDecoder() if _is_sse(kind) else None
-        self._frames = EventStreamDecoder() if kind is StreamKind.EVENTSTREAM else None
+        codec = judge.codec
+        self._sse = SSEDecoder() if codec == "sse" else None
+        self._frames = EventStreamDecoder() if codec == "eventstream" else None
 
     @property
     def verdict(self) -> Verdict | None:
@@ -168,7 +163,7 @@ class Peeker:
             return self._decide_sse(self._sse, chunk)
         if self._frames is not None:
             return self._decide_frames(self._frames, chunk)
-        return _COMMIT
+        return COMMIT
 
     def _decide_sse(self, decoder: SSEDecoder, chunk: bytes) -> Verdict | None:
         try:
@@ -177,18 +172,13 @@ class Peeker:
             return Failed("undecodable_event", str(exc))
         if verdict is None and self._seen > self._max_bytes:
             if decoder.lines_seen:
-                return _COMMIT
+                return COMMIT
             return Failed("undecodable_event", f"no SSE line in the first {self._seen} bytes")
         return verdict
 
     def _judge_events(self, events: list[SSEEvent]) -> Verdict | None:
         for event in events:
-            if self._kind is StreamKind.ANTHROPIC:
-                verdict = _judge_anthropic(event)
-            elif self._kind is StreamKind.OPENAI_RESPONSES:
-                verdict = _judge_responses(event)
-            else:
-                verdict = _judge_chat(event)
+            verdict = self._judge.first_event(event)
             if verdict is not None:
                 return verdict
         return None
@@ -198,14 +188,11 @@ class Peeker:
             messages = decoder.feed(chunk)
         except EventStreamError as exc:
             return Failed("corrupt_frame", str(exc))
-        return _judge_frame(messages[0]) if messages else None
+        return self._judge.first_message(messages[0]) if messages else None
 
 
-def _is_sse(kind: StreamKind) -> bool:
-    return kind in (StreamKind.OPENAI_CHAT, StreamKind.OPENAI_RESPONSES, StreamKind.ANTHROPIC)
-
-
-def _parse(event: SSEEvent) -> dict[str, Any] | Failed:
+def parse_data(event: SSEEvent) -> dict[str, Any] | Failed:
+    """An SSE event's data as a JSON object, or the failure to read it as one."""
     try:
         data = json.loads(event.data)
     except ValueError:
@@ -215,7 +202,7 @@ def _parse(event: SSEEvent) -> dict[str, Any] | Failed:
     return data
 
 
-def _error_failure(error: object, fallback_kind: str, *, prefer_code: bool = False) -> Failed:
+def error_failure(error: object, fallback_kind: str, *, prefer_code: bool = False) -> Failed:
     """Build a Failed from an ``{"type", "code", "message"}`` error object.
 
     OpenAI's ``code`` is the specific one ("rate_limit_exceeded" where
@@ -232,89 +219,3 @@ def _error_failure(error: object, fallback_kind: str, *, prefer_code: bool = Fal
         message = error
     retryable = kind not in NON_RETRYABLE_ERROR_TYPES
     return Failed(kind, message or "upstream sent an error event", retryable)
-
-
-def _judge_chat(event: SSEEvent) -> Verdict | None:
-    if event.data.strip() == "[DONE]":
-        return _COMMIT
-    if not event.data.strip():
-        return None
-    data = _parse(event)
-    if isinstance(data, Failed):
-        return data
-    if data.get("error") or event.event == "error":
-        return _error_failure(data.get("error", data), "error", prefer_code=True)
-    return _COMMIT
-
-
-def _judge_responses(event: SSEEvent) -> Verdict | None:
-    if event.data.strip() == "[DONE]":
-        return _COMMIT
-    data = _parse(event)
-    if isinstance(data, Failed):
-        return data
-    name = data.get("type") if isinstance(data.get("type"), str) else event.event
-    if name == "error" or event.event == "error":
-        # The live API nests the fields under "error"; the reference has them flat.
-        nested = data.get("error")
-        flat = {key: value for key, value in data.items() if key != "type"}
-        return _error_failure(
-            nested if isinstance(nested, dict) else flat, "error", prefer_code=True
-        )
-    if name == "response.failed":
-        response = data.get("response")
-        error = response.get("error") if isinstance(response, dict) else None
-        detail = _error_failure(error, "response.failed", prefer_code=True)
-        label = detail.kind if detail.kind != "response.failed" else ""
-        message = f"{label}: {detail.message}" if label else detail.message
-        return Failed("response.failed", message, detail.retryable)
-    if not isinstance(name, str):
-        return Failed("undecodable_event", "Responses event without a type")
-    if name in _RESPONSES_PREAMBLE or name.endswith((".added", ".in_progress")):
-        return None
-    return _COMMIT
-
-
-def _judge_anthropic(event: SSEEvent) -> Verdict | None:
-    data = _parse(event)
-    if isinstance(data, Failed):
-        return data
-    name = event.event or data.get("type")
-    if not isinstance(name, str):
-        return Failed("undecodable_event", "Anthropic event without a type")
-    if name == "error":
-        return _error_failure(data.get("error"), "error")
-    if name in _ANTHROPIC_CONTENT:
-        return _COMMIT
-    # message_start, content_block_start, ping, and event types added later
-    # are all pending; the byte bound keeps the wait finite.
-    return None
-
-
-def _judge_frame(message: Message) -> Verdict:
-    kind = message.message_type
-    if kind == "exception":
-        name = message.exception_type or "exception"
-        return Failed(name, _payload_message(message.payload), name in RETRYABLE_EXCEPTIONS)
-    if kind == "error":
-        # Protocol-level errors carry their detail in headers, not the payload.
-        code = message.headers.get(":error-code")
-        text = message.headers.get(":error-message")
-        return Failed(
-            code if isinstance(code, str) and code else "error",
-            text if isinstance(text, str) else "event-stream error",
-        )
-    return _COMMIT
-
-
-def _payload_message(payload: bytes) -> str:
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return payload.decode("utf-8", errors="replace")
-    if isinstance(data, dict):
-        for key in ("message", "Message"):
-            value = data.get(key)
-            if isinstance(value, str):
-                return value
-    return payload.decode("utf-8", errors="replace")

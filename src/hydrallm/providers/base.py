@@ -75,6 +75,9 @@ class Provider:
     """Base: OpenAI-style defaults.  Subclasses override what differs."""
 
     api_type = "openai"
+    # A stream broken after commit may be finished on another model of this API type
+    # (mid-stream recovery re-sends the request to it, prefilled or from the start).
+    supports_recovery = True
 
     def configure(self, config: Config, telemetry: Telemetry) -> None:
         """Called once per config generation (bedrock resolves credentials here)."""

@@ -60,6 +60,8 @@ def with_model(path: str, model_id: str) -> str:
 
 class BedrockProvider(Provider):
     api_type = "bedrock"
+    # Its streams are event-stream frames, which the splice does not speak.
+    supports_recovery = False
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = env

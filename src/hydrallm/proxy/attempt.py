@@ -27,7 +27,9 @@ from hydrallm.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from hydrallm.formats.peek import Commit, Failed, Peeker, StreamKind, stream_kind
+from hydrallm.formats.base import WireFormat
+from hydrallm.formats.peek import Commit, Failed, Peeker
+from hydrallm.formats.registry import select_format
 from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
@@ -61,7 +63,7 @@ class Committed:
     response: Response
     prefix: list[bytes]  # body bytes already read, to be written first
     complete: bool  # the whole body is in `prefix`
-    kind: StreamKind | None  # stream format, when the body is a stream we understand
+    format: WireFormat | None  # the body's wire format, when it is a stream
     model: ModelConfig
     model_name: str
     attempts: int
@@ -209,7 +211,7 @@ class AttemptRunner:
                             response=response,
                             prefix=[body],
                             complete=False,
-                            kind=None,
+                            format=None,
                             model=model,
                             model_name=outgoing.model_label,
                             attempts=attempt.number,
@@ -235,14 +237,16 @@ class AttemptRunner:
                     self._failed(model, outcome)
                     return outcome
                 content_type = get("Content-Type", "")
-                kind = stream_kind(content_type, request.path, model.type)
-                if kind is None and (request.streaming or "ndjson" in content_type):
-                    # A stream in a format we do not decode (Ollama's NDJSON, ...): relay it
-                    # as it comes, from its first byte, instead of buffering it as a body.
-                    kind = StreamKind.UNKNOWN
+                fmt = select_format(
+                    content_type,
+                    api=model.type,
+                    path=request.path,
+                    streaming=request.streaming,
+                    encoding=get("Content-Encoding", ""),
+                )
                 prefix: list[bytes] = []
                 complete = False
-                if kind is None:
+                if fmt is None:
                     phase = "body"
                     size = 0
                     while size < PRECOMMIT_BODY_LIMIT:
@@ -255,10 +259,9 @@ class AttemptRunner:
                 else:
                     phase = "first_token"
                     # A compressed stream is relayed as it is; the peek reads through it.
+                    # (br, zstd...: the registry chose passthrough, which commits at once.)
                     inflate = _inflater(get("Content-Encoding", ""))
-                    if inflate is False:
-                        kind = StreamKind.UNKNOWN  # br, zstd...: commit on the first byte
-                    peeker = Peeker(kind)
+                    peeker = fmt.peeker()
                     while True:
                         chunk = await response.read_chunk()
                         if chunk:
@@ -288,14 +291,14 @@ class AttemptRunner:
         if complete:
             response.release()
         self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
-        if complete or kind is None:
+        if complete or fmt is None:
             self.breakers.success(model.id)
         # A stream counts as a success only when it ends well: `stream_ended` says so.
         return Committed(
             response=response,
             prefix=prefix,
             complete=complete,
-            kind=kind,
+            format=fmt,
             model=model,
             model_name=outgoing.model_label,
             attempts=attempt.number,
@@ -305,7 +308,7 @@ class AttemptRunner:
 
     def stream_ended(self, committed: Committed, broken: str | None) -> None:
         """A committed stream ended: well (a success for its model) or broken (a failure)."""
-        if committed.complete or committed.kind is None:
+        if committed.complete or committed.format is None:
             return  # judged at commit
         model_id = committed.model.id
         if broken is None:

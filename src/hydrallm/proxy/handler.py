@@ -173,7 +173,7 @@ class _Exchange:
         headers += _tags(committed.model_name, model.endpoint, committed.attempts)
         reason = upstream.reason or None
         if committed.complete:
-            self.finish(status, model.id, committed.attempts, committed.kind is not None, None)
+            self.finish(status, model.id, committed.attempts, committed.format is not None, None)
             return web.Response(
                 status=status,
                 reason=reason,
@@ -182,7 +182,11 @@ class _Exchange:
             )
         out = web.StreamResponse(status=status, reason=reason, headers=CIMultiDict(headers))
         length = upstream.headers.get("Content-Length")
-        if length is not None and committed.kind is None and "Content-Encoding" not in out.headers:
+        if (
+            length is not None
+            and committed.format is None
+            and "Content-Encoding" not in out.headers
+        ):
             try:
                 out.content_length = int(length)
             except ValueError:
@@ -196,7 +200,7 @@ class _Exchange:
         telemetry = state.telemetry
         name = self.listener.config.name
         upstream = committed.response
-        is_stream = committed.kind is not None
+        is_stream = committed.format is not None
         if is_stream:
             telemetry.stream_open(name, 1)
         broken: str | None = None

@@ -35,10 +35,12 @@ from multidict import CIMultiDictProxy
 
 from hydrallm.config import ModelConfig
 from hydrallm.errors import StreamFailure, UpstreamError
-from hydrallm.formats.frames import EventSplitter, is_error_event, maybe_error, parse_event
-from hydrallm.formats.peek import Commit, Peeker, StreamKind, stream_kind
-from hydrallm.formats.prefill import names_prefill, prefill_body
-from hydrallm.formats.splice import Mismatch, UpstreamFailed, make_splicer
+from hydrallm.formats.base import WireFormat
+from hydrallm.formats.frames import EventSplitter, parse_event
+from hydrallm.formats.peek import Commit
+from hydrallm.formats.prefill import names_prefill
+from hydrallm.formats.registry import select_format
+from hydrallm.formats.splice import Mismatch, UpstreamFailed
 from hydrallm.formats.transcript import Transcript
 from hydrallm.providers.base import ClientRequest
 from hydrallm.proxy.body import parse_body
@@ -46,12 +48,7 @@ from hydrallm.proxy.engine import Committed, Engine
 from hydrallm.proxy.relay import Recover
 from hydrallm.proxy.upstream import Response, read_body
 
-RECOVERABLE = frozenset({StreamKind.OPENAI_CHAT, StreamKind.OPENAI_RESPONSES, StreamKind.ANTHROPIC})
 ERROR_BODY_LIMIT = 64 * 1024
-_TERMINAL = {
-    StreamKind.OPENAI_CHAT: b"data: [DONE]\n\n",
-    StreamKind.ANTHROPIC: b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
-}
 
 
 @dataclass(slots=True)
@@ -75,11 +72,11 @@ class GuardedResponse:
     error event can be caught before any of it is written to the client.
     """
 
-    __slots__ = ("_failure", "_inner", "_kind", "_split", "headers", "reason", "status")
+    __slots__ = ("_failure", "_format", "_inner", "_split", "headers", "reason", "status")
 
-    def __init__(self, inner: Response, kind: StreamKind) -> None:
+    def __init__(self, inner: Response, fmt: WireFormat) -> None:
         self._inner = inner
-        self._kind = kind
+        self._format = fmt
         self._split = EventSplitter()
         self._failure: str | None = None
         self.status: int = inner.status
@@ -108,9 +105,9 @@ class GuardedResponse:
         """The whole events of `chunk` up to an error event (which sets `_failure`)."""
         events = self._split.feed(chunk)
         for i, raw in enumerate(events):
-            if maybe_error(self._kind, raw):
+            if self._format.maybe_error(raw):
                 event = parse_event(raw)
-                if is_error_event(self._kind, event):
+                if self._format.is_error_event(event):
                     self._failure = f"upstream error event: {_describe(event.data)}"
                     return b"".join(events[:i])
         return b"".join(events)
@@ -143,6 +140,7 @@ class Recovery:
     listener: str
     memory: RecoveryMemory
     transcript: Transcript
+    format: WireFormat
 
     def observe(self, data: bytes) -> None:
         self.transcript.feed(data)
@@ -154,7 +152,7 @@ class Recovery:
             return True  # the answer was complete; only the close was missing
         if self.transcript.finished:
             # Only the terminal event is missing: a continuation would finish twice.
-            ending = _TERMINAL.get(self.transcript.kind)
+            ending = self.format.terminal_event
             if ending is None:
                 return False
             try:
@@ -185,7 +183,12 @@ class Recovery:
     def _candidates(self, broken: ModelConfig, chain: Sequence[ModelConfig]) -> list[ModelConfig]:
         """The models after the broken one in the chain, that speak the client's API."""
         at = next((i for i, m in enumerate(chain) if m.id == broken.id), len(chain))
-        return [m for m in chain[at + 1 :] if m.type == broken.type and m.type != "bedrock"]
+        providers = self.engine.providers
+        return [
+            m
+            for m in chain[at + 1 :]
+            if m.type == broken.type and providers[m.type].supports_recovery
+        ]
 
     def _may_prefill(self, model: ModelConfig) -> bool:
         setting = self.engine.config.endpoints[model.endpoint].prefill
@@ -205,7 +208,7 @@ class Recovery:
         if not isinstance(original, dict):
             return self.request.body, None
         flag = self.engine.config.endpoints[model.endpoint].prefill_flag
-        body = prefill_body(self.transcript.kind, original, text, flag)
+        body = self.format.prefill_body(original, text, flag)
         if body is None:
             return self.request.body, None
         return body, text.rstrip()
@@ -234,14 +237,17 @@ class Recovery:
                     response.release()
                     response = None
                     return self._refusal(mode, status, error)
-                kind = stream_kind(
-                    response.headers.get("Content-Type", ""), request.path, model.type
+                fmt = select_format(
+                    response.headers.get("Content-Type", ""),
+                    api=model.type,
+                    path=request.path,
+                    streaming=True,
                 )
-                if kind is not self.transcript.kind or response.headers.get(
+                if fmt is not self.format or response.headers.get(
                     "Content-Encoding", "identity"
                 ) not in ("identity", ""):
                     raise StreamFailure("the continuation is not a stream of the same format")
-                peeker = Peeker(kind)
+                peeker = fmt.peeker()
                 while True:
                     chunk = await response.read_chunk()
                     verdict = peeker.feed(chunk) if chunk else peeker.eof()
@@ -252,7 +258,7 @@ class Recovery:
                     if not isinstance(verdict, Commit):
                         raise StreamFailure(f"{verdict.kind}: {verdict.message}")
                     break
-            splicer = make_splicer(self.transcript, prefilled)
+            splicer = self.format.splicer(self.transcript, prefilled)
             for chunk in held:
                 await self._write(out, splicer.feed(chunk))
             while True:
@@ -317,17 +323,17 @@ def make_recovery(
     memory: RecoveryMemory,
 ) -> RelayHooks:
     """The relay hooks for a committed response (none when it cannot be recovered)."""
-    kind = committed.kind
-    if engine.config.retry.midstream != "continue" or kind not in RECOVERABLE:
+    fmt = committed.format
+    if engine.config.retry.midstream != "continue" or fmt is None or not fmt.supports_recovery:
         return RelayHooks(committed)
     if committed.complete or request.json is None:
         return RelayHooks(committed)
     encoding = committed.response.headers.get("Content-Encoding", "identity").lower()
     if encoding not in ("identity", ""):
         return RelayHooks(committed)
-    assert kind is not None
-    recovery = Recovery(engine, request, committed, listener, memory, Transcript(kind))
-    response = GuardedResponse(committed.response, kind)
+    transcript = fmt.new_transcript()
+    recovery = Recovery(engine, request, committed, listener, memory, transcript, fmt)
+    response = GuardedResponse(committed.response, fmt)
     guarded = dataclasses.replace(
         committed, response=response, prefix=response.hold(committed.prefix)
     )

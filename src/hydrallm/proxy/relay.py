@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hydrallm.errors import UpstreamError
-from hydrallm.formats.errors import error_event
-from hydrallm.formats.peek import StreamKind
 from hydrallm.proxy.engine import Committed
 
 # Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
@@ -82,11 +80,13 @@ async def relay(
         return RelayResult(None, client_gone=True)
     except asyncio.CancelledError:
         response.abort()
-        if draining() and committed.kind is not None:
+        if draining() and committed.format is not None:
             # Shutdown grace ran out: end the stream in a way the client's SDK reports,
             # rather than a silent cut.  The write only fills the transport buffer.
             try:
-                await out.write(error_event(committed.kind, "hydrallm: the proxy is shutting down"))
+                await out.write(
+                    committed.format.error_event("hydrallm: the proxy is shutting down")
+                )
             except BaseException:
                 pass
         raise
@@ -110,11 +110,10 @@ async def end_broken(
 ) -> None:
     """End a committed body whose upstream broke: an error event, or a cut connection."""
     encoded = committed.response.headers.get("Content-Encoding", "identity").lower()
-    if committed.kind not in (None, StreamKind.UNKNOWN) and encoded in ("", "identity"):
+    fmt = committed.format
+    if fmt is not None and fmt.writes_errors and encoded in ("", "identity"):
         try:
-            await out.write(
-                error_event(committed.kind, f"hydrallm: upstream stream failed: {reason}")
-            )
+            await out.write(fmt.error_event(f"hydrallm: upstream stream failed: {reason}"))
         except (ConnectionError, RuntimeError):
             pass
         return
