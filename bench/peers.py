@@ -79,6 +79,8 @@ model_list:
       model: openai/bench-upstream-model
       api_base: http://127.0.0.1:{upstream}/v1
       api_key: sk-bench
+general_settings:
+  master_key: {master}
 litellm_settings:
   telemetry: false
   drop_params: true
@@ -89,7 +91,9 @@ litellm_settings:
 def start_litellm(procs: Procs, work: Path, upstream: int) -> Peer:
     exe = install_litellm(cache_dir())
     config = work / "litellm.yaml"
-    config.write_text(_LITELLM_CONFIG.format(upstream=upstream))
+    # LiteLLM refuses to start without a master key; the load generator presents it.
+    master = "sk-bench-litellm-master-key"
+    config.write_text(_LITELLM_CONFIG.format(upstream=upstream, master=master))
     port = free_port()
     env = os.environ | {
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no download of the price table
@@ -103,7 +107,8 @@ def start_litellm(procs: Procs, work: Path, upstream: int) -> Peer:
         env=env,
     )
     wait_port(port, proc, timeout=120)
-    return Peer("litellm", LITELLM_VERSION, f"http://127.0.0.1:{port}", proc.pid)
+    headers = {"Authorization": f"Bearer {master}"}
+    return Peer("litellm", LITELLM_VERSION, f"http://127.0.0.1:{port}", proc.pid, headers)
 
 
 def start_portkey(procs: Procs, upstream: int) -> Peer:
