@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hydrallm.config import ApiType, Config, ListenerConfig, ModelConfig
 from hydrallm.observe.events import Telemetry
@@ -23,6 +24,9 @@ from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
 from hydrallm.proxy.upstream import Response, Transport
 from hydrallm.routing.breakers import Breakers
+
+if TYPE_CHECKING:
+    from hydrallm.app.cluster import ClusterLink
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,8 @@ class ProxyState:
     live: set[Response] = field(default_factory=set)
     # Models that refused an assistant prefill, for the life of the process.
     recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
+    # Shared state with other instances / workers (None: this process decides alone).
+    cluster: ClusterLink | None = None
 
     def next_request_id(self) -> str:
         return f"{self.pid:x}-{next(self.ids):x}"
