@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hydrallm import __version__
+from hydrallm.app.runtime import sharers
 from hydrallm.config import Config
 from hydrallm.config.cluster import masked_url
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger
-from hydrallm.routing.breakers import KIND as BREAKER_KIND
 from hydrallm.routing.shared import Kind, Record, SharedState, Write
 
 if TYPE_CHECKING:
@@ -276,11 +276,26 @@ def config_redact(config: Config, text: str) -> str:
     return text
 
 
-def start_cluster(state: ProxyState, hub: socket.socket | None = None) -> ClusterLink | None:
-    """Share this process's breaker state through Redis (configured) or the workers' hub.
+def _kind(state: ProxyState, kind: str) -> Kind:
+    """A kind whose owner is looked up in the current runtime at each call (reloads)."""
 
-    Returns None (nothing shared, nothing started) when neither is there.  The breaker
-    kind reads `state.current` at each call, so a reload's new breakers are the ones fed.
+    def apply(name: str, record: Record | None, age: float) -> None:
+        sharer = sharers(state.current).get(kind)
+        if sharer is not None:
+            sharer.adopt(name, record, age)
+
+    def snapshot() -> list[tuple[str, Record, float]]:
+        sharer = sharers(state.current).get(kind)
+        return sharer.snapshot() if sharer is not None else []
+
+    return Kind(kind, apply, snapshot)
+
+
+def start_cluster(state: ProxyState, hub: socket.socket | None = None) -> ClusterLink | None:
+    """Share this process's state (every kind of `runtime.sharers`) through Redis
+    (configured) or the workers' hub.  None (nothing shared, nothing started) without
+    either.  Each kind reads `state.current` at each call, so after a reload the new
+    runtime's objects are the ones fed.
     """
     config = state.current.config
     backend: Backend
@@ -294,15 +309,9 @@ def start_cluster(state: ProxyState, hub: socket.socket | None = None) -> Cluste
     else:
         return None
     shared = SharedState(instance_id())
-
-    def apply(name: str, record: Record | None, age: float) -> None:
-        state.current.engine.breakers.adopt(name, record, age)
-
-    def snapshot() -> list[tuple[str, Record, float]]:
-        return state.current.engine.breakers.snapshot()
-
-    shared.register(Kind(BREAKER_KIND, apply, snapshot))
-    state.current.engine.breakers.shared = shared
+    for kind, sharer in sharers(state.current).items():
+        shared.register(_kind(state, kind))
+        sharer.shared = shared
 
     def info() -> dict[str, Any]:
         return {

@@ -49,7 +49,6 @@ class Breakers:
 
     def carry_over(self, old: Breakers, keep: set[str]) -> None:
         """Take the state of the models in `keep` from a previous config's breakers."""
-        self.shared = old.shared
         for model_id in keep:
             circuit = old._circuits.get(model_id)
             if circuit is not None:

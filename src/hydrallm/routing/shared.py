@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 Record = dict[str, Any]
 # (name, record or None when removed, age of the record in seconds)
@@ -40,6 +40,23 @@ Snapshot = Callable[[], Iterable[tuple[str, Record, float]]]
 
 OUTBOX_LIMIT = 4096  # distinct (kind, name) writes waiting; the oldest is dropped past it
 CLAIM_PREFIX = "probe:"
+
+
+class Sharer(Protocol):
+    """An object whose state is shared as records of one kind (Breakers is one).
+
+    `shared` is set by the cluster (None: nothing is shared); the object calls
+    `shared.publish(kind, name, record, ttl)` when it learns something, and is given what
+    others learned through `adopt`.  `snapshot` lists its live records, to publish again
+    after the store was away.  Records are small JSON objects; names and records never
+    hold a secret (a key is named by its endpoint and label, never by its value).
+    """
+
+    shared: SharedState | None
+
+    def adopt(self, name: str, record: Record | None, age: float) -> None: ...
+
+    def snapshot(self) -> list[tuple[str, Record, float]]: ...
 
 
 @dataclass(frozen=True, slots=True)
