@@ -65,6 +65,13 @@ class RedisServer:
         self.kill()
         raise AssertionError("redis-server did not start")
 
+    def require_password(self, password: str) -> str:
+        """Turn on AUTH; returns the URL with the password in it."""
+        with socket.create_connection(("127.0.0.1", self.port)) as conn:
+            conn.sendall(f"CONFIG SET requirepass {password}\r\n".encode())
+            assert conn.recv(16).startswith(b"+OK")
+        return f"redis://:{password}@127.0.0.1:{self.port}/0"
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

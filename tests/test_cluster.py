@@ -37,9 +37,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @contextlib.asynccontextmanager
 async def instances(
-    tmp_path: Path, count: int, primary: str, backup: str, redis: str | None, **kw: str
+    tmp_path: Path,
+    count: int,
+    primary: str,
+    backup: str,
+    redis: str | None,
+    procs: list[ServeProcess] | None = None,
+    **kw: str,
 ) -> AsyncIterator[list[str]]:
-    procs: list[ServeProcess] = []
+    procs = [] if procs is None else procs
     bases: list[str] = []
     prefix_port = free_port()  # one prefix for the whole group
     try:
@@ -73,10 +79,13 @@ async def clusters(session: aiohttp.ClientSession, bases: list[str]) -> list[str
 async def test_a_model_opened_by_one_instance_is_skipped_by_the_others(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    password = "pw-7c1e9a2b"
+    url = redis_server.require_password(password)
+    procs: list[ServeProcess] = []
     async with FakeUpstream(name="a") as a, FakeUpstream(name="b") as b:
         a.default = faults.status(503)
         async with (
-            instances(tmp_path, 3, a.url, b.url, redis_server.url) as bases,
+            instances(tmp_path, 3, a.url, b.url, url, procs) as bases,
             aiohttp.ClientSession() as s,
         ):
             await wait_for(lambda: _all(clusters(s, bases), "ok"), 10, "cluster ok everywhere")
@@ -104,6 +113,13 @@ async def test_a_model_opened_by_one_instance_is_skipped_by_the_others(
             await wait_for(
                 lambda: _instances_seen(s, bases[2], 3), 10, "three instances in the status"
             )
+            # The Redis password is a secret: nowhere a user or a scraper can read.
+            for path in ("/_hydrallm/health", "/_hydrallm/status.json", "/_hydrallm/metrics"):
+                async with s.get(bases[0] + path) as resp:
+                    assert password not in await resp.text()
+        for proc in procs:
+            assert "cluster_connected" in proc.log()
+            assert password not in proc.log()
 
 
 async def _instances_seen(s: aiohttp.ClientSession, base: str, n: int) -> bool:

@@ -111,6 +111,7 @@ class ClusterLink:
 
     def _down(self, exc: BaseException) -> None:
         problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        problem = self.log.redact(problem)  # shown on the status page too
         self.shared.connected = False
         self._up.clear()
         if self.status != "degraded" or self._problem is None:
