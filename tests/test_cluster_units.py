@@ -129,6 +129,44 @@ def test_an_open_circuit_is_published_and_adopted_elsewhere() -> None:
     assert json.loads(one.take()[0].envelope or "")["r"] == {"state": "closed"}
 
 
+def test_a_run_of_failures_is_counted_across_instances() -> None:
+    clock = Clock()
+    config = CooldownConfig(failures=3, duration=10)
+    nodes = [SharedState(f"n{i}", clock=clock) for i in range(3)]
+    breakers = [Breakers(config, clock) for _ in nodes]
+    for node, b in zip(nodes, breakers, strict=True):
+        b.shared = node
+        node.register(Kind("breaker", b.adopt, b.snapshot))
+
+    def deliver(source: int) -> None:
+        for w in nodes[source].take():
+            for i, node in enumerate(nodes):
+                if i != source:
+                    node.receive(w.kind, w.name, w.envelope, None)
+
+    breakers[0].failure("a")
+    deliver(0)
+    breakers[1].failure("a")
+    deliver(1)
+    assert [b.state("a")[0] for b in breakers] == ["closed"] * 3
+    breakers[2].failure("a")  # the third in a row, counted anywhere: opens
+    deliver(2)
+    assert [b.state("a")[0] for b in breakers] == ["open"] * 3
+    # A success in between breaks the run everywhere.
+    clock.now += 100
+    for b in breakers:
+        b.success("a")
+    for i in range(3):
+        deliver(i)
+    breakers[0].failure("a")
+    deliver(0)
+    breakers[1].success("a")
+    deliver(1)
+    breakers[2].failure("a")
+    breakers[2].failure("a")
+    assert breakers[2].state("a")[0] == "closed"
+
+
 def test_only_the_holder_of_the_probe_slot_probes() -> None:
     clock = Clock()
     s = SharedState("me", clock=clock)

@@ -5,8 +5,9 @@ open --(duration lapsed; one request probes)--> half-open
 half-open --success--> closed;  half-open --failure--> open with the duration doubled
 
 With a cluster (`shared` set, see `hydrallm.routing.shared`), opening and closing are
-published as "breaker" records, records from other instances are adopted (`adopt`), and
-a half-open model is probed only by the instance that holds its probe slot.
+published as "breaker" records named by the model id, the run of failures of a closed
+circuit as "<model id>#failures", records from other instances are adopted (`adopt`),
+and a half-open model is probed only by the instance that holds its probe slot.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ StateListener = Callable[[str, State, float], None]  # model id, new state, seco
 KIND = "breaker"
 # A "closed" record only has to outlive its propagation; a missing record means closed.
 CLOSED_TTL = 60.0
+# "<model id>#failures": the run of failures of a closed circuit, shared for `duration`.
+FAILURES_SUFFIX = "#failures"
 
 
 @dataclass(slots=True)
@@ -112,12 +115,15 @@ class Breakers:
         c = self._circuits.get(model_id)
         if c is None:
             return
+        counted = c.failures
         c.failures = 0
         c.probing_since = None
         if c.state != "closed":
             c.duration = 0.0
             self._set(model_id, c, "closed")
             self._share(model_id, c)
+        elif counted and self.shared is not None:
+            self._share_failures(model_id, 0)  # the run of failures is broken, everywhere
 
     def failure(self, model_id: str, open_for: float | None = None) -> None:
         """A retryable failure; `open_for` opens the circuit at once for that long."""
@@ -133,6 +139,8 @@ class Breakers:
             self._open(model_id, c, max(open_for, 0.0), now)
         elif c.state == "closed" and c.failures >= self.config.failures:
             self._open(model_id, c, self.config.duration, now)
+        elif c.state == "closed" and self.shared is not None:
+            self._share_failures(model_id, c.failures)
 
     def _open(self, model_id: str, c: _Circuit, duration: float, now: float) -> None:
         c.duration = duration
@@ -162,6 +170,14 @@ class Breakers:
         shared.publish(KIND, model_id, record, ttl)
         shared.release(CLAIM_PREFIX + model_id)
 
+    def _share_failures(self, model_id: str, count: int) -> None:
+        """The run of consecutive failures, counted across instances: each adopts the
+        highest count it hears of, so the instance that sees the threshold opens."""
+        assert self.shared is not None
+        self.shared.publish(
+            KIND, model_id + FAILURES_SUFFIX, {"failures": count}, self.config.duration
+        )
+
     def snapshot(self) -> list[tuple[str, Record, float]]:
         """Every circuit that is not closed, as records (to publish again after an outage)."""
         now = self._clock()
@@ -176,6 +192,9 @@ class Breakers:
         """A breaker record another instance published `age` seconds ago."""
         if record is None or not self.config.enabled:
             return  # a record that lapsed says nothing new
+        if model_id.endswith(FAILURES_SUFFIX):
+            self._adopt_failures(model_id.removesuffix(FAILURES_SUFFIX), record)
+            return
         state = record.get("state")
         now = self._clock()
         if state == "open":
@@ -207,3 +226,15 @@ class Breakers:
         c.state = state
         if self._on_change is not None:
             self._on_change(model_id, state, c.duration if state == "open" else 0.0)
+
+    def _adopt_failures(self, model_id: str, record: Record) -> None:
+        count = record.get("failures")
+        if not isinstance(count, int):
+            return
+        c = self._circuits.get(model_id)
+        if c is None:
+            if count <= 0:
+                return
+            c = self._circuits.setdefault(model_id, _Circuit())
+        if c.state == "closed":
+            c.failures = max(c.failures, count) if count > 0 else 0
