@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 
 from clusterhelp import REDIS_SERVER, RedisServer, config_text, health, wait_for
 from hydrallm.testing import FakeUpstream, faults
-from opshelp import ServeProcess, chat, free_port, post_chat
+from opshelp import ServeProcess, chat, free_port, parse, post_chat, running, url
+from test_statuspage import HAVE_CHROMIUM, chromium
 
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
@@ -257,3 +259,22 @@ async def _by_pid(base: str, want: int = 4, tries: int = 400) -> dict[int, dict]
             if len(seen) >= want:
                 break
     return seen
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not HAVE_CHROMIUM, reason="chromium is not installed")
+async def test_the_status_page_shows_a_degraded_cluster(tmp_path: Path) -> None:
+    # Redis configured but nothing listens there: the proxy serves, and says so.
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    port = free_port()
+    config = parse(config_text("http://127.0.0.1:9", "http://127.0.0.1:9", port, redis=dead))
+    async with running(config) as (proxy, log):
+        page = url(proxy, "main")
+        async with aiohttp.ClientSession() as s:
+            await wait_for(lambda: _all(clusters(s, [page]), "degraded"), 10, "degraded")
+        dom = (
+            await chromium(f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", page + "/_hydrallm/")
+        ).decode()
+    assert 'data-loaded="true"' in dom
+    assert re.search(r'id="hl-cluster" data-state="degraded">redis degraded<', dom), dom[:2000]
+    assert "cluster_degraded" in log.getvalue()

@@ -42,7 +42,6 @@ Message = tuple[str, str, str | None, int | None]  # kind, name, envelope, ms le
 INSTALL_HINT = "the [cluster] section needs the cluster extra: pip install 'hydrallm[cluster]'"
 OP_TIMEOUT = 1.0  # seconds any single store operation may take before the link is degraded
 HEARTBEAT_TTL = 5.0
-RESERVED = ("probe", "instance")
 
 
 class Backend(Protocol):
@@ -57,6 +56,7 @@ class Backend(Protocol):
     async def next_message(self, timeout: float) -> Message | None: ...
     async def heartbeat(self, info: dict[str, Any], ttl: float) -> None: ...
     async def instances(self) -> list[dict[str, Any]]: ...
+    async def leave(self, me: str) -> None: ...
 
 
 def instance_id() -> str:
@@ -104,6 +104,9 @@ class ClusterLink:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.shared.connected:  # gone from `hydrallm status` at once, not in 5 s
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.backend.leave(self.shared.instance), OP_TIMEOUT)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.backend.close(), OP_TIMEOUT)
 

@@ -133,6 +133,9 @@ class RedisBackend:
         key = f"{self.prefix}:instance:{info['instance']}"
         await self._client.set(key, json.dumps(info, separators=(",", ":")), px=int(ttl * 1000))
 
+    async def leave(self, me: str) -> None:
+        await self._client.delete(f"{self.prefix}:instance:{me}")
+
     async def instances(self) -> list[dict[str, Any]]:
         keys = await self._scan(f"{self.prefix}:instance:*")
         if not keys:

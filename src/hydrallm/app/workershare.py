@@ -247,3 +247,6 @@ class HubBackend:
 
     async def instances(self) -> list[dict[str, Any]]:
         return []
+
+    async def leave(self, me: str) -> None:
+        return None

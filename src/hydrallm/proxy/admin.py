@@ -1,7 +1,7 @@
 """Reserved paths under /_hydrallm/ on every listener; answered here, never forwarded.
 
     GET /_hydrallm/health       small JSON (DECISIONS.md): status, version, uptime, pid,
-                                worker, listeners, per-model circuit state
+                                worker, listeners, per-model circuit state, cluster
     GET /_hydrallm/metrics      Prometheus text (this process's registry)
     GET /_hydrallm/status.json  recent history (see `hydrallm.observe.status`)
     GET /_hydrallm/             the status page (package resource statuspage.html)

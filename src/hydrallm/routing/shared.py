@@ -40,6 +40,8 @@ Snapshot = Callable[[], Iterable[tuple[str, Record, float]]]
 
 OUTBOX_LIMIT = 4096  # distinct (kind, name) writes waiting; the oldest is dropped past it
 CLAIM_PREFIX = "probe:"
+# Names the stores use for themselves (probe slots, heartbeats): not kinds of records.
+RESERVED_KINDS = ("probe", "instance", "events")
 
 
 class Sharer(Protocol):
@@ -97,6 +99,8 @@ class SharedState:
     wake: Callable[[], None] = field(default=lambda: None)
 
     def register(self, kind: Kind) -> None:
+        if kind.name in RESERVED_KINDS or ":" in kind.name:
+            raise ValueError(f"{kind.name!r} cannot name a kind of shared record")
         self.kinds[kind.name] = kind
 
     # --- publishing (called on the request path: dict updates only) ---------------------
