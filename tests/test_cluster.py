@@ -142,7 +142,7 @@ async def test_exactly_one_instance_probes_a_half_open_model(
     async with FakeUpstream(name="a") as a, FakeUpstream(name="b") as b:
         a.default = faults.status(503)
         async with (
-            instances(tmp_path, 3, a.url, b.url, redis_server.url, duration="1s") as bases,
+            instances(tmp_path, 3, a.url, b.url, redis_server.url, duration="2s") as bases,
             aiohttp.ClientSession() as s,
         ):
             await wait_for(lambda: _all(clusters(s, bases), "ok"), 10, "cluster ok everywhere")
@@ -161,16 +161,20 @@ async def test_exactly_one_instance_probes_a_half_open_model(
 
             # Requests everywhere until the probe has happened, then a while longer: the
             # failed probe re-opens the model (for 2 s) on every instance.
-            while len(a.requests) == before:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while len(a.requests) == before and loop.time() < deadline:
                 await wave()
-            for _ in range(8):
+            # Well within the 4 s the failed probe re-opened it for.
+            until = loop.time() + 1.0
+            while loop.time() < until:
                 await wave()
             assert len(a.requests) - before == 1, "more than one instance probed"
             await wait_for(lambda: _all(states(s, bases, "primary"), "open"), 2, "re-opened")
 
             # The next probe succeeds: the model closes on every instance.
             a.default = faults.ok()
-            await wait_for(lambda: _all(states(s, bases, "primary"), "half-open"), 5, "half-open")
+            await wait_for(lambda: _all(states(s, bases, "primary"), "half-open"), 8, "half-open")
 
             async def closed_everywhere() -> bool:
                 await wave()

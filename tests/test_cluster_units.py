@@ -124,6 +124,10 @@ def test_an_open_circuit_is_published_and_adopted_elsewhere() -> None:
     # Read 4 s after it was written: 6 s left open on the second instance too.
     two.receive("breaker", "a", write.envelope, write.px - 4000)
     assert b2.state("a") == ("open", 6.0)
+    changes: list[str] = []
+    b2._on_change = lambda m, s, d: changes.append(s)
+    two.receive("breaker", "a", write.envelope, write.px - 4000)  # a resync reads it again
+    assert changes == []  # nothing new: no second "cooldown" log line
     assert [m.id for m in b2.plan(models("a", "b"))] == ["b"]
     b1.success("a")  # closes (a success anywhere else is news too)
     assert json.loads(one.take()[0].envelope or "")["r"] == {"state": "closed"}

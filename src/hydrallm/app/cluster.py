@@ -32,7 +32,7 @@ from hydrallm.config import Config
 from hydrallm.config.cluster import masked_url
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger
-from hydrallm.routing.shared import Kind, Record, SharedState, Write
+from hydrallm.routing.shared import OUTBOX_LIMIT, Kind, Record, SharedState, Write
 
 if TYPE_CHECKING:
     from hydrallm.app.runtime import ProxyState
@@ -131,7 +131,16 @@ class ClusterLink:
         await asyncio.wait_for(self.backend.connect(), OP_TIMEOUT * 2)
         self.shared.connected = True
         self.shared.claims.clear()  # what we knew of slots may be stale
+        # What this process learned while away goes in first, so that reading back cannot
+        # undo it with an older record (the store may also have restarted empty).
         self.shared.republish()
+        writes = self.shared.take(limit=OUTBOX_LIMIT)
+        try:
+            if writes:
+                await asyncio.wait_for(self.backend.write(writes), OP_TIMEOUT * 2)
+        except BaseException:
+            self.shared.requeue(writes)
+            raise
         await self._resync()
         self.status = "ok"
         self._problem = None

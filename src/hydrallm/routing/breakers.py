@@ -204,6 +204,8 @@ class Breakers:
             except (KeyError, TypeError, ValueError):
                 return
             c = self._circuits.setdefault(model_id, _Circuit())
+            if c.state == "open" and abs(c.open_until - (now + left)) < 1.0:
+                return  # already known (a periodic resync): no new log line
             c.failures = 0
             c.duration = min(max(duration, 0.0), self.config.max_duration)
             c.open_until = now + left
