@@ -62,6 +62,9 @@ def test_one_worker_wins_a_probe_slot_until_it_lapses_or_is_given_back(
     assert (reply["id"], reply["won"]) == (7, False) and reply["ms"] > 50_000
     w1.sendall(b'{"op":"r","s":"probe:m","by":"w1"}\n')  # not its slot: no effect
     w0.sendall(b'{"op":"r","s":"probe:m","by":"w0"}\n')
+    # Lines from one worker are handled in order: this reply means the release was too.
+    w0.sendall(b'{"op":"c","s":"probe:other","px":100,"by":"w0","id":2}\n')
+    assert lines(w0, 1)[0]["id"] == 2
     w1.sendall(b'{"op":"c","s":"probe:m","px":100,"by":"w1","id":8}\n')
     assert lines(w1, 1)[0]["won"] is True
 
