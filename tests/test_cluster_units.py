@@ -4,6 +4,7 @@ injected clock; the [cluster] config section; `hydrallm check` against a real Re
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -334,3 +335,28 @@ async def test_a_reload_keeps_sharing_and_the_kinds_follow_the_new_runtime() -> 
         assert [name for name, _, _ in kind.snapshot()] == ["m"]
     finally:
         await transport.close()
+
+
+def test_without_the_cluster_extra_the_message_says_what_to_install(tmp_path: Path) -> None:
+    # A `redis` package that cannot be imported stands in for one that is not installed.
+    fake = tmp_path / "noredis" / "redis"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named redis')\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{fake.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    path = tmp_path / "c.toml"
+    port = free_port()
+    path.write_text(config_text("http://x:9", "http://x:9", port, redis="redis://127.0.0.1:6379/0"))
+    check = subprocess.run(
+        [HYDRALLM, "check", "-c", str(path)], capture_output=True, text=True, env=env
+    )
+    assert check.returncode == 0
+    assert "pip install 'hydrallm[cluster]'" in check.stdout
+    serve = subprocess.run(
+        [HYDRALLM, "serve", "-c", str(path)], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert serve.returncode == 1
+    assert "pip install 'hydrallm[cluster]'" in serve.stderr
+    assert "Traceback" not in serve.stderr
