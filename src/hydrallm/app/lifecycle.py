@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from hydrallm.app.cluster import start_cluster
 from hydrallm.app.reload import Reloader
 from hydrallm.app.runtime import ProxyState, build_runtime
 from hydrallm.cli.describe import exposure_warnings
@@ -152,6 +153,8 @@ class Proxy:
         await asyncio.gather(
             *(self.stop_listener(n) for n in list(self.listeners)), *list(self.drains)
         )
+        if self.state.cluster is not None:
+            await self.state.cluster.close()
         await self.state.transport.close()
         self.state.telemetry.log.flush()
 
@@ -173,10 +176,12 @@ async def start(
     worker: int = 0,
     reuse_port: bool = False,
     sockets: Mapping[str, socket.socket] | None = None,
+    hub: socket.socket | None = None,
 ) -> Proxy:
     """Build the runtime and open every listener (raises StartupError on a bind failure).
 
     `sinks=None` gives the default sinks: Prometheus metrics and the status history.
+    `hub`: this worker's line to the supervisor, to share state with the other workers.
     """
     bridge_aiohttp_logging(logger)
     if sinks is None:
@@ -187,6 +192,7 @@ async def start(
     state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
     proxy = Proxy(state, reuse_port=reuse_port, fixed_sockets=sockets is not None)
     try:
+        state.cluster = start_cluster(state, hub)
         for lc in config.listeners:
             await proxy.start_listener(lc, sockets.get(lc.name) if sockets else None)
     except BaseException:
@@ -230,6 +236,7 @@ async def serve(
     sockets: Mapping[str, socket.socket] | None = None,
     reload_config: Callable[[], Config] | None = None,
     watch_interval: float = 0.5,
+    hub: socket.socket | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM, then drain and return.
 
@@ -243,6 +250,7 @@ async def serve(
         worker=worker,
         reuse_port=reuse_port,
         sockets=sockets,
+        hub=hub,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hydrallm.config import ApiType, Config, ListenerConfig, ModelConfig
 from hydrallm.observe.events import Telemetry
@@ -22,7 +23,12 @@ from hydrallm.providers import Provider, provider_for
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
 from hydrallm.proxy.upstream import Response, Transport
+from hydrallm.routing.breakers import KIND as BREAKER_KIND
 from hydrallm.routing.breakers import Breakers
+from hydrallm.routing.shared import Sharer
+
+if TYPE_CHECKING:
+    from hydrallm.app.cluster import ClusterLink
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,16 @@ class Runtime:
     engine: Engine
     listeners: dict[str, ListenerRuntime]
     generation: int = 0
+
+
+def sharers(runtime: Runtime) -> dict[str, Sharer]:
+    """What the cluster shares, by kind of record (see `hydrallm.routing.shared`).
+
+    A new kind (key states, session affinity) is one more entry here: an object of this
+    runtime implementing `Sharer`.  `build_runtime` hands each kind's link to the next
+    generation on reload; `app.cluster.start_cluster` registers every kind.
+    """
+    return {BREAKER_KIND: runtime.engine.breakers}
 
 
 def compile_listener(config: Config, listener: ListenerConfig) -> ListenerRuntime:
@@ -111,7 +127,12 @@ def build_runtime(
     )
     listeners = {lc.name: compile_listener(config, lc) for lc in config.listeners}
     generation = previous.generation + 1 if previous is not None else 1
-    return Runtime(config, engine, listeners, generation)
+    runtime = Runtime(config, engine, listeners, generation)
+    if previous is not None:
+        old = sharers(previous)
+        for kind, sharer in sharers(runtime).items():
+            sharer.shared = old[kind].shared if kind in old else None
+    return runtime
 
 
 @dataclass(slots=True)
@@ -132,6 +153,8 @@ class ProxyState:
     live: set[Response] = field(default_factory=set)
     # Models that refused an assistant prefill, for the life of the process.
     recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
+    # Shared state with other instances / workers (None: this process decides alone).
+    cluster: ClusterLink | None = None
 
     def next_request_id(self) -> str:
         return f"{self.pid:x}-{next(self.ids):x}"

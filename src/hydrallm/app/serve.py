@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from hydrallm.app.lifecycle import bind_message, install_uvloop, port_is_free, serve
 from hydrallm.app.workers import Supervisor, balanced_reuse_port, bind_shared, can_fork
+from hydrallm.app.workershare import Hub
 from hydrallm.config import Config
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger
@@ -47,14 +48,18 @@ def run_server(
     else:
         sockets = bind_shared(config)
 
+    # Without Redis the workers still share breaker state, through the supervisor.
+    hub = Hub(count) if config.cluster.redis is None else None
+
     def worker_main(index: int, inherited: dict[str, socket.socket] | None) -> int:
-        return _serve_here(config, index, inherited, reuse, reload_config, tagged=True)
+        line = hub.in_child(index) if hub is not None else None
+        return _serve_here(config, index, inherited, reuse, reload_config, tagged=True, hub=line)
 
     def log(message: str) -> None:
         sys.stderr.write(f"hydrallm: {message}\n")
         sys.stderr.flush()
 
-    if Supervisor(count, worker_main, log=log).run(sockets) != 0:
+    if Supervisor(count, worker_main, log=log, hub=hub).run(sockets) != 0:
         raise StartupError("a worker process stopped unexpectedly (see its messages above)")
 
 
@@ -66,6 +71,7 @@ def _serve_here(
     reload_config: Callable[[], Config] | None,
     *,
     tagged: bool,
+    hub: socket.socket | None = None,
 ) -> int:
     install_uvloop()
     logger = Logger(config.log.level, secrets=config.secrets, worker=worker if tagged else None)
@@ -77,6 +83,7 @@ def _serve_here(
             reuse_port=reuse_port,
             sockets=sockets,
             reload_config=reload_config,
+            hub=hub,
         )
     )
     return 0

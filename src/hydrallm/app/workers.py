@@ -21,6 +21,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from hydrallm.app.lifecycle import bind_message
+from hydrallm.app.workershare import Hub
 from hydrallm.config import Config
 from hydrallm.errors import StartupError
 
@@ -65,10 +66,20 @@ def bind_shared(config: Config) -> dict[str, socket.socket]:
 class Supervisor:
     """Forks the workers, forwards signals to them and waits for them."""
 
-    def __init__(self, count: int, worker_main: WorkerMain, *, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        count: int,
+        worker_main: WorkerMain,
+        *,
+        log: Callable[[str], None],
+        hub: Hub | None = None,
+    ) -> None:
         self.count = count
         self.worker_main = worker_main
         self.log = log
+        # Relays shared state between the workers (no Redis); its thread starts after the
+        # forks, so no worker inherits a running thread.
+        self.hub = hub
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
 
@@ -122,6 +133,8 @@ class Supervisor:
             if sockets is not None:
                 for sock in sockets.values():
                     sock.close()  # the workers have their copies
+            if self.hub is not None:
+                self.hub.start()
             while self.children:
                 try:
                     pid, status = os.wait()
@@ -138,4 +151,6 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.hub is not None:
+                self.hub.close()
         return 1 if failed else 0

@@ -155,6 +155,13 @@ def check(obj: dict[str, Any]) -> None:
 
     config = load(obj or {})
     click.echo(describe_config(config))
+    if config.cluster.redis is not None:
+        import asyncio
+
+        from hydrallm.app.cluster import check_redis
+
+        click.echo("")
+        click.echo(asyncio.run(check_redis(config)))
 
 
 @main.command()

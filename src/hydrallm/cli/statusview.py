@@ -172,6 +172,43 @@ def _requests(doc: dict[str, Any], limit: int) -> Table:
     return table
 
 
+def _cluster(cluster: dict[str, Any]) -> RenderableType:
+    """Instances seen (their heartbeats) and the shared state this process holds."""
+    state = str(cluster.get("state"))
+    title = (
+        f"Cluster: {cluster.get('mode')} {state} via {cluster.get('store')}"
+        f" (this instance {cluster.get('instance')})"
+    )
+    if cluster.get("problem"):
+        title += f"; problem: {cluster.get('problem')}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("instance")
+    table.add_column("host / pid / worker")
+    table.add_column("listeners")
+    table.add_column("last seen", justify="right")
+    now = time.time()
+    for inst in cluster.get("instances", []):
+        listeners = ", ".join(
+            f"{lc.get('name')} :{lc.get('port')}" for lc in inst.get("listeners", [])
+        )
+        table.add_row(
+            str(inst.get("instance")),
+            f"{inst.get('host')} / {inst.get('pid')} / {inst.get('worker')}",
+            listeners,
+            f"{_duration(now - float(inst.get('seen', now)))} ago",
+        )
+    shared = Table(title="Shared state held here", title_justify="left")
+    shared.add_column("kind")
+    shared.add_column("name")
+    shared.add_column("record", overflow="fold")
+    for kind, records in (cluster.get("shared") or {}).items():
+        for name, record in records.items():
+            shared.add_row(str(kind), str(name), json.dumps(record, separators=(",", ":")))
+    if not shared.row_count:
+        shared.add_row("-", "-", Text("nothing open, throttled or pinned", style="dim"))
+    return Group(table, shared)
+
+
 def render_status(doc: dict[str, Any], url: str, *, requests: int = 10) -> RenderableType:
     """Everything `hydrallm status` shows, for one status document."""
     status = str(doc.get("status"))
@@ -183,6 +220,9 @@ def render_status(doc: dict[str, Any], url: str, *, requests: int = 10) -> Rende
         f"  in flight {doc.get('in_flight')} (streams {doc.get('streams_in_flight')})",
     )
     parts: list[RenderableType] = [header, _models(doc), _listeners(doc), _requests(doc, requests)]
+    cluster = doc.get("cluster")
+    if isinstance(cluster, dict) and cluster.get("mode", "off") != "off":
+        parts.append(_cluster(cluster))
     reloads = doc.get("reloads", [])
     if reloads:
         table = Table(title="Config reloads", title_justify="left")

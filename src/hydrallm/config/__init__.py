@@ -124,6 +124,15 @@ class CooldownConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """`[cluster]`: shared state through Redis; `redis` None keeps state per process."""
+
+    redis: str | None = None  # redis:// or rediss:// URL (its password is a secret)
+    prefix: str = "hydrallm"  # key and channel prefix, to share one Redis between deployments
+    password: str | None = None  # overrides a password in the URL; usually "$ENV"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -132,6 +141,7 @@ class Config:
     endpoints: Mapping[str, EndpointConfig] = field(default_factory=dict)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     listeners: tuple[ListenerConfig, ...] = ()
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     path: str | None = None
     # Startup warnings (unset $ENV variables, exposed keys, ...), each one line.
     warnings: tuple[str, ...] = ()

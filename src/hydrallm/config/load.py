@@ -26,6 +26,7 @@ from hydrallm.config import (
     ListenerConfig,
     ModelConfig,
 )
+from hydrallm.config.cluster import CLUSTER_KEYS, cluster_section
 from hydrallm.config.sections import (
     COOLDOWN_KEYS,
     DEFAULT_LISTENER,
@@ -203,6 +204,7 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
     log = log_section(section("log", LOG_KEYS))
     retry = retry_section(section("retry", RETRY_KEYS))
     cooldown = cooldown_section(section("cooldown", COOLDOWN_KEYS))
+    cluster = cluster_section(section("cluster", CLUSTER_KEYS))
 
     endpoints: dict[str, EndpointConfig] = {}
     for group_name in ("endpoints", "providers"):
@@ -270,6 +272,7 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
         endpoints=endpoints,
         models=models,
         listeners=listeners,
+        cluster=cluster,
         path=path,
         warnings=tuple(report.warnings),
         secrets=frozenset(report.secrets),

@@ -39,6 +39,7 @@ TOP_TABLES = (
     "providers",
     "models",
     "listeners",
+    "cluster",
 )
 SERVER_KEYS = (
     "host",

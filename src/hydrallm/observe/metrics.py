@@ -26,6 +26,8 @@ or a client's model string.  With several workers each process keeps its own reg
     hydrallm_circuit_state{model}              0 closed, 1 open, 2 half-open (read at scrape)
     hydrallm_config_reloads_total{result}      success | failure
     hydrallm_worker_info{worker,pid}           always 1
+    hydrallm_cluster_up{mode}                  1 shared state reachable, 0 degraded
+                                               (only with a cluster: redis | workers)
 """
 
 from __future__ import annotations
@@ -237,6 +239,14 @@ class MetricsSink(Sink):
         )
         info.add_metric([str(self.worker), str(self.pid)], 1)
         yield info
+        if state is not None and state.cluster is not None:
+            up = GaugeMetricFamily(
+                "hydrallm_cluster_up",
+                "Shared state (Redis, or the workers' supervisor) reachable: 1, degraded: 0",
+                labels=["mode"],
+            )
+            up.add_metric([state.cluster.mode], 1 if state.cluster.status == "ok" else 0)
+            yield up
 
 
 def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

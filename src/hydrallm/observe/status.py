@@ -39,7 +39,12 @@ except `listeners` and `models`, which are in config order)::
         {"at": 1700000000.0, "listener": "default", "model": "model-id",
          "event": "continued" | "restarted-matched" | "gave-up" | "broken",
          "detail": "..."}
-      ]
+      ],
+      "cluster": {"mode": "off"} | {"mode": "redis" | "workers", "state": "ok" | "degraded",
+         "store": "redis://…@host:6379/0", "instance": "host-pid-ab12", "problem": null,
+         "last_ok": 1700000000.0, "outbox": 0, "dropped": 0,
+         "instances": [{"instance", "host", "pid", "worker", "version", "listeners", "seen"}],
+         "shared": {"breaker": {"model-id": {"state": "open", "open_ms": 1200, ...}}}}
     }
 
 `streams` lists what happened to streams that broke after the client had received part
@@ -254,4 +259,5 @@ class StatusSink(Sink):
             "requests": requests,
             "reloads": reloads,
             "streams": streams,
+            "cluster": {"mode": "off"} if state.cluster is None else state.cluster.report(),
         }

@@ -1,7 +1,7 @@
 """Reserved paths under /_hydrallm/ on every listener; answered here, never forwarded.
 
     GET /_hydrallm/health       small JSON (DECISIONS.md): status, version, uptime, pid,
-                                worker, listeners, per-model circuit state
+                                worker, listeners, per-model circuit state, cluster
     GET /_hydrallm/metrics      Prometheus text (this process's registry)
     GET /_hydrallm/status.json  recent history (see `hydrallm.observe.status`)
     GET /_hydrallm/             the status page (package resource statuspage.html)
@@ -53,7 +53,17 @@ def health_payload(state: ProxyState) -> dict[str, object]:
             {"name": lc.name, "host": lc.host, "port": lc.port} for lc in runtime.config.listeners
         ],
         "models": models,
+        "cluster": cluster_state(state),
     }
+
+
+def cluster_state(state: ProxyState) -> str:
+    """ "off" without Redis (workers sharing through their supervisor included), else the
+    link's "ok" | "degraded"."""
+    link = state.cluster
+    if link is None or link.mode != "redis":
+        return "off"
+    return link.status
 
 
 def _sink(state: ProxyState, kind: type[_S]) -> _S | None:
