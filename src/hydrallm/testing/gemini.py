@@ -28,12 +28,15 @@ __all__ = [
     "Fault",
     "GeminiRequest",
     "answer",
+    "answer_chunks",
     "cut_stream",
     "error_in_stream",
     "internal",
     "quota_exhausted",
     "rate_limited",
     "unavailable",
+    "validate",
+    "whole_answer",
 ]
 
 _TOP = {
@@ -399,9 +402,9 @@ class FakeGemini(AsyncService):
         if isinstance(item, Fault) and item.kind == "status":
             return web.json_response(item.body, status=item.status)
         spec = item.answer if isinstance(item, Fault) else item
-        chunks = _chunks(spec, match.group("model"), len(self.requests))
+        chunks = answer_chunks(spec, match.group("model"), len(self.requests))
         if not stream:
-            return web.json_response(_whole(chunks))
+            return web.json_response(whole_answer(chunks))
         sse = request.query.get("alt") == "sse"
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream" if sse else "application/json"}
@@ -430,7 +433,7 @@ class FakeGemini(AsyncService):
         return response
 
 
-def _chunks(spec: Answer, model: str, serial: int) -> list[dict[str, Any]]:
+def answer_chunks(spec: Answer, model: str, serial: int) -> list[dict[str, Any]]:
     """The answer as Gemini streams it: text in pieces, each call whole, finish last."""
     rid = f"fakeResp{serial:04d}"
     parts: list[dict[str, Any]] = []
@@ -480,7 +483,7 @@ def _chunks(spec: Answer, model: str, serial: int) -> list[dict[str, Any]]:
     return chunks
 
 
-def _whole(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+def whole_answer(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     """One GenerateContentResponse: the chunks' parts joined (adjacent texts merged)."""
     parts: list[dict[str, Any]] = []
     for chunk in chunks:

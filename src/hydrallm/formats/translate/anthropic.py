@@ -282,7 +282,7 @@ def parse_response(body: Json) -> ir.Response:
     return ir.Response(
         str(body.get("id", "")),
         str(body.get("model", "")),
-        parts,
+        ir.coalesce(parts),
         stop,
         body.get("stop_sequence"),
         _usage_in(body.get("usage")),

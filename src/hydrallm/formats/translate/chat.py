@@ -280,7 +280,11 @@ def build_response(response: ir.Response, request: ir.Request) -> Json:
     message: Json = {"role": "assistant", "content": text or None, "refusal": None}
     if calls:
         message["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments or "{}"},
+            }
             for c in calls
         ]
     choice = {
@@ -371,6 +375,7 @@ class Encoder:
         self._model = ""
         self._created = int(time.time())
         self._first = True
+        self._empty: set[int] = set()  # tool calls without arguments so far
 
     def _chunk(self, delta: Json, finish: str | None = None, **extra: Any) -> bytes:
         if self._first:
@@ -401,14 +406,21 @@ class Encoder:
                 "type": "function",
                 "function": {"name": event.name, "arguments": ""},
             }
+            self._empty.add(event.index)
             return self._chunk({"tool_calls": [call]})
         if isinstance(event, ir.ToolDelta):
             if not event.arguments:
                 return b""
+            self._empty.discard(event.index)
             call = {"index": event.index, "function": {"arguments": event.arguments}}
             return self._chunk({"tool_calls": [call]})
         if isinstance(event, ir.Finish):
-            out = self._chunk({}, _STOP_OUT[event.stop])
+            # A call without arguments still gets a JSON object, as a whole answer has.
+            out = b"".join(
+                self._chunk({"tool_calls": [{"index": i, "function": {"arguments": "{}"}}]})
+                for i in sorted(self._empty)
+            )
+            out += self._chunk({}, _STOP_OUT[event.stop])
             if self._usage:
                 usage = {
                     "id": self._id,

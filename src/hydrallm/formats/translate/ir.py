@@ -237,6 +237,22 @@ class Accumulator:
             self.error = event
 
 
+def coalesce(parts: list[Text | ToolCall | Thinking]) -> list[Text | ToolCall | Thinking]:
+    """Adjacent texts (and adjacent thoughts) joined, as a stream of them would read."""
+    acc = Accumulator()
+    calls = 0
+    for part in parts:
+        if isinstance(part, Text):
+            acc.add(TextDelta(part.text))
+        elif isinstance(part, Thinking):
+            acc.add(ThinkingDelta(part.text))
+        else:
+            acc.add(ToolStart(calls, part.id, part.name))
+            acc.add(ToolDelta(calls, part.arguments))
+            calls += 1
+    return acc.response.parts
+
+
 def arguments_object(arguments: str) -> Json:
     """A tool call's JSON arguments as an object ({} when empty or not an object)."""
     if not arguments.strip():

@@ -171,7 +171,7 @@ def _items(rid: str, response: ir.Response, request: ir.Request) -> list[Json]:
         elif isinstance(part, ir.ToolCall):
             items.append(
                 {"id": f"fc_{rid}_{n}", "type": "function_call", "status": "completed",
-                 "call_id": part.id, "name": part.name, "arguments": part.arguments}
+                 "call_id": part.id, "name": part.name, "arguments": part.arguments or "{}"}
             )  # fmt: skip
         else:
             summary = [{"type": "summary_text", "text": part.text}]
@@ -221,6 +221,10 @@ class Encoder:
                                content_index=0, part=done)  # fmt: skip
             item = item | {"status": "completed", "content": [done]}
         elif item["type"] == "function_call" and isinstance(part, ir.ToolCall):
+            if not part.arguments:  # a whole answer gives "{}" too
+                part.arguments = "{}"
+                out += self._event("response.function_call_arguments.delta", item_id=iid,
+                                   output_index=i, delta="{}")  # fmt: skip
             out += self._event("response.function_call_arguments.done", item_id=iid,
                                output_index=i, name=part.name, arguments=part.arguments)  # fmt: skip
             item = item | {"status": "completed", "arguments": part.arguments}
