@@ -50,8 +50,10 @@ def conversations(draw: st.DrawFn) -> ir.Request:
             results: list[ir.Part] = [ir.ToolResult(c.id, [ir.Text(draw(text))]) for c in calls]
             messages.append(ir.Message("user", results))
     messages.append(ir.Message("user", [ir.Text(draw(text))]))
-    tools = [ir.Tool(n, draw(st.one_of(st.none(), text)), {"type": "object", "properties": {}})
-             for n in ("get_weather", "search", "run_cmd")]  # fmt: skip
+    tools = [
+        ir.Tool(n, draw(st.one_of(st.none(), text)), {"type": "object", "properties": {}})
+        for n in ("get_weather", "search", "run_cmd")
+    ]
     return ir.Request(
         messages=ir.merge_messages(messages),
         system=draw(st.lists(text, max_size=2)),
@@ -69,20 +71,38 @@ def responses_body(request: ir.Request) -> dict[str, Any]:
         for part in message.parts:
             if isinstance(part, ir.Text):
                 kind = "input_text" if message.role == "user" else "output_text"
-                items.append({"type": "message", "role": message.role,
-                              "content": [{"type": kind, "text": part.text}]})  # fmt: skip
+                items.append(
+                    {
+                        "type": "message",
+                        "role": message.role,
+                        "content": [{"type": kind, "text": part.text}],
+                    }
+                )
             elif isinstance(part, ir.ToolCall):
-                items.append({"type": "function_call", "call_id": part.id, "name": part.name,
-                              "arguments": part.arguments})  # fmt: skip
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": part.id,
+                        "name": part.name,
+                        "arguments": part.arguments,
+                    }
+                )
             elif isinstance(part, ir.ToolResult):
-                items.append({"type": "function_call_output", "call_id": part.id,
-                              "output": ir.texts(part.content)})  # fmt: skip
+                items.append(
+                    {
+                        "type": "function_call_output",
+                        "call_id": part.id,
+                        "output": ir.texts(part.content),
+                    }
+                )
     body: dict[str, Any] = {"model": "m", "input": items, "max_output_tokens": request.max_tokens}
     if request.system:
         body["instructions"] = "\n\n".join(request.system)
-    body["tools"] = [{"type": "function", "name": t.name, "parameters": t.parameters}
-                     | ({"description": t.description} if t.description else {})
-                     for t in request.tools]  # fmt: skip
+    body["tools"] = [
+        {"type": "function", "name": t.name, "parameters": t.parameters}
+        | ({"description": t.description} if t.description else {})
+        for t in request.tools
+    ]
     if request.temperature is not None:
         body["temperature"] = request.temperature
     return body
@@ -175,8 +195,18 @@ def test_a_translated_request_keeps_its_meaning(request: ir.Request, pair: tuple
     if not keep_ids:
         # A Gemini result names its function; the client's result named the call.
         for _, parts in expected["turns"]:
-            parts[:] = [p if p[0] != "result" else ("result", ir.tool_names(request.messages)[p[1]]
-                        if p[1] in ir.tool_names(request.messages) else p[1], p[2]) for p in parts]  # fmt: skip
+            parts[:] = [
+                p
+                if p[0] != "result"
+                else (
+                    "result",
+                    ir.tool_names(request.messages)[p[1]]
+                    if p[1] in ir.tool_names(request.messages)
+                    else p[1],
+                    p[2],
+                )
+                for p in parts
+            ]
     assert meaning(back, keep_ids) == expected
     assert back.stop == request.stop
 
@@ -217,15 +247,22 @@ def gemini_answer(response: ir.Response) -> tuple[dict[str, Any], list[bytes]]:
         else:
             call = {"id": part.id, "name": part.name, "args": json.loads(part.arguments)}
             parts.append({"functionCall": call})
-    usage = {"promptTokenCount": response.usage.input, "candidatesTokenCount": response.usage.output,
-             "cachedContentTokenCount": response.usage.cache_read}  # fmt: skip
+    usage = {
+        "promptTokenCount": response.usage.input,
+        "candidatesTokenCount": response.usage.output,
+        "cachedContentTokenCount": response.usage.cache_read,
+    }
     head = {"responseId": response.id, "modelVersion": response.model}
     finish = _GEMINI_FINISH[response.stop]
     chunks = [head | {"candidates": [{"content": {"role": "model", "parts": [p]}}]} for p in parts]
-    last = head | {"candidates": [{"content": {"role": "model", "parts": []}, "finishReason": finish}],
-                   "usageMetadata": usage}  # fmt: skip
-    whole = head | {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish}],
-                    "usageMetadata": usage}  # fmt: skip
+    last = head | {
+        "candidates": [{"content": {"role": "model", "parts": []}, "finishReason": finish}],
+        "usageMetadata": usage,
+    }
+    whole = head | {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish}],
+        "usageMetadata": usage,
+    }
     return whole, [ir.sse(c) for c in [*chunks, last]]
 
 
@@ -278,11 +315,19 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
 
 
 CLIENT_REQUESTS = {
-    "anthropic": {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "q"}],
-                  "thinking": {"type": "enabled", "budget_tokens": 1024}},
-    "chat": {"model": "m", "messages": [{"role": "user", "content": "q"}], "stream_options": {"include_usage": True}},
+    "anthropic": {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "q"}],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    },
+    "chat": {
+        "model": "m",
+        "messages": [{"role": "user", "content": "q"}],
+        "stream_options": {"include_usage": True},
+    },
     "responses": {"model": "m", "input": "q", "reasoning": {"summary": "auto"}},
-}  # fmt: skip
+}
 
 
 def check_stream_equals_whole(
