@@ -10,7 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hydrallm.formats.sse import SSEDecoder
-from hydrallm.formats.translate import anthropic, chat, gemini, ir, translator_for
+from hydrallm.formats.translate import (
+    anthropic,
+    anthropic_stream,
+    chat,
+    chat_stream,
+    gemini,
+    ir,
+    translator_for,
+)
 from hydrallm.testing import answers
 from hydrallm.testing.gemini import Answer, answer_chunks, validate, whole_answer
 
@@ -271,7 +279,9 @@ def upstream_answer(upstream: str, response: ir.Response) -> tuple[dict[str, Any
     if upstream == "gemini":
         whole, events = gemini_answer(response)
         return whole, b"".join(events)
-    encoder: Any = anthropic.Encoder(wants) if upstream == "anthropic" else chat.Encoder(wants)
+    encoder: Any = (
+        anthropic_stream.Encoder(wants) if upstream == "anthropic" else chat_stream.Encoder(wants)
+    )
     stream = b"".join(encoder.encode(e) for e in ir.response_events(response))
     builder = anthropic.build_response if upstream == "anthropic" else chat.build_response
     return builder(response, wants), stream
@@ -284,7 +294,7 @@ def read_client_stream(client: str, data: bytes, request: ir.Request) -> Any:
         last = json.loads(events[-1].data)
         assert last["type"] in ("response.completed", "response.incomplete")
         return last["response"]
-    decoder: Any = anthropic.Decoder() if client == "anthropic" else chat.Decoder()
+    decoder: Any = anthropic_stream.Decoder() if client == "anthropic" else chat_stream.Decoder()
     acc = ir.Accumulator()
     for event in events:
         for item in decoder.feed(event):

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from hydrallm.formats.translate import translator_for
+from hydrallm.formats.translate import translator_for, upstream_api
+from hydrallm.formats.translate.anthropic import strip_unsigned_thinking
 
 ANTHROPIC_ANSWER = {
     "id": "msg_01XY",
@@ -278,3 +279,174 @@ def test_array_wrapped_gemini_error_and_anthropic_overload_and_plain_text() -> N
         "type": "api_error",
         "message": "<html>Bad gateway</html>",
     }
+
+
+# --- streams and seams -----------------------------------------------------------------
+
+
+def sse_lines(events: list[tuple[str | None, dict[str, Any]]]) -> bytes:
+    out = b""
+    for name, data in events:
+        out += (
+            f"event: {name}\n" if name else ""
+        ).encode() + f"data: {json.dumps(data)}\n\n".encode()
+    return out
+
+
+def test_anthropic_stream_usage_keeps_cache_reads_when_the_delta_restates_input() -> None:
+    t = translator_for("chat", "anthropic")
+    t.request(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "q"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        "c",
+    )
+    stream = t.stream()
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "model": "claude",
+            "content": [],
+            "usage": {"input_tokens": 5, "cache_read_input_tokens": 300, "output_tokens": 1},
+        },
+    }
+    out = stream.feed(
+        sse_lines(
+            [
+                ("message_start", start),
+                ("ping", {"type": "ping"}),
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                ),
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": "Hi"},
+                    },
+                ),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn"},
+                        "usage": {"input_tokens": 5, "output_tokens": 9},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ]
+        )
+    )
+    chunks = [
+        json.loads(line[6:]) for line in out.decode().splitlines() if line.startswith("data: {")
+    ]
+    assert chunks[-1]["usage"]["prompt_tokens"] == 305
+    assert chunks[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] == 300
+    assert chunks[-1]["usage"]["completion_tokens"] == 9
+    assert out.endswith(b"data: [DONE]\n\n") and stream.finished
+
+
+@pytest.mark.parametrize("client", ["anthropic", "chat", "responses"])
+def test_an_in_stream_error_is_recognised_and_ends_the_clients_stream(client: Any) -> None:
+    t = translator_for(client, "gemini")
+    t.request(REQUESTS[client] | {"stream": True}, "g")
+    stream = t.stream()
+    first = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}],
+        "responseId": "r",
+    }
+    error = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+    late = {
+        "candidates": [
+            {"content": {"role": "model", "parts": [{"text": "lo"}]}, "finishReason": "STOP"}
+        ]
+    }
+    out = stream.feed(sse_lines([(None, first), (None, error), (None, late)])) + stream.close()
+    assert stream.error is not None and stream.error.status == 503
+    assert not stream.finished
+    assert b"The model is overloaded." in out
+    assert b'"lo"' not in out  # nothing after the error event
+    if client == "chat":
+        assert b'data: {"error"' in out and b"[DONE]" not in out
+    else:
+        assert b"event: error" in out
+
+
+def test_a_gemini_stream_without_finish_reason_is_not_finished() -> None:
+    t = translator_for("responses", "gemini")
+    t.request({"model": "m", "input": "q", "stream": True}, "g")
+    stream = t.stream()
+    chunk = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": "Hel"}]}}],
+        "responseId": "r",
+    }
+    out = stream.feed(sse_lines([(None, chunk)])) + stream.close()
+    assert b"response.output_text.delta" in out
+    assert b"response.completed" not in out and not stream.finished
+
+
+def test_the_answer_is_dated_by_the_injected_clock() -> None:
+    t = translator_for("chat", "gemini", clock=lambda: 1_700_000_000.9)
+    t.request({"model": "m", "messages": [{"role": "user", "content": "q"}]}, "g")
+    assert json.loads(t.response(json.dumps(GEMINI_ANSWER).encode()))["created"] == 1_700_000_000
+    t = translator_for("responses", "chat", clock=lambda: 42.0)
+    t.request({"model": "m", "input": "q"}, "g")
+    assert json.loads(t.response(json.dumps(CHAT_ANSWER).encode()))["created_at"] == 42
+
+
+@pytest.mark.parametrize(
+    ("client", "model_type", "api", "expected"),
+    [
+        ("anthropic", "anthropic", "chat", "native"),
+        ("anthropic", "openai", "chat", "chat"),
+        ("anthropic", "gemini", "chat", "gemini"),
+        ("chat", "openai", "chat", "native"),
+        ("chat", "anthropic", "chat", "anthropic"),
+        ("responses", "openai", "responses", "native"),
+        ("responses", "openai", "chat", "chat"),
+        ("responses", "anthropic", "chat", "anthropic"),
+        ("chat", "bedrock", "chat", None),
+    ],
+)
+def test_upstream_api_for_each_client_and_model_type(
+    client: Any, model_type: str, api: str, expected: Any
+) -> None:
+    assert upstream_api(client, model_type, api) == expected
+
+
+def test_foreign_thinking_shown_to_an_anthropic_client_is_stripped_before_anthropic_sees_it() -> (
+    None
+):
+    t = translator_for("anthropic", "gemini")
+    t.request(REQUESTS["anthropic"], "g")
+    shown = json.loads(t.response(json.dumps(GEMINI_ANSWER).encode()))
+    assert shown["content"][0] == {
+        "type": "thinking",
+        "thinking": "Need the weather.",
+        "signature": "",
+    }
+    replay = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": shown["content"]},
+            {
+                "role": "assistant",
+                "content": [{"type": "thinking", "thinking": "t", "signature": "EqQB"}],
+            },
+        ]
+    }
+    assert strip_unsigned_thinking(replay)
+    assert [b["type"] for b in replay["messages"][1]["content"]] == ["text", "tool_use"]
+    assert replay["messages"][2]["content"][0]["signature"] == "EqQB"  # Anthropic's own stays
+    assert not strip_unsigned_thinking(replay)

@@ -15,11 +15,21 @@ know about the request (whether the client wants reasoning, stream usage, ...).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from hydrallm.formats.sse import SSEDecoder, SSEEvent
-from hydrallm.formats.translate import anthropic, chat, gemini, ir, responses
+from hydrallm.formats.translate import (
+    anthropic,
+    anthropic_stream,
+    chat,
+    chat_stream,
+    gemini,
+    ir,
+    responses,
+)
 from hydrallm.formats.translate.errors import (
     ClientError,
     UpstreamError,
@@ -50,6 +60,7 @@ __all__ = [
     "read_error",
     "retry_delay",
     "translator_for",
+    "upstream_api",
 ]
 
 
@@ -149,9 +160,12 @@ class StreamTranslator:
 class Translator:
     """One request's translation from client API `client` to upstream API `upstream`."""
 
-    def __init__(self, client: ClientApi, upstream: UpstreamApi) -> None:
+    def __init__(
+        self, client: ClientApi, upstream: UpstreamApi, clock: Callable[[], float] = time.time
+    ) -> None:
         self.client = client
         self.upstream = upstream
+        self._clock = clock  # dates the answer (`created`, `created_at`)
         self._request: ir.Request | None = None
 
     def request(self, body: Json, model: str) -> UpstreamCall:
@@ -166,6 +180,7 @@ class Translator:
         except (AttributeError, TypeError, KeyError) as exc:
             raise BadRequest(f"malformed request body: {exc}") from exc
         request.model = model
+        request.created = int(self._clock())
         self._request = request
         out = _WRITE[self.upstream](request)
         if self.upstream == "gemini":
@@ -194,16 +209,16 @@ class Translator:
         """A translator for the upstream's 2xx SSE stream."""
         decoder: _Decoder
         if self.upstream == "anthropic":
-            decoder = anthropic.Decoder()
+            decoder = anthropic_stream.Decoder()
         elif self.upstream == "chat":
-            decoder = chat.Decoder()
+            decoder = chat_stream.Decoder()
         else:
             decoder = gemini.Decoder()
         encoder: _Encoder
         if self.client == "anthropic":
-            encoder = anthropic.Encoder(self.parsed)
+            encoder = anthropic_stream.Encoder(self.parsed)
         elif self.client == "chat":
-            encoder = chat.Encoder(self.parsed)
+            encoder = chat_stream.Encoder(self.parsed)
         else:
             encoder = responses.Encoder(self.parsed)
         return StreamTranslator(decoder, encoder)
@@ -213,10 +228,32 @@ class Translator:
         return client_error(self.client, read_error(status, body))
 
 
-def translator_for(client: ClientApi, upstream: UpstreamApi) -> Translator:
+def translator_for(
+    client: ClientApi, upstream: UpstreamApi, clock: Callable[[], float] = time.time
+) -> Translator:
     """The translator for one request; same-family pairs are passed through, not here."""
     if client not in CLIENT_APIS or upstream not in UPSTREAM_APIS:
         raise ValueError(f"no translation from {client!r} to {upstream!r}")
     if client == upstream:
         raise ValueError(f"{client!r} to {upstream!r} is a pass-through, not a translation")
-    return Translator(client, upstream)
+    return Translator(client, upstream, clock)
+
+
+def upstream_api(
+    client: ClientApi, model_type: str, openai_api: str = "chat"
+) -> UpstreamApi | Literal["native"] | None:
+    """How a model of `model_type` serves a `client` request.
+
+    "native": pass the body through (same family); an upstream API: translate to it;
+    None: this model cannot serve the request (skip it with a log line).  Bedrock
+    (Anthropic Messages on InvokeModel) is not translated here.
+    """
+    if model_type == "anthropic":
+        return "native" if client == "anthropic" else "anthropic"
+    if model_type == "openai":
+        if client == "chat" or (client == "responses" and openai_api == "responses"):
+            return "native"
+        return "chat"
+    if model_type == "gemini":
+        return "gemini"
+    return None

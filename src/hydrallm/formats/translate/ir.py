@@ -106,6 +106,7 @@ class Request:
     wants_reasoning: bool = False  # the client asked to see reasoning
     stream: bool = False
     include_usage: bool = False  # chat clients: stream_options.include_usage
+    created: int = 0  # Unix time the answer is dated with (the translator's clock)
 
 
 @dataclass(slots=True)

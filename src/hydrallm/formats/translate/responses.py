@@ -7,7 +7,6 @@ module; Responses is never an upstream target of translation (an `openai` model 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from hydrallm.formats.errors import error_event
@@ -128,7 +127,7 @@ def _envelope(ident: str, model: str, request: ir.Request, status: str) -> Json:
     return {
         "id": ident,
         "object": "response",
-        "created_at": int(time.time()),
+        "created_at": request.created,
         "status": status,
         "error": None,
         "incomplete_details": None,
