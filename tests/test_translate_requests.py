@@ -491,3 +491,28 @@ def test_same_family_is_not_a_translation() -> None:
 )
 def test_client_api_for_path(path: str, api: str | None) -> None:
     assert client_api_for_path(path) == api
+
+
+def test_call_ids_anthropic_refuses_are_rewritten_the_same_way_in_call_and_result() -> None:
+    odd = "functions.get_weather:0"  # as some OpenAI-compatible servers (Kimi) give them
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "w?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": odd,
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": odd, "content": "sun"},
+        ],
+    }
+    out = translator_for("chat", "anthropic").request(body, "c").body
+    call = out["messages"][1]["content"][0]
+    result = out["messages"][2]["content"][0]
+    assert call["id"] == result["tool_use_id"] == "functions_get_weather_0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hydrallm.formats.translate import ir
@@ -38,6 +39,16 @@ ERROR_TYPES = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+
+
+_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def tool_id(raw: str) -> str:
+    """A call id Anthropic takes (`^[a-zA-Z0-9_-]+$`): some OpenAI-compatible servers
+    give ids like `functions.get_weather:0`.  The same id maps the same way in a call
+    and in its result, so the pair still matches."""
+    return _ID_CHARS.sub("_", raw) or "toolu_"
 
 
 def error_type(status: int) -> str:
@@ -174,10 +185,10 @@ def _content(part: ir.Part) -> Json | None:
         return _image_block(part)
     if isinstance(part, ir.ToolCall):
         args = ir.arguments_object(part.arguments)
-        return {"type": "tool_use", "id": part.id, "name": part.name, "input": args}
+        return {"type": "tool_use", "id": tool_id(part.id), "name": part.name, "input": args}
     if isinstance(part, ir.ToolResult):
         blocks = [_content(p) for p in part.content]
-        result: Json = {"type": "tool_result", "tool_use_id": part.id}
+        result: Json = {"type": "tool_result", "tool_use_id": tool_id(part.id)}
         result["content"] = [b for b in blocks if b is not None]
         if part.is_error:
             result["is_error"] = True
@@ -292,7 +303,9 @@ def build_response(response: ir.Response, request: ir.Request) -> Json:
             content.append({"type": "text", "text": part.text})
         elif isinstance(part, ir.ToolCall):
             args = ir.arguments_object(part.arguments)
-            content.append({"type": "tool_use", "id": part.id, "name": part.name, "input": args})
+            content.append(
+                {"type": "tool_use", "id": tool_id(part.id), "name": part.name, "input": args}
+            )
         elif request.wants_reasoning:
             content.append({"type": "thinking", "thinking": part.text, "signature": ""})
     return {

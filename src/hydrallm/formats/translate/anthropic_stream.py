@@ -15,6 +15,7 @@ from hydrallm.formats.translate.anthropic import (
     _usage_in,
     error_type,
     message_id,
+    tool_id,
     usage_out,
 )
 from hydrallm.formats.translate.ir import Json
@@ -135,7 +136,7 @@ class Encoder:
             delta = {"type": "thinking_delta", "thinking": event.text}
             return out + self._delta(self._count - 1, delta)
         if isinstance(event, ir.ToolStart):
-            block = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
+            block = {"type": "tool_use", "id": tool_id(event.id), "name": event.name, "input": {}}
             out = self._start(block)
             self._tools[event.index] = self._count - 1
             return out
