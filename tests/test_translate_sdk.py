@@ -337,3 +337,46 @@ async def test_a_cut_gemini_stream_gives_no_terminal_event() -> None:
                 data = await r.read()
         assert b"content_block_delta" in data
         assert b"message_stop" not in data  # the engine sees a cut stream, as it is
+
+
+PATCH = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch\n"
+APPLY_PATCH: Any = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch"'},
+}
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_codex_freeform_tool_calls_come_back_as_custom_tool_calls(
+    upstream: tuple[str, Any], streaming: bool
+) -> None:
+    kind, fake = upstream
+    if kind == "gemini":
+        fake.script(g.answer(text="", calls=(("apply_patch", {"input": PATCH}),)))
+    else:
+        fake.script(faults.tool_call("apply_patch", {"input": PATCH}))
+    history: Any = [
+        {"role": "user", "content": [{"type": "input_text", "text": "Add a.txt"}]},
+        {"type": "custom_tool_call", "call_id": "call_p0", "name": "apply_patch", "input": "x"},
+        {"type": "custom_tool_call_output", "call_id": "call_p0", "output": "error: bad patch"},
+    ]
+    async with (
+        Relay(kind, fake.url) as relay,
+        openai.AsyncOpenAI(
+            base_url=relay.url + "/v1", api_key="client-key", max_retries=0
+        ) as client,
+    ):
+        if streaming:
+            async with client.responses.stream(
+                model="gpt", input=history, tools=[APPLY_PATCH]
+            ) as s:
+                final = await s.get_final_response()
+        else:
+            final = await client.responses.create(model="gpt", input=history, tools=[APPLY_PATCH])
+    calls = [item for item in final.output if item.type == "custom_tool_call"]
+    assert len(calls) == 1
+    assert (calls[0].name, calls[0].input) == ("apply_patch", PATCH)
+    sent = json.dumps(fake.requests[-1].body if kind == "gemini" else fake.requests[-1].json())
+    assert "error: bad patch" in sent and "Begin Patch" in sent  # history and grammar went along

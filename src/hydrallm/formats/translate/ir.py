@@ -107,6 +107,9 @@ class Request:
     stream: bool = False
     include_usage: bool = False  # chat clients: stream_options.include_usage
     created: int = 0  # Unix time the answer is dated with (the translator's clock)
+    # Responses "custom" (freeform) tools: offered elsewhere as a function taking
+    # {"input": text}, and answered to the client as custom tool calls again.
+    custom_tools: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

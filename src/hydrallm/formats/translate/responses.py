@@ -35,6 +35,28 @@ def _parts(content: Any) -> list[ir.Text | ir.Image]:
     return out
 
 
+def _custom_tool(tool: Json) -> ir.Tool:
+    """A freeform tool as a function of one string; its grammar goes in the description."""
+    description = str(tool.get("description") or "")
+    fmt = tool.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar":
+        description += (
+            f"\n\nThe input must follow this {fmt.get('syntax', '')} grammar:\n"
+            f"{fmt.get('definition', '')}"
+        )
+    schema = {
+        "type": "object",
+        "properties": {"input": {"type": "string", "description": "The raw input text."}},
+        "required": ["input"],
+    }
+    return ir.Tool(str(tool.get("name")), description.strip() or None, schema)
+
+
+def _custom_input(call: ir.ToolCall) -> str:
+    value = ir.arguments_object(call.arguments).get("input", "")
+    return value if isinstance(value, str) else ir.dumps(value)
+
+
 def parse_request(body: Json) -> ir.Request:
     for key in _STATEFUL:
         if body.get(key):
@@ -68,6 +90,14 @@ def parse_request(body: Json) -> ir.Request:
                 [ir.Text(output)] if isinstance(output, str) else _parts(output or [])
             )
             messages.append(ir.Message("user", [ir.ToolResult(str(item.get("call_id")), content)]))
+        elif kind == "custom_tool_call":
+            args = ir.dumps({"input": str(item.get("input") or "")})
+            call = ir.ToolCall(str(item.get("call_id")), str(item.get("name")), args)
+            messages.append(ir.Message("assistant", [call]))
+        elif kind == "custom_tool_call_output":
+            output = item.get("output")
+            content = [ir.Text(output)] if isinstance(output, str) else _parts(output or [])
+            messages.append(ir.Message("user", [ir.ToolResult(str(item.get("call_id")), content)]))
         elif kind == "reasoning":
             continue  # encrypted by OpenAI: no other family can read it
         else:
@@ -76,6 +106,10 @@ def parse_request(body: Json) -> ir.Request:
         messages=ir.merge_messages(messages), system=system, model=body.get("model")
     )
     for tool in body.get("tools") or []:
+        if tool.get("type") == "custom":
+            request.tools.append(_custom_tool(tool))
+            request.custom_tools.append(str(tool.get("name")))
+            continue
         if tool.get("type") != "function":
             raise Untranslatable(f"the Responses tool {tool.get('type')!r} runs on OpenAI's side")
         schema = tool.get("parameters") or {"type": "object", "properties": {}}
@@ -83,7 +117,7 @@ def parse_request(body: Json) -> ir.Request:
     choice = body.get("tool_choice")
     if isinstance(choice, str):
         request.tool_choice = choice
-    elif isinstance(choice, dict) and choice.get("type") == "function":
+    elif isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
         request.tool_choice, request.tool_choice_is_name = str(choice.get("name")), True
     request.parallel_tool_calls = body.get("parallel_tool_calls")
     request.max_tokens = body.get("max_output_tokens")
@@ -167,6 +201,11 @@ def _items(rid: str, response: ir.Response, request: ir.Request) -> list[Json]:
                 {"id": f"msg_{rid}_{n}", "type": "message", "status": "completed",
                  "role": "assistant", "content": [content]}
             )  # fmt: skip
+        elif isinstance(part, ir.ToolCall) and part.name in request.custom_tools:
+            items.append(
+                {"id": f"ctc_{rid}_{n}", "type": "custom_tool_call", "status": "completed",
+                 "call_id": part.id, "name": part.name, "input": _custom_input(part)}
+            )  # fmt: skip
         elif isinstance(part, ir.ToolCall):
             items.append(
                 {"id": f"fc_{rid}_{n}", "type": "function_call", "status": "completed",
@@ -227,6 +266,15 @@ class Encoder:
             out += self._event("response.function_call_arguments.done", item_id=iid,
                                output_index=i, name=part.name, arguments=part.arguments)  # fmt: skip
             item = item | {"status": "completed", "arguments": part.arguments}
+        elif item["type"] == "custom_tool_call" and isinstance(part, ir.ToolCall):
+            # The input arrives as JSON text of {"input": ...}: told whole, once complete.
+            text = _custom_input(part)
+            if text:
+                out += self._event("response.custom_tool_call_input.delta", item_id=iid,
+                                   output_index=i, delta=text)  # fmt: skip
+            out += self._event("response.custom_tool_call_input.done", item_id=iid,
+                               output_index=i, input=text)  # fmt: skip
+            item = item | {"status": "completed", "input": text}
         elif isinstance(part, ir.Thinking):
             summary = {"type": "summary_text", "text": part.text}
             out += self._event("response.reasoning_summary_text.done", item_id=iid,
@@ -285,13 +333,20 @@ class Encoder:
                                      summary_index=0, delta=event.text)  # fmt: skip
         if isinstance(event, ir.ToolStart):
             self._calls[event.index] = n
+            if event.name in self._request.custom_tools:
+                item = {"id": f"ctc_{base}_{n}", "type": "custom_tool_call",
+                        "status": "in_progress", "call_id": event.id, "name": event.name,
+                        "input": ""}  # fmt: skip
+                return self._close() + self._open_item(item)
             item = {"id": f"fc_{base}_{n}", "type": "function_call", "status": "in_progress",
                     "call_id": event.id, "name": event.name, "arguments": ""}  # fmt: skip
             return self._close() + self._open_item(item)
         if isinstance(event, ir.ToolDelta):
-            if not event.arguments:
-                return b""
             i = self._calls[event.index]
+            call = self._acc.response.parts[i]
+            custom = isinstance(call, ir.ToolCall) and call.name in self._request.custom_tools
+            if not event.arguments or custom:
+                return b""
             return self._event("response.function_call_arguments.delta", item_id=f"fc_{base}_{i}",
                                output_index=i, delta=event.arguments)  # fmt: skip
         assert isinstance(event, ir.Finish)
