@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from itertools import pairwise
 from typing import Any
@@ -42,7 +43,11 @@ def conversations(draw: st.DrawFn) -> ir.Request:
     messages: list[ir.Message] = []
     serial = 0
     for _ in range(draw(st.integers(1, 3))):
-        messages.append(ir.Message("user", [ir.Text(draw(text))]))
+        user: list[ir.Part] = [ir.Text(draw(text))]
+        if draw(st.booleans()):
+            data = base64.b64encode(draw(st.binary(min_size=1, max_size=12))).decode()
+            user.append(ir.Image(draw(st.sampled_from(["image/png", "image/jpeg"])), data))
+        messages.append(ir.Message("user", user))
         parts: list[ir.Part] = []
         if draw(st.booleans()):
             parts.append(ir.Text(draw(text)))
@@ -62,13 +67,20 @@ def conversations(draw: st.DrawFn) -> ir.Request:
         ir.Tool(n, draw(st.one_of(st.none(), text)), {"type": "object", "properties": {}})
         for n in ("get_weather", "search", "run_cmd")
     ]
+    choice = draw(st.sampled_from([None, "auto", "none", "required", "search"]))
+    schema = draw(
+        st.sampled_from([None, {"type": "object", "properties": {"a": {"type": "string"}}}])
+    )
     return ir.Request(
         messages=ir.merge_messages(messages),
         system=draw(st.lists(text, max_size=2)),
         tools=tools,
+        tool_choice=choice,
+        tool_choice_is_name=choice == "search",
         max_tokens=draw(st.integers(1, 100_000)),
         temperature=draw(st.one_of(st.none(), st.floats(0, 1))),
         stop=draw(st.lists(text, max_size=2)),
+        output=draw(st.sampled_from([None, ir.OutputFormat(schema, "answer")])),
     )
 
 
@@ -77,7 +89,10 @@ def responses_body(request: ir.Request) -> dict[str, Any]:
     items: list[dict[str, Any]] = []
     for message in request.messages:
         for part in message.parts:
-            if isinstance(part, ir.Text):
+            if isinstance(part, ir.Image):
+                image = {"type": "input_image", "image_url": ir.data_url(part), "detail": "auto"}
+                items.append({"type": "message", "role": "user", "content": [image]})
+            elif isinstance(part, ir.Text):
                 kind = "input_text" if message.role == "user" else "output_text"
                 items.append(
                     {
@@ -113,6 +128,13 @@ def responses_body(request: ir.Request) -> dict[str, Any]:
     ]
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.tool_choice_is_name:
+        body["tool_choice"] = {"type": "function", "name": request.tool_choice}
+    elif request.tool_choice is not None:
+        body["tool_choice"] = request.tool_choice
+    if request.output is not None:
+        fmt = {"type": "json_schema", "name": "answer", "schema": request.output.schema}
+        body["text"] = {"format": fmt if request.output.schema else {"type": "json_object"}}
     return body
 
 
@@ -132,6 +154,9 @@ def read_gemini(body: dict[str, Any]) -> ir.Request:
         for part in content["parts"]:
             if "text" in part:
                 parts.append(ir.Text(part["text"]))
+            elif "inlineData" in part:
+                inline = part["inlineData"]
+                parts.append(ir.Image(inline["mimeType"], inline["data"]))
             elif "functionCall" in part:
                 call = part["functionCall"]
                 parts.append(ir.ToolCall("", call["name"], ir.dumps(call["args"])))
@@ -144,8 +169,17 @@ def read_gemini(body: dict[str, Any]) -> ir.Request:
     config = body.get("generationConfig", {})
     system = body.get("systemInstruction", {}).get("parts", [])
     tools = body.get("tools", [{}])[0].get("functionDeclarations", [])
+    calling = body.get("toolConfig", {}).get("functionCallingConfig", {})
+    allowed = calling.get("allowedFunctionNames")
+    mode = {"AUTO": "auto", "NONE": "none", "ANY": "required"}.get(calling.get("mode", ""))
+    output = None
+    if config.get("responseMimeType") == "application/json":
+        output = ir.OutputFormat(config.get("responseJsonSchema"))
     return ir.Request(
         messages=messages,
+        tool_choice=allowed[0] if allowed else mode,
+        tool_choice_is_name=bool(allowed),
+        output=output,
         system=[p["text"] for p in system],
         tools=[ir.Tool(t["name"], t.get("description"), t["parametersJsonSchema"]) for t in tools],
         max_tokens=config.get("maxOutputTokens"),
@@ -163,6 +197,8 @@ def meaning(request: ir.Request, ids: bool) -> Any:
         for part in message.parts:
             if isinstance(part, ir.Text):
                 parts.append(("text", part.text))
+            elif isinstance(part, ir.Image):
+                parts.append(("image", part.media_type, part.data))
             elif isinstance(part, ir.ToolCall):
                 parts.append(
                     ("call", part.id if ids else "", part.name, json.loads(part.arguments))
@@ -179,6 +215,9 @@ def meaning(request: ir.Request, ids: bool) -> Any:
         "tools": [(t.name, t.description or None, t.parameters) for t in request.tools],
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
+        "tool_choice": (request.tool_choice, request.tool_choice_is_name),
+        # Anthropic takes a schema only: "any JSON object" is the schema of an object.
+        "output": None if request.output is None else (request.output.schema or {"type": "object"}),
     }
 
 
