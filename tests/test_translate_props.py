@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 
 from hydrallm.formats.sse import SSEDecoder
 from hydrallm.formats.translate import (
+    BadRequest,
+    MalformedUpstream,
+    Untranslatable,
     anthropic,
     anthropic_stream,
     chat,
@@ -437,3 +440,102 @@ def test_gemini_path_of_a_model_with_odd_characters() -> None:
         "/v1beta/models/tunedModels%2Fx%20y:streamGenerateContent",
         "alt=sse",
     )
+
+
+# --- hostile input ----------------------------------------------------------------------
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=False), text
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "messages",
+                    "input",
+                    "role",
+                    "content",
+                    "type",
+                    "text",
+                    "tools",
+                    "tool_choice",
+                    "name",
+                    "max_tokens",
+                    "system",
+                    "stop",
+                    "source",
+                    "image_url",
+                    "url",
+                    "tool_calls",
+                    "function",
+                    "arguments",
+                    "id",
+                    "call_id",
+                    "output",
+                    "thinking",
+                    "response_format",
+                    "n",
+                ]
+            ),
+            inner,
+            max_size=5,
+        ),
+    ),
+    max_leaves=25,
+)
+
+
+@SETTINGS
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "messages",
+                "input",
+                "tools",
+                "system",
+                "stop",
+                "n",
+                "max_tokens",
+                "tool_choice",
+                "instructions",
+                "reasoning",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    ),
+    st.sampled_from(PAIRS),
+)
+def test_any_client_body_is_translated_or_refused_with_a_reason(
+    body: dict[str, Any], pair: Any
+) -> None:
+    client, upstream = pair
+    try:
+        translator_for(client, upstream).request(body, "m")
+    except (BadRequest, Untranslatable) as exc:
+        assert str(exc)
+
+
+@SETTINGS
+@given(json_values, st.sampled_from(PAIRS))
+def test_any_upstream_answer_or_event_is_translated_or_refused_as_malformed(
+    value: Any, pair: Any
+) -> None:
+    client, upstream = pair
+    t = translator_for(client, upstream)
+    t.request(dict(CLIENT_REQUESTS[client]), "m")
+    raw = json.dumps(value).encode()
+    try:
+        json.loads(t.response(raw))
+    except MalformedUpstream:
+        pass
+    stream = t.stream()
+    try:
+        stream.feed(b"data: " + raw + b"\n\nevent: message_start\ndata: " + raw + b"\n\n")
+        stream.close()
+    except MalformedUpstream:
+        pass

@@ -50,6 +50,7 @@ __all__ = [
     "BadRequest",
     "ClientApi",
     "ClientError",
+    "MalformedUpstream",
     "StreamTranslator",
     "Translator",
     "Untranslatable",
@@ -62,6 +63,10 @@ __all__ = [
     "translator_for",
     "upstream_api",
 ]
+
+
+class MalformedUpstream(ValueError):
+    """The upstream's 2xx answer or stream event is not shaped as its API's."""
 
 
 class _Decoder(Protocol):
@@ -142,18 +147,26 @@ class StreamTranslator:
     def feed(self, data: bytes) -> bytes:
         """Client bytes for these upstream bytes (often b"" until an event completes).
 
-        Raises `formats.sse.SSEError` on an event larger than 1 MiB.
+        Raises `formats.sse.SSEError` on an event larger than 1 MiB, `MalformedUpstream`
+        on an event of the right JSON but the wrong shape (both ValueErrors): the
+        stream is broken, as if cut.
         """
         out = bytearray()
         for event in self._sse.feed(data):
-            out += self._emit(self._decoder.feed(event))
+            out += self._emit(self._read(event))
         return bytes(out)
+
+    def _read(self, event: SSEEvent) -> list[ir.Event]:
+        try:
+            return self._decoder.feed(event)
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            raise MalformedUpstream(f"unreadable upstream stream event ({exc})") from exc
 
     def close(self) -> bytes:
         """The upstream ended: the last bytes.  `finished` False afterwards means cut."""
         out = bytearray()
         for event in self._sse.flush():
-            out += self._emit(self._decoder.feed(event))
+            out += self._emit(self._read(event))
         return bytes(out + self._emit(self._decoder.close()))
 
 
@@ -177,12 +190,15 @@ class Translator:
             raise BadRequest("the request body must be a JSON object")
         try:
             request = _READ[self.client](body)
-        except (AttributeError, TypeError, KeyError) as exc:
-            raise BadRequest(f"malformed request body: {exc}") from exc
-        request.model = model
+            request.model = model
+            out = _WRITE[self.upstream](request)
+        except (BadRequest, Untranslatable):
+            raise
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            # A field of the wrong type somewhere the client's API would refuse too.
+            raise BadRequest(f"malformed request body ({type(exc).__name__}: {exc})") from exc
         request.created = int(self._clock())
         self._request = request
-        out = _WRITE[self.upstream](request)
         if self.upstream == "gemini":
             path, query = gemini.path(model, request.stream)
         elif self.upstream == "anthropic":
@@ -198,11 +214,17 @@ class Translator:
         return self._request
 
     def response(self, body: bytes | Json) -> bytes:
-        """A 2xx JSON answer of the upstream, as the client's API answers."""
+        """A 2xx JSON answer of the upstream, as the client's API answers.
+
+        Raises `MalformedUpstream` (a ValueError) when it is not such an answer.
+        """
         data = json.loads(body) if isinstance(body, (bytes, str)) else body
         if not isinstance(data, dict):
-            raise ValueError("the upstream answer is not a JSON object")
-        answer = _ANSWER[self.client](_PARSE[self.upstream](data), self.parsed)
+            raise MalformedUpstream("the upstream answer is not a JSON object")
+        try:
+            answer = _ANSWER[self.client](_PARSE[self.upstream](data), self.parsed)
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            raise MalformedUpstream(f"unreadable upstream answer ({exc})") from exc
         return ir.dumps(answer).encode()
 
     def stream(self) -> StreamTranslator:
