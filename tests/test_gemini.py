@@ -51,6 +51,12 @@ async def test_prepare_puts_the_model_in_the_path_and_the_key_in_its_header() ->
     out = await provider.prepare(model, endpoint(url="http://127.0.0.1:9"), client_request())
     assert out.url == "http://127.0.0.1:9/v1beta/models/gemini-2.5-flash:generateContent"
     assert out.model_label == "gemini-2.5-flash"
+    keyed = endpoint(key=None, url="https://generativelanguage.googleapis.com?key=AIzaSecret")
+    out = await provider.prepare(model, keyed, client_request(streaming=True))
+    assert out.url == (
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash"
+        ":streamGenerateContent?key=AIzaSecret&alt=sse"
+    )
 
 
 async def test_star_forwards_the_requested_model_and_dash_strips_credentials() -> None:

@@ -69,12 +69,11 @@ class GeminiProvider(Provider):
         # Gemini client's query goes on.
         if request.query and path_model(request.path) is not None:
             query = f"{query}&{request.query}" if query else request.query
-        url = join(
-            endpoint.url or GEMINI_URL,
-            path,
-            query,
-            strip_version_prefix=endpoint.strip_version_prefix,
-        )
+        # An endpoint URL may carry a query (`?key=...`, Gemini's other key style): it
+        # stays, before the call's own.
+        base, _, kept = (endpoint.url or GEMINI_URL).partition("?")
+        query = "&".join(q for q in (kept, query) if q)
+        url = join(base, path, query, strip_version_prefix=endpoint.strip_version_prefix)
         return Outgoing(url, headers, request.body, name)
 
     def error_body(self, status: int, message: str, error_type: str) -> ErrorBody:
