@@ -120,8 +120,8 @@ def test_default_path_is_under_home(tmp_path: Path) -> None:
             'model 2: endpoint "foo" not found',
         ),
         (
-            '[endpoints.a]\nurl = "http://x"\n[[models]]\nendpoint = "a"\ntype = "gemini"\nmodel = "m"\n',
-            'model 0: unsupported type "gemini" (supported: openai, anthropic, bedrock)',
+            '[endpoints.a]\nurl = "http://x"\n[[models]]\nendpoint = "a"\ntype = "vertex"\nmodel = "m"\n',
+            'model 0: unsupported type "vertex" (supported: openai, anthropic, bedrock, gemini)',
         ),
         (
             '[endpoints.a]\nurl = "http://x"\n[[models]]\nendpoint = "a"\ntype = "openai"\nmodel = "m"\natempts = 2\n',

@@ -543,14 +543,16 @@ def model_entry(**keys: object) -> str:
         (ONE_ENDPOINT + model_entry(endpoint="zai", type="openai"), "model 0: model is required"),
         (ONE_ENDPOINT + model_entry(endpoint="zai", model="m"), "model 0: type is required"),
         (
-            ONE_ENDPOINT + model_entry(endpoint="zai", type="gemini", model="m"),
-            'model 0: unsupported type "gemini" (supported: openai, anthropic, bedrock)',
+            ONE_ENDPOINT + model_entry(endpoint="zai", type="vertex", model="m"),
+            'model 0: unsupported type "vertex" (supported: openai, anthropic, bedrock, gemini)',
         ),
         (
-            ONE_ENDPOINT
-            + model_entry(endpoint="zai", type="openai", model="a")
-            + model_entry(endpoint="zai", type="anthropic", model="b"),
-            'model 1: mixed model types are not allowed (expected "openai", got "anthropic")',
+            ONE_ENDPOINT + model_entry(endpoint="zai", type="openai", model="m", api="batch"),
+            'model 0: api "batch" must be "chat" or "responses"',
+        ),
+        (
+            ONE_ENDPOINT + model_entry(endpoint="zai", type="anthropic", model="m", api="chat"),
+            'model 0: api applies only to type "openai" models',
         ),
         (
             BEDROCK.format(extra='aws_access_key_id = "AKIA"'),
@@ -636,7 +638,8 @@ def test_the_rendered_error_for_an_empty_config() -> None:
     assert str(info.value) == "config validation failed: at least one model must be configured"
 
 
-def test_mixed_types_are_checked_per_listener_including_routes() -> None:
+def test_mixed_types_are_allowed_in_a_chain_and_its_routes() -> None:
+    # Issue 16: a chain may mix API families (the original refused this).
     text = LISTENERS.replace(
         '[models.glm-flash]\nprovider = "p"\ntype = "anthropic"',
         '[models.glm-flash]\nprovider = "p"\ntype = "openai"',
@@ -646,28 +649,29 @@ def test_mixed_types_are_checked_per_listener_including_routes() -> None:
         + """
         [[listeners]]
         name = "a"
-        port = 1
-        models = ["big", "glm-air"]
-        [[listeners]]
-        name = "o"
-        port = 2
-        models = ["glm-flash"]
-        """
-    )
-    assert [m.type for m in ok.chain(ok.listeners[1].models)] == ["openai"]
-    found = problems(
-        text
-        + """
-        [[listeners]]
-        name = "a"
-        models = ["big"]
+        models = ["big", "glm-flash"]
         [listeners.routes]
         "*" = ["glm-flash"]
         """
     )
-    assert found == [
-        'model "glm-flash": mixed model types are not allowed (expected "anthropic", got "openai")'
+    assert [m.type for m in ok.chain(ok.listeners[0].models)] == ["anthropic", "openai"]
+    mixed = parse(
+        ONE_ENDPOINT
+        + model_entry(endpoint="zai", type="openai", model="a", api="responses")
+        + model_entry(endpoint="zai", type="anthropic", model="b")
+    )
+    assert [(m.type, m.api) for m in mixed.models.values()] == [
+        ("openai", "responses"),
+        ("anthropic", "chat"),
     ]
+
+
+def test_a_gemini_only_endpoint_defaults_to_googles_url() -> None:
+    config = parse(
+        '[endpoints.g]\napi_key = "k"\n' + model_entry(endpoint="g", type="gemini", model="m")
+    )
+    assert config.endpoints["g"].url == "https://generativelanguage.googleapis.com"
+    assert config.models["g/m"].type == "gemini"
 
 
 def test_every_problem_is_reported_together() -> None:
@@ -695,7 +699,7 @@ def test_every_problem_is_reported_together() -> None:
         'model 0: unknown key "atempts" (did you mean "attempts"?)',
         'model 0: endpoint "missing" not found',
         "model 0: model is required",
-        'model 1: unsupported type "cohere" (supported: openai, anthropic, bedrock)',
+        'model 1: unsupported type "cohere" (supported: openai, anthropic, bedrock, gemini)',
         'endpoint "a": url "ftp://x" must start with http:// or https://',
     ]
     with pytest.raises(ConfigError) as info:

@@ -12,8 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-ApiType = Literal["openai", "anthropic", "bedrock"]
-API_TYPES: tuple[ApiType, ...] = ("openai", "anthropic", "bedrock")
+ApiType = Literal["openai", "anthropic", "bedrock", "gemini"]
+API_TYPES: tuple[ApiType, ...] = ("openai", "anthropic", "bedrock", "gemini")
+# The upstream API an `openai` model is called with (a Responses client on "chat" is translated).
+OpenAIApi = Literal["chat", "responses"]
+OPENAI_APIS: tuple[OpenAIApi, ...] = ("chat", "responses")
+GEMINI_URL = "https://generativelanguage.googleapis.com"
 Prefill = Literal["auto", "yes", "no"]
 # How an OpenAI-compatible endpoint marks the last assistant message as a prefix to continue.
 PrefillFlag = Literal["none", "prefix", "continue_final_message"]
@@ -54,6 +58,7 @@ class ModelConfig:
     attempts: int = 1  # >= 1
     timeout: float = 30.0  # resolved: model timeout or retry.default_timeout
     interval: float = 0.1  # resolved: model > endpoint > retry.default_interval
+    api: OpenAIApi = "chat"  # openai models only
 
 
 @dataclass(frozen=True, slots=True)

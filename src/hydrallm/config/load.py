@@ -39,7 +39,6 @@ from hydrallm.config.sections import (
     TOP_TABLES,
     build_model,
     check_listeners,
-    check_types,
     cooldown_section,
     endpoint_section,
     finish_endpoint,
@@ -225,9 +224,7 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
         report.problem("at least one model must be configured")
     known = [ident for ident, _ in entries]
     models: dict[str, ModelConfig] = {}
-    places: dict[str, str] = {}
     for ident, entry in entries:
-        places[ident] = entry.place
         model = build_model(ident, entry, endpoints, retry, report)
         if model is not None:
             models[ident] = model
@@ -259,8 +256,8 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
                 auth_keys=server.auth_keys,
             ),
         )
-    for listener in listeners:
-        check_types(listener, models, places, report)
+    # Chains may mix model types (issue 16): the original's "mixed model types are not
+    # allowed" no longer applies.
 
     if report.problems:
         raise ConfigError(report.problems, path)

@@ -14,12 +14,15 @@ from urllib.parse import urlsplit
 
 from hydrallm.config import (
     API_TYPES,
+    GEMINI_URL,
+    OPENAI_APIS,
     ApiType,
     CooldownConfig,
     EndpointConfig,
     ListenerConfig,
     LogConfig,
     ModelConfig,
+    OpenAIApi,
     Prefill,
     PrefillFlag,
     RetryConfig,
@@ -82,7 +85,7 @@ ENDPOINT_KEYS = (
     "prefill",
     "prefill_flag",
 )
-MODEL_KEYS = ("endpoint", "provider", "type", "model", "attempts", "timeout", "interval")
+MODEL_KEYS = ("endpoint", "provider", "type", "model", "attempts", "timeout", "interval", "api")
 LISTENER_KEYS = (
     "name",
     "host",
@@ -220,6 +223,8 @@ def finish_endpoint(
         # Left empty: the bedrock provider builds the regional URL from the region it
         # resolves at signing time (aws_region, environment, profile, us-east-1).
         url = ""
+    elif types == {"gemini"}:
+        url = GEMINI_URL
     else:
         report.problem(f"{place}: url is required")
     has_id = endpoint.aws_access_key_id is not None
@@ -252,6 +257,7 @@ class ModelEntry:
     timeout: float | None
     interval: float | None
     name: str | None
+    api: str | None = None
 
 
 def model_entry(t: Table) -> ModelEntry:
@@ -273,6 +279,7 @@ def model_entry(t: Table) -> ModelEntry:
         timeout=t.duration("timeout"),
         interval=t.duration("interval"),
         name=t.string("name") or None,
+        api=t.string("api") or None,
     )
 
 
@@ -326,6 +333,15 @@ def build_model(
             report.problem(
                 f"{place}: unsupported type {shown(entry.type)} (supported: {SUPPORTED})"
             )
+    api: OpenAIApi = "chat"
+    if entry.api is not None:
+        chosen = next((a for a in OPENAI_APIS if a == entry.api), None)
+        if api_type not in (None, "openai"):
+            report.problem(f'{place}: api applies only to type "openai" models')
+        elif chosen is None:
+            report.problem(f'{place}: api {shown(entry.api)} must be "chat" or "responses"')
+        else:
+            api = chosen
     if endpoint is None or api_type is None or entry.model is None:
         return None
     interval = entry.interval
@@ -339,6 +355,7 @@ def build_model(
         attempts=entry.attempts,
         timeout=or_default(entry.timeout, retry.default_timeout),
         interval=interval,
+        api=api,
     )
 
 
@@ -430,28 +447,6 @@ def check_listeners(listeners: Sequence[ListenerConfig], report: Report) -> None
             report.problem(
                 f"{place}: {listener.host}:{listener.port} is already used by"
                 f" listener {shown(other)}"
-            )
-
-
-def check_types(
-    listener: ListenerConfig,
-    models: Mapping[str, ModelConfig],
-    places: Mapping[str, str],
-    report: Report,
-) -> None:
-    """All models one listener can use (its chain and its routes) must share one API type."""
-    expected: ApiType | None = None
-    chain = [*listener.models, *(ident for route in listener.routes for ident in route.models)]
-    for ident in dict.fromkeys(chain):
-        model = models.get(ident)
-        if model is None:
-            continue
-        if expected is None:
-            expected = model.type
-        elif model.type != expected:
-            report.problem(
-                f"{places[ident]}: mixed model types are not allowed"
-                f' (expected "{expected}", got "{model.type}")'
             )
 
 

@@ -16,6 +16,10 @@ def provider_for(api_type: ApiType) -> Provider:
         from hydrallm.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider()
+    if api_type == "gemini":
+        from hydrallm.providers.gemini import GeminiProvider
+
+        return GeminiProvider()
     from hydrallm.providers.bedrock import BedrockProvider
 
     return BedrockProvider()
