@@ -2,7 +2,12 @@
 
 closed --(N consecutive retryable failures, or a too-long Retry-After)--> open
 open --(duration lapsed; one request probes)--> half-open
-half-open --success--> closed;  half-open --failure--> open with the duration doubled
+half-open --success--> closed;  half-open --failure--> open again
+
+A failed probe reopens for `duration`, doubled only up to `max_duration` when that is set
+above it.  By default it is not, so a primary that recovers after an outage of any length
+is probed (by one real request) at most `duration` (30 s) later and traffic returns to it.
+Limits of a single key (throttles, quotas) are kept by `routing.keys`, not here.
 """
 
 from __future__ import annotations
@@ -110,7 +115,10 @@ class Breakers:
         c.failures += 1
         now = self._clock()
         if c.state == "half-open" or (c.state == "open" and now >= c.open_until):
-            duration = min(max(c.duration * 2, self.config.duration), self.config.max_duration)
+            cap = self.config.max_duration or self.config.duration
+            duration = min(
+                max(c.duration * 2, self.config.duration), max(cap, self.config.duration)
+            )
             self._open(model_id, c, max(duration, open_for or 0.0), now)
         elif open_for is not None:
             self._open(model_id, c, max(open_for, 0.0), now)
