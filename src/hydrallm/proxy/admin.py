@@ -53,6 +53,8 @@ def health_payload(state: ProxyState) -> dict[str, object]:
             {"name": lc.name, "host": lc.host, "port": lc.port} for lc in runtime.config.listeners
         ],
         "models": models,
+        # Key pools (issue 15): masked labels only, never a key.
+        "endpoints": runtime.engine.keys.snapshot() if runtime.engine.keys is not None else {},
     }
 
 

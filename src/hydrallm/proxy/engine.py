@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import random
 import time
 import zlib
@@ -30,9 +31,12 @@ from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
+from hydrallm.routing.affinity import Affinity, Session, preferred_order, session_of
 from hydrallm.routing.breakers import Breakers
-from hydrallm.routing.outcome import Verdict, classify_status
+from hydrallm.routing.keys import KeyPools, Step, all_sleeping_error, hold_for, retry_after_seconds
+from hydrallm.routing.outcome import StatusDecision, Verdict, classify_status
 from hydrallm.routing.plan import Attempt, Next, Planner
+from hydrallm.routing.pooling import Chosen, RequestKeys
 
 # A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
 # be retried) up to this size; a larger body is committed and relayed as it comes.
@@ -89,6 +93,7 @@ class _Failure:
     snapshot: Final | None = None  # the upstream response, when there was one
     error: UpstreamError | None = None
     counts_for_cooldown: bool = True
+    another_key: bool = False  # [keys] ask the same model again at once on another key
 
 
 @dataclass(slots=True)
@@ -105,11 +110,28 @@ class Engine:
     rand: Callable[[], float] = field(default=random.random)
     # Created on first use, inside the running loop.
     deadlines: Deadlines | None = None
+    # [keys] issue 15: key pools and session affinity (None: no endpoint has a key).
+    keys: KeyPools | None = None
+    affinity: Affinity | None = None
+    wall: Callable[[], float] = time.time
 
     async def run(
-        self, request: ClientRequest, chain: Sequence[ModelConfig], labels: Labels
+        self,
+        request: ClientRequest,
+        chain: Sequence[ModelConfig],
+        labels: Labels,
+        held: float = 0.0,
     ) -> Committed | Final:
         retry = self.config.retry
+        # [keys] begin: per-request key choice; "session" affinity starts on its model.
+        keyed = self._request_keys(request)
+        if keyed is not None and self.affinity is not None and self.affinity.mode == "session":
+            first = self.affinity.model_for(keyed.session)
+            if first is not None:
+                order = preferred_order([m.id for m in chain], first)
+                chain = [self.config.models[i] for i in order]
+        last_key: int | None = None
+        # [keys] end
         plan_chain = self.breakers.plan(chain)
         planner = Planner(plan_chain, retry, rand=self.rand)
         started = self.clock()
@@ -141,9 +163,22 @@ class Engine:
                     budget_spent = True
                     break
                 await self.sleep(wait)
+            # [keys] begin: a model whose keys all sleep is left out, without an attempt.
+            chosen: Chosen | None = None
+            if keyed is not None:
+                endpoint = self.config.endpoints[attempt.model.endpoint]
+                chosen = keyed.choose(endpoint, last_key if attempt.is_retry else None)
+                if chosen is None:
+                    planner.withdraw()
+                    attempt = planner.next(Next.SKIP_MODEL)
+                    continue
+                last_key = chosen.key.index if chosen.key is not None else None
+            # [keys] end
             fallback = prev_index is not None and attempt.index != prev_index
             prev_index = attempt.index
-            result = await self._attempt(request, attempt, labels, deadline, fallback)
+            result = await self._attempt(
+                request, attempt, labels, deadline, fallback, keyed, chosen
+            )
             if not isinstance(result, _Failure):
                 if isinstance(result, Committed):
                     result.chain = plan_chain
@@ -164,8 +199,30 @@ class Engine:
             if deadline is not None and self.clock() >= deadline:
                 budget_spent = True
                 break
+            if result.another_key:  # [keys]
+                attempt = planner.another_key()
+                continue
             attempt = planner.next(result.next, result.retry_after)
         attempts = planner.attempts_made
+        # [keys] begin: every key limited -> hold (retry.hold) or say when the earliest resets.
+        if keyed is not None and keyed.limited:
+            earliest = keyed.earliest_reset(chain)
+            if earliest is not None and earliest > 0 and not budget_spent:
+                hold_wait = hold_for(earliest, retry.hold - held)
+                if hold_wait is not None:
+                    await self.sleep(hold_wait)
+                    return await self.run(request, chain, labels, held + hold_wait)
+                if last_response is not None:
+                    last_response.headers = [
+                        (k, v) for k, v in last_response.headers if k.lower() != "retry-after"
+                    ]
+                    last_response.headers.append(("Retry-After", retry_after_seconds(earliest)))
+                elif attempts == 0:
+                    provider = self.providers[labels.api_type]
+                    status, headers, body = all_sleeping_error(provider, earliest)
+                    why = "every key of every model is rate-limited"
+                    return Final(status, headers, body, 0, last_model, last_name, True, why)
+        # [keys] end
         if last_response is not None:
             last_response.attempts = attempts
             return last_response
@@ -191,6 +248,25 @@ class Engine:
             return self.providers[model.type].requested_model(request) or "*"
         return model.model
 
+    def _request_keys(self, request: ClientRequest) -> RequestKeys | None:
+        """[keys] The request's key chooser, or None when no endpoint has a key pool."""
+        if self.keys is None or not self.keys.pools:
+            return None
+
+        def session() -> Session | None:
+            if self.affinity is None or not self.affinity.enabled:
+                return None
+            named = session_of(request.headers, None, request.body)
+            if named is not None or request.json is None:
+                return named
+            try:
+                parsed = json.loads(request.json.text)
+            except ValueError:
+                return None
+            return session_of((), parsed if isinstance(parsed, dict) else None, request.body)
+
+        return RequestKeys(self.keys, self.affinity, session, self.wall)
+
     async def _attempt(
         self,
         request: ClientRequest,
@@ -198,9 +274,12 @@ class Engine:
         labels: Labels,
         deadline: float | None,
         fallback: bool,
+        keyed: RequestKeys | None = None,
+        chosen: Chosen | None = None,
     ) -> Committed | Final | _Failure:
         model = attempt.model
-        endpoint = self.config.endpoints[model.endpoint]
+        # [keys] the endpoint with this attempt's key applied
+        endpoint = self.config.endpoints[model.endpoint] if chosen is None else chosen.endpoint
         provider = self.providers[model.type]
         retry = self.config.retry
         sent = self.clock()
@@ -239,6 +318,16 @@ class Engine:
                     response_encoding = get("Content-Encoding", "")
                     body = await read_body(response, ERROR_BODY_LIMIT)
                     decision = classify_status(status, get, retry, body)
+                    # [keys] begin: a limit of this key: next key at once, or same key later.
+                    key_step = Step.NOT_A_LIMIT
+                    if keyed is not None and chosen is not None:
+                        step = keyed.answered(chosen, status, get, body)
+                        key_step = step.step
+                        if key_step is Step.RETRY_SAME:
+                            decision = StatusDecision(Verdict.RETRY, retry_after=step.wait)
+                        elif key_step is Step.NEXT_KEY:
+                            decision = StatusDecision(Verdict.FALLBACK)
+                    # [keys] end
                     snapshot = Final(
                         status,
                         message_headers(response),
@@ -275,6 +364,13 @@ class Engine:
                         attempt, labels, "status", status, None, sent, None, fallback, shown
                     )
                     whole = len(body) < ERROR_BODY_LIMIT
+                    if key_step is Step.NEXT_KEY:  # [keys] the key's limit, not the model's fault
+                        return _Failure(
+                            Next.FALLBACK,
+                            snapshot=snapshot if whole else None,
+                            counts_for_cooldown=False,
+                            another_key=True,
+                        )
                     return _Failure(
                         Next.FALLBACK if decision.verdict is Verdict.FALLBACK else Next.RETRY,
                         retry_after=decision.retry_after,
@@ -360,6 +456,9 @@ class Engine:
             return _Failure(Next.RETRY, error=exc)
         if complete:
             response.release()
+        if keyed is not None and chosen is not None:  # [keys] look-ahead, affinity
+            keyed.answered(chosen, response.status, response.headers.get, b"")
+            keyed.served(model, chosen)
         self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
         self.breakers.success(model.id)
         return Committed(

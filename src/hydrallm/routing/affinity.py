@@ -115,6 +115,10 @@ class Affinity:
         self._max = max_sessions
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
+    def carry_over(self, old: Affinity) -> None:
+        """Keep the sessions of the previous config generation (a reload)."""
+        self._entries = old._entries
+
     @property
     def enabled(self) -> bool:
         return self.mode != "off"

@@ -153,7 +153,10 @@ class KeyPool:
                     )
             return Decision(Step.NEXT_KEY)
         if limit.kind is Kind.QUOTA:
-            self._sleep(key, "exhausted", now + (limit.wait or self.policy.quota_duration))
+            # A stated reset that has (nearly) passed still rests the key a second, so that
+            # a clock apart from the provider's does not make us hammer it.
+            wait = self.policy.quota_duration if limit.wait is None else max(limit.wait, 1.0)
+            self._sleep(key, "exhausted", now + wait)
             return Decision(Step.NEXT_KEY)
         wait = limit.wait
         if wait is not None and wait > self.policy.quota_threshold:

@@ -202,11 +202,11 @@ def _gemini(error: _Error) -> tuple[float | None, bool]:
 # --------------------------------------------------------------------------- classify
 
 
-def _unified_rejected(headers: Headers, now: float) -> float | None:
-    """Seconds until an Anthropic subscription's rejected window resets (the latest of the
-    rejected windows), 0.0 when rejected without a reset; None when not rejected."""
+def _unified_rejected(headers: Headers, now: float) -> tuple[bool, float | None]:
+    """Whether an Anthropic subscription window is rejected, and the seconds until it resets
+    (the latest of the rejected windows; None when no reset is given)."""
     if (headers(UNIFIED_PREFIX + "status") or "").strip() != "rejected":
-        return None
+        return False, None
     resets: list[float] = []
     for window in UNIFIED_WINDOWS:
         if (headers(f"{UNIFIED_PREFIX}{window}-status") or "").strip() == "rejected":
@@ -219,7 +219,7 @@ def _unified_rejected(headers: Headers, now: float) -> float | None:
         seconds = seconds_until(value, "epoch", now) if value else None
         if seconds is not None:
             resets.append(seconds)
-    return max(resets) if resets else 0.0
+    return True, (max(resets) if resets else None)
 
 
 def _all_budget_headers() -> Iterator[BudgetHeader]:
@@ -265,10 +265,9 @@ def classify(status: int, headers: Headers, body: bytes, now: float, policy: Pol
     if any(code in rules.not_key_codes for rules in RULES for code in error.codes):
         return NOT_A_LIMIT
     after = parse_retry_after(headers, now=lambda: now)
-    unified = _unified_rejected(headers, now)
-    if unified is not None:
-        wait = unified or after
-        return _as_quota(wait, "unified-rejected")
+    rejected, reset = _unified_rejected(headers, now)
+    if rejected:
+        return _as_quota(reset if reset is not None else after, "unified-rejected")
     for rules in RULES:
         hit = error.codes & rules.quota_codes
         if hit or status in rules.quota_statuses:

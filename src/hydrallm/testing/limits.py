@@ -20,6 +20,7 @@ x-api-key or x-goog-api-key), so a pool of keys can be tested:
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -130,7 +131,7 @@ def anthropic_budget(remaining: int, limit: int, reset_at: float) -> dict[str, s
 
 def anthropic_throttle(wait: float, now: float | None = None) -> Fault:
     now = time.time() if now is None else now
-    headers = {"retry-after": str(max(1, round(wait))), **anthropic_budget(0, 50, now + wait)}
+    headers = {"retry-after": str(max(1, math.ceil(wait))), **anthropic_budget(0, 50, now + wait)}
     body = _anthropic_error(
         "rate_limit_error",
         "This request would exceed your account's rate limit. Please try again later.",
@@ -141,9 +142,10 @@ def anthropic_throttle(wait: float, now: float | None = None) -> Fault:
 def anthropic_unified_rejected(reset_in: float, now: float | None = None) -> Fault:
     """A subscription's 5-hour window spent (undocumented unified-* headers, as captured)."""
     now = time.time() if now is None else now
-    reset = str(int(now + reset_in))
+    # Whole seconds, rounded up: a reset the provider states is never before the real one.
+    reset = str(math.ceil(now + reset_in))
     headers = {
-        "retry-after": str(int(reset_in)),
+        "retry-after": str(math.ceil(reset_in)),
         "anthropic-ratelimit-unified-status": "rejected",
         "anthropic-ratelimit-unified-representative-claim": "five_hour",
         "anthropic-ratelimit-unified-reset": reset,
@@ -174,7 +176,7 @@ def anthropic_billing() -> Fault:
 def zai_usage_limit(reset_in: float, now: float | None = None) -> Fault:
     """Coding-plan 5-hour window (code 1308); the reset is China time with no offset."""
     now = time.time() if now is None else now
-    at = datetime.fromtimestamp(now + reset_in, CHINA).strftime("%Y-%m-%d %H:%M:%S")
+    at = datetime.fromtimestamp(math.ceil(now + reset_in), CHINA).strftime("%Y-%m-%d %H:%M:%S")
     body = {
         "error": {
             "code": "1308",

@@ -1,0 +1,105 @@
+"""The engine's per-request view of key pools and session affinity (issue 15).
+
+Per attempt the engine calls, in this order:
+
+    keys = RequestKeys(pools, affinity, session_of(...), wall)   # once per request
+    chosen = keys.choose(endpoint)         # before prepare(): endpoint with the key applied
+        -> None: every key of this endpoint sleeps; skip the model (no attempt used)
+    decision = keys.answered(chosen, status, get_header, body)   # any upstream answer
+        -> Step.NOT_A_LIMIT | RETRY_SAME (after decision.wait) | NEXT_KEY (at once, free)
+    keys.served(model_id, chosen)          # the answer the client gets: affinity
+
+and at the end, when the chain ran out: `keys.earliest_reset(chain)` for the Retry-After of
+the answer and for `retry.hold`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from hydrallm.config import AwsCredential, EndpointConfig, ModelConfig
+from hydrallm.routing.affinity import Affinity, Session
+from hydrallm.routing.keys import Decision, Key, KeyPool, KeyPools, Step
+from hydrallm.routing.limits import budget, classify
+
+
+@dataclass(slots=True)
+class Chosen:
+    endpoint: EndpointConfig  # what the provider signs with (this key only)
+    pool: KeyPool | None
+    key: Key | None
+
+
+class RequestKeys:
+    def __init__(
+        self,
+        pools: KeyPools,
+        affinity: Affinity | None,
+        session: Callable[[], Session | None],
+        wall: Callable[[], float],
+    ) -> None:
+        self.pools = pools
+        self.affinity = affinity
+        self._session_of = session
+        self._session: Session | None = None
+        self._named = False
+        self._wall = wall
+        self.limited = False  # some attempt of this request met a key limit
+        self.skipped_sleeping = 0  # models left out because every key slept
+
+    @property
+    def session(self) -> Session | None:
+        """Named on first need: only pools of several keys and "session" mode ask, so a
+        one-key endpoint never pays for hashing the prompt."""
+        if not self._named:
+            self._named = True
+            self._session = self._session_of()
+        return self._session
+
+    def choose(self, endpoint: EndpointConfig, retry_key: int | None = None) -> Chosen | None:
+        """The endpoint with a key applied; `retry_key`: the key a short throttle asked to
+        retry (preferred once it is ready again)."""
+        pool = self.pools.get(endpoint.name)
+        if pool is None:
+            return Chosen(endpoint, None, None)
+        prefer = retry_key
+        if prefer is None and self.affinity is not None and len(pool.keys) > 1:
+            prefer = self.affinity.key_for(self.session, endpoint.name)
+        key = pool.pick(prefer=prefer)
+        if key is None:
+            self.limited = True
+            self.skipped_sleeping += 1
+            return None
+        secret = key.secret
+        if isinstance(secret, AwsCredential):
+            applied = replace(endpoint, aws_pool=(secret,))
+        else:
+            applied = replace(endpoint, api_key=secret)
+        return Chosen(applied, pool, key)
+
+    def answered(
+        self, chosen: Chosen, status: int, get: Callable[[str], str | None], body: bytes
+    ) -> Decision:
+        pool, key = chosen.pool, chosen.key
+        if pool is None or key is None:
+            return Decision(Step.NOT_A_LIMIT)
+        now = self._wall()
+        pool.observe(key, budget(get, now))
+        if 200 <= status < 400:
+            return Decision(Step.NOT_A_LIMIT)
+        decision = pool.outcome(key, classify(status, get, body, now, pool.policy))
+        if decision.step is not Step.NOT_A_LIMIT:
+            self.limited = True
+        return decision
+
+    def served(self, model: ModelConfig, chosen: Chosen | None) -> None:
+        if self.affinity is None or chosen is None or not self.affinity.enabled:
+            return
+        if self.affinity.mode != "session" and (chosen.pool is None or len(chosen.pool.keys) < 2):
+            return
+        index = chosen.key.index if chosen.key is not None else None
+        self.affinity.remember(self.session, model.id, model.endpoint, index)
+
+    def earliest_reset(self, chain: Iterable[ModelConfig]) -> float | None:
+        return self.pools.earliest_reset(dict.fromkeys(m.endpoint for m in chain))
