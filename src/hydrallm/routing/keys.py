@@ -155,8 +155,8 @@ class KeyPool:
         if limit.kind is Kind.QUOTA:
             # A stated reset that has (nearly) passed still rests the key a second, so that
             # a clock apart from the provider's does not make us hammer it.
-            wait = self.policy.quota_duration if limit.wait is None else max(limit.wait, 1.0)
-            self._sleep(key, "exhausted", now + wait)
+            rest = self.policy.quota_duration if limit.wait is None else max(limit.wait, 1.0)
+            self._sleep(key, "exhausted", now + rest)
             return Decision(Step.NEXT_KEY)
         wait = limit.wait
         if wait is not None and wait > self.policy.quota_threshold:
