@@ -138,7 +138,12 @@ def test_invalid_key_is_taken_out_and_reported_once() -> None:
     ]
     clock.now += 10**6
     assert p.pick() is p.keys[1]
-    assert p.snapshot()[0] == {"label": "…1111", "state": "invalid", "until": None}
+    assert p.snapshot()[0] == {
+        "label": "…1111",
+        "state": "invalid",
+        "until": None,
+        "cache_hit_ratio": {},
+    }
 
 
 def test_round_robin_and_least_limited() -> None:

@@ -3,12 +3,15 @@ with the provider's real signals (`hydrallm.testing.limits.LimitedUpstream`)."""
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 import anthropic
 import openai
 import pytest
 
 from hydrallm.testing import CANONICAL_TEXT
+from hydrallm.testing.faults import Fault
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.limits import LimitedUpstream
 
@@ -83,7 +86,7 @@ async def test_fill_first_moves_on_after_a_quota_and_never_probes_the_sleeping_k
         keys = health["endpoints"]["team"]["keys"]
         assert [k["label"] for k in keys] == ["…1111", "…2222"]
         assert keys[0]["state"] == "exhausted" and keys[0]["until"].endswith("Z")
-        assert keys[1] == {"label": "…2222", "state": "ready", "until": None}
+        assert keys[1]["state"] == "ready" and keys[1]["until"] is None
         assert 'hydrallm_key_state{endpoint="team",key="…1111"} 2.0' in metrics
         for secret in (A, B):
             assert secret not in str(health) and secret not in metrics
@@ -176,3 +179,32 @@ async def test_a_session_stays_on_its_key() -> None:
         # Another session (no header: named by its prompt) is spread by round-robin.
         assert await chat(ask(px)) == CANONICAL_TEXT
         assert up.served[B] == 1
+
+
+async def test_cache_hit_ratio_per_model_and_key() -> None:
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m1",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": 1000,
+            "completion_tokens": 1,
+            "total_tokens": 1001,
+            "prompt_tokens_details": {"cached_tokens": 750},
+        },
+    }
+    async with LimitedUpstream() as up, ProxyHarness(config(up.url + "/v1"), env=ENV) as px:
+        up.script(Fault(body=json.dumps(answer).encode()))
+        assert await chat(ask(px)) == "ok"
+        async with aiohttp.ClientSession() as http:
+            health = await (await http.get(px.url() + "/_hydrallm/health")).json()
+            metrics = await (await http.get(px.url() + "/_hydrallm/metrics")).text()
+            status = await (await http.get(px.url() + "/_hydrallm/status.json")).text()
+        assert health["endpoints"]["team"]["keys"][0]["cache_hit_ratio"] == {"main": 0.75}
+        assert 'hydrallm_cache_hit_ratio{key="…1111",model="main"} 0.75' in metrics
+        for secret in (A, B):
+            assert secret not in status and secret not in metrics and secret not in str(health)

@@ -459,6 +459,8 @@ class Engine:
         if keyed is not None and chosen is not None:  # [keys] look-ahead, affinity
             keyed.answered(chosen, response.status, response.headers.get, b"")
             keyed.served(model, chosen)
+            if prefix and not response.headers.get("Content-Encoding"):
+                keyed.usage(chosen, model, b"".join(prefix))
         self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
         self.breakers.success(model.id)
         return Committed(

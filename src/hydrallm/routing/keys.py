@@ -203,7 +203,8 @@ class KeyPool:
             if st in ("throttled", "exhausted"):
                 stamp = datetime.fromtimestamp(wall + (k.until - now), UTC)
                 until = stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
-            out.append({"label": k.label, "state": st, "until": until})
+            ratios = {m: round(c[1] / c[0], 4) for m, c in sorted(k.cache.items()) if c[0] > 0}
+            out.append({"label": k.label, "state": st, "until": until, "cache_hit_ratio": ratios})
         return out
 
     def cache_ratios(self) -> list[tuple[str, str, float]]:

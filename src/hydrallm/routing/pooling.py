@@ -15,13 +15,14 @@ the answer and for `retry.hold`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from hydrallm.config import AwsCredential, EndpointConfig, ModelConfig
 from hydrallm.routing.affinity import Affinity, Session
 from hydrallm.routing.keys import Decision, Key, KeyPool, KeyPools, Step
-from hydrallm.routing.limits import budget, classify
+from hydrallm.routing.limits import budget, classify, usage_tokens
 
 
 @dataclass(slots=True)
@@ -101,5 +102,37 @@ class RequestKeys:
         index = chosen.key.index if chosen.key is not None else None
         self.affinity.remember(self.session, model.id, model.endpoint, index)
 
+    def usage(self, chosen: Chosen, model: ModelConfig, head: bytes) -> None:
+        """Count prompt-cache reads from the usage in an answer's first bytes: a whole JSON
+        body, or an Anthropic stream's `message_start` (streams that report usage only at
+        their end are not counted)."""
+        pool, key = chosen.pool, chosen.key
+        if pool is None or key is None or b'"usage"' not in head:
+            return
+        found = _usage_in(head)
+        if found is not None:
+            pool.record_usage(key, model.id, *found)
+
     def earliest_reset(self, chain: Iterable[ModelConfig]) -> float | None:
         return self.pools.earliest_reset(dict.fromkeys(m.endpoint for m in chain))
+
+
+def _usage_in(head: bytes) -> tuple[int, int] | None:
+    text = head.decode("utf-8", "replace")
+    candidates = [text] if text.lstrip().startswith("{") else []
+    candidates += [line[5:] for line in text.splitlines() if line.startswith("data:")]
+    for candidate in candidates:
+        try:
+            data = json.loads(candidate)
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        usage = data.get("usage")
+        message = data.get("message")
+        if usage is None and isinstance(message, dict):
+            usage = message.get("usage")  # Anthropic message_start
+        found = usage_tokens(usage)
+        if found is not None:
+            return found
+    return None
