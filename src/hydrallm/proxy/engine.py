@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import random
 import time
 import zlib
@@ -31,7 +30,7 @@ from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
-from hydrallm.routing.affinity import Affinity, Session, preferred_order, session_of
+from hydrallm.routing.affinity import Affinity, Session, preferred_order, session_of_request
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.keys import KeyPools, Step, all_sleeping_error, hold_for, retry_after_seconds
 from hydrallm.routing.outcome import StatusDecision, Verdict, classify_status
@@ -256,14 +255,8 @@ class Engine:
         def session() -> Session | None:
             if self.affinity is None or not self.affinity.enabled:
                 return None
-            named = session_of(request.headers, None, request.body)
-            if named is not None or request.json is None:
-                return named
-            try:
-                parsed = json.loads(request.json.text)
-            except ValueError:
-                return None
-            return session_of((), parsed if isinstance(parsed, dict) else None, request.body)
+            text = request.json.text if request.json is not None else None
+            return session_of_request(request.headers, text, request.body)
 
         return RequestKeys(self.keys, self.affinity, session, self.wall)
 

@@ -21,6 +21,8 @@ from typing import Final
 SESSION_HEADERS: Final = ("x-claude-code-session-id", "session-id", "x-session-affinity")
 LONG_TTL: Final = 3600.0
 MAX_SESSIONS: Final = 10_000
+PARSE_LIMIT: Final = 256 * 1024
+PREFIX_BYTES: Final = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,25 @@ def session_of(
     if first is None:
         return None
     return Session(_digest("c", _system_text(body), first), long_cache)
+
+
+def session_of_request(
+    headers: Iterable[tuple[str, str]], text: str | None, raw: bytes
+) -> Session | None:
+    """`session_of` for a request as received: headers first; the JSON body (`text`) is
+    decoded only when no header names the session, and only up to PARSE_LIMIT bytes.  A
+    longer body is named by its first PREFIX_BYTES, which a conversation keeps while it
+    grows at its end (the same property that lets the provider's prompt cache hit)."""
+    named = session_of(headers, None, raw)
+    if named is not None or text is None:
+        return named
+    if len(raw) > PARSE_LIMIT:
+        return Session(_digest("r", raw[:PREFIX_BYTES].decode("utf-8", "replace")), False)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    return session_of((), parsed if isinstance(parsed, dict) else None, raw)
 
 
 @dataclass(slots=True)

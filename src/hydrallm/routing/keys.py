@@ -66,6 +66,8 @@ class Key:
     fraction: float | None = None  # remaining share by the last answer's headers
     # model id -> [input tokens in total, of which read from the prompt cache]
     cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    # (endpoint as configured, the same with only this key): made on first use.
+    applied: tuple[EndpointConfig, EndpointConfig] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"Key({self.label}, {self.state})"

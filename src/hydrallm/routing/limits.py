@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from enum import Enum
@@ -222,16 +222,16 @@ def _unified_rejected(headers: Headers, now: float) -> tuple[bool, float | None]
     return True, (max(resets) if resets else None)
 
 
-def _all_budget_headers() -> Iterator[BudgetHeader]:
-    for rules in RULES:
-        yield from rules.budget_headers
+BUDGET_HEADERS: Final[tuple[BudgetHeader, ...]] = tuple(
+    spec for rules in RULES for spec in rules.budget_headers
+)
 
 
 def budget(headers: Headers, now: float) -> Budget:
     """The remaining share and the time a count stays at 0, from any answer's headers."""
     fraction: float | None = None
     empty_for: float | None = None
-    for spec in _all_budget_headers():
+    for spec in BUDGET_HEADERS:
         remaining = headers(spec.remaining)
         if remaining is None:
             continue

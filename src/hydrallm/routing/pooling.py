@@ -72,12 +72,16 @@ class RequestKeys:
             self.limited = True
             self.skipped_sleeping += 1
             return None
-        secret = key.secret
-        if isinstance(secret, AwsCredential):
-            applied = replace(endpoint, aws_pool=(secret,))
-        else:
-            applied = replace(endpoint, api_key=secret)
-        return Chosen(applied, pool, key)
+        applied = key.applied
+        if applied is None or applied[0] is not endpoint:
+            secret = key.secret
+            if isinstance(secret, AwsCredential):
+                one = replace(endpoint, aws_pool=(secret,))
+            else:
+                one = replace(endpoint, api_key=secret)
+            # dataclasses.replace costs ~10 µs: made once per key and config generation.
+            applied = key.applied = (endpoint, one)
+        return Chosen(applied[1], pool, key)
 
     def answered(
         self, chosen: Chosen, status: int, get: Callable[[str], str | None], body: bytes
@@ -107,7 +111,7 @@ class RequestKeys:
         body, or an Anthropic stream's `message_start` (streams that report usage only at
         their end are not counted)."""
         pool, key = chosen.pool, chosen.key
-        if pool is None or key is None or b'"usage"' not in head:
+        if pool is None or key is None:
             return
         found = _usage_in(head)
         if found is not None:
@@ -117,22 +121,27 @@ class RequestKeys:
         return self.pools.earliest_reset(dict.fromkeys(m.endpoint for m in chain))
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _usage_in(head: bytes) -> tuple[int, int] | None:
-    text = head.decode("utf-8", "replace")
-    candidates = [text] if text.lstrip().startswith("{") else []
-    candidates += [line[5:] for line in text.splitlines() if line.startswith("data:")]
-    for candidate in candidates:
-        try:
-            data = json.loads(candidate)
-        except ValueError:
-            continue
-        if not isinstance(data, dict):
-            continue
-        usage = data.get("usage")
-        message = data.get("message")
-        if usage is None and isinstance(message, dict):
-            usage = message.get("usage")  # Anthropic message_start
-        found = usage_tokens(usage)
-        if found is not None:
-            return found
+    """The first `"usage": {...}` object in the bytes, decoded alone (not the whole body:
+    an answer can be large, and this runs on every answer of a pooled endpoint)."""
+    at = head.find(b'"usage"')
+    if at < 0:
+        return None
+    # Decode only from the first "usage" on: a whole answer can be large.
+    text = head[at : at + 65536].decode("utf-8", "replace")
+    at = 0
+    while at >= 0:
+        start = text.find("{", at + 7, at + 64)
+        if start >= 0 and not text[at + 7 : start].strip(" \t\r\n:"):
+            try:
+                usage, _ = _DECODER.raw_decode(text, start)
+            except ValueError:
+                usage = None
+            found = usage_tokens(usage)
+            if found is not None:
+                return found
+        at = text.find('"usage"', at + 7)
     return None
