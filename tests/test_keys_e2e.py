@@ -3,6 +3,7 @@ with the provider's real signals (`hydrallm.testing.limits.LimitedUpstream`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -10,7 +11,7 @@ import anthropic
 import openai
 import pytest
 
-from hydrallm.testing import CANONICAL_TEXT
+from hydrallm.testing import CANONICAL_TEXT, faults
 from hydrallm.testing.faults import Fault
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.limits import LimitedUpstream
@@ -208,3 +209,51 @@ async def test_cache_hit_ratio_per_model_and_key() -> None:
         assert 'hydrallm_cache_hit_ratio{key="…1111",model="main"} 0.75' in metrics
         for secret in (A, B):
             assert secret not in status and secret not in metrics and secret not in str(health)
+
+
+async def test_session_mode_stays_on_the_fallback_model_until_idle() -> None:
+    text = """
+[retry]
+default_interval = "10ms"
+max_cycles = 1
+
+[routing]
+affinity = "session"
+affinity_ttl = "1s"
+
+[endpoints.p]
+url = "PRIMARY"
+api_key = "$KEY_A"
+
+[endpoints.f]
+url = "FALLBACK"
+api_key = "$KEY_C"
+
+[[models]]
+name = "primary"
+endpoint = "p"
+type = "openai"
+model = "m1"
+
+[[models]]
+name = "fallback"
+endpoint = "f"
+type = "openai"
+model = "m2"
+"""
+    async with LimitedUpstream() as primary, LimitedUpstream(name="f") as fallback:
+        text = text.replace("PRIMARY", primary.url + "/v1").replace(
+            "FALLBACK", fallback.url + "/v1"
+        )
+        async with ProxyHarness(text, env=ENV) as px:
+            primary.script(faults.status(500))
+            assert await chat(ask(px, **{"session-id": "s-1"})) == CANONICAL_TEXT
+            assert fallback.served[C] == 1
+            # The primary is healthy again, but this session stays where its cache is.
+            assert await chat(ask(px, **{"session-id": "s-1"})) == CANONICAL_TEXT
+            assert fallback.served[C] == 2 and primary.served[A] == 0
+            assert await chat(ask(px, **{"session-id": "s-2"})) == CANONICAL_TEXT
+            assert primary.served[A] == 1
+            await asyncio.sleep(1.2)  # idle longer than affinity_ttl
+            assert await chat(ask(px, **{"session-id": "s-1"})) == CANONICAL_TEXT
+            assert primary.served[A] == 2 and fallback.served[C] == 2

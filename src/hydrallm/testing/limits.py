@@ -369,9 +369,12 @@ class LimitedUpstream(FakeUpstream):
         signal = self.signal_for(key)
         if signal is not None and signal.kind != "ok":
             self._script.appendleft(signal)
-        else:
+        elif signal is not None:  # a normal answer that carries budget headers
+            base = self._script.popleft() if self._script else self.default
+            self._script.appendleft(replace(base, headers=base.headers + signal.headers))
+        before = len(self.requests)
+        response = await super()._handle(request)
+        fault = self.requests[before].fault
+        if fault.status_code < 400 and fault.reset is None and not fault.hang:
             self.served[key] += 1
-            if signal is not None:  # a normal answer that carries budget headers
-                base = self._script.popleft() if self._script else self.default
-                self._script.appendleft(replace(base, headers=base.headers + signal.headers))
-        return await super()._handle(request)
+        return response
