@@ -277,6 +277,8 @@ class _Account:
     remaining: int | None = None
     limit: int = 0
     reset_at: float = 0.0
+    allowance: int | None = None  # normal answers left before the quota runs out
+    window: float = 0.0  # ... and how long it then stays out
 
 
 def presented_key(request: web.BaseRequest) -> str:
@@ -311,6 +313,12 @@ class LimitedUpstream(FakeUpstream):
     def revoke(self, key: str) -> None:
         self._account(key).revoked = True
 
+    def allow(self, key: str, requests: int, then_exhausted_for: float) -> None:
+        """A subscription window: `requests` normal answers, then the quota answer for
+        `then_exhausted_for` seconds."""
+        account = self._account(key)
+        account.allowance, account.window = requests, then_exhausted_for
+
     def budget(self, key: str, *, remaining: int, limit: int, reset_in: float) -> None:
         """Requests left in this key's window: each answer shows the count; at 0 until the
         reset it answers with the provider's throttle."""
@@ -327,6 +335,12 @@ class LimitedUpstream(FakeUpstream):
             return self._quota(account.exhausted_until - now, now)
         if account.throttles:
             return self._throttle(account.throttles.pop(0), now)
+        if account.allowance is not None:
+            if account.allowance <= 0:
+                account.allowance = None
+                account.exhausted_until = now + account.window
+                return self._quota(account.window, now)
+            account.allowance -= 1
         if account.remaining is not None:
             if now >= account.reset_at:
                 account.remaining = account.limit
