@@ -4,6 +4,7 @@ with the provider's real signals (`hydrallm.testing.limits.LimitedUpstream`)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import aiohttp
@@ -257,3 +258,18 @@ model = "m2"
             await asyncio.sleep(1.2)  # idle longer than affinity_ttl
             assert await chat(ask(px, **{"session-id": "s-1"})) == CANONICAL_TEXT
             assert primary.served[A] == 2 and fallback.served[C] == 2
+
+
+async def test_demo_pool_absorbs_a_quota_that_fails_the_single_key() -> None:
+    from rich.console import Console
+
+    from hydrallm.cli.demo_keys import pool_table, run_pool_demo
+
+    out = io.StringIO()
+    report = await run_pool_demo(Console(file=out, width=120), requests=12, concurrency=1)
+    assert report.direct.succeeded == 4 and report.proxied.succeeded == 12
+    assert report.quota_answers == 1  # learnt once, then the key sleeps
+    assert [k["state"] for k in report.keys] == ["exhausted", "ready"]
+    console = Console(file=out, width=120)
+    console.print(pool_table(report))
+    assert "8 served; ready" in out.getvalue()
