@@ -207,6 +207,7 @@ async def test_cache_hit_ratio_per_model_and_key() -> None:
             metrics = await (await http.get(px.url() + "/_hydrallm/metrics")).text()
             status = await (await http.get(px.url() + "/_hydrallm/status.json")).text()
         assert health["endpoints"]["team"]["keys"][0]["cache_hit_ratio"] == {"main": 0.75}
+        assert json.loads(status)["endpoints"] == health["endpoints"]
         assert 'hydrallm_cache_hit_ratio{key="…1111",model="main"} 0.75' in metrics
         for secret in (A, B):
             assert secret not in status and secret not in metrics and secret not in str(health)
