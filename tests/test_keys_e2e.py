@@ -167,6 +167,7 @@ async def test_held_request_completes_after_the_reset() -> None:
         msg = await client.messages.create(model="x", max_tokens=8, messages=HI)  # type: ignore[arg-type]
         assert msg.content[0].text == CANONICAL_TEXT  # type: ignore[union-attr]
         assert up.served[A] == 1
+        assert "held" in px.logs()
         await client.close()
 
 

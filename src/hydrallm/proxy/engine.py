@@ -209,6 +209,12 @@ class Engine:
             if earliest is not None and earliest > 0 and not budget_spent:
                 hold_wait = hold_for(earliest, retry.hold - held)
                 if hold_wait is not None:
+                    self.telemetry.log.info(
+                        "held",
+                        listener=labels.listener,
+                        wait_s=round(hold_wait, 1),
+                        reason="every key of the chain is limited (retry.hold)",
+                    )
                     await self.sleep(hold_wait)
                     return await self.run(request, chain, labels, held + hold_wait)
                 if last_response is not None:
@@ -453,7 +459,7 @@ class Engine:
             keyed.answered(chosen, response.status, response.headers.get, b"")
             keyed.served(model, chosen)
             if prefix and not response.headers.get("Content-Encoding"):
-                keyed.usage(chosen, model, b"".join(prefix))
+                keyed.usage(chosen, model, prefix)
         self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
         self.breakers.success(model.id)
         return Committed(

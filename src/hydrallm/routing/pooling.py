@@ -16,7 +16,7 @@ the answer and for `retry.hold`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from hydrallm.config import AwsCredential, EndpointConfig, ModelConfig
@@ -106,14 +106,17 @@ class RequestKeys:
         index = chosen.key.index if chosen.key is not None else None
         self.affinity.remember(self.session, model.id, model.endpoint, index)
 
-    def usage(self, chosen: Chosen, model: ModelConfig, head: bytes) -> None:
-        """Count prompt-cache reads from the usage in an answer's first bytes: a whole JSON
-        body, or an Anthropic stream's `message_start` (streams that report usage only at
-        their end are not counted)."""
+    def usage(self, chosen: Chosen, model: ModelConfig, chunks: Sequence[bytes]) -> None:
+        """Count prompt-cache reads from the usage in the chunks read before commit: a JSON
+        body has it near its end (last chunk), an Anthropic stream in its `message_start`
+        (first chunk).  Streams that report usage only at their end are not counted; the
+        body is never joined or copied."""
         pool, key = chosen.pool, chosen.key
         if pool is None or key is None:
             return
-        found = _usage_in(head)
+        found = _usage_in(chunks[-1])
+        if found is None and len(chunks) > 1:
+            found = _usage_in(chunks[0])
         if found is not None:
             pool.record_usage(key, model.id, *found)
 
