@@ -30,12 +30,12 @@ from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
-from hydrallm.routing.affinity import Affinity, Session, preferred_order, session_of_request
+from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import Breakers
-from hydrallm.routing.keys import KeyPools, Step, all_sleeping_error, hold_for, retry_after_seconds
+from hydrallm.routing.keys import KeyPools, Step, all_sleeping_error
 from hydrallm.routing.outcome import StatusDecision, Verdict, classify_status
 from hydrallm.routing.plan import Attempt, Next, Planner
-from hydrallm.routing.pooling import Chosen, RequestKeys
+from hydrallm.routing.pooling import Chosen, RequestKeys, for_request, with_retry_after
 
 # A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
 # be retried) up to this size; a larger body is committed and relayed as it comes.
@@ -123,12 +123,9 @@ class Engine:
     ) -> Committed | Final:
         retry = self.config.retry
         # [keys] begin: per-request key choice; "session" affinity starts on its model.
-        keyed = self._request_keys(request)
-        if keyed is not None and self.affinity is not None and self.affinity.mode == "session":
-            first = self.affinity.model_for(keyed.session)
-            if first is not None:
-                order = preferred_order([m.id for m in chain], first)
-                chain = [self.config.models[i] for i in order]
+        keyed = for_request(self.keys, self.affinity, request, self.wall)
+        if keyed is not None:
+            chain = keyed.session_chain(chain)
         last_key: int | None = None
         # [keys] end
         plan_chain = self.breakers.plan(chain)
@@ -204,29 +201,17 @@ class Engine:
             attempt = planner.next(result.next, result.retry_after)
         attempts = planner.attempts_made
         # [keys] begin: every key limited -> hold (retry.hold) or say when the earliest resets.
-        if keyed is not None and keyed.limited:
-            earliest = keyed.earliest_reset(chain)
-            if earliest is not None and earliest > 0 and not budget_spent:
-                hold_wait = hold_for(earliest, retry.hold - held)
-                if hold_wait is not None:
-                    self.telemetry.log.info(
-                        "held",
-                        listener=labels.listener,
-                        wait_s=round(hold_wait, 1),
-                        reason="every key of the chain is limited (retry.hold)",
-                    )
-                    await self.sleep(hold_wait)
-                    return await self.run(request, chain, labels, held + hold_wait)
-                if last_response is not None:
-                    last_response.headers = [
-                        (k, v) for k, v in last_response.headers if k.lower() != "retry-after"
-                    ]
-                    last_response.headers.append(("Retry-After", retry_after_seconds(earliest)))
-                elif attempts == 0:
-                    provider = self.providers[labels.api_type]
-                    status, headers, body = all_sleeping_error(provider, earliest)
-                    why = "every key of every model is rate-limited"
-                    return Final(status, headers, body, 0, last_model, last_name, True, why)
+        end = keyed.at_end(chain, retry.hold - held) if keyed and not budget_spent else None
+        if end is not None:
+            if end.hold is not None:
+                self.telemetry.log.info("held", listener=labels.listener, wait_s=end.hold)
+                await self.sleep(end.hold)
+                return await self.run(request, chain, labels, held + end.hold)
+            if last_response is not None:
+                last_response.headers = with_retry_after(last_response.headers, end.earliest)
+            elif attempts == 0:
+                made = all_sleeping_error(self.providers[labels.api_type], end.earliest)
+                return Final(*made, 0, last_model, last_name, True, "every key is rate-limited")
         # [keys] end
         if last_response is not None:
             last_response.attempts = attempts
@@ -252,19 +237,6 @@ class Engine:
         if model.model == "*":
             return self.providers[model.type].requested_model(request) or "*"
         return model.model
-
-    def _request_keys(self, request: ClientRequest) -> RequestKeys | None:
-        """[keys] The request's key chooser, or None when no endpoint has a key pool."""
-        if self.keys is None or not self.keys.pools:
-            return None
-
-        def session() -> Session | None:
-            if self.affinity is None or not self.affinity.enabled:
-                return None
-            text = request.json.text if request.json is not None else None
-            return session_of_request(request.headers, text, request.body)
-
-        return RequestKeys(self.keys, self.affinity, session, self.wall)
 
     async def _attempt(
         self,

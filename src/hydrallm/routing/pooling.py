@@ -20,9 +20,27 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from hydrallm.config import AwsCredential, EndpointConfig, ModelConfig
-from hydrallm.routing.affinity import Affinity, Session
-from hydrallm.routing.keys import Decision, Key, KeyPool, KeyPools, Step
+from hydrallm.providers.base import ClientRequest
+from hydrallm.routing.affinity import Affinity, Session, preferred_order, session_of_request
+from hydrallm.routing.keys import (
+    Decision,
+    Key,
+    KeyPool,
+    KeyPools,
+    Step,
+    hold_for,
+    retry_after_seconds,
+)
 from hydrallm.routing.limits import budget, classify, usage_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """How a request that met key limits ends: `hold` it this long, else answer with
+    Retry-After = whole seconds to `earliest`."""
+
+    earliest: float
+    hold: float | None
 
 
 @dataclass(slots=True)
@@ -122,6 +140,54 @@ class RequestKeys:
 
     def earliest_reset(self, chain: Iterable[ModelConfig]) -> float | None:
         return self.pools.earliest_reset(dict.fromkeys(m.endpoint for m in chain))
+
+    def session_chain(self, chain: Sequence[ModelConfig]) -> Sequence[ModelConfig]:
+        """With affinity "session": the chain starting on the model that last served it."""
+        if self.affinity is None or self.affinity.mode != "session":
+            return chain
+        first = self.affinity.model_for(self.session)
+        if first is None:
+            return chain
+        order = preferred_order([m.id for m in chain], first)
+        by_id = {m.id: m for m in chain}
+        return [by_id[i] for i in order]
+
+    def at_end(self, chain: Sequence[ModelConfig], hold_left: float) -> End | None:
+        """After the plan ran out: None unless a key limit was met and every key of the
+        chain still sleeps (then: how long to hold, or the earliest reset to announce)."""
+        if not self.limited:
+            return None
+        earliest = self.earliest_reset(chain)
+        if earliest is None or earliest <= 0:
+            return None
+        return End(earliest, hold_for(earliest, hold_left))
+
+
+def for_request(
+    pools: KeyPools | None,
+    affinity: Affinity | None,
+    request: ClientRequest,
+    wall: Callable[[], float],
+) -> RequestKeys | None:
+    """The request's key chooser, or None when no endpoint has a key pool.  The session is
+    named lazily (see `RequestKeys.session`)."""
+    if pools is None or not pools.pools:
+        return None
+
+    def session() -> Session | None:
+        if affinity is None or not affinity.enabled:
+            return None
+        text = request.json.text if request.json is not None else None
+        return session_of_request(request.headers, text, request.body)
+
+    return RequestKeys(pools, affinity, session, wall)
+
+
+def with_retry_after(headers: list[tuple[str, str]], wait: float) -> list[tuple[str, str]]:
+    """`headers` with Retry-After set to the whole seconds of `wait` (any other removed)."""
+    kept = [(k, v) for k, v in headers if k.lower() != "retry-after"]
+    kept.append(("Retry-After", retry_after_seconds(wait)))
+    return kept
 
 
 _DECODER = json.JSONDecoder()
