@@ -261,6 +261,9 @@ def test_config_pool_keys_resolved_and_unset_left_out() -> None:
     assert cfg.cooldown.quota_duration == 3600
     assert "sk-b-987654321" in cfg.secrets and "s3" in cfg.secrets
     assert "sk-b" not in repr(team)  # the pool is not in the repr
+    only_pool = parse_config(CONFIG.replace('api_key = "$KEY_A"\n', ""), env=env)
+    # A path that does not choose from the pool still sends a pool key, never the client's.
+    assert only_pool.endpoints["team"].api_key == "sk-a-123456789"
 
 
 def test_config_defaults_and_bad_values() -> None:

@@ -196,10 +196,14 @@ def routing_section(t: Table) -> RoutingConfig:
 
 def endpoint_section(name: str, t: Table) -> EndpointConfig:
     """An endpoint as written; its url is checked (or defaulted) once its models are known."""
+    pool = key_pool(t)
+    single = t.string("api_key", secret=True)
     return EndpointConfig(
         name=name,
         url=t.string("url") or "",
-        api_key=t.string("api_key", secret=True),
+        # With only `api_keys`, the first one is also `api_key`: a path that does not choose
+        # from the pool still sends a key of the pool, never the client's own.
+        api_key=single if single is not None or not pool else pool[0],
         strip_version_prefix=t.boolean("strip_version_prefix", False),
         interval=t.duration("interval"),
         aws_region=t.string("aws_region") or None,
@@ -209,7 +213,7 @@ def endpoint_section(name: str, t: Table) -> EndpointConfig:
         aws_profile=t.string("aws_profile") or None,
         prefill=or_default(t.choice("prefill", PREFILL), "auto"),
         prefill_flag=or_default(t.choice("prefill_flag", PREFILL_FLAG), "none"),
-        api_keys=key_pool(t),
+        api_keys=pool,
         key_strategy=or_default(t.choice("key_strategy", KEY_STRATEGIES), "fill-first"),
         aws_pool=aws_pool(t),
     )

@@ -183,6 +183,20 @@ def for_request(
     return RequestKeys(pools, affinity, session, wall)
 
 
+def ready_endpoint(pools: KeyPools | None, endpoint: EndpointConfig) -> EndpointConfig:
+    """`endpoint` with a ready key of its pool applied, for requests made outside the
+    engine's attempts (mid-stream recovery); the endpoint as configured when it has no
+    pool or every key sleeps."""
+    pool = pools.get(endpoint.name) if pools is not None else None
+    key = pool.pick() if pool is not None else None
+    if key is None:
+        return endpoint
+    secret = key.secret
+    if isinstance(secret, AwsCredential):
+        return replace(endpoint, aws_pool=(secret,))
+    return replace(endpoint, api_key=secret)
+
+
 def with_retry_after(headers: list[tuple[str, str]], wait: float) -> list[tuple[str, str]]:
     """`headers` with Retry-After set to the whole seconds of `wait` (any other removed)."""
     kept = [(k, v) for k, v in headers if k.lower() != "retry-after"]
