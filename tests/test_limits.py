@@ -186,3 +186,11 @@ def test_usage_tokens_of_each_api() -> None:
     responses = {"input_tokens": 50, "input_tokens_details": {"cached_tokens": 25}}
     assert usage_tokens(responses) == (50, 25)
     assert usage_tokens({"output_tokens": 3}) is None
+
+
+def test_subscription_utilization_is_the_remaining_share() -> None:
+    headers = {
+        "anthropic-ratelimit-unified-5h-utilization": "0.25",
+        "anthropic-ratelimit-unified-7d-utilization": "0.6",
+    }
+    assert budget(headers.get, NOW).fraction == pytest.approx(0.4)

@@ -252,6 +252,14 @@ def budget(headers: Headers, now: float) -> Budget:
             wait = seconds_until(reset, spec.format, now) if reset else None
             if wait is not None:
                 empty_for = wait if empty_for is None else max(empty_for, wait)
+    for window in UNIFIED_WINDOWS:  # a subscription's used share of each window
+        used = headers(f"{UNIFIED_PREFIX}{window}-utilization")
+        if used:
+            try:
+                share = max(0.0, min(1.0, 1.0 - float(used)))
+            except ValueError:
+                continue
+            fraction = share if fraction is None else min(fraction, share)
     return Budget(fraction, empty_for)
 
 
