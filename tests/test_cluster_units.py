@@ -176,7 +176,7 @@ def test_only_the_holder_of_the_probe_slot_probes() -> None:
     clock = Clock()
     s = SharedState("me", clock=clock)
     s.connected = True
-    b = Breakers(CooldownConfig(failures=1, duration=10), clock)
+    b = Breakers(CooldownConfig(failures=1, duration=10, max_duration=60), clock)
     b.shared = s
     b.failure("a")
     s.take()

@@ -95,3 +95,37 @@ def test_a_probe_slot_not_used_is_released() -> None:
     assert [m.id for m in b.plan(chain)] == ["a", "b"]
     b.release("a")  # closed circuits are untouched
     assert b.state("a")[0] == "closed"
+
+
+def test_primary_back_within_30s_after_a_60s_outage_with_the_defaults() -> None:
+    """Defaults (failures 3, duration 30s, no max_duration): the primary fails for 60 s; every
+    request in that time that is admitted as a probe fails.  After it recovers, the next
+    probe (one real request) is at most 30 s later, whatever the outage's length."""
+    for outage in (60.0, 600.0, 3600.0):
+        clock = Clock()
+        b = Breakers(CooldownConfig(), clock)
+        chain = models("primary", "fallback")
+        start = clock.now
+        recovered_at = start + outage
+        back_at = None
+        while back_at is None:
+            plan = [m.id for m in b.plan(chain)]
+            if plan[0] == "primary":
+                if clock.now < recovered_at:
+                    b.failure("primary")
+                else:
+                    b.success("primary")
+                    back_at = clock.now
+            clock.now += 1.0  # one request a second
+        assert back_at - recovered_at <= 30.0, outage
+        assert b.state("primary")[0] == "closed"
+
+
+def test_explicit_max_duration_still_doubles() -> None:
+    clock = Clock()
+    b = Breakers(CooldownConfig(failures=1, duration=10, max_duration=40), clock)
+    b.failure("a")
+    clock.now += 10
+    b.plan(models("a"))
+    b.failure("a")
+    assert b.state("a") == ("open", 20)

@@ -23,8 +23,10 @@ from hydrallm.providers import Provider, provider_for
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
 from hydrallm.proxy.upstream import Response, Transport
+from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import KIND as BREAKER_KIND
 from hydrallm.routing.breakers import Breakers
+from hydrallm.routing.keys import KeyPools
 from hydrallm.routing.shared import Sharer
 
 if TYPE_CHECKING:
@@ -115,6 +117,18 @@ def build_runtime(
         providers.setdefault(t, provider_for(t))
     for provider in providers.values():
         provider.configure(config, telemetry)
+
+    # Key pools and session affinity (issue 15): sleeps carry over a reload, refused
+    # ("invalid") keys get another chance; affinity is per process and starts empty.
+    def key_refused(message: str) -> None:
+        telemetry.log.error("key_invalid", detail=message)
+
+    keys = KeyPools(config, clock, time.time, key_refused)
+    if previous is not None and previous.engine.keys is not None:
+        keys.carry_over(previous.engine.keys)
+    affinity = Affinity(config.routing.affinity, config.routing.affinity_ttl, clock)
+    if previous is not None and previous.engine.affinity is not None:
+        affinity.carry_over(previous.engine.affinity)
     engine = Engine(
         config=config,
         transport=transport,
@@ -124,6 +138,8 @@ def build_runtime(
         clock=clock,
         sleep=sleep,
         rand=rand,
+        keys=keys,
+        affinity=affinity,
     )
     listeners = {lc.name: compile_listener(config, lc) for lc in config.listeners}
     generation = previous.generation + 1 if previous is not None else 1

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hydrallm.app.lifecycle import Proxy, start
+from hydrallm.cli.demo_keys import pool_table, run_pool_demo
 from hydrallm.cli.demo_workload import Outcome, WorkloadResult, run_workload
 from hydrallm.config import Config
 from hydrallm.config.load import parse_config
@@ -244,6 +245,9 @@ async def run_demo(
             console.print()
             console.print(summary_table(report))
             console.print(verdict_line(report))
+            # Key pools (issue 15): a quota running out, absorbed by the next key.
+            pool_report = await run_pool_demo(console)
+            console.print(pool_table(pool_report))
             if on_ready is not None:
                 on_ready(report)
             if options.keep_running:

@@ -21,12 +21,26 @@ GEMINI_URL = "https://generativelanguage.googleapis.com"
 Prefill = Literal["auto", "yes", "no"]
 # How an OpenAI-compatible endpoint marks the last assistant message as a prefix to continue.
 PrefillFlag = Literal["none", "prefix", "continue_final_message"]
+KeyStrategy = Literal["fill-first", "round-robin", "least-limited"]
+KEY_STRATEGIES: tuple[KeyStrategy, ...] = ("fill-first", "round-robin", "least-limited")
+Affinity = Literal["off", "key", "session"]
+AFFINITIES: tuple[Affinity, ...] = ("off", "key", "session")
 
 DEFAULT_FALLBACK_ON_BODY: tuple[str, ...] = (
     "context_length_exceeded",
     "prompt is too long",
     "maximum context length",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AwsCredential:
+    """One member of a Bedrock endpoint's pool: a named profile, or a static key pair."""
+
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +59,12 @@ class EndpointConfig:
     aws_profile: str | None = None
     prefill: Prefill = "auto"
     prefill_flag: PrefillFlag = "none"
+    # The key pool: `api_key` (when set and not "-") first, then `api_keys`, duplicates
+    # dropped.  Empty: no pool (client credentials pass through, or "-" strips them).
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    key_strategy: KeyStrategy = "fill-first"
+    # Bedrock: `aws_profiles` then `aws_key_pairs`, each one pool member.
+    aws_pool: tuple[AwsCredential, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +133,10 @@ class RetryConfig:
     fallback_on_body: tuple[str, ...] = DEFAULT_FALLBACK_ON_BODY
     fallback_on_timeout: bool = True
     midstream: Literal["continue", "error"] = "continue"
+    # A Retry-After or stated reset longer than this marks the key exhausted (a quota).
+    quota_threshold: float = 600.0
+    # How long a request may wait for the earliest key reset when every key sleeps; 0: off.
+    hold: float = 0.0
 
     def is_retryable_status(self, status: int) -> bool:
         if self.retry_on is None:
@@ -125,7 +149,18 @@ class CooldownConfig:
     enabled: bool = True
     failures: int = 3
     duration: float = 30.0
-    max_duration: float = 300.0
+    # Cap for doubling the open period after a failed probe.  None (the default) means
+    # "= duration": no doubling, so a recovered primary is probed (with one real request)
+    # at least every `duration` and traffic returns within 30 s after any outage.
+    max_duration: float | None = None
+    # How long an exhausted key sleeps when its quota answer states no reset.
+    quota_duration: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    affinity: Affinity = "key"
+    affinity_ttl: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +178,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     cooldown: CooldownConfig = field(default_factory=CooldownConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     endpoints: Mapping[str, EndpointConfig] = field(default_factory=dict)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     listeners: tuple[ListenerConfig, ...] = ()

@@ -34,6 +34,7 @@ from hydrallm.config.sections import (
     LOG_KEYS,
     LOG_LEVELS,
     RETRY_KEYS,
+    ROUTING_KEYS,
     SERVER_KEYS,
     TOML_POSITION,
     TOP_TABLES,
@@ -46,6 +47,7 @@ from hydrallm.config.sections import (
     log_section,
     model_entries,
     retry_section,
+    routing_section,
     server_section,
 )
 from hydrallm.config.sections import log_level as parse_log_level
@@ -204,6 +206,7 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
     retry = retry_section(section("retry", RETRY_KEYS))
     cooldown = cooldown_section(section("cooldown", COOLDOWN_KEYS))
     cluster = cluster_section(section("cluster", CLUSTER_KEYS))
+    routing = routing_section(section("routing", ROUTING_KEYS))
 
     endpoints: dict[str, EndpointConfig] = {}
     for group_name in ("endpoints", "providers"):
@@ -266,6 +269,7 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
         log=log,
         retry=retry,
         cooldown=cooldown,
+        routing=routing,
         endpoints=endpoints,
         models=models,
         listeners=listeners,

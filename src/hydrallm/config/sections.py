@@ -13,10 +13,13 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from hydrallm.config import (
+    AFFINITIES,
     API_TYPES,
     GEMINI_URL,
+    KEY_STRATEGIES,
     OPENAI_APIS,
     ApiType,
+    AwsCredential,
     CooldownConfig,
     EndpointConfig,
     ListenerConfig,
@@ -27,6 +30,7 @@ from hydrallm.config import (
     PrefillFlag,
     RetryConfig,
     Route,
+    RoutingConfig,
     ServerConfig,
 )
 from hydrallm.config.tables import MISSING, Report, Table, or_default, shown, suggestion
@@ -38,6 +42,7 @@ TOP_TABLES = (
     "log",
     "retry",
     "cooldown",
+    "routing",
     "endpoints",
     "providers",
     "models",
@@ -70,8 +75,12 @@ RETRY_KEYS = (
     "fallback_on_body",
     "fallback_on_timeout",
     "midstream",
+    "quota_threshold",
+    "hold",
 )
-COOLDOWN_KEYS = ("enabled", "failures", "duration", "max_duration")
+COOLDOWN_KEYS = ("enabled", "failures", "duration", "max_duration", "quota_duration")
+ROUTING_KEYS = ("affinity", "affinity_ttl")
+AWS_PAIR_KEYS = ("access_key_id", "secret_access_key", "session_token")
 ENDPOINT_KEYS = (
     "url",
     "api_key",
@@ -84,6 +93,10 @@ ENDPOINT_KEYS = (
     "aws_profile",
     "prefill",
     "prefill_flag",
+    "api_keys",
+    "key_strategy",
+    "aws_profiles",
+    "aws_key_pairs",
 )
 MODEL_KEYS = ("endpoint", "provider", "type", "model", "attempts", "timeout", "interval", "api")
 LISTENER_KEYS = (
@@ -158,6 +171,8 @@ def retry_section(t: Table) -> RetryConfig:
         fallback_on_body=or_default(t.strings("fallback_on_body"), d.fallback_on_body),
         fallback_on_timeout=t.boolean("fallback_on_timeout", d.fallback_on_timeout),
         midstream=or_default(t.choice("midstream", MIDSTREAM), d.midstream),
+        quota_threshold=or_default(t.duration("quota_threshold"), d.quota_threshold),
+        hold=or_default(t.duration("hold"), d.hold),
     )
 
 
@@ -167,7 +182,16 @@ def cooldown_section(t: Table) -> CooldownConfig:
         enabled=t.boolean("enabled", d.enabled),
         failures=t.integer("failures", d.failures, minimum=1),
         duration=or_default(t.duration("duration"), d.duration),
-        max_duration=or_default(t.duration("max_duration"), d.max_duration),
+        max_duration=t.duration("max_duration"),
+        quota_duration=or_default(t.duration("quota_duration"), d.quota_duration),
+    )
+
+
+def routing_section(t: Table) -> RoutingConfig:
+    d = RoutingConfig()
+    return RoutingConfig(
+        affinity=or_default(t.choice("affinity", AFFINITIES), d.affinity),
+        affinity_ttl=or_default(t.duration("affinity_ttl"), d.affinity_ttl),
     )
 
 
@@ -176,10 +200,14 @@ def cooldown_section(t: Table) -> CooldownConfig:
 
 def endpoint_section(name: str, t: Table) -> EndpointConfig:
     """An endpoint as written; its url is checked (or defaulted) once its models are known."""
+    pool = key_pool(t)
+    single = t.string("api_key", secret=True)
     return EndpointConfig(
         name=name,
         url=t.string("url") or "",
-        api_key=t.string("api_key", secret=True),
+        # With only `api_keys`, the first one is also `api_key`: a path that does not choose
+        # from the pool still sends a key of the pool, never the client's own.
+        api_key=single if single is not None or not pool else pool[0],
         strip_version_prefix=t.boolean("strip_version_prefix", False),
         interval=t.duration("interval"),
         aws_region=t.string("aws_region") or None,
@@ -189,7 +217,43 @@ def endpoint_section(name: str, t: Table) -> EndpointConfig:
         aws_profile=t.string("aws_profile") or None,
         prefill=or_default(t.choice("prefill", PREFILL), "auto"),
         prefill_flag=or_default(t.choice("prefill_flag", PREFILL_FLAG), "none"),
+        api_keys=pool,
+        key_strategy=or_default(t.choice("key_strategy", KEY_STRATEGIES), "fill-first"),
+        aws_pool=aws_pool(t),
     )
+
+
+def key_pool(t: Table) -> tuple[str, ...]:
+    """`api_key` (unless absent or "-") then `api_keys`, each resolved, duplicates dropped."""
+    single = t.string("api_key", secret=True)
+    listed = t.strings("api_keys", secret=True) or ()
+    keys = ([single] if single and single != "-" else []) + list(listed)
+    return tuple(dict.fromkeys(keys))
+
+
+def aws_pool(t: Table) -> tuple[AwsCredential, ...]:
+    """Bedrock pool members: `aws_profiles = ["a", "b"]` and
+    `aws_key_pairs = [{access_key_id = "$ID", secret_access_key = "$SECRET"}, ...]`.
+    A pair whose id or secret refers to an unset variable is left out (with a warning)."""
+    pool = [AwsCredential(profile=name) for name in t.strings("aws_profiles") or ()]
+    raw = t.raw.get("aws_key_pairs", MISSING)
+    if raw is MISSING:
+        return tuple(pool)
+    if not isinstance(raw, list):
+        t.report.problem(
+            f"{t.where('aws_key_pairs')}: expected an array of tables, got {shown(raw)}"
+        )
+        return tuple(pool)
+    for index, item in enumerate(raw):
+        pair = Table(item, f"{t.place}: aws_key_pairs[{index}]", t.report, AWS_PAIR_KEYS)
+        key_id = pair.string("access_key_id", secret=True)
+        secret = pair.string("secret_access_key", secret=True)
+        token = pair.string("session_token", secret=True)
+        if not pair.has("access_key_id") or not pair.has("secret_access_key"):
+            t.report.problem(f"{pair.place}: needs both access_key_id and secret_access_key")
+        elif key_id and secret:
+            pool.append(AwsCredential(None, key_id, secret, token or None))
+    return tuple(pool)
 
 
 def checked_url(url: str, place: str, report: Report) -> str:

@@ -49,6 +49,8 @@ def unset_consequence(key: str) -> str:
         return "it is treated as not configured"
     if key == "auth_keys":
         return "that key is ignored"
+    if key in ("api_keys", "access_key_id", "secret_access_key"):
+        return "that key is left out of the pool"
     return "it is treated as not set"
 
 

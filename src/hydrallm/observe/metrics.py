@@ -24,6 +24,8 @@ or a client's model string.  With several workers each process keeps its own reg
     hydrallm_stream_breaks_total{listener,model}
     hydrallm_stream_recoveries_total{listener,action}  continued | restarted-matched | gave-up
     hydrallm_circuit_state{model}              0 closed, 1 open, 2 half-open (read at scrape)
+    hydrallm_key_state{endpoint,key}           0 ready, 1 throttled, 2 exhausted, 3 invalid
+    hydrallm_cache_hit_ratio{model,key}        prompt-cache share of input tokens
     hydrallm_config_reloads_total{result}      success | failure
     hydrallm_worker_info{worker,pid}           always 1
     hydrallm_cluster_up{mode}                  1 shared state reachable, 0 degraded
@@ -226,6 +228,7 @@ class MetricsSink(Sink):
                 st, _ = runtime.engine.breakers.state(model_id)
                 circuit.add_metric([model_id], CIRCUIT_VALUES[st])
         yield circuit
+        yield from _key_families(state)
         reloads = CounterMetricFamily(
             "hydrallm_config_reloads", "Configuration reloads by result", labels=["result"]
         )
@@ -247,6 +250,33 @@ class MetricsSink(Sink):
             )
             up.add_metric([state.cluster.mode], 1 if state.cluster.status == "ok" else 0)
             yield up
+
+
+KEY_STATE_VALUES = {"ready": 0, "throttled": 1, "exhausted": 2, "invalid": 3}
+
+
+def _key_families(state: ProxyState | None) -> Iterator[Metric]:
+    """Key pools (issue 15), read at scrape: state per key, prompt-cache hit ratio per
+    model and key.  Keys appear only by their masked label."""
+    keys = GaugeMetricFamily(
+        "hydrallm_key_state",
+        "Key pool state per key: 0 ready, 1 throttled, 2 exhausted, 3 invalid",
+        labels=["endpoint", "key"],
+    )
+    ratio = GaugeMetricFamily(
+        "hydrallm_cache_hit_ratio",
+        "Share of input tokens read from the provider's prompt cache, per model and key",
+        labels=["model", "key"],
+    )
+    pools = state.current.engine.keys if state is not None else None
+    if pools is not None:
+        for name, pool in sorted(pools.pools.items()):
+            for key in pool.keys:
+                keys.add_metric([name, key.label], KEY_STATE_VALUES[pool.state(key)])
+            for model, label, share in pool.cache_ratios():
+                ratio.add_metric([model, label], share)
+    yield keys
+    yield ratio
 
 
 def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

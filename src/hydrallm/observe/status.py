@@ -256,6 +256,8 @@ class StatusSink(Sink):
             "streams_in_flight": self._streams,
             "listeners": listeners,
             "models": models,
+            # Key pools (issue 15): masked labels, state, until, cache-hit ratio per model.
+            "endpoints": runtime.engine.keys.snapshot() if runtime.engine.keys else {},
             "requests": requests,
             "reloads": reloads,
             "streams": streams,

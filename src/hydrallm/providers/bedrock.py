@@ -13,13 +13,15 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from urllib.parse import quote, unquote
 
-from hydrallm.config import Config, EndpointConfig, ModelConfig
+from hydrallm.config import AwsCredential, Config, EndpointConfig, ModelConfig
 from hydrallm.errors import RequestNotPossible
 from hydrallm.observe.events import Telemetry
 from hydrallm.providers.aws import AwsAuth, is_signing_header, resolve_all
 from hydrallm.providers.base import ClientRequest, ErrorBody, Outgoing, Provider
+from hydrallm.providers.limitrules import LimitRules
 from hydrallm.proxy.urls import join
 
 ACTIONS = ("invoke", "invoke-with-response-stream", "converse", "converse-stream", "count-tokens")
@@ -66,6 +68,8 @@ class BedrockProvider(Provider):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = env
         self._auth: dict[str, AwsAuth] = {}
+        # Key pools (`aws_profiles`, `aws_key_pairs`): one signer per member.
+        self._pool_auth: dict[tuple[str, AwsCredential], AwsAuth] = {}
 
     def configure(self, config: Config, telemetry: Telemetry) -> None:
         """Resolve each bedrock endpoint's region and credentials; warn about the missing."""
@@ -75,6 +79,19 @@ class BedrockProvider(Provider):
             (config.endpoints[n], _bearer(config.endpoints[n]) is None) for n in sorted(names)
         ]
         self._auth = resolve_all(endpoints, env)
+        members = [
+            (ep.name, member, _as_member(ep, member))
+            for ep, _ in endpoints
+            for member in ep.aws_pool
+        ]
+        resolved = resolve_all(
+            [(replace(one, name=f"{name}#{i}"), True) for i, (name, _, one) in enumerate(members)],
+            env,
+        )
+        self._pool_auth = {
+            (name, member): replace(resolved[f"{name}#{i}"], endpoint=name)
+            for i, (name, member, _) in enumerate(members)
+        }
         for name, auth in self._auth.items():
             if auth.problem is not None:
                 telemetry.log.warn(
@@ -100,6 +117,9 @@ class BedrockProvider(Provider):
         if name is None:
             raise RequestNotPossible('the request path names no model to forward for model "*"')
         auth = self._auth.get(endpoint.name)
+        if len(endpoint.aws_pool) == 1:
+            # The engine hands over the endpoint with the one pool member to sign with.
+            auth = self._pool_auth.get((endpoint.name, endpoint.aws_pool[0]), auth)
         if auth is None:
             raise RequestNotPossible(f'bedrock endpoint "{endpoint.name}" was not configured')
         # An endpoint without a url is the region's public runtime endpoint.
@@ -122,7 +142,32 @@ class BedrockProvider(Provider):
         return ErrorBody("application/json", body, (("x-amzn-ErrorType", name),))
 
 
+def _as_member(endpoint: EndpointConfig, member: AwsCredential) -> EndpointConfig:
+    """The endpoint as if `member` were its only credentials."""
+    return replace(
+        endpoint,
+        aws_profile=member.profile,
+        aws_access_key_id=member.access_key_id,
+        aws_secret_access_key=member.secret_access_key,
+        aws_session_token=member.session_token,
+    )
+
+
 def _bearer(endpoint: EndpointConfig) -> str | None:
     """The endpoint's Bedrock API key, when it has one (`-` means: sign, as without)."""
     key = endpoint.api_key
     return key if key is not None and key not in ("", "-") else None
+
+
+# Bedrock: the error class is in `x-amzn-ErrorType` ("ThrottlingException:http://...") and
+# the body's `__type`.  ThrottlingException (429) is a throttle; ServiceQuotaExceededException
+# (400) is the account's quota; ModelNotReadyException (429) and ServiceUnavailableException
+# (503) are the service's, not the credentials'.  botocore reads `x-amz-retry-after` (ms).
+# Sources: botocore bedrock-runtime service model, /work/shared/reference/
+# provider-behaviour.md §1.7.
+BEDROCK_LIMITS = LimitRules(
+    name="bedrock",
+    quota_codes=frozenset({"ServiceQuotaExceededException"}),
+    throttle_codes=frozenset({"ThrottlingException", "throttlingException"}),
+    not_key_codes=frozenset({"ModelNotReadyException", "ServiceUnavailableException"}),
+)

@@ -54,6 +54,8 @@ def health_payload(state: ProxyState) -> dict[str, object]:
         ],
         "models": models,
         "cluster": cluster_state(state),
+        # Key pools (issue 15): masked labels only, never a key.
+        "endpoints": runtime.engine.keys.snapshot() if runtime.engine.keys is not None else {},
     }
 
 

@@ -35,8 +35,10 @@ from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
 from hydrallm.routing.breakers import Breakers
-from hydrallm.routing.outcome import Action, classify_status
+from hydrallm.routing.keys import Step
+from hydrallm.routing.outcome import Action, StatusDecision, classify_status
 from hydrallm.routing.plan import Attempt
+from hydrallm.routing.pooling import Chosen, RequestKeys
 
 # A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
 # be retried) up to this size; a larger body is committed and relayed as it comes.
@@ -95,6 +97,7 @@ class Outcome:
     snapshot: Final | None = None  # the upstream response, when there was one
     error: UpstreamError | None = None
     counts_for_cooldown: bool = True  # a sign that the model is unwell
+    another_key: bool = False  # the key's limit: ask the same model again at once, another key
 
 
 class AttemptRunner:
@@ -142,10 +145,13 @@ class AttemptRunner:
         fallback: bool,
         *,
         identity: bool = False,
+        keyed: RequestKeys | None = None,
+        chosen: Chosen | None = None,
     ) -> Committed | Final | Outcome:
-        """Make the attempt; `identity` asks the upstream for an uncompressed body."""
+        """Make the attempt; `identity` asks the upstream for an uncompressed body, `chosen`
+        is the key of the endpoint's pool to use (its answer is reported to `keyed`)."""
         model = attempt.model
-        endpoint = self.config.endpoints[model.endpoint]
+        endpoint = self.config.endpoints[model.endpoint] if chosen is None else chosen.endpoint
         provider = self.providers[model.type]
         retry = self.config.retry
         sent = self._clock()
@@ -188,6 +194,15 @@ class AttemptRunner:
                     response_encoding = get("Content-Encoding", "")
                     body = await read_body(response, ERROR_BODY_LIMIT)
                     decision = classify_status(status, get, retry, body)
+                    # A limit of this key: the next key at once, or the same key later.
+                    key_step = Step.NOT_A_LIMIT
+                    if keyed is not None and chosen is not None:
+                        step = keyed.answered(chosen, status, get, body)
+                        key_step = step.step
+                        if key_step is Step.RETRY_SAME:
+                            decision = StatusDecision(Action.RETRY, retry_after=step.wait)
+                        elif key_step is Step.NEXT_KEY:
+                            decision = StatusDecision(Action.FALLBACK)
                     snapshot = Final(
                         status,
                         message_headers(response),
@@ -221,6 +236,13 @@ class AttemptRunner:
                     response.release()
                     response = None
                     whole = len(body) < ERROR_BODY_LIMIT
+                    if key_step is Step.NEXT_KEY:  # the key's limit, not the model's fault
+                        return Outcome(
+                            Action.FALLBACK,
+                            snapshot=snapshot if whole else None,
+                            counts_for_cooldown=False,
+                            another_key=True,
+                        )
                     outcome = Outcome(
                         Action.FALLBACK if decision.verdict is Action.FALLBACK else Action.RETRY,
                         retry_after=decision.retry_after,
@@ -290,6 +312,11 @@ class AttemptRunner:
             return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut)
         if complete:
             response.release()
+        if keyed is not None and chosen is not None:  # look-ahead, affinity, cache reads
+            keyed.answered(chosen, response.status, response.headers.get, b"")
+            keyed.served(model, chosen)
+            if prefix and not response.headers.get("Content-Encoding"):
+                keyed.usage(chosen, model, prefix)
         self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
         if complete or fmt is None:
             self.breakers.success(model.id)

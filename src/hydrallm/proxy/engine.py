@@ -24,9 +24,12 @@ from hydrallm.observe.events import Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.attempt import AttemptRunner, Committed, Final, Labels, Outcome
 from hydrallm.proxy.upstream import Transport
+from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import Breakers
+from hydrallm.routing.keys import KeyPools, all_sleeping_error
 from hydrallm.routing.outcome import Action
 from hydrallm.routing.plan import Planner
+from hydrallm.routing.pooling import Chosen, for_request, with_retry_after
 
 __all__ = ["Committed", "Engine", "Final", "Labels"]
 
@@ -43,6 +46,10 @@ class Engine:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rand: Callable[[], float] = field(default=random.random)
+    # Key pools and session affinity (None: no endpoint has a key).
+    keys: KeyPools | None = None
+    affinity: Affinity | None = None
+    wall: Callable[[], float] = time.time
     attempts: AttemptRunner = field(init=False)
 
     def __post_init__(self) -> None:
@@ -51,9 +58,18 @@ class Engine:
         )
 
     async def run(
-        self, request: ClientRequest, chain: Sequence[ModelConfig], labels: Labels
+        self,
+        request: ClientRequest,
+        chain: Sequence[ModelConfig],
+        labels: Labels,
+        held: float = 0.0,
     ) -> Committed | Final:
         retry = self.config.retry
+        # Per-request key choice; "session" affinity starts on the session's model.
+        keyed = for_request(self.keys, self.affinity, request, self.wall)
+        if keyed is not None:
+            chain = keyed.session_chain(chain)
+        last_key: int | None = None
         plan_chain = self.breakers.plan(chain)
         planner = Planner(plan_chain, retry, rand=self.rand)
         started = self.clock()
@@ -85,9 +101,21 @@ class Engine:
                     budget_spent = True
                     break
                 await self.sleep(wait)
+            # A model whose keys all sleep is left out, without an attempt.
+            chosen: Chosen | None = None
+            if keyed is not None:
+                endpoint = self.config.endpoints[attempt.model.endpoint]
+                chosen = keyed.choose(endpoint, last_key if attempt.is_retry else None)
+                if chosen is None:
+                    planner.withdraw()
+                    attempt = planner.next(Action.SKIP_MODEL)
+                    continue
+                last_key = chosen.key.index if chosen.key is not None else None
             fallback = prev_index is not None and attempt.index != prev_index
             prev_index = attempt.index
-            result = await self.attempts.run(request, attempt, labels, deadline, fallback)
+            result = await self.attempts.run(
+                request, attempt, labels, deadline, fallback, keyed=keyed, chosen=chosen
+            )
             if not isinstance(result, Outcome):
                 if isinstance(result, Committed):
                     result.chain = plan_chain
@@ -106,8 +134,23 @@ class Engine:
             if deadline is not None and self.clock() >= deadline:
                 budget_spent = True
                 break
+            if result.another_key:
+                attempt = planner.another_key()
+                continue
             attempt = planner.next(result.action, result.retry_after)
         attempts = planner.attempts_made
+        # Every key limited: hold (retry.hold) or say when the earliest resets.
+        end = keyed.at_end(chain, retry.hold - held) if keyed and not budget_spent else None
+        if end is not None:
+            if end.hold is not None:
+                self.telemetry.log.info("held", listener=labels.listener, wait_s=end.hold)
+                await self.sleep(end.hold)
+                return await self.run(request, chain, labels, held + end.hold)
+            if last_response is not None:
+                last_response.headers = with_retry_after(last_response.headers, end.earliest)
+            elif attempts == 0:
+                made = all_sleeping_error(self.providers[labels.api_type], end.earliest)
+                return Final(*made, 0, last_model, last_name, True, "every key is rate-limited")
         if last_response is not None:
             last_response.attempts = attempts
             return last_response

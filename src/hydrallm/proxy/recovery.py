@@ -47,6 +47,7 @@ from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.engine import Committed, Engine
 from hydrallm.proxy.relay import Recover
 from hydrallm.proxy.upstream import Response, read_body
+from hydrallm.routing.pooling import ready_endpoint
 
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -216,7 +217,8 @@ class Recovery:
     async def _try(self, model: ModelConfig, mode: str, out: web.StreamResponse) -> _Outcome:
         engine = self.engine
         retry = engine.config.retry
-        endpoint = engine.config.endpoints[model.endpoint]
+        # [keys] a ready key of the endpoint's pool (issue 15)
+        endpoint = ready_endpoint(engine.keys, engine.config.endpoints[model.endpoint])
         provider = engine.providers[model.type]
         body, prefilled = self._body(mode, model)
         request = dataclasses.replace(self.request, body=body, json=parse_body(body))

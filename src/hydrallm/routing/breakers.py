@@ -2,7 +2,12 @@
 
 closed --(N consecutive retryable failures, or a too-long Retry-After)--> open
 open --(duration lapsed; one request probes)--> half-open
-half-open --success--> closed;  half-open --failure--> open with the duration doubled
+half-open --success--> closed;  half-open --failure--> open again
+
+A failed probe reopens for `duration`, doubled only up to `max_duration` when that is set
+above it.  By default it is not, so a primary that recovers after an outage of any length
+is probed (by one real request) at most `duration` (30 s) later and traffic returns to it.
+Limits of a single key (throttles, quotas) are kept by `routing.keys`, not here.
 
 With a cluster (`shared` set, see `hydrallm.routing.shared`), opening and closing are
 published as "breaker" records named by the model id, the run of failures of a closed
@@ -133,7 +138,10 @@ class Breakers:
         c.failures += 1
         now = self._clock()
         if c.state == "half-open" or (c.state == "open" and now >= c.open_until):
-            duration = min(max(c.duration * 2, self.config.duration), self.config.max_duration)
+            cap = self.config.max_duration or self.config.duration
+            duration = min(
+                max(c.duration * 2, self.config.duration), max(cap, self.config.duration)
+            )
             self._open(model_id, c, max(duration, open_for or 0.0), now)
         elif open_for is not None:
             self._open(model_id, c, max(open_for, 0.0), now)
@@ -160,7 +168,7 @@ class Breakers:
             "state": "open",
             "open_ms": int(left * 1000),
             "duration": c.duration,
-        }, left + self.config.max_duration
+        }, left + (self.config.max_duration or self.config.duration)
 
     def _share(self, model_id: str, c: _Circuit) -> None:
         shared = self.shared
@@ -207,7 +215,7 @@ class Breakers:
             if c.state == "open" and abs(c.open_until - (now + left)) < 1.0:
                 return  # already known (a periodic resync): no new log line
             c.failures = 0
-            c.duration = min(max(duration, 0.0), self.config.max_duration)
+            c.duration = min(max(duration, 0.0), self.config.max_duration or self.config.duration)
             c.open_until = now + left
             c.probing_since = None
             self._set(model_id, c, "open")

@@ -91,6 +91,22 @@ class Planner:
         self._pending_wait = retry_after
         return self._advance(start=False)
 
+    def another_key(self) -> Attempt:
+        """The same model again, at once, on another key of its pool (issue 15): a key that
+        answered with a quota, an invalid-key or a long throttle does not use up one of the
+        model's tries."""
+        self._number += 1
+        self._before_last, self._last = self._last, self._index
+        return Attempt(
+            model=self._chain[self._index],
+            index=self._index,
+            cycle=self._cycle,
+            try_no=self._try,
+            number=self._number,
+            wait=0.0,
+            is_retry=True,
+        )
+
     def withdraw(self) -> None:
         """The attempt just handed out was not made (the request gave up, or skipped it).
 
