@@ -160,6 +160,12 @@ wire_api = "responses"
 [analytics]
 enabled = false
 
+# Plugins and apps sync from github.com and chatgpt.com at startup.
+[features]
+plugins = false
+remote_plugin = false
+apps = false
+
 [feedback]
 enabled = false
 
