@@ -108,6 +108,8 @@ class RetryConfig:
     fallback_on_body: tuple[str, ...] = DEFAULT_FALLBACK_ON_BODY
     fallback_on_timeout: bool = True
     midstream: Literal["continue", "error"] = "continue"
+    # Body bytes relayed to the client past which a stream is no longer kept for recovery.
+    midstream_max_bytes: int = 4 * 1024 * 1024
 
     def is_retryable_status(self, status: int) -> bool:
         if self.retry_on is None:

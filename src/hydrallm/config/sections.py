@@ -66,6 +66,7 @@ RETRY_KEYS = (
     "fallback_on_body",
     "fallback_on_timeout",
     "midstream",
+    "midstream_max_bytes",
 )
 COOLDOWN_KEYS = ("enabled", "failures", "duration", "max_duration")
 ENDPOINT_KEYS = (
@@ -154,6 +155,7 @@ def retry_section(t: Table) -> RetryConfig:
         fallback_on_body=or_default(t.strings("fallback_on_body"), d.fallback_on_body),
         fallback_on_timeout=t.boolean("fallback_on_timeout", d.fallback_on_timeout),
         midstream=or_default(t.choice("midstream", MIDSTREAM), d.midstream),
+        midstream_max_bytes=or_default(t.size("midstream_max_bytes"), d.midstream_max_bytes),
     )
 
 

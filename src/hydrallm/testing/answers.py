@@ -74,6 +74,10 @@ def api_for_path(path: str) -> Api | None:
     return None
 
 
+# FakeUpstream replaces this id by one of the answer's own, as real APIs name each call anew.
+DEFAULT_CALL_ID = "call_fake_0001"
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """A function call the fake answers with instead of text.
@@ -83,7 +87,7 @@ class ToolCall:
 
     name: str = "get_weather"
     arguments: str = '{"city":"Paris"}'
-    call_id: str = "call_fake_0001"
+    call_id: str = DEFAULT_CALL_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,9 @@ class AnswerSpec:
     tool_call: ToolCall | None = None
     include_usage: bool = False  # OpenAI chat streaming: `stream_options.include_usage`
     created: int = _CREATED
+    # Reasoning the answer starts with: an Anthropic `thinking` block (signed), chat
+    # `reasoning_content`.  Its chunks count as content chunks, so a cut can land in it.
+    thinking: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +175,8 @@ def _chat_usage(spec: AnswerSpec) -> dict[str, Any]:
 
 def _chat_json(spec: AnswerSpec) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": spec.text, "refusal": None}
+    if spec.thinking:
+        message["reasoning_content"] = spec.thinking
     finish = "stop"
     if spec.tool_call is not None:
         call = spec.tool_call
@@ -230,6 +239,9 @@ def _chat_stream(spec: AnswerSpec) -> Stream:
     else:
         content = [chunk({"content": piece}) for piece in split_text(spec.text, spec.chunk_words)]
         finish = "stop"
+    if spec.thinking:
+        reasoning = split_text(spec.thinking, spec.chunk_words)
+        content = [chunk({"reasoning_content": piece}) for piece in reasoning] + content
     tail = [chunk({}, finish)]
     if spec.include_usage:
         tail.append(
@@ -403,6 +415,9 @@ def _message_object(spec: AnswerSpec, *, final: bool) -> dict[str, Any]:
         else:
             content = [{"type": "text", "text": spec.text}]
             stop_reason = "end_turn"
+        if spec.thinking:
+            thought = {"type": "thinking", "thinking": spec.thinking, "signature": _signature(spec)}
+            content.insert(0, thought)
     return {
         "id": f"msg_{spec.answer_id}",
         "type": "message",
@@ -442,20 +457,41 @@ def _messages_stream(spec: AnswerSpec) -> Stream:
             for piece in split_text(spec.text, spec.chunk_words)
         ]
         stop_reason = "end_turn"
+    at = 1 if spec.thinking else 0  # the answer's block comes after the thinking block
+
+    def open_block(index: int, body: dict[str, Any]) -> bytes:
+        event = {"type": "content_block_start", "index": index, "content_block": body}
+        return sse(event, "content_block_start")
+
+    def delta(index: int, body: dict[str, Any]) -> bytes:
+        return sse({"type": "content_block_delta", "index": index, "delta": body}, "content_block_delta")
+
+    content = [delta(at, d) for d in deltas]
+    first = open_block(at, block)
+    if spec.thinking:
+        thought = {"type": "thinking", "thinking": "", "signature": ""}
+        first = open_block(0, thought)
+        thinking = [
+            delta(0, {"type": "thinking_delta", "thinking": piece})
+            for piece in split_text(spec.thinking, spec.chunk_words)
+        ]
+        # The signature closes the thinking block; the answer's block opens with its
+        # first chunk, so a cut right after the thinking leaves no empty block behind.
+        closing = delta(0, {"type": "signature_delta", "signature": _signature(spec)}) + sse(
+            {"type": "content_block_stop", "index": 0}, "content_block_stop"
+        )
+        if content:
+            content[0] = closing + open_block(at, block) + content[0]
+        else:
+            content = [closing + open_block(at, block)]
+        content = thinking + content
     head = (
         sse({"type": "message_start", "message": start}, "message_start"),
-        sse(
-            {"type": "content_block_start", "index": 0, "content_block": block},
-            "content_block_start",
-        ),
+        first,
         sse({"type": "ping"}, "ping"),
     )
-    content = tuple(
-        sse({"type": "content_block_delta", "index": 0, "delta": d}, "content_block_delta")
-        for d in deltas
-    )
     tail = (
-        sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        sse({"type": "content_block_stop", "index": at}, "content_block_stop"),
         sse(
             {
                 "type": "message_delta",
@@ -465,7 +501,12 @@ def _messages_stream(spec: AnswerSpec) -> Stream:
             "message_delta",
         ),
     )
-    return Stream(head, content, tail, (sse({"type": "message_stop"}, "message_stop"),))
+    return Stream(head, tuple(content), tail, (sse({"type": "message_stop"}, "message_stop"),))
+
+
+def _signature(spec: AnswerSpec) -> str:
+    # Each answer is signed anew: a restarted thinking block never has the same signature.
+    return f"sig_{spec.answer_id}"
 
 
 # --- Public entry points -------------------------------------------------------------

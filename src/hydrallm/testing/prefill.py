@@ -1,68 +1,120 @@
-"""A fake upstream that understands an assistant prefill, for mid-stream recovery tests.
+"""What a fake model does with an assistant prefill (a request ending in an assistant turn).
 
-    async with PrefillUpstream() as fake:          # continues a prefilled answer
-    async with PrefillUpstream(refuse=True) as f:  # 400s any prefilled request
+Real providers differ (see the shared provider-behaviour notes, "Prefill"):
 
-A request whose last message (chat, Anthropic) or input item (Responses) is an
-assistant turn is answered with the rest of the fake's text after that prefix, as a
-model continuing its own answer would; a prefix that is not the start of its text is
-ignored (the model answers in full).  With `refuse=True` such a request gets a 400
-naming the prefill, as models that take none answer.  Every other request is answered
-as by `FakeUpstream`.
+- `continue`: the model goes on from the prefill; the reply excludes the prefix (Claude up
+  to 4.5 with thinking off; llama.cpp; OpenAI-compatible servers given their flag).
+- `ignore`: the turn is taken as history and the model answers anew, restating the
+  opening (OpenAI Chat Completions and Responses; vLLM and most compatible servers
+  without their continuation flag).
+- `refuse`: 400 naming the prefill (Claude 4.6 and later).
+- `refuse_with_thinking`: 400 when the request enables `thinking` (the final assistant
+  turn must then start with a thinking block), else `continue` (Claude up to 4.5).
+
+`default_behaviour()` picks the real provider's behaviour for a fake model; `FakeUpstream`
+takes `prefill=` to choose another, for every model or per model name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Any
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from aiohttp import web
+from hydrallm.testing.answers import Api
+from hydrallm.testing.faults import Fault, status
 
-from hydrallm.testing.answers import Api, api_for_path
-from hydrallm.testing.faults import status
-from hydrallm.testing.upstream import FakeUpstream
+__all__ = [
+    "BEHAVIOURS",
+    "REFUSAL",
+    "THINKING_REFUSAL",
+    "PrefillBehaviour",
+    "PrefillUpstream",
+    "assistant_prefill",
+    "continuation_flagged",
+    "default_behaviour",
+    "refusal",
+    "thinking_enabled",
+]
 
-__all__ = ["REFUSAL", "PrefillUpstream", "assistant_prefill"]
+PrefillBehaviour = Literal["continue", "ignore", "refuse", "refuse_with_thinking"]
+BEHAVIOURS: tuple[PrefillBehaviour, ...] = ("continue", "ignore", "refuse", "refuse_with_thinking")
 
-REFUSAL = "This model does not support assistant message prefill. The conversation must end with a user message."
+# Anthropic's wire text for Claude 4.6+ (platform.claude.com migration guide).
+REFUSAL = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+# Anthropic's wire text with thinking on; "preceeding" is misspelt on the wire too.
+THINKING_REFUSAL = (
+    "messages.{n}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+    "`text`. When `thinking` is enabled, a final `assistant` message must start with a "
+    "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). "
+    "We recommend you include thinking blocks from previous turns. To avoid this "
+    "requirement, disable `thinking`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+)
 
-
-class PrefillUpstream(FakeUpstream):
-    """`FakeUpstream` that continues (or refuses) an assistant prefill."""
-
-    def __init__(self, *, refuse: bool = False, **options: Any) -> None:
-        super().__init__(**options)
-        self.refuse = refuse
-        self.prefills: list[str] = []  # the prefills received, in order
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()  # aiohttp keeps it: the base class reads it again
-        prefix = assistant_prefill(api_for_path(request.path), body)
-        if prefix is not None:
-            self.prefills.append(prefix)
-            if self.refuse:
-                error: dict[str, Any] = {
-                    "error": {"type": "invalid_request_error", "message": REFUSAL}
-                }
-                if api_for_path(request.path) is Api.MESSAGES:
-                    error = {"type": "error", **error}
-                self._script.appendleft(status(400, error))
-            else:
-                fault = self._next_fault()
-                text = fault.text if fault.text is not None else self.text
-                rest = text[len(prefix) :] if text.startswith(prefix) else text
-                self._script.appendleft(dataclasses.replace(fault, text=rest))
-        return await super()._handle(request)
+# Claude generations that refuse any prefill: 4.6 and later, and 5 onwards.
+_NO_PREFILL_CLAUDE = re.compile(r"claude-(?:[a-z]+-)?(?:4[-.](?:[6-9]|\d\d)|[5-9])(?!\d)")
 
 
-def assistant_prefill(api: Api | None, body: bytes) -> str | None:
-    """The text of a final assistant turn in a request body, or None."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
+def default_behaviour(api: Api | None, model: str, payload: Mapping[str, Any]) -> PrefillBehaviour:
+    """What the real provider behind `api` does with a prefill for `model`."""
+    if api is Api.MESSAGES:
+        return "refuse" if _NO_PREFILL_CLAUDE.search(model) else "refuse_with_thinking"
+    if api is Api.CHAT and continuation_flagged(payload):
+        return "continue"
+    return "ignore"
+
+
+def continuation_flagged(payload: Mapping[str, Any]) -> bool:
+    """Does a chat request carry a continuation flag (`prefix`, `continue_final_message`)?"""
+    if payload.get("continue_final_message") is True:
+        return payload.get("add_generation_prompt") is False
+    messages = payload.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return messages[-1].get("prefix") is True or messages[-1].get("partial") is True
+    return False
+
+
+def thinking_enabled(payload: Mapping[str, Any]) -> bool:
+    thinking = payload.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def refusal(
+    behaviour: PrefillBehaviour, api: Api | None, payload: Mapping[str, Any]
+) -> Fault | None:
+    """The 400 the model answers a prefilled request with, or None when it takes it."""
+    if behaviour == "refuse":
+        message = REFUSAL
+    elif behaviour == "refuse_with_thinking" and thinking_enabled(payload):
+        messages = payload.get("messages")
+        n = len(messages) - 1 if isinstance(messages, list) else 0
+        message = THINKING_REFUSAL.format(n=n)
+    else:
         return None
-    if not isinstance(payload, dict):
+    error: dict[str, Any] = {"type": "invalid_request_error", "message": message}
+    if api is Api.MESSAGES:
+        body: dict[str, Any] = {"type": "error", "error": error, "request_id": "req_fake"}
+    else:
+        body = {"error": {**error, "param": "messages", "code": None}}
+    # Anthropic sends x-should-retry: false with it: the SDKs do not retry.
+    return status(400, body, {"x-should-retry": "false"})
+
+
+def assistant_prefill(api: Api | None, body: bytes | Mapping[str, Any]) -> str | None:
+    """The text of a final assistant turn in a request body, or None."""
+    if isinstance(body, bytes):
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return None
+    else:
+        payload = body
+    if not isinstance(payload, Mapping):
         return None
     turns = payload.get("input") if api is Api.RESPONSES else payload.get("messages")
     if not isinstance(turns, list) or not turns:
@@ -80,3 +132,12 @@ def assistant_prefill(api: Api | None, body: bytes) -> str | None:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return None
+
+
+def __getattr__(name: str) -> Any:
+    # `PrefillUpstream` lives with `FakeUpstream`, which imports this module.
+    if name == "PrefillUpstream":
+        from hydrallm.testing.upstream import PrefillUpstream
+
+        return PrefillUpstream
+    raise AttributeError(name)

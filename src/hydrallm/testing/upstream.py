@@ -8,6 +8,14 @@ Paths are routed by their ending, so any base path works: `.../chat/completions`
 (OpenAI chat), `.../responses` (OpenAI Responses), `.../messages` (Anthropic),
 `.../messages/count_tokens` and `.../models`. A JSON body with `"stream": true`
 gets a server-sent-event stream.
+
+A request that ends in an assistant turn (a prefill) is answered as the real provider
+would (`testing.prefill`: Anthropic continues, or refuses for Claude 4.6+ and with
+thinking on; OpenAI answers anew unless a chat request carries a continuation flag);
+`prefill=` chooses another behaviour.  With `vary=True` every answer is a new sample:
+the opening is the same, the middle differs between models and between requests, as
+two samples of a real model do.  Tool call ids and thinking signatures are new in every
+answer, as on the real APIs.
 """
 
 from __future__ import annotations
@@ -22,15 +30,19 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from hydrallm.testing import prefill as prefills
 from hydrallm.testing.answers import (
     CANONICAL_TEXT,
     AnswerSpec,
     Api,
+    DEFAULT_CALL_ID,
+    ToolCall,
     api_for_path,
     error_body,
     error_event,
@@ -41,7 +53,7 @@ from hydrallm.testing.answers import (
 from hydrallm.testing.faults import FailureMix, Fault, Reset
 from hydrallm.testing.service import AsyncService
 
-__all__ = ["FakeUpstream", "RecordedRequest"]
+__all__ = ["FakeUpstream", "PrefillUpstream", "RecordedRequest", "sample_text"]
 
 _ANTHROPIC_APIS = (Api.MESSAGES, Api.COUNT_TOKENS)
 
@@ -119,8 +131,15 @@ class FakeUpstream(AsyncService):
         models: tuple[str, ...] = ("fake-model",),
         host: str = "127.0.0.1",
         port: int = 0,
+        prefill: prefills.PrefillBehaviour | Mapping[str, prefills.PrefillBehaviour] | None = None,
+        vary: bool = False,
     ) -> None:
         self.name = name
+        # None: each model behaves as its real provider; a str: every model; a mapping:
+        # per model name (others as their provider).
+        self.prefill = prefill
+        self.vary = vary
+        self.prefills: list[str] = []  # the assistant prefills received, in order
         self.text = text
         self.chunk_words = chunk_words
         self.default = default or Fault()
@@ -218,12 +237,34 @@ class FakeUpstream(AsyncService):
             return self.failure_mix.choose(self._rng)
         return self.default
 
+    def prefill_behaviour(
+        self, api: Api | None, model: str, payload: Mapping[str, Any]
+    ) -> prefills.PrefillBehaviour:
+        """What `model` does with a prefilled request (see `testing.prefill`)."""
+        chosen = self.prefill
+        if isinstance(chosen, str):
+            return chosen
+        if chosen is not None and model in chosen:
+            return chosen[model]
+        return prefills.default_behaviour(api, model, payload)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         api = api_for_path(request.path)
         payload = _json_object(body)
-        fault = self._next_fault()
         model = payload.get("model")
+        name = model if isinstance(model, str) else self.models[0]
+        prefix = None
+        if api in (Api.CHAT, Api.RESPONSES, Api.MESSAGES):
+            prefix = prefills.assistant_prefill(api, payload)
+        behaviour: prefills.PrefillBehaviour = "ignore"
+        refused: Fault | None = None
+        if prefix is not None:
+            self.prefills.append(prefix)
+            behaviour = self.prefill_behaviour(api, name, payload)
+            # Validation comes before anything else: a scripted fault waits for the next.
+            refused = prefills.refusal(behaviour, api, payload)
+        fault = refused or self._next_fault()
         stream = payload.get("stream") is True
         self.requests.append(
             RecordedRequest(
@@ -239,15 +280,27 @@ class FakeUpstream(AsyncService):
                 fault=fault,
             )
         )
+        answer_id = f"{self.name}{len(self.requests):04d}"
+        text = fault.text if fault.text is not None else self.text
+        thinking = fault.thinking
+        if self.vary:
+            text = sample_text(text, name, len(self.requests))
+            thinking = sample_text(thinking, name, len(self.requests)) if thinking else None
+        if prefix is not None and behaviour != "ignore" and refused is None:
+            # A model that takes the prefill answers with what follows it, and thinks no
+            # more (its reasoning would have come before the prefilled text).
+            text = text[len(prefix) :]
+            thinking = None
         options = payload.get("stream_options")
         spec = AnswerSpec(
-            model=model if isinstance(model, str) else self.models[0],
-            answer_id=f"{self.name}{len(self.requests):04d}",
-            text=fault.text if fault.text is not None else self.text,
+            model=name,
+            answer_id=answer_id,
+            text=text,
             chunk_words=self.chunk_words,
             input_tokens=max(1, len(body) // 4),
-            tool_call=fault.tool_call,
+            tool_call=_fresh_call(fault.tool_call, answer_id),
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            thinking=thinking,
         )
         ex = _Exchange(request, api, payload, fault, spec, extra_headers=dict(fault.headers))
         try:
@@ -420,3 +473,26 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def _encode(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+class PrefillUpstream(FakeUpstream):
+    """A `FakeUpstream` whose models all `continue` a prefill (or all `refuse` it)."""
+
+    def __init__(self, *, refuse: bool = False, **options: Any) -> None:
+        options.setdefault("prefill", "refuse" if refuse else "continue")
+        super().__init__(**options)
+        self.refuse = refuse
+
+
+def sample_text(text: str, model: str, sample: int) -> str:
+    """`text` as sample number `sample` of `model` gives it: same opening, another middle."""
+    words = text.split(" ")
+    middle = max(1, len(words) // 2)
+    return " ".join([*words[:middle], f"({model}, sample {sample})", *words[middle:]])
+
+
+def _fresh_call(call: ToolCall | None, answer_id: str) -> ToolCall | None:
+    # Every real answer names its tool call anew (call_…, toolu_…).
+    if call is None or call.call_id != DEFAULT_CALL_ID:
+        return call
+    return ToolCall(name=call.name, arguments=call.arguments, call_id=f"call_{answer_id}")
