@@ -12,7 +12,6 @@ answers is never spliced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from hydrallm.formats.frames import Event, EventSplitter, encode, is_error_event, parse_event
@@ -44,26 +43,46 @@ def covers(full: str, seen: str) -> bool:
     return seen.startswith(full) and seen[len(full) :].isspace()
 
 
-@dataclass(slots=True)
 class _Slot:
-    expected: Block | None  # what the client has at this key (None: a new block)
-    given: str = ""  # prefill text the continuation's block follows
-    seen: str = ""  # the continuation's own text for the block
-    emitted: int = 0  # length of the block's text the client has, once beyond `expected`
-    started: bool = False
-    stopped: bool = False
+    """One block of the continuation, compared with the client's block as it arrives.
+
+    Each piece is compared with the matching stretch of the client's text only, so a
+    restart that replays a long answer costs linear time.
+    """
+
+    __slots__ = ("_pieces", "emitted", "expected", "given", "length", "started", "stopped")
+
+    def __init__(self, expected: Block | None, given: str = "") -> None:
+        self.expected = expected  # what the client has at this key (None: a new block)
+        self.given = given  # prefill text the continuation's block follows
+        self._pieces: list[str] = []  # the continuation's own text for the block
+        self.length = len(given)  # of given + the continuation's text
+        self.emitted = 0  # length of the block's text the client has, once beyond `expected`
+        self.started = False
+        self.stopped = False
+
+    @property
+    def seen(self) -> str:
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     @property
     def full(self) -> str:
         return self.given + self.seen
 
+    def add(self, piece: str) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self.length += len(piece)
+
     def covered(self) -> bool:
         if self.expected is None:
             return True
-        want = self.expected.text
-        if not covers(self.full, want):
+        want = self.expected
+        if self.length < want.length and not want.text[self.length :].isspace():
             return False
-        return self.started or bool(self.given) or (self.expected.kind == TEXT and not want)
+        return self.started or bool(self.given) or (want.kind == TEXT and not want.length)
 
 
 class Aligner:
@@ -72,6 +91,10 @@ class Aligner:
     def __init__(self, blocks: list[Block], given: dict[object, str]) -> None:
         self._slots: dict[object, _Slot] = {b.key: _Slot(b, given.get(b.key, "")) for b in blocks}
         self._expected = list(self._slots)
+        for slot in self._slots.values():
+            have = slot.expected.text if slot.expected is not None else ""
+            if slot.given and not covers(have, slot.given):
+                raise Mismatch("the prefill is not what the client has")
 
     def slot(self, key: object) -> _Slot:
         slot = self._slots.get(key)
@@ -104,15 +127,20 @@ class Aligner:
         """The continuation adds `piece` to a block; returns what the client must get."""
         slot = self.slot(key)
         want = slot.expected
-        slot.seen += piece
+        start = slot.length
+        slot.add(piece)
         if want is None:
             return piece
-        full, have = slot.full, want.text
-        if len(full) <= len(have):
-            if not have.startswith(full):
+        have_length = want.length
+        end = start + len(piece)
+        if start < have_length:
+            have = want.text
+            overlap = min(end, have_length) - start
+            if have[start : start + overlap] != piece[:overlap]:
                 raise Mismatch(f"block {key!r} differs from what the client has")
+        if end <= have_length:
             return ""
-        if not full.startswith(have) or want.closed:
+        if want.closed:
             raise Mismatch(f"block {key!r} differs from what the client has")
         for other in self._expected:
             if (
@@ -121,8 +149,8 @@ class Aligner:
                 and other_before(self._expected, other, key)
             ):
                 raise Mismatch(f"block {key!r} went on before {other!r} was reproduced")
-        out = full[max(len(have), slot.emitted) :]
-        slot.emitted = len(full)
+        out = piece[max(have_length, slot.emitted) - start :]
+        slot.emitted = end
         return out
 
     def passed(self, key: object) -> bool:
@@ -139,7 +167,7 @@ class Aligner:
         if want is None:
             return True
         if want.closed:
-            if slot.full != want.text:
+            if slot.length != want.length:
                 raise Mismatch(f"block {key!r} ended differently")
             return False
         if not slot.covered():
@@ -164,8 +192,10 @@ class Aligner:
         slot = self.slot(key)
         if slot.expected is None:
             return slot.seen
-        have, full = slot.expected.text, slot.full
-        return have + full[len(have) :] if full.startswith(have) else have
+        have = slot.expected.text
+        if slot.length <= len(have):
+            return have
+        return have + slot.full[len(have) :]
 
 
 def other_before(order: list[object], a: object, b: object) -> bool:
@@ -407,6 +437,9 @@ class ResponsesSplicer(Splicer):
         item = dict(item)
         if known.ident:
             item["id"] = known.ident
+        if known.call_id and "call_id" in item:
+            # A restarted call is named anew upstream; the client knows the first name.
+            item["call_id"] = known.call_id
         text = self.aligner.client_text(index)
         if "arguments" in item:
             item["arguments"] = text

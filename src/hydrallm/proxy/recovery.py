@@ -8,16 +8,21 @@ answer is a break to recover from, not the last word the client reads).
 On a break, `Recovery.recover()` tries, model by model (the ones after the broken one
 in the chain), a continuation:
 
-1. prefill: when the client has received only plain text, the original request with that
-   text as a final assistant message; the answer is spliced on where the text stops;
+1. prefill: when the client has received only plain text and the model is expected to
+   continue it (`prefill = "auto"`: Anthropic Messages without thinking, OpenAI chat
+   with a `prefill_flag`, never Responses), the original request with that text as a
+   final assistant message.  Its answer is read until `PrefillProbe` can tell whether the
+   model continued (spliced on where the text stops) or ignored the prefill and answered
+   anew (restating the opening: handled as a restart, never appended);
 2. restart: otherwise, or when the model refuses the prefill (a 4xx naming it), the
    original request again; its output is held back until it has reproduced what the
-   client has, and relayed from there (`midstream.splice`).
+   client has, and relayed from there (`formats.splice`), in the client's ids.
 
 Nothing reaches the client before the continuation has passed the usual peek and caught
-up; if nothing works, `recover` returns False and the relay ends the stream with the
-original failure as an error event.  Models that refuse prefill are remembered in
-`RecoveryMemory`, which lives as long as the process (`ProxyState`).
+up; if nothing works, `recover` returns False and the relay ends the stream with an
+error event.  Models that refuse or ignore prefill are remembered in `RecoveryMemory`,
+which lives as long as the process (`ProxyState`).  Past `retry.midstream_max_bytes`
+relayed, a stream is no longer kept: a break then ends it.
 """
 
 from __future__ import annotations
@@ -35,10 +40,17 @@ from multidict import CIMultiDictProxy
 
 from hydrallm.config import ModelConfig
 from hydrallm.errors import StreamFailure, UpstreamError
-from hydrallm.formats.frames import EventSplitter, is_error_event, maybe_error, parse_event
+from hydrallm.formats.frames import (
+    EventSplitter,
+    EventTooLong,
+    is_error_event,
+    maybe_error,
+    parse_event,
+)
 from hydrallm.formats.peek import Commit, Peeker, StreamKind, stream_kind
-from hydrallm.formats.prefill import names_prefill, prefill_body
+from hydrallm.formats.prefill import PrefillProbe, auto_prefill, names_prefill, prefill_body
 from hydrallm.formats.splice import Mismatch, UpstreamFailed, make_splicer
+from hydrallm.formats.sse import DEFAULT_MAX_SIZE as MAX_EVENT
 from hydrallm.formats.transcript import Transcript
 from hydrallm.providers.base import ClientRequest
 from hydrallm.proxy.body import parse_body
@@ -56,9 +68,10 @@ _TERMINAL = {
 
 @dataclass(slots=True)
 class RecoveryMemory:
-    """Process-wide: the models that refused an assistant prefill (by model id)."""
+    """Process-wide: the models that refused, or ignored, an assistant prefill (by id)."""
 
-    no_prefill: set[str] = field(default_factory=set)
+    no_prefill: set[str] = field(default_factory=set)  # answered 400 naming the prefill
+    ignores_prefill: set[str] = field(default_factory=set)  # answered anew
 
 
 class _Outcome(enum.Enum):
@@ -75,13 +88,24 @@ class GuardedResponse:
     error event can be caught before any of it is written to the client.
     """
 
-    __slots__ = ("_failure", "_inner", "_kind", "_split", "headers", "reason", "status")
+    __slots__ = (
+        "_failure",
+        "_inner",
+        "_kind",
+        "_split",
+        "headers",
+        "oversized",
+        "reason",
+        "status",
+    )
 
     def __init__(self, inner: Response, kind: StreamKind) -> None:
         self._inner = inner
         self._kind = kind
-        self._split = EventSplitter()
+        # An event is held until its end: bounded like the peek's, or it could grow forever.
+        self._split = EventSplitter(max_event=MAX_EVENT)
         self._failure: str | None = None
+        self.oversized = False
         self.status: int = inner.status
         self.reason: str = inner.reason
         self.headers: CIMultiDictProxy[str] = inner.headers
@@ -106,7 +130,12 @@ class GuardedResponse:
 
     def _filter(self, chunk: bytes) -> bytes:
         """The whole events of `chunk` up to an error event (which sets `_failure`)."""
-        events = self._split.feed(chunk)
+        try:
+            events = self._split.feed(chunk)
+        except EventTooLong:
+            self.oversized = True
+            self._failure = f"the upstream sent an event longer than {MAX_EVENT // 1024} KiB"
+            raise StreamFailure(self._failure) from None
         for i, raw in enumerate(events):
             if maybe_error(self._kind, raw):
                 event = parse_event(raw)
@@ -135,7 +164,11 @@ def _describe(data: dict[str, Any] | None) -> str:
 
 @dataclass(slots=True)
 class Recovery:
-    """One committed stream's recovery: wire `observe` and `recover` into `relay()`."""
+    """One committed stream's recovery: wire `observe` and `recover` into `relay()`.
+
+    After `recover`, `served_by` names the model that finished the answer and `result` is
+    `prefill`, `restart` or `gave_up` (None: no recovery was attempted).
+    """
 
     engine: Engine
     request: ClientRequest
@@ -143,13 +176,31 @@ class Recovery:
     listener: str
     memory: RecoveryMemory
     transcript: Transcript
+    guarded: GuardedResponse | None = None
+    relayed: int = 0  # body bytes written to the client
+    kept: bool = True  # False once past midstream_max_bytes: the stream is not recoverable
+    served_by: str | None = None
+    result: str | None = None
+    _original: dict[str, Any] | None = None
 
     def observe(self, data: bytes) -> None:
+        self.relayed += len(data)
+        if not self.kept:
+            return
+        if self.relayed > self.engine.config.retry.midstream_max_bytes:
+            # Keep memory bounded: what the client has is no longer kept, so no recovery.
+            self.kept = False
+            self.transcript = Transcript(self.transcript.kind)
+            return
         self.transcript.feed(data)
 
     async def recover(self, committed: Committed, out: web.StreamResponse, reason: str) -> bool:
         """Finish the answer on another model; False when it could not be done."""
         telemetry = self.engine.telemetry
+        broken = committed.model.id
+        if not self.kept or (self.guarded is not None and self.guarded.oversized):
+            self._note(committed.model, "none", reason)
+            return False
         if self.transcript.done:
             return True  # the answer was complete; only the close was missing
         if self.transcript.finished:
@@ -161,17 +212,15 @@ class Recovery:
                 await self._write(out, ending)
             except ConnectionError:
                 pass
-            telemetry.recovery(self.listener, committed.model.id, "continued")
-            return True
+            return True  # nothing was recovered: the answer was whole, its close is added
         for model in self._candidates(committed.model, committed.chain):
             mode = "prefill" if self._may_prefill(model) else "restart"
             while True:
-                outcome = await self._try(model, mode, out)
+                outcome, used = await self._try(model, mode, out)
                 if outcome is _Outcome.CLIENT_GONE:
                     return True
                 if outcome is _Outcome.DONE:
-                    action = "continued" if mode == "prefill" else "restarted-matched"
-                    telemetry.recovery(self.listener, model.id, action)
+                    self._done(broken, model.id, used)
                     return True
                 if outcome is _Outcome.PREFILL_REFUSED and mode == "prefill":
                     if self.engine.config.endpoints[model.endpoint].prefill == "auto":
@@ -179,8 +228,16 @@ class Recovery:
                     mode = "restart"
                     continue
                 break
-        telemetry.recovery(self.listener, committed.model.id, "gave-up")
+        self.result = "gave_up"
+        telemetry.recovery(self.listener, broken, "gave_up")
         return False
+
+    def _done(self, broken: str, served_by: str, result: str) -> None:
+        self.served_by, self.result = served_by, result
+        self.engine.telemetry.log.info(
+            "stream_recovered", listener=self.listener, served_by=served_by, recovered=result
+        )
+        self.engine.telemetry.recovery(self.listener, broken, result)
 
     def _candidates(self, broken: ModelConfig, chain: Sequence[ModelConfig]) -> list[ModelConfig]:
         """The models after the broken one in the chain, that speak the client's API."""
@@ -188,21 +245,33 @@ class Recovery:
         return [m for m in chain[at + 1 :] if m.type == broken.type and m.type != "bedrock"]
 
     def _may_prefill(self, model: ModelConfig) -> bool:
-        setting = self.engine.config.endpoints[model.endpoint].prefill
-        if setting == "no" or (setting == "auto" and model.id in self.memory.no_prefill):
+        endpoint = self.engine.config.endpoints[model.endpoint]
+        setting = endpoint.prefill
+        if setting == "no":
             return False
         text = self.transcript.prefill_text()
-        return text is not None and bool(text.strip())
+        if text is None or not text.strip():
+            return False
+        if setting == "yes":
+            return True
+        memory = self.memory
+        if model.id in memory.no_prefill or model.id in memory.ignores_prefill:
+            return False
+        return auto_prefill(self.transcript.kind, endpoint.prefill_flag, self._body_dict())
+
+    def _body_dict(self) -> dict[str, Any] | None:
+        if self._original is None and self.request.json is not None:
+            try:
+                original = json.loads(self.request.body)
+            except ValueError:
+                return None
+            self._original = original if isinstance(original, dict) else None
+        return self._original
 
     def _body(self, mode: str, model: ModelConfig) -> tuple[bytes, str | None]:
         text = self.transcript.prefill_text() if mode == "prefill" else None
-        if text is None or self.request.json is None:
-            return self.request.body, None
-        try:
-            original = json.loads(self.request.body)
-        except ValueError:
-            return self.request.body, None
-        if not isinstance(original, dict):
+        original = self._body_dict()
+        if text is None or original is None:
             return self.request.body, None
         flag = self.engine.config.endpoints[model.endpoint].prefill_flag
         body = prefill_body(self.transcript.kind, original, text, flag)
@@ -210,12 +279,16 @@ class Recovery:
             return self.request.body, None
         return body, text.rstrip()
 
-    async def _try(self, model: ModelConfig, mode: str, out: web.StreamResponse) -> _Outcome:
+    async def _try(
+        self, model: ModelConfig, mode: str, out: web.StreamResponse
+    ) -> tuple[_Outcome, str]:
+        """One continuation on `model`; also says how it went on (`prefill`/`restart`)."""
         engine = self.engine
         retry = engine.config.retry
         endpoint = engine.config.endpoints[model.endpoint]
         provider = engine.providers[model.type]
         body, prefilled = self._body(mode, model)
+        used = "prefill" if prefilled is not None else "restart"
         request = dataclasses.replace(self.request, body=body, json=parse_body(body))
         response: Response | None = None
         try:
@@ -224,6 +297,7 @@ class Recovery:
             headers = [(k, v) for k, v in outgoing.headers if k.lower() != "accept-encoding"]
             headers.append(("Accept-Encoding", "identity"))
             held: list[bytes] = []
+            ended = False
             async with asyncio.timeout(retry.first_token_timeout):
                 response = await engine.transport.send(
                     request.method, outgoing.url, headers, outgoing.body
@@ -233,7 +307,7 @@ class Recovery:
                     error = await read_body(response, ERROR_BODY_LIMIT)
                     response.release()
                     response = None
-                    return self._refusal(mode, status, error)
+                    return self._refusal(mode, status, error), used
                 kind = stream_kind(
                     response.headers.get("Content-Type", ""), request.path, model.type
                 )
@@ -247,25 +321,48 @@ class Recovery:
                     verdict = peeker.feed(chunk) if chunk else peeker.eof()
                     if chunk:
                         held.append(chunk)
+                    else:
+                        ended = True
                     if verdict is None:
                         continue
                     if not isinstance(verdict, Commit):
                         raise StreamFailure(f"{verdict.kind}: {verdict.message}")
                     break
+            if prefilled is not None:
+                # Not one byte of a prefilled answer goes out before it is known to continue.
+                probe = PrefillProbe(kind, prefilled)
+                said = probe.feed(b"".join(held))
+                while said is None and not ended:
+                    async with asyncio.timeout(retry.stream_idle_timeout):
+                        chunk = await response.read_chunk()
+                    if chunk:
+                        held.append(chunk)
+                        said = probe.feed(chunk)
+                    else:
+                        ended = True
+                if probe.eof() == "restated":
+                    # The model ignored the prefill and answered anew: a restart, never
+                    # appended; remembered so that this model is not offered one again.
+                    self.memory.ignores_prefill.add(model.id)
+                    self._note(model, mode, "ignored the prefill (answered anew)")
+                    prefilled, used = None, "restart"
             splicer = make_splicer(self.transcript, prefilled)
             for chunk in held:
                 await self._write(out, splicer.feed(chunk))
-            while True:
+            while not ended:
                 async with asyncio.timeout(retry.stream_idle_timeout):
                     chunk = await response.read_chunk()
                 if not chunk:
-                    await self._write(out, splicer.eof())
-                    response.release()
-                    response = None
-                    if not splicer.finished:
-                        splicer.aligner.finish()
-                    return _Outcome.DONE
+                    break
                 await self._write(out, splicer.feed(chunk))
+            await self._write(out, splicer.eof())
+            response.release()
+            response = None
+            if not splicer.finished:
+                splicer.aligner.finish()
+                # A stream that ends without its finish is not a whole answer.
+                raise UpstreamFailed("the continuation ended without finishing the answer")
+            return _Outcome.DONE, used
         except asyncio.CancelledError:
             if response is not None:
                 response.abort()
@@ -273,12 +370,12 @@ class Recovery:
         except ConnectionError:
             if response is not None:
                 response.abort()
-            return _Outcome.CLIENT_GONE
-        except (TimeoutError, UpstreamError, UpstreamFailed, Mismatch) as exc:
+            return _Outcome.CLIENT_GONE, used
+        except (TimeoutError, UpstreamError, UpstreamFailed, Mismatch, EventTooLong) as exc:
             if response is not None:
                 response.abort()
-            self._note(model, mode, exc)
-            return _Outcome.FAILED
+            self._note(model, mode, str(exc) or type(exc).__name__)
+            return _Outcome.FAILED, used
 
     def _refusal(self, mode: str, status: int, error: bytes) -> _Outcome:
         if mode == "prefill" and 400 <= status < 500 and names_prefill(error):
@@ -290,13 +387,13 @@ class Recovery:
             self.transcript.feed(data)
             await out.write(data)
 
-    def _note(self, model: ModelConfig, mode: str, exc: BaseException) -> None:
+    def _note(self, model: ModelConfig, mode: str, error: str) -> None:
         self.engine.telemetry.log.info(
             "stream_recovery_attempt",
             listener=self.listener,
             model=model.id,
             mode=mode,
-            error=str(exc) or type(exc).__name__,
+            error=error,
         )
 
 
@@ -328,6 +425,7 @@ def make_recovery(
     assert kind is not None
     recovery = Recovery(engine, request, committed, listener, memory, Transcript(kind))
     response = GuardedResponse(committed.response, kind)
+    recovery.guarded = response
     guarded = dataclasses.replace(
         committed, response=response, prefix=response.hold(committed.prefix)
     )

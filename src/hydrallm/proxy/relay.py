@@ -18,7 +18,13 @@ from aiohttp import web
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.errors import error_event
 from hydrallm.formats.peek import StreamKind
+from hydrallm.formats.sse import DEFAULT_MAX_SIZE as MAX_LINE
 from hydrallm.proxy.engine import Committed
+
+# Streams made of text lines: a line with no end past MAX_LINE is a broken stream.
+_LINE_STREAMS = frozenset(
+    {StreamKind.OPENAI_CHAT, StreamKind.OPENAI_RESPONSES, StreamKind.ANTHROPIC}
+)
 
 # Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
 # finish the answer (writing to the client itself); return True when it did.
@@ -54,6 +60,9 @@ async def relay(
         if committed.complete:
             return RelayResult(None)
         loop = asyncio.get_running_loop()
+        # Length of the line being relayed: one with no end past MAX_LINE ends the stream
+        # (an endless line is no answer, and the client's SDK would buffer it forever).
+        line = 0 if committed.kind in _LINE_STREAMS else None
         # write_timeout bounds the whole response once it has started (as the original).
         write_deadline = loop.time() + write_timeout if write_timeout else None
         while True:
@@ -74,6 +83,13 @@ async def relay(
                 break
             if not chunk:
                 break
+            if line is not None:
+                end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+                line = line + len(chunk) if end < 0 else len(chunk) - end - 1
+                if line > MAX_LINE:
+                    broken = f"the upstream sent a line longer than {MAX_LINE // 1024} KiB"
+                    recover = None  # not a break another model could mend
+                    break
             if observe is not None:
                 observe(chunk)
             await out.write(chunk)
@@ -112,11 +128,24 @@ async def end_broken(
     encoded = committed.response.headers.get("Content-Encoding", "identity").lower()
     if committed.kind not in (None, StreamKind.UNKNOWN) and encoded in ("", "identity"):
         try:
-            await out.write(
-                error_event(committed.kind, f"hydrallm: upstream stream failed: {reason}")
-            )
+            await out.write(error_event(committed.kind, gave_up_message(reason)))
         except (ConnectionError, RuntimeError):
             pass
         return
     # No in-band way to say it: make the truncation visible as a transport error.
     abort_client()
+
+
+def gave_up_message(reason: str) -> str:
+    """What the client reads when a broken answer cannot be finished: plain words, no
+    library exception text."""
+    if reason.startswith("upstream error event: "):
+        cause = "the upstream reported an error: " + reason.removeprefix("upstream error event: ")
+    elif reason.startswith(("upstream body broken", "connection error", "upstream closed")):
+        cause = "the upstream connection broke"
+    else:
+        cause = reason
+    return (
+        f"hydrallm: the answer was interrupted and could not be finished ({cause}). "
+        "The partial answer received so far is incomplete."
+    )

@@ -464,7 +464,9 @@ def _messages_stream(spec: AnswerSpec) -> Stream:
         return sse(event, "content_block_start")
 
     def delta(index: int, body: dict[str, Any]) -> bytes:
-        return sse({"type": "content_block_delta", "index": index, "delta": body}, "content_block_delta")
+        return sse(
+            {"type": "content_block_delta", "index": index, "delta": body}, "content_block_delta"
+        )
 
     content = [delta(at, d) for d in deltas]
     first = open_block(at, block)

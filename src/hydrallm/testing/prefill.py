@@ -30,7 +30,6 @@ __all__ = [
     "REFUSAL",
     "THINKING_REFUSAL",
     "PrefillBehaviour",
-    "PrefillUpstream",
     "assistant_prefill",
     "continuation_flagged",
     "default_behaviour",

@@ -29,8 +29,8 @@ import struct
 import time
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -39,9 +39,9 @@ from multidict import CIMultiDict
 from hydrallm.testing import prefill as prefills
 from hydrallm.testing.answers import (
     CANONICAL_TEXT,
+    DEFAULT_CALL_ID,
     AnswerSpec,
     Api,
-    DEFAULT_CALL_ID,
     ToolCall,
     api_for_path,
     error_body,
