@@ -309,7 +309,7 @@ class ChatSplicer(Splicer):
         al = self.aligner
         for field, key, kind in _CHAT_TEXT_FIELDS:
             piece = delta.get(field)
-            if isinstance(piece, str):
+            if isinstance(piece, str) and piece:
                 al.start(key, kind, None)
                 text = al.delta(key, piece)
                 if text:

@@ -211,7 +211,9 @@ class Transcript:
             ("content", TEXT, TEXT),
         ):
             piece = delta.get(field_name)
-            if isinstance(piece, str):
+            # The role chunk's `content: ""` opens nothing: the answer may begin with
+            # reasoning, and an empty text block would stand before it.
+            if isinstance(piece, str) and piece:
                 block = self.block(key) or self._open(key, kind, 0)
                 block.add(piece)
         calls = delta.get("tool_calls")
