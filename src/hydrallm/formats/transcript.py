@@ -118,6 +118,7 @@ class Transcript:
     last_sequence: int = -1  # Responses
     opaque: bool = False  # saw something it does not understand (choice n > 0, ...)
     _split: EventSplitter = field(default_factory=EventSplitter)
+    _index: dict[object, Block] = field(default_factory=dict)
 
     def feed(self, data: bytes) -> None:
         for raw in self._split.feed(data):
@@ -150,10 +151,10 @@ class Transcript:
     # --- questions ------------------------------------------------------------------
 
     def block(self, key: object) -> Block | None:
-        for block in self.blocks:
-            if block.key == key:
-                return block
-        return None
+        # Looked up on every delta: by key, not by a scan of all blocks so far.
+        if len(self._index) != len(self.blocks):
+            self._index = {b.key: b for b in reversed(self.blocks)}  # the first one wins
+        return self._index.get(key)
 
     def prefill_text(self) -> str | None:
         """The text to prefill with, or None when the client has more than one text block."""
