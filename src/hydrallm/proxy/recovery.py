@@ -404,6 +404,9 @@ class RelayHooks:
     committed: Committed
     observe: Callable[[bytes], None] | None = None
     recover: Recover | None = None
+    # After the relay: `recovery.served_by` and `recovery.result` (prefill/restart/gave_up)
+    # for the request's log line and status entry.
+    recovery: Recovery | None = None
 
 
 def make_recovery(
@@ -429,4 +432,4 @@ def make_recovery(
     guarded = dataclasses.replace(
         committed, response=response, prefix=response.hold(committed.prefix)
     )
-    return RelayHooks(guarded, recovery.observe, recovery.recover)
+    return RelayHooks(guarded, recovery.observe, recovery.recover, recovery)

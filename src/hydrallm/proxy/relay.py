@@ -146,6 +146,6 @@ def gave_up_message(reason: str) -> str:
     else:
         cause = reason
     return (
-        f"hydrallm: the answer was interrupted and could not be finished ({cause}). "
+        f"hydrallm: upstream stream failed ({cause}) and the answer could not be finished. "
         "The partial answer received so far is incomplete."
     )
