@@ -36,27 +36,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from hydrallm.config import ModelConfig
 from hydrallm.errors import StreamFailure, UpstreamError
-from hydrallm.formats.frames import (
-    EventSplitter,
-    EventTooLong,
-    is_error_event,
-    maybe_error,
-    parse_event,
-)
+from hydrallm.formats.frames import EventTooLong
 from hydrallm.formats.peek import Commit, Peeker, StreamKind, stream_kind
 from hydrallm.formats.prefill import PrefillProbe, auto_prefill, names_prefill, prefill_body
 from hydrallm.formats.splice import Mismatch, UpstreamFailed, make_splicer
-from hydrallm.formats.sse import DEFAULT_MAX_SIZE as MAX_EVENT
 from hydrallm.formats.transcript import Transcript
 from hydrallm.providers.base import ClientRequest
 from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.engine import Committed, Engine
+from hydrallm.proxy.guard import GuardedResponse
 from hydrallm.proxy.relay import Recover
 from hydrallm.proxy.upstream import Response, read_body
+
+__all__ = ["GuardedResponse", "Recovery", "RecoveryMemory", "RelayHooks", "make_recovery"]
 
 RECOVERABLE = frozenset({StreamKind.OPENAI_CHAT, StreamKind.OPENAI_RESPONSES, StreamKind.ANTHROPIC})
 ERROR_BODY_LIMIT = 64 * 1024
@@ -79,87 +74,6 @@ class _Outcome(enum.Enum):
     PREFILL_REFUSED = "prefill_refused"  # a 4xx naming the prefill: try a restart
     FAILED = "failed"  # try the next model (from wherever the client now is)
     CLIENT_GONE = "client_gone"  # nobody to finish the answer for
-
-
-class GuardedResponse:
-    """An upstream response whose error events become a `StreamFailure` instead of bytes.
-
-    Bytes are handed on in whole events (a partial event is held until its end), so an
-    error event can be caught before any of it is written to the client.
-    """
-
-    __slots__ = (
-        "_failure",
-        "_inner",
-        "_kind",
-        "_split",
-        "headers",
-        "oversized",
-        "reason",
-        "status",
-    )
-
-    def __init__(self, inner: Response, kind: StreamKind) -> None:
-        self._inner = inner
-        self._kind = kind
-        # An event is held until its end: bounded like the peek's, or it could grow forever.
-        self._split = EventSplitter(max_event=MAX_EVENT)
-        self._failure: str | None = None
-        self.oversized = False
-        self.status: int = inner.status
-        self.reason: str = inner.reason
-        self.headers: CIMultiDictProxy[str] = inner.headers
-
-    def hold(self, prefix: list[bytes]) -> list[bytes]:
-        """Filter the bytes read before commit the same way (they reach the client first)."""
-        passed = self._filter(b"".join(prefix))
-        return [passed] if passed else []
-
-    async def read_chunk(self) -> bytes:
-        if self._failure is not None:
-            raise StreamFailure(self._failure)
-        while True:
-            chunk = await self._inner.read_chunk()
-            if not chunk:
-                return self._split.flush()
-            passed = self._filter(chunk)
-            if passed:
-                return passed
-            if self._failure is not None:
-                raise StreamFailure(self._failure)
-
-    def _filter(self, chunk: bytes) -> bytes:
-        """The whole events of `chunk` up to an error event (which sets `_failure`)."""
-        try:
-            events = self._split.feed(chunk)
-        except EventTooLong:
-            self.oversized = True
-            self._failure = f"the upstream sent an event longer than {MAX_EVENT // 1024} KiB"
-            raise StreamFailure(self._failure) from None
-        for i, raw in enumerate(events):
-            if maybe_error(self._kind, raw):
-                event = parse_event(raw)
-                if is_error_event(self._kind, event):
-                    self._failure = f"upstream error event: {_describe(event.data)}"
-                    return b"".join(events[:i])
-        return b"".join(events)
-
-    def release(self) -> None:
-        self._inner.release()
-
-    def abort(self) -> None:
-        self._inner.abort()
-
-
-def _describe(data: dict[str, Any] | None) -> str:
-    error = (data or {}).get("error")
-    if not isinstance(error, dict):
-        response = (data or {}).get("response")
-        error = response.get("error") if isinstance(response, dict) else None
-    if isinstance(error, dict):
-        kind = error.get("type") or error.get("code") or "error"
-        return f"{kind}: {error.get('message', '')}"
-    return "error"
 
 
 @dataclass(slots=True)
