@@ -132,6 +132,9 @@ class Recovery:
             while True:
                 outcome, used = await self._try(model, mode, out)
                 if outcome is _Outcome.CLIENT_GONE:
+                    if self.transcript.done:
+                        # The client left right after the answer's end: it was recovered.
+                        self._done(broken, model.id, used)
                     return True
                 if outcome is _Outcome.DONE:
                     self._done(broken, model.id, used)
