@@ -56,7 +56,8 @@ def config(primary: str, fallback: str, api: str, retry: str = "", endpoint: str
 
 @dataclass
 class Seen:
-    """What the client's SDK made of the stream."""
+    """What the client's SDK made of the stream (thinking: Anthropic thinking, chat
+    `reasoning_content`, Responses reasoning summary)."""
 
     text: str = ""
     thinking: str = ""
@@ -121,6 +122,8 @@ async def _ask_responses(url: str, got: Seen) -> None:
                     got.finishes += 1
                 elif ev.type == "response.output_text.delta":
                     got.text += ev.delta
+                elif ev.type == "response.reasoning_summary_text.delta":
+                    got.thinking += ev.delta
                 elif ev.type == "response.function_call_arguments.delta":
                     got.tool_args += ev.delta
                 elif ev.type == "response.output_item.added" and ev.item.type == "function_call":
@@ -129,6 +132,8 @@ async def _ask_responses(url: str, got: Seen) -> None:
             response = await events.get_final_response()
     got.final_text = response.output_text
     got.final_call_ids = [i.call_id for i in response.output if i.type == "function_call"]
+    summaries = [p.text for i in response.output if i.type == "reasoning" for p in i.summary]
+    assert "".join(summaries) == got.thinking  # the final response agrees with the deltas
 
 
 async def _ask_chat(url: str, got: Seen) -> None:
@@ -193,8 +198,6 @@ async def setup(
 async def test_a_broken_answer_is_finished_once_whatever_the_fallback_does_with_a_prefill(
     api: str, behaviour: str, brk: str, content: str
 ) -> None:
-    if content == "thinking" and api == "responses":
-        pytest.skip("the Responses fake has no reasoning items")
     after = 1 if content == "tool" else CUT
     async with setup(api, behaviour, content) as (primary, fallback, px):
         primary.script(

@@ -103,7 +103,8 @@ class AnswerSpec:
     include_usage: bool = False  # OpenAI chat streaming: `stream_options.include_usage`
     created: int = _CREATED
     # Reasoning the answer starts with: an Anthropic `thinking` block (signed), chat
-    # `reasoning_content`.  Its chunks count as content chunks, so a cut can land in it.
+    # `reasoning_content`, a Responses `reasoning` item (summary).  Its chunks count as
+    # content chunks, so a cut can land in it.
     thinking: str | None = None
 
 
@@ -334,48 +335,93 @@ def _output_text_part(text: str) -> dict[str, Any]:
 
 
 def _responses_json(spec: AnswerSpec) -> dict[str, Any]:
-    return _response_object(spec, "completed", [_responses_item(spec, done=True)])
+    output = [_responses_item(spec, done=True)]
+    if spec.thinking:
+        output.insert(0, _reasoning_item(spec, done=True))
+    return _response_object(spec, "completed", output)
+
+
+def _reasoning_item(spec: AnswerSpec, done: bool) -> dict[str, Any]:
+    summary = [{"type": "summary_text", "text": spec.thinking}] if done else []
+    return {"type": "reasoning", "id": f"rs_{spec.answer_id}", "summary": summary}
 
 
 def _responses_stream(spec: AnswerSpec) -> Stream:
     # Events are built first and numbered afterwards, so that `sequence_number`
-    # counts every event of the stream in order.
+    # counts every event of the stream in order.  Each content chunk is a group of
+    # events (the chunk that ends the reasoning also opens the answer's item).
+    main = 1 if spec.thinking else 0  # the answer's output_index
     item_id = f"fc_{spec.answer_id}" if spec.tool_call else f"msg_{spec.answer_id}"
-    at = {"item_id": item_id, "output_index": 0}
+    at = {"item_id": item_id, "output_index": main}
     head: list[dict[str, Any]] = [
         {"type": "response.created", "response": _response_object(spec, "in_progress", [])},
         {"type": "response.in_progress", "response": _response_object(spec, "in_progress", [])},
+    ]
+    opening: list[dict[str, Any]] = [
         {
             "type": "response.output_item.added",
-            "output_index": 0,
+            "output_index": main,
             "item": _responses_item(spec, done=False),
-        },
+        }
     ]
     tail: list[dict[str, Any]]
     if spec.tool_call is not None:
         arguments = spec.tool_call.arguments
         content = [
-            {"type": "response.function_call_arguments.delta", **at, "delta": piece}
+            [{"type": "response.function_call_arguments.delta", **at, "delta": piece}]
             for piece in _argument_pieces(arguments)
         ]
         tail = [{"type": "response.function_call_arguments.done", **at, "arguments": arguments}]
     else:
         part_at = {**at, "content_index": 0}
-        head.append(
+        opening.append(
             {"type": "response.content_part.added", **part_at, "part": _output_text_part("")}
         )
         content = [
-            {"type": "response.output_text.delta", **part_at, "delta": piece, "logprobs": []}
+            [{"type": "response.output_text.delta", **part_at, "delta": piece, "logprobs": []}]
             for piece in split_text(spec.text, spec.chunk_words)
         ]
         tail = [
             {"type": "response.output_text.done", **part_at, "text": spec.text, "logprobs": []},
             {"type": "response.content_part.done", **part_at, "part": _output_text_part(spec.text)},
         ]
+    if spec.thinking:
+        head += [
+            {
+                "type": "response.output_item.added",
+                "output_index": 0,
+                "item": _reasoning_item(spec, False),
+            },
+        ]
+        rs = {"item_id": f"rs_{spec.answer_id}", "output_index": 0, "summary_index": 0}
+        head.append(
+            {"type": "response.reasoning_summary_part.added", **rs, "part": _summary_part("")}
+        )
+        thinking = [
+            [{"type": "response.reasoning_summary_text.delta", **rs, "delta": piece}]
+            for piece in split_text(spec.thinking, spec.chunk_words)
+        ]
+        closing = [
+            {"type": "response.reasoning_summary_text.done", **rs, "text": spec.thinking},
+            {
+                "type": "response.reasoning_summary_part.done",
+                **rs,
+                "part": _summary_part(spec.thinking),
+            },
+            {
+                "type": "response.output_item.done",
+                "output_index": 0,
+                "item": _reasoning_item(spec, True),
+            },
+        ]
+        first = closing + opening + (content[0] if content else [])
+        content = [*thinking, first, *content[1:]]
+    else:
+        head += opening
     tail.append(
         {
             "type": "response.output_item.done",
-            "output_index": 0,
+            "output_index": main,
             "item": _responses_item(spec, True),
         }
     )
@@ -383,15 +429,27 @@ def _responses_stream(spec: AnswerSpec) -> Stream:
 
     seq = 0
 
-    def encode(events: list[dict[str, Any]]) -> tuple[bytes, ...]:
+    def encode(groups: list[list[dict[str, Any]]]) -> tuple[bytes, ...]:
         nonlocal seq
         out = []
-        for event in events:
-            out.append(sse({**event, "sequence_number": seq}, event["type"]))
-            seq += 1
+        for group in groups:
+            encoded = b""
+            for event in group:
+                encoded += sse({**event, "sequence_number": seq}, event["type"])
+                seq += 1
+            out.append(encoded)
         return tuple(out)
 
-    return Stream(encode(head), encode(content), encode(tail), encode(terminal))
+    return Stream(
+        encode([[e] for e in head]),
+        encode(content),
+        encode([[e] for e in tail]),
+        encode([[e] for e in terminal]),
+    )
+
+
+def _summary_part(text: str) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}
 
 
 # --- Anthropic Messages --------------------------------------------------------------

@@ -66,7 +66,7 @@ class Fault:
     delay: float = 0.0  # before anything is sent
     text: str | None = None  # answer text instead of the upstream's
     tool_call: ToolCall | None = None  # answer with a function call instead of text
-    thinking: str | None = None  # reasoning the answer starts with (Anthropic, chat)
+    thinking: str | None = None  # reasoning the answer starts with
     status_code: int = 200
     anthropic_status: int | None = None  # status on Anthropic paths, if different
     body: bytes | None = None  # error body instead of the provider-shaped default
@@ -103,7 +103,7 @@ def tool_call(name: str = "get_weather", arguments: Mapping[str, Any] | None = N
 
 def thinking(text: str = "Let me think about hydras and proxies step by step.") -> Fault:
     """A normal answer that starts with reasoning: a signed Anthropic `thinking` block,
-    chat `reasoning_content`."""
+    chat `reasoning_content`, a Responses `reasoning` item with a summary."""
     return Fault(kind="thinking", thinking=text)
 
 
