@@ -11,14 +11,28 @@ The shapes follow what the providers send closely enough that the official
 
 from __future__ import annotations
 
-import enum
 import json
-import re
-from dataclasses import dataclass
 from typing import Any
+
+from hydrallm.testing.responses_wire import _response_object, _responses_json, _responses_stream
+from hydrallm.testing.wire import (
+    _CREATED,
+    CANONICAL_TEXT,
+    DEFAULT_CALL_ID,
+    AnswerSpec,
+    Api,
+    Stream,
+    ToolCall,
+    _argument_pieces,
+    _output_tokens,
+    api_for_path,
+    split_text,
+    sse,
+)
 
 __all__ = [
     "CANONICAL_TEXT",
+    "DEFAULT_CALL_ID",
     "AnswerSpec",
     "Api",
     "Stream",
@@ -33,133 +47,6 @@ __all__ = [
     "sse",
     "stream_answer",
 ]
-
-# Several sentences so that streams have many chunks; the non-ASCII letters and the
-# quotes check that nothing on the way re-encodes or splits UTF-8 / JSON escapes.
-CANONICAL_TEXT = (
-    "Hydras regrow two heads for every one that is cut off. "
-    "A proxy that retries is a little like that: when one upstream fails, another answers. "
-    'This answer has several sentences, some "quoted" words, and a few non-ASCII letters: '
-    "café, naïve, Zürich — so that every chunk boundary is exercised. "
-    "That is the whole answer."
-)
-
-# A fixed epoch second keeps answers reproducible between runs.
-_CREATED = 1_735_689_600
-
-
-class Api(enum.Enum):
-    """Which provider API a request path belongs to."""
-
-    CHAT = "chat"
-    RESPONSES = "responses"
-    MESSAGES = "messages"
-    COUNT_TOKENS = "count_tokens"
-    MODELS = "models"
-
-
-def api_for_path(path: str) -> Api | None:
-    """Classify a request path; None when no LLM API serves it."""
-    path = path.rstrip("/")
-    if path.endswith("chat/completions"):
-        return Api.CHAT
-    if path.endswith("/responses"):
-        return Api.RESPONSES
-    if path.endswith("/messages/count_tokens"):
-        return Api.COUNT_TOKENS
-    if path.endswith("/messages"):
-        return Api.MESSAGES
-    if path.endswith("/models"):
-        return Api.MODELS
-    return None
-
-
-# FakeUpstream replaces this id by one of the answer's own, as real APIs name each call anew.
-DEFAULT_CALL_ID = "call_fake_0001"
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A function call the fake answers with instead of text.
-
-    `arguments` is the JSON text of the arguments, as OpenAI transmits it.
-    """
-
-    name: str = "get_weather"
-    arguments: str = '{"city":"Paris"}'
-    call_id: str = DEFAULT_CALL_ID
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerSpec:
-    """Everything an answer depends on."""
-
-    model: str
-    answer_id: str
-    text: str = CANONICAL_TEXT
-    chunk_words: int = 1
-    input_tokens: int = 1
-    tool_call: ToolCall | None = None
-    include_usage: bool = False  # OpenAI chat streaming: `stream_options.include_usage`
-    created: int = _CREATED
-    # Reasoning the answer starts with: an Anthropic `thinking` block (signed), chat
-    # `reasoning_content`, a Responses `reasoning` item (summary).  Its chunks count as
-    # content chunks, so a cut can land in it.
-    thinking: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Stream:
-    """A streaming answer as encoded SSE events, cut where faults are injected.
-
-    `head` opens the stream, `content` carries the text (or tool arguments) one
-    event per chunk, `tail` closes the content, and `terminal` is what marks a
-    clean end (`[DONE]`, `message_stop`, `response.completed`).
-    """
-
-    head: tuple[bytes, ...]
-    content: tuple[bytes, ...]
-    tail: tuple[bytes, ...]
-    terminal: tuple[bytes, ...]
-
-    def events(self) -> tuple[bytes, ...]:
-        """Every event, in order."""
-        return self.head + self.content + self.tail + self.terminal
-
-
-def split_text(text: str, chunk_words: int = 1) -> list[str]:
-    """Cut `text` into chunks of `chunk_words` words; joined they give `text` back."""
-    if not text:
-        return []
-    # Each piece is a word with the whitespace after it (the first also takes any
-    # leading whitespace), so joining the pieces loses nothing.
-    words = re.findall(r"\s*\S+\s*", text) or [text]
-    size = max(1, chunk_words)
-    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
-
-
-def _output_tokens(spec: AnswerSpec) -> int:
-    if spec.tool_call is not None:
-        return max(1, len(spec.tool_call.arguments) // 4)
-    return max(1, len(split_text(spec.text)))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def sse(data: Any, event: str | None = None) -> bytes:
-    """Encode one server-sent event; `data` is JSON-encoded unless it is a str."""
-    payload = data if isinstance(data, str) else _dumps(data)
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {payload}\n\n".encode()
-
-
-def _argument_pieces(arguments: str) -> list[str]:
-    # Providers stream tool arguments in arbitrary fragments; three is enough to
-    # show that a client reassembles them.
-    step = max(1, -(-len(arguments) // 3))
-    return [arguments[i : i + step] for i in range(0, len(arguments), step)] or [""]
 
 
 # --- OpenAI Chat Completions -------------------------------------------------------
@@ -259,197 +146,6 @@ def _chat_stream(spec: AnswerSpec) -> Stream:
             )
         )
     return Stream(tuple(head), tuple(content), tuple(tail), (sse("[DONE]"),))
-
-
-# --- OpenAI Responses ----------------------------------------------------------------
-
-
-def _responses_usage(spec: AnswerSpec) -> dict[str, Any]:
-    out = _output_tokens(spec)
-    return {
-        "input_tokens": spec.input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": out,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": spec.input_tokens + out,
-    }
-
-
-def _response_object(
-    spec: AnswerSpec,
-    status: str,
-    output: list[dict[str, Any]],
-    *,
-    error: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": f"resp_{spec.answer_id}",
-        "object": "response",
-        "created_at": spec.created,
-        "status": status,
-        "error": error,
-        "incomplete_details": None,
-        "instructions": None,
-        "max_output_tokens": None,
-        "model": spec.model,
-        "output": output,
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "reasoning": {"effort": None, "summary": None},
-        "store": False,
-        "temperature": 1.0,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": 1.0,
-        "truncation": "disabled",
-        "usage": _responses_usage(spec) if status == "completed" else None,
-        "metadata": {},
-    }
-
-
-def _responses_item(spec: AnswerSpec, done: bool) -> dict[str, Any]:
-    status = "completed" if done else "in_progress"
-    if spec.tool_call is not None:
-        call = spec.tool_call
-        return {
-            "type": "function_call",
-            "id": f"fc_{spec.answer_id}",
-            "call_id": call.call_id,
-            "name": call.name,
-            "arguments": call.arguments if done else "",
-            "status": status,
-        }
-    content = [_output_text_part(spec.text)] if done else []
-    return {
-        "type": "message",
-        "id": f"msg_{spec.answer_id}",
-        "status": status,
-        "role": "assistant",
-        "content": content,
-    }
-
-
-def _output_text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def _responses_json(spec: AnswerSpec) -> dict[str, Any]:
-    output = [_responses_item(spec, done=True)]
-    if spec.thinking:
-        output.insert(0, _reasoning_item(spec, done=True))
-    return _response_object(spec, "completed", output)
-
-
-def _reasoning_item(spec: AnswerSpec, done: bool) -> dict[str, Any]:
-    summary = [{"type": "summary_text", "text": spec.thinking}] if done else []
-    return {"type": "reasoning", "id": f"rs_{spec.answer_id}", "summary": summary}
-
-
-def _responses_stream(spec: AnswerSpec) -> Stream:
-    # Events are built first and numbered afterwards, so that `sequence_number`
-    # counts every event of the stream in order.  Each content chunk is a group of
-    # events (the chunk that ends the reasoning also opens the answer's item).
-    main = 1 if spec.thinking else 0  # the answer's output_index
-    item_id = f"fc_{spec.answer_id}" if spec.tool_call else f"msg_{spec.answer_id}"
-    at = {"item_id": item_id, "output_index": main}
-    head: list[dict[str, Any]] = [
-        {"type": "response.created", "response": _response_object(spec, "in_progress", [])},
-        {"type": "response.in_progress", "response": _response_object(spec, "in_progress", [])},
-    ]
-    opening: list[dict[str, Any]] = [
-        {
-            "type": "response.output_item.added",
-            "output_index": main,
-            "item": _responses_item(spec, done=False),
-        }
-    ]
-    tail: list[dict[str, Any]]
-    if spec.tool_call is not None:
-        arguments = spec.tool_call.arguments
-        content = [
-            [{"type": "response.function_call_arguments.delta", **at, "delta": piece}]
-            for piece in _argument_pieces(arguments)
-        ]
-        tail = [{"type": "response.function_call_arguments.done", **at, "arguments": arguments}]
-    else:
-        part_at = {**at, "content_index": 0}
-        opening.append(
-            {"type": "response.content_part.added", **part_at, "part": _output_text_part("")}
-        )
-        content = [
-            [{"type": "response.output_text.delta", **part_at, "delta": piece, "logprobs": []}]
-            for piece in split_text(spec.text, spec.chunk_words)
-        ]
-        tail = [
-            {"type": "response.output_text.done", **part_at, "text": spec.text, "logprobs": []},
-            {"type": "response.content_part.done", **part_at, "part": _output_text_part(spec.text)},
-        ]
-    if spec.thinking:
-        head += [
-            {
-                "type": "response.output_item.added",
-                "output_index": 0,
-                "item": _reasoning_item(spec, False),
-            },
-        ]
-        rs = {"item_id": f"rs_{spec.answer_id}", "output_index": 0, "summary_index": 0}
-        head.append(
-            {"type": "response.reasoning_summary_part.added", **rs, "part": _summary_part("")}
-        )
-        thinking = [
-            [{"type": "response.reasoning_summary_text.delta", **rs, "delta": piece}]
-            for piece in split_text(spec.thinking, spec.chunk_words)
-        ]
-        closing = [
-            {"type": "response.reasoning_summary_text.done", **rs, "text": spec.thinking},
-            {
-                "type": "response.reasoning_summary_part.done",
-                **rs,
-                "part": _summary_part(spec.thinking),
-            },
-            {
-                "type": "response.output_item.done",
-                "output_index": 0,
-                "item": _reasoning_item(spec, True),
-            },
-        ]
-        first = closing + opening + (content[0] if content else [])
-        content = [*thinking, first, *content[1:]]
-    else:
-        head += opening
-    tail.append(
-        {
-            "type": "response.output_item.done",
-            "output_index": main,
-            "item": _responses_item(spec, True),
-        }
-    )
-    terminal = [{"type": "response.completed", "response": _responses_json(spec)}]
-
-    seq = 0
-
-    def encode(groups: list[list[dict[str, Any]]]) -> tuple[bytes, ...]:
-        nonlocal seq
-        out = []
-        for group in groups:
-            encoded = b""
-            for event in group:
-                encoded += sse({**event, "sequence_number": seq}, event["type"])
-                seq += 1
-            out.append(encoded)
-        return tuple(out)
-
-    return Stream(
-        encode([[e] for e in head]),
-        encode(content),
-        encode([[e] for e in tail]),
-        encode([[e] for e in terminal]),
-    )
-
-
-def _summary_part(text: str) -> dict[str, Any]:
-    return {"type": "summary_text", "text": text}
 
 
 # --- Anthropic Messages --------------------------------------------------------------

@@ -27,22 +27,18 @@ import random
 import socket
 import struct
 import time
-import zlib
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from hydrallm.testing import prefill as prefills
+from hydrallm.testing import prefill_rules as prefills
 from hydrallm.testing.answers import (
     CANONICAL_TEXT,
-    DEFAULT_CALL_ID,
     AnswerSpec,
     Api,
-    ToolCall,
     api_for_path,
     error_body,
     error_event,
@@ -50,65 +46,14 @@ from hydrallm.testing.answers import (
     models_body,
     stream_answer,
 )
+from hydrallm.testing.exchange import Exchange, RecordedRequest, Sink
 from hydrallm.testing.faults import FailureMix, Fault, Reset
 from hydrallm.testing.service import AsyncService
+from hydrallm.testing.wire import fresh_call, sample_text
 
-__all__ = ["FakeUpstream", "PrefillUpstream", "RecordedRequest", "sample_text"]
+__all__ = ["FakeUpstream", "RecordedRequest", "sample_text"]
 
 _ANTHROPIC_APIS = (Api.MESSAGES, Api.COUNT_TOKENS)
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """One request as the fake received it, with the fault it was given."""
-
-    method: str
-    path: str
-    query_string: str
-    headers: CIMultiDict[str]
-    body: bytes
-    received_at: float  # time.monotonic()
-    model: str | None  # the JSON body's `model`, if any
-    stream: bool
-    api: Api | None
-    fault: Fault
-
-    def json(self) -> Any:
-        """The body decoded as JSON."""
-        return json.loads(self.body)
-
-
-@dataclass(slots=True)
-class _Exchange:
-    """The state of one request while it is being answered."""
-
-    request: web.Request
-    api: Api | None
-    payload: dict[str, Any]
-    fault: Fault
-    spec: AnswerSpec
-    response: web.StreamResponse | None = None
-    aborted_by_us: bool = False
-    extra_headers: dict[str, str] = field(default_factory=dict)
-
-
-class _Sink:
-    """Writes body bytes, gzip-compressing them per write when asked."""
-
-    def __init__(self, response: web.StreamResponse, compress: bool) -> None:
-        self._response = response
-        self._zip = zlib.compressobj(wbits=31) if compress else None
-
-    async def send(self, data: bytes) -> None:
-        if self._zip is not None:
-            # A sync flush per event keeps a compressed stream as live as a plain one.
-            data = self._zip.compress(data) + self._zip.flush(zlib.Z_SYNC_FLUSH)
-        await self._response.write(data)
-
-    async def finish(self) -> None:
-        if self._zip is not None:
-            await self._response.write(self._zip.flush())
-            self._zip = None
 
 
 class FakeUpstream(AsyncService):
@@ -298,11 +243,11 @@ class FakeUpstream(AsyncService):
             text=text,
             chunk_words=self.chunk_words,
             input_tokens=max(1, len(body) // 4),
-            tool_call=_fresh_call(fault.tool_call, answer_id),
+            tool_call=fresh_call(fault.tool_call, answer_id),
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             thinking=thinking,
         )
-        ex = _Exchange(request, api, payload, fault, spec, extra_headers=dict(fault.headers))
+        ex = Exchange(request, api, payload, fault, spec, extra_headers=dict(fault.headers))
         try:
             return await self._answer(ex)
         except asyncio.CancelledError:
@@ -313,12 +258,12 @@ class FakeUpstream(AsyncService):
             # aiohttp finds the connection dead when finishing this response, quietly.
             return ex.response or web.Response()
 
-    def _note_client_gone(self, ex: _Exchange) -> None:
+    def _note_client_gone(self, ex: Exchange) -> None:
         if not ex.aborted_by_us and not self._closing:
             self.aborted += 1
             self._abort_seen.set()
 
-    async def _answer(self, ex: _Exchange) -> web.StreamResponse:
+    async def _answer(self, ex: Exchange) -> web.StreamResponse:
         fault = ex.fault
         if fault.delay:
             await asyncio.sleep(fault.delay)
@@ -345,14 +290,14 @@ class FakeUpstream(AsyncService):
             return web.Response(status=code, body=body, headers=headers)
         return await self._single(ex, self._json_body(ex))
 
-    def _status_answer(self, ex: _Exchange, code: int) -> web.Response:
+    def _status_answer(self, ex: Exchange, code: int) -> web.Response:
         body = ex.fault.body
         if body is None:
             body = _encode(error_body(ex.api, code))
         headers = {"Content-Type": "application/json", **ex.extra_headers}
         return web.Response(status=code, body=body, headers=headers)
 
-    def _json_body(self, ex: _Exchange) -> bytes:
+    def _json_body(self, ex: Exchange) -> bytes:
         api = ex.api
         if api is Api.MODELS:
             anthropic = "anthropic-version" in ex.request.headers
@@ -360,7 +305,7 @@ class FakeUpstream(AsyncService):
         assert api is not None
         return _encode(json_answer(api, ex.spec))
 
-    async def _single(self, ex: _Exchange, body: bytes) -> web.StreamResponse:
+    async def _single(self, ex: Exchange, body: bytes) -> web.StreamResponse:
         fault = ex.fault
         headers = {"Content-Type": "application/json", **ex.extra_headers}
         if fault.gzip:
@@ -377,12 +322,12 @@ class FakeUpstream(AsyncService):
         if fault.first_event_delay:
             await asyncio.sleep(fault.first_event_delay)
         half = len(body) // 2
-        sink = _Sink(response, compress=False)
+        sink = Sink(response, compress=False)
         if await self._send_chunks(ex, sink, (body[:half], body[half:]), None):
             await sink.finish()
         return response
 
-    async def _stream(self, ex: _Exchange) -> web.StreamResponse:
+    async def _stream(self, ex: Exchange) -> web.StreamResponse:
         fault, spec = ex.fault, ex.spec
         assert ex.api is not None
         stream = stream_answer(ex.api, spec)
@@ -395,7 +340,7 @@ class FakeUpstream(AsyncService):
             headers["Content-Encoding"] = "gzip"
         response = web.StreamResponse(headers=headers)
         await self._prepare(ex, response)
-        sink = _Sink(response, compress=fault.gzip)
+        sink = Sink(response, compress=fault.gzip)
         if fault.reset is Reset.AFTER_HEADERS:
             return self._abort(ex)
         if fault.first_event_delay:
@@ -423,7 +368,7 @@ class FakeUpstream(AsyncService):
         return response
 
     async def _send_chunks(
-        self, ex: _Exchange, sink: _Sink, chunks: tuple[bytes, ...], error: bytes | None
+        self, ex: Exchange, sink: Sink, chunks: tuple[bytes, ...], error: bytes | None
     ) -> bool:
         """Send content chunks with the fault's timing; False when the answer ended early."""
         fault = ex.fault
@@ -446,11 +391,11 @@ class FakeUpstream(AsyncService):
             await sink.send(chunks[i])
         return True
 
-    async def _prepare(self, ex: _Exchange, response: web.StreamResponse) -> None:
+    async def _prepare(self, ex: Exchange, response: web.StreamResponse) -> None:
         ex.response = response
         await response.prepare(ex.request)
 
-    def _abort(self, ex: _Exchange) -> web.StreamResponse:
+    def _abort(self, ex: Exchange) -> web.StreamResponse:
         """Reset the connection (RST, not FIN) and give aiohttp something to discard."""
         ex.aborted_by_us = True
         transport = ex.request.transport
@@ -473,26 +418,3 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def _encode(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
-
-
-class PrefillUpstream(FakeUpstream):
-    """A `FakeUpstream` whose models all `continue` a prefill (or all `refuse` it)."""
-
-    def __init__(self, *, refuse: bool = False, **options: Any) -> None:
-        options.setdefault("prefill", "refuse" if refuse else "continue")
-        super().__init__(**options)
-        self.refuse = refuse
-
-
-def sample_text(text: str, model: str, sample: int) -> str:
-    """`text` as sample number `sample` of `model` gives it: same opening, another middle."""
-    words = text.split(" ")
-    middle = max(1, len(words) // 2)
-    return " ".join([*words[:middle], f"({model}, sample {sample})", *words[middle:]])
-
-
-def _fresh_call(call: ToolCall | None, answer_id: str) -> ToolCall | None:
-    # Every real answer names its tool call anew (call_…, toolu_…).
-    if call is None or call.call_id != DEFAULT_CALL_ID:
-        return call
-    return ToolCall(name=call.name, arguments=call.arguments, call_id=f"call_{answer_id}")
