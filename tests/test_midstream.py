@@ -162,13 +162,18 @@ BREAKS = {
 }
 
 
-@pytest.mark.parametrize("api", APIS)
+# Where `prefill = "auto"` offers a prefill (issue 13): Anthropic Messages, and chat only
+# on an endpoint that declares its continuation flag.
+PREFILLED = {"messages": "", "chat": 'prefill_flag = "prefix"'}
+
+
+@pytest.mark.parametrize("api", list(PREFILLED))
 @pytest.mark.parametrize("brk", list(BREAKS))
 async def test_a_broken_answer_is_finished_by_prefill_on_the_fallback(
     api: str, brk: str, primary: FakeUpstream, fallback: PrefillUpstream
 ) -> None:
     primary.script(BREAKS[brk])
-    async with proxy(primary, fallback, api) as px:
+    async with proxy(primary, fallback, api, endpoint=PREFILLED[api]) as px:
         began = time.monotonic()
         got = await ask(px.url(), api)
         # A stall is given up on at the idle limit (300 ms), not after its 3 s.
@@ -178,27 +183,43 @@ async def test_a_broken_answer_is_finished_by_prefill_on_the_fallback(
         # may drop the last chunks in flight: then from a little earlier).
         [prefill] = fallback.prefills
         assert prefill == SEEN.rstrip() or (brk == "reset" and SEEN.startswith(prefill))
-        assert "action=continued" in px.logs()
-        assert "model=e1/m1" in px.logs().split("action=continued")[0].splitlines()[-1]
+        assert "recovered=prefill" in px.logs()
+        assert "served_by=e1/m1" in px.logs().split("recovered=prefill")[0].splitlines()[-1]
 
 
-@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_without_a_continuation_flag_openai_answers_are_restarted_not_prefilled(
+    api: str, primary: FakeUpstream, fallback: PrefillUpstream
+) -> None:
+    # Even a fallback that would continue is not offered a prefill: the OpenAI APIs
+    # answer a trailing assistant turn anew, so `auto` restarts with a prefix check.
+    primary.script(BREAKS["reset"])
+    async with proxy(primary, fallback, api) as px:
+        assert_whole(await ask(px.url(), api), api)
+        assert fallback.prefills == []
+        assert "recovered=restart" in px.logs()
+
+
+@pytest.mark.parametrize("api", list(PREFILLED))
 async def test_refused_prefill_restarts_and_keeps_the_matching_answer(
     api: str, primary: FakeUpstream
 ) -> None:
     primary.script(faults.reset_mid_stream(after_chunks=CUT), faults.reset_mid_stream(CUT))
-    async with PrefillUpstream(refuse=True) as fallback, proxy(primary, fallback, api) as px:
+    async with (
+        PrefillUpstream(refuse=True) as fallback,
+        proxy(primary, fallback, api, endpoint=PREFILLED[api]) as px,
+    ):
         got = await ask(px.url(), api)
         assert_whole(got, api)
         assert len(fallback.prefills) == 1  # refused, then the original request again
         assert [r.fault.kind for r in fallback.requests] == ["status_400", "ok"]
-        assert "action=restarted-matched" in px.logs()
+        assert "recovered=restart" in px.logs()
         # The refusal is remembered: the next recovery does not offer a prefill again.
         assert_whole(await ask(px.url(), api), api)
         assert len(fallback.prefills) == 1 and len(fallback.requests) == 3
 
 
-@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("api", list(PREFILLED))
 async def test_a_different_answer_after_a_refused_prefill_ends_with_a_clean_error(
     api: str, primary: FakeUpstream
 ) -> None:
@@ -206,15 +227,15 @@ async def test_a_different_answer_after_a_refused_prefill_ends_with_a_clean_erro
     other = "Something else entirely, " + CANONICAL_TEXT
     async with (
         PrefillUpstream(refuse=True, text=other) as fallback,
-        proxy(primary, fallback, api) as px,
+        proxy(primary, fallback, api, endpoint=PREFILLED[api]) as px,
     ):
         with pytest.raises((openai.APIError, anthropic.APIError)) as caught:
             await ask(px.url(), api)
         message = str(caught.value)
-        assert "upstream stream failed" in message
+        assert "incomplete" in message
         assert REFUSAL not in message and "prefill" not in message
         assert len(fallback.requests) == 2
-        assert "action=gave-up" in px.logs()
+        assert "action=gave_up" in px.logs()
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -229,7 +250,7 @@ async def test_a_cut_inside_a_tool_call_restarts_and_completes_the_call(
         assert (got.starts, got.finishes) == (1, 1)
         assert got.usage is not None
         assert fallback.prefills == []  # a tool call cannot be prefilled
-        assert "action=restarted-matched" in px.logs()
+        assert "recovered=restart" in px.logs()
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -282,9 +303,10 @@ async def test_a_cut_after_the_last_word_is_finished_without_repeating_it(
 ) -> None:
     # A stall, not a reset: a RST may drop the last chunks in flight.
     primary.script(faults.stall(after_chunks=len(split_text(CANONICAL_TEXT)), seconds=3.0))
-    async with proxy(primary, fallback, api) as px:
+    async with proxy(primary, fallback, api, endpoint=PREFILLED.get(api, "")) as px:
         assert_whole(await ask(px.url(), api), api)
-        assert fallback.prefills == [CANONICAL_TEXT]
+        # Responses is never prefilled: its whole answer was restarted and matched.
+        assert fallback.prefills == ([] if api == "responses" else [CANONICAL_TEXT])
 
 
 @pytest.mark.parametrize("flag", ["prefix", "continue_final_message"])
@@ -319,11 +341,12 @@ async def test_recoveries_are_counted_and_shown_on_the_status_page(
                 doc = await r.json()
             async with s.get(px.url() + "/_hydrallm/metrics") as r:
                 text = await r.text()
-    assert [(e["event"], e["model"]) for e in doc["streams"]] == [("continued", "e1/m1")]
+    # The model named is the one that broke; the result says how the answer was finished.
+    assert [(e["event"], e["model"]) for e in doc["streams"]] == [("prefill", "e0/m0")]
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
     }
-    key = ("hydrallm_stream_recoveries_total", (("action", "continued"), ("listener", "default")))
+    key = ("hydrallm_stream_recoveries_total", (("action", "prefill"), ("listener", "default")))
     assert samples[key] == 1

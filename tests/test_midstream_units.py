@@ -232,3 +232,138 @@ def test_prefill_flags_only_mark_chat_completions() -> None:
     assert vllm["continue_final_message"] is True and vllm["add_generation_prompt"] is False
     anthropic = json.loads(prefill_body(StreamKind.ANTHROPIC, body, "Hy", "prefix") or b"")
     assert "prefix" not in anthropic["messages"][-1]
+
+
+# --- issue 13: linear bookkeeping, the prefill probe, `auto`, plain give-up words ----------
+
+
+@given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_the_splitter_finds_every_event_end_wherever_the_chunks_are_cut(sizes: list[int]) -> None:
+    from hydrallm.formats.frames import EventSplitter
+
+    data = b"data: a\r\n\r\nevent: x\r\ndata: {}\r\n\r\ndata: b\n\ndata: tail"
+    splitter, out, at = EventSplitter(), [], 0
+    for size in sizes * 20:
+        out += splitter.feed(data[at : at + size])
+        at += size
+    out += splitter.feed(data[at:])
+    assert out == [b"data: a\r\n\r\n", b"event: x\r\ndata: {}\r\n\r\n", b"data: b\n\n"]
+    assert splitter.flush() == b"data: tail"
+
+
+def test_an_event_without_end_past_the_limit_is_refused_not_held() -> None:
+    from hydrallm.formats.frames import EventSplitter, EventTooLong
+
+    splitter = EventSplitter(max_event=1000)
+    splitter.feed(b"data: " + b"a" * 500)
+    with pytest.raises(EventTooLong):
+        for _ in range(10):
+            splitter.feed(b"a" * 100)
+    assert splitter.pending_size <= 1100
+
+
+def test_a_long_answer_is_kept_piece_by_piece_and_read_whole() -> None:
+    transcript = Transcript(StreamKind.OPENAI_CHAT)
+    pieces = [f"w{i} " for i in range(5000)]
+    stream = answer(Api.CHAT, text="".join(pieces))
+    for event in stream.head + stream.content:
+        transcript.feed(event)
+    assert transcript.prefill_text() == "".join(pieces)
+    assert transcript.blocks[0].length == len("".join(pieces))
+
+
+def test_a_restart_is_compared_piece_by_piece_across_the_clients_text() -> None:
+    client = cut(Api.MESSAGES, 3)
+    transcript = Transcript(StreamKind.ANTHROPIC)
+    transcript.feed(client)
+    seen = transcript.text
+    # The same words in other chunks: matched across the boundary of what the client has.
+    other = AnswerSpec(model="m", answer_id="b", text=CANONICAL_TEXT, chunk_words=2)
+    splicer = make_splicer(transcript, None)
+    out = b"".join(splicer.feed(e) for e in stream_answer(Api.MESSAGES, other).events())
+    relayed = Transcript(StreamKind.ANTHROPIC)
+    relayed.feed(client + out)
+    assert relayed.text == CANONICAL_TEXT and seen and splicer.finished
+    # One character off inside what the client has: refused.
+    wrong = AnswerSpec(model="m", answer_id="c", text=CANONICAL_TEXT.replace("regrow", "regrew"))
+    splicer = make_splicer(transcript, None)
+    with pytest.raises(Mismatch):
+        for event in stream_answer(Api.MESSAGES, wrong).events():
+            splicer.feed(event)
+
+
+@pytest.mark.parametrize(
+    ("answer_text", "verdict"),
+    [
+        (CANONICAL_TEXT[len("Hydras regrow two") :], "continued"),  # goes on from the prefill
+        (CANONICAL_TEXT, "restated"),  # answered anew, restating the opening
+        ("  " + CANONICAL_TEXT, "restated"),
+        ("Sure. " + CANONICAL_TEXT, "continued"),  # departs at once: indistinguishable
+    ],
+)
+def test_the_probe_tells_a_continuation_from_an_answer_anew(answer_text: str, verdict: str) -> None:
+    from hydrallm.formats.prefill import PrefillProbe
+
+    for api, kind in KINDS.items():
+        probe = PrefillProbe(kind, "Hydras regrow two")
+        said = None
+        events = answer(api, text=answer_text).events()
+        for i, event in enumerate(events):
+            said = probe.feed(event)
+            if said is not None:
+                # Decided early: before the answer was over, on its first words.
+                assert i < len(events) - 2
+                break
+        assert (said or probe.eof()) == verdict, api
+
+
+def test_an_answer_that_opens_with_a_tool_call_is_no_continuation_of_prose() -> None:
+    from hydrallm.formats.prefill import PrefillProbe
+
+    probe = PrefillProbe(StreamKind.ANTHROPIC, "Hydras regrow two")
+    verdicts = [probe.feed(e) for e in answer(Api.MESSAGES, tool=ToolCall()).events()]
+    assert "restated" in verdicts
+
+
+@pytest.mark.parametrize(
+    ("kind", "flag", "body", "expected"),
+    [
+        (StreamKind.ANTHROPIC, "none", {}, True),
+        (StreamKind.ANTHROPIC, "none", {"thinking": {"type": "adaptive"}}, False),
+        (
+            StreamKind.ANTHROPIC,
+            "none",
+            {"thinking": {"type": "enabled", "budget_tokens": 9}},
+            False,
+        ),
+        (StreamKind.ANTHROPIC, "none", {"thinking": {"type": "disabled"}}, True),
+        (StreamKind.OPENAI_CHAT, "none", {}, False),
+        (StreamKind.OPENAI_CHAT, "prefix", {}, True),
+        (StreamKind.OPENAI_CHAT, "continue_final_message", {}, True),
+        (StreamKind.OPENAI_RESPONSES, "prefix", {}, False),
+    ],
+)
+def test_auto_offers_a_prefill_only_where_the_provider_continues_one(
+    kind: StreamKind, flag: str, body: dict[str, object], expected: bool
+) -> None:
+    from hydrallm.formats.prefill import auto_prefill
+
+    assert auto_prefill(kind, flag, body) is expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "upstream body broken: Response payload is not completed: <TransferEncodingError: 400>",
+        "connection error: ConnectionResetError(104, 'Connection reset by peer')",
+        "upstream error event: overloaded_error: Overloaded",
+        "upstream stalled: no data for 120s",
+    ],
+)
+def test_the_give_up_message_is_plain_words(reason: str) -> None:
+    from hydrallm.proxy.relay import gave_up_message
+
+    message = gave_up_message(reason)
+    assert "incomplete" in message and "could not be finished" in message
+    assert "<" not in message and "Error(" not in message

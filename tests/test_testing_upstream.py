@@ -542,3 +542,146 @@ async def test_close_ends_hanging_requests_at_once(http: aiohttp.ClientSession) 
     with pytest.raises(aiohttp.ClientError):
         await request
     assert time.monotonic() - start < 0.3 and fake.aborted == 0
+
+
+# --- prefill behaviour, samples, fresh ids (issue 13) ---------------------------------
+
+PREFIX = "".join(split_text(CANONICAL_TEXT)[:4]).rstrip()
+
+
+def prefilled(path: str, model: str, **extra: Any) -> dict[str, Any]:
+    """A non-streaming request whose last turn is an assistant prefill."""
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PREFIX}]
+    if path == RESPONSES:
+        return {"model": model, "input": turns, **extra}
+    body: dict[str, Any] = {"model": model, "messages": turns, **extra}
+    if path == MESSAGES:
+        body["max_tokens"] = 100
+    return body
+
+
+def answer_text(path: str, doc: dict[str, Any]) -> str:
+    if path == CHAT:
+        return str(doc["choices"][0]["message"]["content"])
+    if path == RESPONSES:
+        return str(doc["output"][0]["content"][0]["text"])
+    return "".join(b.get("text", "") for b in doc["content"])
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "extra", "expect"),
+    [
+        # Claude up to 4.5 continues (the reply excludes the prefix) ...
+        (MESSAGES, "claude-sonnet-4-5", {}, "continue"),
+        # ... but not with thinking on; Claude 4.6+ refuses any prefill.
+        (MESSAGES, "claude-sonnet-4-5", {"thinking": {"type": "adaptive"}}, "thinking"),
+        (MESSAGES, "claude-opus-4-6", {}, "refuse"),
+        (MESSAGES, "claude-sonnet-5", {}, "refuse"),
+        # OpenAI answers anew; a compatible server continues when the request says so.
+        (CHAT, "gpt-5", {}, "ignore"),
+        (RESPONSES, "gpt-5", {}, "ignore"),
+    ],
+)
+async def test_each_fake_model_treats_a_prefill_as_its_real_provider_does(
+    fake: FakeUpstream,
+    http: aiohttp.ClientSession,
+    path: str,
+    model: str,
+    extra: dict[str, Any],
+    expect: str,
+) -> None:
+    async with http.post(fake.url + path, json=prefilled(path, model, **extra)) as resp:
+        doc = await resp.json()
+        status, retry = resp.status, resp.headers.get("x-should-retry")
+    assert fake.prefills == [PREFIX]
+    if expect in ("refuse", "thinking"):
+        assert (status, retry) == (400, "false")
+        message = doc["error"]["message"]
+        assert doc["error"]["type"] == "invalid_request_error"
+        if expect == "refuse":
+            assert "does not support assistant message prefill" in message
+        else:
+            assert "When `thinking` is enabled, a final `assistant` message" in message
+        return
+    assert status == 200
+    text = answer_text(path, doc)
+    assert text == (CANONICAL_TEXT[len(PREFIX) :] if expect == "continue" else CANONICAL_TEXT)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [{"continue_final_message": True, "add_generation_prompt": False}, {"prefix": True}],
+)
+async def test_an_openai_compatible_fake_continues_only_when_the_request_carries_the_flag(
+    fake: FakeUpstream, http: aiohttp.ClientSession, flag: dict[str, Any]
+) -> None:
+    body = prefilled(CHAT, "served-model")
+    if "prefix" in flag:
+        body["messages"][-1].update(flag)
+    else:
+        body.update(flag)
+    async with http.post(fake.url + CHAT, json=body) as resp:
+        assert answer_text(CHAT, await resp.json()) == CANONICAL_TEXT[len(PREFIX) :]
+
+
+@pytest.mark.parametrize("behaviour", ["continue", "ignore", "refuse", "refuse_with_thinking"])
+async def test_a_chosen_prefill_behaviour_applies_to_the_named_model_only(
+    http: aiohttp.ClientSession, behaviour: Any
+) -> None:
+    async with FakeUpstream(prefill={"special": behaviour}) as up:
+        body = prefilled(MESSAGES, "special", thinking={"type": "enabled", "budget_tokens": 1024})
+        async with http.post(up.url + MESSAGES, json=body) as resp:
+            special = resp.status, await resp.json()
+        async with http.post(up.url + CHAT, json=prefilled(CHAT, "other")) as resp:
+            other = await resp.json()
+    if behaviour in ("refuse", "refuse_with_thinking"):
+        assert special[0] == 400
+    else:
+        expected = CANONICAL_TEXT[len(PREFIX) :] if behaviour == "continue" else CANONICAL_TEXT
+        assert answer_text(MESSAGES, special[1]) == expected
+    assert answer_text(CHAT, other) == CANONICAL_TEXT  # the chat default: answers anew
+
+
+async def test_varied_answers_share_their_opening_and_differ_between_models_and_samples(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeUpstream(vary=True) as up:
+        texts = []
+        for model in ("a", "a", "b"):
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(up.url + CHAT, json=body) as resp:
+                texts.append(answer_text(CHAT, await resp.json()))
+    assert len(set(texts)) == 3
+    opening = "".join(split_text(CANONICAL_TEXT)[:10])
+    assert all(t.startswith(opening) for t in texts)
+
+
+async def test_every_answer_names_its_tool_call_and_signs_its_thinking_anew(
+    fake: FakeUpstream,
+) -> None:
+    fake.script(faults.tool_call(), faults.tool_call())
+    async with oai(fake) as client:
+        ids = []
+        for _ in range(2):
+            done = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+            calls = done.choices[0].message.tool_calls or []
+            ids.append(calls[0].id)
+    assert len(set(ids)) == 2
+    fake.script(faults.thinking(), faults.thinking())
+    async with claude(fake) as client:
+        signatures = []
+        for _ in range(2):
+            async with client.messages.stream(
+                model="m",
+                max_tokens=100,
+                messages=[{"role": "user", "content": "hi"}],
+                thinking={"type": "enabled", "budget_tokens": 1024},
+            ) as stream:
+                final = await stream.get_final_message()
+            thought, said = final.content
+            assert thought.type == "thinking" and said.type == "text"
+            assert said.text == CANONICAL_TEXT and thought.thinking.startswith("Let me think")
+            signatures.append(thought.signature)
+    assert len(set(signatures)) == 2

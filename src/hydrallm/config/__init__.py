@@ -137,6 +137,8 @@ class RetryConfig:
     quota_threshold: float = 600.0
     # How long a request may wait for the earliest key reset when every key sleeps; 0: off.
     hold: float = 0.0
+    # Body bytes relayed to the client past which a stream is no longer kept for recovery.
+    midstream_max_bytes: int = 4 * 1024 * 1024
 
     def is_retryable_status(self, status: int) -> bool:
         if self.retry_on is None:

@@ -77,6 +77,7 @@ RETRY_KEYS = (
     "midstream",
     "quota_threshold",
     "hold",
+    "midstream_max_bytes",
 )
 COOLDOWN_KEYS = ("enabled", "failures", "duration", "max_duration", "quota_duration")
 ROUTING_KEYS = ("affinity", "affinity_ttl")
@@ -173,6 +174,7 @@ def retry_section(t: Table) -> RetryConfig:
         midstream=or_default(t.choice("midstream", MIDSTREAM), d.midstream),
         quota_threshold=or_default(t.duration("quota_threshold"), d.quota_threshold),
         hold=or_default(t.duration("hold"), d.hold),
+        midstream_max_bytes=or_default(t.size("midstream_max_bytes"), d.midstream_max_bytes),
     )
 
 

@@ -35,30 +35,67 @@ class Event:
         return value if isinstance(value, str) else None
 
 
-class EventSplitter:
-    """Feed bytes, get the raw bytes of each complete event (the tail is held)."""
+class EventTooLong(ValueError):
+    """An event (or a line with no end) grew past the splitter's limit."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+
+class EventSplitter:
+    """Feed bytes, get the raw bytes of each complete event (the tail is held).
+
+    Cost is linear in the bytes fed: a chunk that ends no event is only appended to a
+    list (the held bytes are joined once, when their event ends), so a long event that
+    arrives in small pieces is not rescanned or copied per piece.  With `max_event`, an
+    event held longer than that raises `EventTooLong` instead of growing without bound.
+    """
+
+    __slots__ = ("_parts", "_size", "max_event")
+
+    def __init__(self, max_event: int | None = None) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.max_event = max_event
 
     def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf + data
+        if not data:
+            return []
+        if self._parts:
+            # An event end may straddle the boundary: look at the held tail's last bytes too.
+            tail = self._parts[-1][-3:]
+            if _EVENT_END.search(tail + data) is None:
+                self._hold(data)
+                return []
+            buf = b"".join(self._parts) + data
+            self._parts, self._size = [], 0
+        else:
+            buf = data
         out: list[bytes] = []
         start = 0
         for match in _EVENT_END.finditer(buf):
             out.append(buf[start : match.end()])
             start = match.end()
-        self._buf = buf[start:]
+        if start < len(buf):
+            self._hold(buf[start:] if start else buf)
         return out
+
+    def _hold(self, data: bytes) -> None:
+        self._parts.append(data)
+        self._size += len(data)
+        if self.max_event is not None and self._size > self.max_event:
+            raise EventTooLong(f"an event longer than {self.max_event} bytes")
 
     def flush(self) -> bytes:
         """What is left at the end of the stream (an unterminated event), if anything."""
-        rest, self._buf = self._buf, b""
+        rest = b"".join(self._parts)
+        self._parts, self._size = [], 0
         return rest
 
     @property
     def pending(self) -> bytes:
-        return self._buf
+        return b"".join(self._parts)
+
+    @property
+    def pending_size(self) -> int:
+        return self._size
 
 
 def parse_event(raw: bytes) -> Event:

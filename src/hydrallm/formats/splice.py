@@ -12,164 +12,36 @@ answers is never spliced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from hydrallm.formats.align import Aligner, Mismatch, covers
 from hydrallm.formats.frames import Event, EventSplitter, encode, is_error_event, parse_event
 from hydrallm.formats.peek import StreamKind
 from hydrallm.formats.transcript import (
     TEXT,
     TEXT_DELTAS,
     TOOL,
-    Block,
     Transcript,
     _anthropic_kind,
     _responses_kind,
     delta_text,
 )
 
-
-class Mismatch(Exception):
-    """The continuation does not reproduce what the client already has."""
+__all__ = [
+    "Aligner",
+    "AnthropicSplicer",
+    "ChatSplicer",
+    "Mismatch",
+    "ResponsesSplicer",
+    "Splicer",
+    "UpstreamFailed",
+    "covers",
+    "make_splicer",
+]
 
 
 class UpstreamFailed(Exception):
     """The continuation's upstream sent an error event."""
-
-
-def covers(full: str, seen: str) -> bool:
-    """Does `full` reproduce `seen`?  Trailing whitespace may differ (prefills lose it)."""
-    if full.startswith(seen):
-        return True
-    return seen.startswith(full) and seen[len(full) :].isspace()
-
-
-@dataclass(slots=True)
-class _Slot:
-    expected: Block | None  # what the client has at this key (None: a new block)
-    given: str = ""  # prefill text the continuation's block follows
-    seen: str = ""  # the continuation's own text for the block
-    emitted: int = 0  # length of the block's text the client has, once beyond `expected`
-    started: bool = False
-    stopped: bool = False
-
-    @property
-    def full(self) -> str:
-        return self.given + self.seen
-
-    def covered(self) -> bool:
-        if self.expected is None:
-            return True
-        want = self.expected.text
-        if not covers(self.full, want):
-            return False
-        return self.started or bool(self.given) or (self.expected.kind == TEXT and not want)
-
-
-class Aligner:
-    """Block-by-block comparison of a continuation with the client's blocks."""
-
-    def __init__(self, blocks: list[Block], given: dict[object, str]) -> None:
-        self._slots: dict[object, _Slot] = {b.key: _Slot(b, given.get(b.key, "")) for b in blocks}
-        self._expected = list(self._slots)
-
-    def slot(self, key: object) -> _Slot:
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = _Slot(None)
-        return slot
-
-    def is_expected(self, key: object) -> bool:
-        return self.slot(key).expected is not None
-
-    def caught_up(self) -> bool:
-        return all(self._slots[k].covered() for k in self._expected)
-
-    def start(self, key: object, kind: str, name: object) -> bool:
-        """The continuation opens a block; True when the client must be told."""
-        slot = self.slot(key)
-        if slot.started:
-            return False
-        slot.started = True
-        want = slot.expected
-        if want is None:
-            if not self.caught_up():
-                raise Mismatch(f"a new block {key!r} before the client's blocks were reproduced")
-            return True
-        if kind != want.kind or (kind == TOOL and name != want.name):
-            raise Mismatch(f"block {key!r} is a {kind} {name or ''}, the client has a {want.kind}")
-        return False
-
-    def delta(self, key: object, piece: str) -> str:
-        """The continuation adds `piece` to a block; returns what the client must get."""
-        slot = self.slot(key)
-        want = slot.expected
-        slot.seen += piece
-        if want is None:
-            return piece
-        full, have = slot.full, want.text
-        if len(full) <= len(have):
-            if not have.startswith(full):
-                raise Mismatch(f"block {key!r} differs from what the client has")
-            return ""
-        if not full.startswith(have) or want.closed:
-            raise Mismatch(f"block {key!r} differs from what the client has")
-        for other in self._expected:
-            if (
-                other != key
-                and not self._slots[other].covered()
-                and other_before(self._expected, other, key)
-            ):
-                raise Mismatch(f"block {key!r} went on before {other!r} was reproduced")
-        out = full[max(len(have), slot.emitted) :]
-        slot.emitted = len(full)
-        return out
-
-    def passed(self, key: object) -> bool:
-        """Is the client past this block's known part (new deltas of other types may go)?"""
-        slot = self.slot(key)
-        want = slot.expected
-        return want is None or (not want.closed and slot.emitted > 0)
-
-    def stop(self, key: object) -> bool:
-        """The continuation closes a block; True when the client must be told."""
-        slot = self.slot(key)
-        want = slot.expected
-        slot.stopped = True
-        if want is None:
-            return True
-        if want.closed:
-            if slot.full != want.text:
-                raise Mismatch(f"block {key!r} ended differently")
-            return False
-        if not slot.covered():
-            raise Mismatch(f"block {key!r} ended before what the client has")
-        return True
-
-    def finish(self) -> None:
-        """The continuation's answer ends: it must have reproduced all of the client's."""
-        if not self.caught_up():
-            raise Mismatch("the continuation ended before reproducing what the client has")
-
-    def open_expected(self) -> list[object]:
-        """Keys of the client's open blocks the continuation has not closed."""
-        return [
-            k
-            for k in self._expected
-            if not self._slots[k].stopped and not self._slots[k].expected.closed  # type: ignore[union-attr]
-        ]
-
-    def client_text(self, key: object) -> str:
-        """The block's whole text as the client will have it."""
-        slot = self.slot(key)
-        if slot.expected is None:
-            return slot.seen
-        have, full = slot.expected.text, slot.full
-        return have + full[len(have) :] if full.startswith(have) else have
-
-
-def other_before(order: list[object], a: object, b: object) -> bool:
-    return order.index(a) < order.index(b)
 
 
 class Splicer:
@@ -279,7 +151,7 @@ class ChatSplicer(Splicer):
         al = self.aligner
         for field, key, kind in _CHAT_TEXT_FIELDS:
             piece = delta.get(field)
-            if isinstance(piece, str):
+            if isinstance(piece, str) and piece:
                 al.start(key, kind, None)
                 text = al.delta(key, piece)
                 if text:
@@ -407,6 +279,9 @@ class ResponsesSplicer(Splicer):
         item = dict(item)
         if known.ident:
             item["id"] = known.ident
+        if known.call_id and "call_id" in item:
+            # A restarted call is named anew upstream; the client knows the first name.
+            item["call_id"] = known.call_id
         text = self.aligner.client_text(index)
         if "arguments" in item:
             item["arguments"] = text

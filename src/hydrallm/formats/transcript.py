@@ -14,7 +14,7 @@ index), so a continuation that reproduces the blocks keeps them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydrallm.formats.frames import Event, EventSplitter, parse_event
@@ -26,18 +26,81 @@ THINKING = "thinking"
 OTHER = "other"
 
 
-@dataclass(slots=True)
 class Block:
-    """One content block the client has seen (at least its start)."""
+    """One content block the client has seen (at least its start).
 
-    key: object  # format-specific identity: chat "text"/("tool", i), else the index
-    kind: str  # TEXT | TOOL | THINKING | OTHER
-    name: str | None = None  # tool name
-    ident: str | None = None  # tool call id / item id
-    text: str = ""  # text, tool arguments JSON, or thinking, as received
-    closed: bool = False
-    parts: int = 0  # Responses: content parts announced
-    index: int = 0  # the client's index for it
+    Its text grows by `add()`: pieces are kept in a list and joined only when `text` is
+    read (at recovery), so keeping a long answer costs linear time, not a copy per event.
+    """
+
+    __slots__ = (
+        "_pieces",
+        "call_id",
+        "closed",
+        "ident",
+        "index",
+        "key",
+        "kind",
+        "length",
+        "name",
+        "parts",
+    )
+
+    def __init__(
+        self,
+        key: object,
+        kind: str,
+        name: str | None = None,
+        ident: str | None = None,
+        text: str = "",
+        closed: bool = False,
+        parts: int = 0,
+        index: int = 0,
+    ) -> None:
+        self.key = key  # format-specific identity: chat "text"/("tool", i), else the index
+        self.kind = kind  # TEXT | TOOL | THINKING | OTHER
+        self.name = name  # tool name
+        self.ident = ident  # tool call id (chat, Anthropic) / item id (Responses)
+        self._pieces: list[str] = [text] if text else []
+        self.length = len(text)  # of `text`, without joining it
+        self.closed = closed
+        self.parts = parts  # Responses: content parts announced
+        self.index = index  # the client's index for it
+        self.call_id: str | None = None  # Responses function call: its `call_id`
+
+    @property
+    def text(self) -> str:
+        """Text, tool arguments JSON, or thinking, as received."""
+        if len(self._pieces) > 1:
+            self._pieces = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._pieces = [value] if value else []
+        self.length = len(value)
+
+    def add(self, piece: str) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self.length += len(piece)
+
+    def copy(self) -> Block:
+        twin = Block(
+            self.key,
+            self.kind,
+            self.name,
+            self.ident,
+            self.text,
+            self.closed,
+            self.parts,
+            self.index,
+        )
+        twin.call_id = self.call_id
+        return twin
+
+    def __repr__(self) -> str:
+        return f"Block({self.key!r}, {self.kind}, {self.length} chars)"
 
 
 @dataclass(slots=True)
@@ -55,6 +118,7 @@ class Transcript:
     last_sequence: int = -1  # Responses
     opaque: bool = False  # saw something it does not understand (choice n > 0, ...)
     _split: EventSplitter = field(default_factory=EventSplitter)
+    _index: dict[object, Block] = field(default_factory=dict)
 
     def feed(self, data: bytes) -> None:
         for raw in self._split.feed(data):
@@ -73,7 +137,7 @@ class Transcript:
         """A copy that later feeding does not change."""
         return Transcript(
             self.kind,
-            [replace(b) for b in self.blocks],
+            [b.copy() for b in self.blocks],
             self.started,
             self.finished,
             self.done,
@@ -87,10 +151,10 @@ class Transcript:
     # --- questions ------------------------------------------------------------------
 
     def block(self, key: object) -> Block | None:
-        for block in self.blocks:
-            if block.key == key:
-                return block
-        return None
+        # Looked up on every delta: by key, not by a scan of all blocks so far.
+        if len(self._index) != len(self.blocks):
+            self._index = {b.key: b for b in reversed(self.blocks)}  # the first one wins
+        return self._index.get(key)
 
     def prefill_text(self) -> str | None:
         """The text to prefill with, or None when the client has more than one text block."""
@@ -148,9 +212,11 @@ class Transcript:
             ("content", TEXT, TEXT),
         ):
             piece = delta.get(field_name)
-            if isinstance(piece, str):
+            # The role chunk's `content: ""` opens nothing: the answer may begin with
+            # reasoning, and an empty text block would stand before it.
+            if isinstance(piece, str) and piece:
                 block = self.block(key) or self._open(key, kind, 0)
-                block.text += piece
+                block.add(piece)
         calls = delta.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
@@ -173,7 +239,7 @@ class Transcript:
                     )
                 arguments = function.get("arguments")
                 if isinstance(arguments, str):
-                    found.text += arguments
+                    found.add(arguments)
 
     def _anthropic(self, event: Event) -> None:
         data = event.data or {}
@@ -209,7 +275,7 @@ class Transcript:
                 if delta.get("type") != "signature_delta":
                     target.kind = OTHER
             else:
-                target.text += piece
+                target.add(piece)
         elif name == "content_block_stop" and isinstance(index, int):
             stopped = self.block(index)
             if stopped is not None:
@@ -236,13 +302,15 @@ class Transcript:
             item = data.get("item")
             item = item if isinstance(item, dict) else {}
             kind = _responses_kind(item.get("type"))
-            self._open(
+            opened = self._open(
                 index,
                 kind,
                 index,
                 name=item.get("name") if kind == TOOL else None,
                 ident=item.get("id") if isinstance(item.get("id"), str) else None,
             )
+            call_id = item.get("call_id")
+            opened.call_id = call_id if isinstance(call_id, str) else None
         elif name == "response.content_part.added" and isinstance(index, int):
             block = self.block(index)
             if block is not None:
@@ -251,7 +319,7 @@ class Transcript:
             block = self.block(index)
             piece = data.get("delta")
             if block is not None and isinstance(piece, str) and name in TEXT_DELTAS:
-                block.text += piece
+                block.add(piece)
             elif block is not None:
                 block.kind = OTHER
         elif name == "response.output_item.done" and isinstance(index, int):

@@ -71,6 +71,8 @@ class Committed:
     attempts: int
     chain: Sequence[ModelConfig]  # the plan's chain, for mid-stream recovery
     attempt: Attempt
+    labels: Labels  # the request's, for a recovery's attempts
+    deadline: float | None  # the request's time budget ends here (recovery obeys it too)
 
 
 @dataclass(slots=True)
@@ -232,6 +234,8 @@ class AttemptRunner:
                             attempts=attempt.number,
                             chain=(),
                             attempt=attempt,
+                            labels=labels,
+                            deadline=deadline,
                         )
                     response.release()
                     response = None
@@ -331,6 +335,8 @@ class AttemptRunner:
             attempts=attempt.number,
             chain=(),
             attempt=attempt,
+            labels=labels,
+            deadline=deadline,
         )
 
     def stream_ended(self, committed: Committed, broken: str | None) -> None:

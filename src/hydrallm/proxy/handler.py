@@ -44,6 +44,10 @@ def make_handler(state: ProxyState, listener_name: str) -> Handler:
         path, _, query = request.raw_path.partition("?")
         if path.startswith(admin.PREFIX):
             return await admin.handle(request, state, listener_name, path)
+        if path == "/" and request.method in ("HEAD", "GET"):
+            # Clients probe the base URL (Claude Code sends `HEAD /` at startup): no API
+            # path, so nothing to forward; spending a chain attempt and a key on it is waste.
+            return web.Response(status=200, text="hydrallm\n" if request.method == "GET" else None)
         listener = runtime.listeners.get(listener_name)
         if listener is None:
             return _plain_error(503, "this listener is shutting down")

@@ -8,16 +8,22 @@ answer is a break to recover from, not the last word the client reads).
 On a break, `Recovery.recover()` tries, model by model (the ones after the broken one
 in the chain), a continuation:
 
-1. prefill: when the client has received only plain text, the original request with that
-   text as a final assistant message; the answer is spliced on where the text stops;
+1. prefill: when the client has received only plain text and the model is expected to
+   continue it (`prefill = "auto"`: Anthropic Messages without thinking, OpenAI chat
+   with a `prefill_flag`, never Responses), the original request with that text as a
+   final assistant message.  Its answer is read until `PrefillProbe` can tell whether the
+   model continued (spliced on where the text stops) or ignored the prefill and answered
+   anew (restating the opening: handled as a restart, never appended);
 2. restart: otherwise, or when the model refuses the prefill (a 4xx naming it), the
    original request again; its output is held back until it has reproduced what the
-   client has, and relayed from there (`midstream.splice`).
+   client has, and relayed from there (`formats.splice`), in the client's ids.
 
-Nothing reaches the client before the continuation has passed the usual peek and caught
-up; if nothing works, `recover` returns False and the relay ends the stream with the
-original failure as an error event.  Models that refuse prefill are remembered in
-`RecoveryMemory`, which lives as long as the process (`ProxyState`).
+Every continuation is one attempt of `proxy.attempt` (the request's time budget, the
+breakers, attempt telemetry and the peek hold for it as for any other); nothing reaches the
+client before it has passed the peek and caught up; if nothing works, `recover` returns False and the relay ends the stream with an
+error event.  Models that refuse or ignore prefill are remembered in `RecoveryMemory`,
+which lives as long as the process (`ProxyState`).  Past `retry.midstream_max_bytes`
+relayed, a stream is no longer kept: a break then ends it.
 """
 
 from __future__ import annotations
@@ -31,32 +37,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from hydrallm.config import ModelConfig
-from hydrallm.errors import StreamFailure, UpstreamError
-from hydrallm.formats.base import WireFormat
-from hydrallm.formats.frames import EventSplitter, parse_event
-from hydrallm.formats.peek import Commit
-from hydrallm.formats.prefill import names_prefill
-from hydrallm.formats.registry import select_format
+from hydrallm.errors import UpstreamError
+from hydrallm.formats.frames import EventTooLong
+from hydrallm.formats.prefill import PrefillProbe, auto_prefill, names_prefill
 from hydrallm.formats.splice import Mismatch, UpstreamFailed
 from hydrallm.formats.transcript import Transcript
 from hydrallm.providers.base import ClientRequest
+from hydrallm.proxy.attempt import Committed, Final, Outcome
 from hydrallm.proxy.body import parse_body
-from hydrallm.proxy.engine import Committed, Engine
+from hydrallm.proxy.engine import Engine
+from hydrallm.proxy.guard import GuardedResponse
 from hydrallm.proxy.relay import Recover
-from hydrallm.proxy.upstream import Response, read_body
-from hydrallm.routing.pooling import ready_endpoint
+from hydrallm.routing.plan import Attempt
+from hydrallm.routing.pooling import for_request
 
-ERROR_BODY_LIMIT = 64 * 1024
+__all__ = ["GuardedResponse", "Recovery", "RecoveryMemory", "RelayHooks", "make_recovery"]
 
 
 @dataclass(slots=True)
 class RecoveryMemory:
-    """Process-wide: the models that refused an assistant prefill (by model id)."""
+    """Process-wide: the models that refused, or ignored, an assistant prefill (by id)."""
 
-    no_prefill: set[str] = field(default_factory=set)
+    no_prefill: set[str] = field(default_factory=set)  # answered 400 naming the prefill
+    ignores_prefill: set[str] = field(default_factory=set)  # answered anew
 
 
 class _Outcome(enum.Enum):
@@ -66,74 +71,13 @@ class _Outcome(enum.Enum):
     CLIENT_GONE = "client_gone"  # nobody to finish the answer for
 
 
-class GuardedResponse:
-    """An upstream response whose error events become a `StreamFailure` instead of bytes.
-
-    Bytes are handed on in whole events (a partial event is held until its end), so an
-    error event can be caught before any of it is written to the client.
-    """
-
-    __slots__ = ("_failure", "_format", "_inner", "_split", "headers", "reason", "status")
-
-    def __init__(self, inner: Response, fmt: WireFormat) -> None:
-        self._inner = inner
-        self._format = fmt
-        self._split = EventSplitter()
-        self._failure: str | None = None
-        self.status: int = inner.status
-        self.reason: str = inner.reason
-        self.headers: CIMultiDictProxy[str] = inner.headers
-
-    def hold(self, prefix: list[bytes]) -> list[bytes]:
-        """Filter the bytes read before commit the same way (they reach the client first)."""
-        passed = self._filter(b"".join(prefix))
-        return [passed] if passed else []
-
-    async def read_chunk(self) -> bytes:
-        if self._failure is not None:
-            raise StreamFailure(self._failure)
-        while True:
-            chunk = await self._inner.read_chunk()
-            if not chunk:
-                return self._split.flush()
-            passed = self._filter(chunk)
-            if passed:
-                return passed
-            if self._failure is not None:
-                raise StreamFailure(self._failure)
-
-    def _filter(self, chunk: bytes) -> bytes:
-        """The whole events of `chunk` up to an error event (which sets `_failure`)."""
-        events = self._split.feed(chunk)
-        for i, raw in enumerate(events):
-            if self._format.maybe_error(raw):
-                event = parse_event(raw)
-                if self._format.is_error_event(event):
-                    self._failure = f"upstream error event: {_describe(event.data)}"
-                    return b"".join(events[:i])
-        return b"".join(events)
-
-    def release(self) -> None:
-        self._inner.release()
-
-    def abort(self) -> None:
-        self._inner.abort()
-
-
-def _describe(data: dict[str, Any] | None) -> str:
-    error = (data or {}).get("error")
-    if not isinstance(error, dict):
-        response = (data or {}).get("response")
-        error = response.get("error") if isinstance(response, dict) else None
-    if isinstance(error, dict):
-        kind = error.get("type") or error.get("code") or "error"
-        return f"{kind}: {error.get('message', '')}"
-    return "error"
-
-
 @dataclass(slots=True)
 class Recovery:
-    """One committed stream's recovery: wire `observe` and `recover` into `relay()`."""
+    """One committed stream's recovery: wire `observe` and `recover` into `relay()`.
+
+    After `recover`, `served_by` names the model that finished the answer and `result` is
+    `prefill`, `restart` or `gave_up` (None: no recovery was attempted).
+    """
 
     engine: Engine
     request: ClientRequest
@@ -141,36 +85,55 @@ class Recovery:
     listener: str
     memory: RecoveryMemory
     transcript: Transcript
-    format: WireFormat
+    guarded: GuardedResponse | None = None
+    relayed: int = 0  # body bytes written to the client
+    kept: bool = True  # False once past midstream_max_bytes: the stream is not recoverable
+    served_by: str | None = None
+    result: str | None = None
+    number: int = 0  # attempts made for this request so far (the plan's, then recovery's)
+    _original: dict[str, Any] | None = None
 
     def observe(self, data: bytes) -> None:
+        self.relayed += len(data)
+        if not self.kept:
+            return
+        if self.relayed > self.engine.config.retry.midstream_max_bytes:
+            # Keep memory bounded: what the client has is no longer kept, so no recovery.
+            self.kept = False
+            self.transcript = Transcript(self.transcript.kind)
+            return
         self.transcript.feed(data)
 
     async def recover(self, committed: Committed, out: web.StreamResponse, reason: str) -> bool:
         """Finish the answer on another model; False when it could not be done."""
         telemetry = self.engine.telemetry
+        broken = committed.model.id
+        if not self.kept or (self.guarded is not None and self.guarded.oversized):
+            self._note(committed.model, "none", reason)
+            return False
         if self.transcript.done:
             return True  # the answer was complete; only the close was missing
         if self.transcript.finished:
             # Only the terminal event is missing: a continuation would finish twice.
-            ending = self.format.terminal_event
+            ending = self.committed.format.terminal_event if self.committed.format else None
             if ending is None:
                 return False
             try:
                 await self._write(out, ending)
             except ConnectionError:
                 pass
-            telemetry.recovery(self.listener, committed.model.id, "continued")
-            return True
+            return True  # nothing was recovered: the answer was whole, its close is added
         for model in self._candidates(committed.model, committed.chain):
             mode = "prefill" if self._may_prefill(model) else "restart"
             while True:
-                outcome = await self._try(model, mode, out)
+                outcome, used = await self._try(model, mode, out)
                 if outcome is _Outcome.CLIENT_GONE:
+                    if self.transcript.done:
+                        # The client left right after the answer's end: it was recovered.
+                        self._done(broken, model.id, used)
                     return True
                 if outcome is _Outcome.DONE:
-                    action = "continued" if mode == "prefill" else "restarted-matched"
-                    telemetry.recovery(self.listener, model.id, action)
+                    self._done(broken, model.id, used)
                     return True
                 if outcome is _Outcome.PREFILL_REFUSED and mode == "prefill":
                     if self.engine.config.endpoints[model.endpoint].prefill == "auto":
@@ -178,8 +141,16 @@ class Recovery:
                     mode = "restart"
                     continue
                 break
-        telemetry.recovery(self.listener, committed.model.id, "gave-up")
+        self.result = "gave_up"
+        telemetry.recovery(self.listener, broken, "gave_up")
         return False
+
+    def _done(self, broken: str, served_by: str, result: str) -> None:
+        self.served_by, self.result = served_by, result
+        self.engine.telemetry.log.info(
+            "stream_recovered", listener=self.listener, served_by=served_by, recovered=result
+        )
+        self.engine.telemetry.recovery(self.listener, broken, result)
 
     def _candidates(self, broken: ModelConfig, chain: Sequence[ModelConfig]) -> list[ModelConfig]:
         """The models after the broken one in the chain, that speak the client's API."""
@@ -192,101 +163,145 @@ class Recovery:
         ]
 
     def _may_prefill(self, model: ModelConfig) -> bool:
-        setting = self.engine.config.endpoints[model.endpoint].prefill
-        if setting == "no" or (setting == "auto" and model.id in self.memory.no_prefill):
+        endpoint = self.engine.config.endpoints[model.endpoint]
+        setting = endpoint.prefill
+        if setting == "no":
             return False
         text = self.transcript.prefill_text()
-        return text is not None and bool(text.strip())
+        if text is None or not text.strip():
+            return False
+        if setting == "yes":
+            return True
+        memory = self.memory
+        if model.id in memory.no_prefill or model.id in memory.ignores_prefill:
+            return False
+        return auto_prefill(self.transcript.kind, endpoint.prefill_flag, self._body_dict())
+
+    def _body_dict(self) -> dict[str, Any] | None:
+        if self._original is None and self.request.json is not None:
+            try:
+                original = json.loads(self.request.body)
+            except ValueError:
+                return None
+            self._original = original if isinstance(original, dict) else None
+        return self._original
 
     def _body(self, mode: str, model: ModelConfig) -> tuple[bytes, str | None]:
         text = self.transcript.prefill_text() if mode == "prefill" else None
-        if text is None or self.request.json is None:
-            return self.request.body, None
-        try:
-            original = json.loads(self.request.body)
-        except ValueError:
-            return self.request.body, None
-        if not isinstance(original, dict):
+        original = self._body_dict()
+        if text is None or original is None:
             return self.request.body, None
         flag = self.engine.config.endpoints[model.endpoint].prefill_flag
-        body = self.format.prefill_body(original, text, flag)
+        fmt = self.committed.format
+        body = fmt.prefill_body(original, text, flag) if fmt is not None else None
         if body is None:
             return self.request.body, None
         return body, text.rstrip()
 
-    async def _try(self, model: ModelConfig, mode: str, out: web.StreamResponse) -> _Outcome:
+    async def _try(
+        self, model: ModelConfig, mode: str, out: web.StreamResponse
+    ) -> tuple[_Outcome, str]:
+        """One continuation on `model`; also says how it went on (`prefill`/`restart`)."""
         engine = self.engine
         retry = engine.config.retry
-        # [keys] a ready key of the endpoint's pool (issue 15)
-        endpoint = ready_endpoint(engine.keys, engine.config.endpoints[model.endpoint])
-        provider = engine.providers[model.type]
         body, prefilled = self._body(mode, model)
+        used = "prefill" if prefilled is not None else "restart"
         request = dataclasses.replace(self.request, body=body, json=parse_body(body))
-        response: Response | None = None
+        broken = self.committed
+        self.number += 1
+        attempt = Attempt(
+            model=model,
+            index=next((i for i, m in enumerate(broken.chain) if m.id == model.id), 0),
+            cycle=broken.attempt.cycle,
+            try_no=1,
+            number=self.number,
+            wait=0.0,
+            is_retry=False,
+        )
+        keyed = for_request(engine.keys, None, request, engine.wall)
+        chosen = keyed.choose(engine.config.endpoints[model.endpoint]) if keyed else None
+        if keyed is not None and chosen is None:
+            self._note(model, mode, "every key of the endpoint is rate-limited")
+            return _Outcome.FAILED, used
+        # The splice reads the bytes: the continuation is asked for uncompressed.
+        result = await engine.attempts.run(
+            request,
+            attempt,
+            broken.labels,
+            broken.deadline,
+            True,
+            identity=True,
+            keyed=keyed,
+            chosen=chosen,
+        )
+        if isinstance(result, Outcome):
+            error = result.error.message if result.error is not None else None
+            if result.snapshot is not None:
+                error = f"HTTP {result.snapshot.status}"
+            self._note(model, mode, error or "the attempt failed")
+            return _Outcome.FAILED, used
+        if isinstance(result, Final):
+            return self._refusal(mode, result.status, result.body), used
+        committed = result
+        response = committed.response
+        fmt = broken.format
         try:
-            outgoing = await provider.prepare(model, endpoint, request)
-            # The splice reads the bytes: ask for them uncompressed.
-            headers = [(k, v) for k, v in outgoing.headers if k.lower() != "accept-encoding"]
-            headers.append(("Accept-Encoding", "identity"))
-            held: list[bytes] = []
-            async with asyncio.timeout(retry.first_token_timeout):
-                response = await engine.transport.send(
-                    request.method, outgoing.url, headers, outgoing.body
-                )
-                status = response.status
-                if status >= 300:
-                    error = await read_body(response, ERROR_BODY_LIMIT)
-                    response.release()
-                    response = None
-                    return self._refusal(mode, status, error)
-                fmt = select_format(
-                    response.headers.get("Content-Type", ""),
-                    api=model.type,
-                    path=request.path,
-                    streaming=True,
-                )
-                if fmt is not self.format or response.headers.get(
-                    "Content-Encoding", "identity"
-                ) not in ("identity", ""):
-                    raise StreamFailure("the continuation is not a stream of the same format")
-                peeker = fmt.peeker()
-                while True:
-                    chunk = await response.read_chunk()
-                    verdict = peeker.feed(chunk) if chunk else peeker.eof()
+            if committed.format is not fmt or response.headers.get(
+                "Content-Encoding", "identity"
+            ) not in ("identity", ""):
+                raise UpstreamFailed("the continuation is not a stream of the same format")
+            held = list(committed.prefix)
+            ended = committed.complete
+            if prefilled is not None:
+                # Not one byte of a prefilled answer goes out before it is known to continue.
+                probe = PrefillProbe(self.transcript.kind, prefilled)
+                said = probe.feed(b"".join(held))
+                while said is None and not ended:
+                    async with asyncio.timeout(retry.stream_idle_timeout):
+                        chunk = await response.read_chunk()
                     if chunk:
                         held.append(chunk)
-                    if verdict is None:
-                        continue
-                    if not isinstance(verdict, Commit):
-                        raise StreamFailure(f"{verdict.kind}: {verdict.message}")
-                    break
-            splicer = self.format.splicer(self.transcript, prefilled)
+                        said = probe.feed(chunk)
+                    else:
+                        ended = True
+                if probe.eof() == "restated":
+                    # The model ignored the prefill and answered anew: a restart, never
+                    # appended; remembered so that this model is not offered one again.
+                    self.memory.ignores_prefill.add(model.id)
+                    self._note(model, mode, "ignored the prefill (answered anew)")
+                    prefilled, used = None, "restart"
+            assert fmt is not None
+            splicer = fmt.splicer(self.transcript, prefilled)
             for chunk in held:
                 await self._write(out, splicer.feed(chunk))
-            while True:
+            while not ended:
                 async with asyncio.timeout(retry.stream_idle_timeout):
                     chunk = await response.read_chunk()
                 if not chunk:
-                    await self._write(out, splicer.eof())
-                    response.release()
-                    response = None
-                    if not splicer.finished:
-                        splicer.aligner.finish()
-                    return _Outcome.DONE
+                    break
                 await self._write(out, splicer.feed(chunk))
+            await self._write(out, splicer.eof())
+            if not splicer.finished:
+                splicer.aligner.finish()
+                # A stream that ends without its finish is not a whole answer.
+                raise UpstreamFailed("the continuation ended without finishing the answer")
+            response.release()
+            engine.attempts.stream_ended(committed, None)
+            return _Outcome.DONE, used
         except asyncio.CancelledError:
-            if response is not None:
-                response.abort()
+            response.abort()
             raise
         except ConnectionError:
-            if response is not None:
-                response.abort()
-            return _Outcome.CLIENT_GONE
-        except (TimeoutError, UpstreamError, UpstreamFailed, Mismatch) as exc:
-            if response is not None:
-                response.abort()
-            self._note(model, mode, exc)
-            return _Outcome.FAILED
+            response.abort()
+            return _Outcome.CLIENT_GONE, used
+        except (TimeoutError, UpstreamError, UpstreamFailed, Mismatch, EventTooLong) as exc:
+            response.abort()
+            if not isinstance(exc, Mismatch):
+                # A break of the continuation itself counts against its model; a restart
+                # that answers differently is no sign that the model is unwell.
+                engine.attempts.stream_ended(committed, str(exc) or type(exc).__name__)
+            self._note(model, mode, str(exc) or type(exc).__name__)
+            return _Outcome.FAILED, used
 
     def _refusal(self, mode: str, status: int, error: bytes) -> _Outcome:
         if mode == "prefill" and 400 <= status < 500 and names_prefill(error):
@@ -298,13 +313,13 @@ class Recovery:
             self.transcript.feed(data)
             await out.write(data)
 
-    def _note(self, model: ModelConfig, mode: str, exc: BaseException) -> None:
+    def _note(self, model: ModelConfig, mode: str, error: str) -> None:
         self.engine.telemetry.log.info(
             "stream_recovery_attempt",
             listener=self.listener,
             model=model.id,
             mode=mode,
-            error=str(exc) or type(exc).__name__,
+            error=error,
         )
 
 
@@ -315,6 +330,9 @@ class RelayHooks:
     committed: Committed
     observe: Callable[[bytes], None] | None = None
     recover: Recover | None = None
+    # After the relay: `recovery.served_by` and `recovery.result` (prefill/restart/gave_up)
+    # for the request's log line and status entry.
+    recovery: Recovery | None = None
 
 
 def make_recovery(
@@ -333,10 +351,11 @@ def make_recovery(
     encoding = committed.response.headers.get("Content-Encoding", "identity").lower()
     if encoding not in ("identity", ""):
         return RelayHooks(committed)
-    transcript = fmt.new_transcript()
-    recovery = Recovery(engine, request, committed, listener, memory, transcript, fmt)
+    recovery = Recovery(engine, request, committed, listener, memory, fmt.new_transcript())
+    recovery.number = committed.attempts
     response = GuardedResponse(committed.response, fmt)
+    recovery.guarded = response
     guarded = dataclasses.replace(
         committed, response=response, prefix=response.hold(committed.prefix)
     )
-    return RelayHooks(guarded, recovery.observe, recovery.recover)
+    return RelayHooks(guarded, recovery.observe, recovery.recover, recovery)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hydrallm.errors import UpstreamError
+from hydrallm.formats.sse import DEFAULT_MAX_SIZE as MAX_LINE
 from hydrallm.proxy.engine import Committed
 
 # Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
@@ -52,6 +53,11 @@ async def relay(
         if committed.complete:
             return RelayResult(None)
         loop = asyncio.get_running_loop()
+        # Length of the line being relayed: one with no end past MAX_LINE ends the stream
+        # (an endless line is no answer, and the client's SDK would buffer it forever).
+        # Streams made of text lines (SSE) only.
+        fmt = committed.format
+        line = 0 if fmt is not None and fmt.codec == "sse" else None
         # write_timeout bounds the whole response once it has started (as the original).
         write_deadline = loop.time() + write_timeout if write_timeout else None
         while True:
@@ -72,6 +78,13 @@ async def relay(
                 break
             if not chunk:
                 break
+            if line is not None:
+                end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+                line = line + len(chunk) if end < 0 else len(chunk) - end - 1
+                if line > MAX_LINE:
+                    broken = f"the upstream sent a line longer than {MAX_LINE // 1024} KiB"
+                    recover = None  # not a break another model could mend
+                    break
             if observe is not None:
                 observe(chunk)
             await out.write(chunk)
@@ -113,9 +126,24 @@ async def end_broken(
     fmt = committed.format
     if fmt is not None and fmt.writes_errors and encoded in ("", "identity"):
         try:
-            await out.write(fmt.error_event(f"hydrallm: upstream stream failed: {reason}"))
+            await out.write(fmt.error_event(gave_up_message(reason)))
         except (ConnectionError, RuntimeError):
             pass
         return
     # No in-band way to say it: make the truncation visible as a transport error.
     abort_client()
+
+
+def gave_up_message(reason: str) -> str:
+    """What the client reads when a broken answer cannot be finished: plain words, no
+    library exception text."""
+    if reason.startswith("upstream error event: "):
+        cause = "the upstream reported an error: " + reason.removeprefix("upstream error event: ")
+    elif reason.startswith(("upstream body broken", "connection error", "upstream closed")):
+        cause = "the upstream connection broke"
+    else:
+        cause = reason
+    return (
+        f"hydrallm: upstream stream failed ({cause}) and the answer could not be finished. "
+        "The partial answer received so far is incomplete."
+    )

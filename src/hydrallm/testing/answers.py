@@ -11,14 +11,28 @@ The shapes follow what the providers send closely enough that the official
 
 from __future__ import annotations
 
-import enum
 import json
-import re
-from dataclasses import dataclass
 from typing import Any
+
+from hydrallm.testing.responses_wire import _response_object, _responses_json, _responses_stream
+from hydrallm.testing.wire import (
+    _CREATED,
+    CANONICAL_TEXT,
+    DEFAULT_CALL_ID,
+    AnswerSpec,
+    Api,
+    Stream,
+    ToolCall,
+    _argument_pieces,
+    _output_tokens,
+    api_for_path,
+    split_text,
+    sse,
+)
 
 __all__ = [
     "CANONICAL_TEXT",
+    "DEFAULT_CALL_ID",
     "AnswerSpec",
     "Api",
     "Stream",
@@ -33,125 +47,6 @@ __all__ = [
     "sse",
     "stream_answer",
 ]
-
-# Several sentences so that streams have many chunks; the non-ASCII letters and the
-# quotes check that nothing on the way re-encodes or splits UTF-8 / JSON escapes.
-CANONICAL_TEXT = (
-    "Hydras regrow two heads for every one that is cut off. "
-    "A proxy that retries is a little like that: when one upstream fails, another answers. "
-    'This answer has several sentences, some "quoted" words, and a few non-ASCII letters: '
-    "café, naïve, Zürich — so that every chunk boundary is exercised. "
-    "That is the whole answer."
-)
-
-# A fixed epoch second keeps answers reproducible between runs.
-_CREATED = 1_735_689_600
-
-
-class Api(enum.Enum):
-    """Which provider API a request path belongs to."""
-
-    CHAT = "chat"
-    RESPONSES = "responses"
-    MESSAGES = "messages"
-    COUNT_TOKENS = "count_tokens"
-    MODELS = "models"
-
-
-def api_for_path(path: str) -> Api | None:
-    """Classify a request path; None when no LLM API serves it."""
-    path = path.rstrip("/")
-    if path.endswith("chat/completions"):
-        return Api.CHAT
-    if path.endswith("/responses"):
-        return Api.RESPONSES
-    if path.endswith("/messages/count_tokens"):
-        return Api.COUNT_TOKENS
-    if path.endswith("/messages"):
-        return Api.MESSAGES
-    if path.endswith("/models"):
-        return Api.MODELS
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """A function call the fake answers with instead of text.
-
-    `arguments` is the JSON text of the arguments, as OpenAI transmits it.
-    """
-
-    name: str = "get_weather"
-    arguments: str = '{"city":"Paris"}'
-    call_id: str = "call_fake_0001"
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerSpec:
-    """Everything an answer depends on."""
-
-    model: str
-    answer_id: str
-    text: str = CANONICAL_TEXT
-    chunk_words: int = 1
-    input_tokens: int = 1
-    tool_call: ToolCall | None = None
-    include_usage: bool = False  # OpenAI chat streaming: `stream_options.include_usage`
-    created: int = _CREATED
-
-
-@dataclass(frozen=True, slots=True)
-class Stream:
-    """A streaming answer as encoded SSE events, cut where faults are injected.
-
-    `head` opens the stream, `content` carries the text (or tool arguments) one
-    event per chunk, `tail` closes the content, and `terminal` is what marks a
-    clean end (`[DONE]`, `message_stop`, `response.completed`).
-    """
-
-    head: tuple[bytes, ...]
-    content: tuple[bytes, ...]
-    tail: tuple[bytes, ...]
-    terminal: tuple[bytes, ...]
-
-    def events(self) -> tuple[bytes, ...]:
-        """Every event, in order."""
-        return self.head + self.content + self.tail + self.terminal
-
-
-def split_text(text: str, chunk_words: int = 1) -> list[str]:
-    """Cut `text` into chunks of `chunk_words` words; joined they give `text` back."""
-    if not text:
-        return []
-    # Each piece is a word with the whitespace after it (the first also takes any
-    # leading whitespace), so joining the pieces loses nothing.
-    words = re.findall(r"\s*\S+\s*", text) or [text]
-    size = max(1, chunk_words)
-    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
-
-
-def _output_tokens(spec: AnswerSpec) -> int:
-    if spec.tool_call is not None:
-        return max(1, len(spec.tool_call.arguments) // 4)
-    return max(1, len(split_text(spec.text)))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def sse(data: Any, event: str | None = None) -> bytes:
-    """Encode one server-sent event; `data` is JSON-encoded unless it is a str."""
-    payload = data if isinstance(data, str) else _dumps(data)
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {payload}\n\n".encode()
-
-
-def _argument_pieces(arguments: str) -> list[str]:
-    # Providers stream tool arguments in arbitrary fragments; three is enough to
-    # show that a client reassembles them.
-    step = max(1, -(-len(arguments) // 3))
-    return [arguments[i : i + step] for i in range(0, len(arguments), step)] or [""]
 
 
 # --- OpenAI Chat Completions -------------------------------------------------------
@@ -168,6 +63,8 @@ def _chat_usage(spec: AnswerSpec) -> dict[str, Any]:
 
 def _chat_json(spec: AnswerSpec) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": spec.text, "refusal": None}
+    if spec.thinking:
+        message["reasoning_content"] = spec.thinking
     finish = "stop"
     if spec.tool_call is not None:
         call = spec.tool_call
@@ -230,6 +127,9 @@ def _chat_stream(spec: AnswerSpec) -> Stream:
     else:
         content = [chunk({"content": piece}) for piece in split_text(spec.text, spec.chunk_words)]
         finish = "stop"
+    if spec.thinking:
+        reasoning = split_text(spec.thinking, spec.chunk_words)
+        content = [chunk({"reasoning_content": piece}) for piece in reasoning] + content
     tail = [chunk({}, finish)]
     if spec.include_usage:
         tail.append(
@@ -246,140 +146,6 @@ def _chat_stream(spec: AnswerSpec) -> Stream:
             )
         )
     return Stream(tuple(head), tuple(content), tuple(tail), (sse("[DONE]"),))
-
-
-# --- OpenAI Responses ----------------------------------------------------------------
-
-
-def _responses_usage(spec: AnswerSpec) -> dict[str, Any]:
-    out = _output_tokens(spec)
-    return {
-        "input_tokens": spec.input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": out,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": spec.input_tokens + out,
-    }
-
-
-def _response_object(
-    spec: AnswerSpec,
-    status: str,
-    output: list[dict[str, Any]],
-    *,
-    error: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "id": f"resp_{spec.answer_id}",
-        "object": "response",
-        "created_at": spec.created,
-        "status": status,
-        "error": error,
-        "incomplete_details": None,
-        "instructions": None,
-        "max_output_tokens": None,
-        "model": spec.model,
-        "output": output,
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "reasoning": {"effort": None, "summary": None},
-        "store": False,
-        "temperature": 1.0,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": 1.0,
-        "truncation": "disabled",
-        "usage": _responses_usage(spec) if status == "completed" else None,
-        "metadata": {},
-    }
-
-
-def _responses_item(spec: AnswerSpec, done: bool) -> dict[str, Any]:
-    status = "completed" if done else "in_progress"
-    if spec.tool_call is not None:
-        call = spec.tool_call
-        return {
-            "type": "function_call",
-            "id": f"fc_{spec.answer_id}",
-            "call_id": call.call_id,
-            "name": call.name,
-            "arguments": call.arguments if done else "",
-            "status": status,
-        }
-    content = [_output_text_part(spec.text)] if done else []
-    return {
-        "type": "message",
-        "id": f"msg_{spec.answer_id}",
-        "status": status,
-        "role": "assistant",
-        "content": content,
-    }
-
-
-def _output_text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def _responses_json(spec: AnswerSpec) -> dict[str, Any]:
-    return _response_object(spec, "completed", [_responses_item(spec, done=True)])
-
-
-def _responses_stream(spec: AnswerSpec) -> Stream:
-    # Events are built first and numbered afterwards, so that `sequence_number`
-    # counts every event of the stream in order.
-    item_id = f"fc_{spec.answer_id}" if spec.tool_call else f"msg_{spec.answer_id}"
-    at = {"item_id": item_id, "output_index": 0}
-    head: list[dict[str, Any]] = [
-        {"type": "response.created", "response": _response_object(spec, "in_progress", [])},
-        {"type": "response.in_progress", "response": _response_object(spec, "in_progress", [])},
-        {
-            "type": "response.output_item.added",
-            "output_index": 0,
-            "item": _responses_item(spec, done=False),
-        },
-    ]
-    tail: list[dict[str, Any]]
-    if spec.tool_call is not None:
-        arguments = spec.tool_call.arguments
-        content = [
-            {"type": "response.function_call_arguments.delta", **at, "delta": piece}
-            for piece in _argument_pieces(arguments)
-        ]
-        tail = [{"type": "response.function_call_arguments.done", **at, "arguments": arguments}]
-    else:
-        part_at = {**at, "content_index": 0}
-        head.append(
-            {"type": "response.content_part.added", **part_at, "part": _output_text_part("")}
-        )
-        content = [
-            {"type": "response.output_text.delta", **part_at, "delta": piece, "logprobs": []}
-            for piece in split_text(spec.text, spec.chunk_words)
-        ]
-        tail = [
-            {"type": "response.output_text.done", **part_at, "text": spec.text, "logprobs": []},
-            {"type": "response.content_part.done", **part_at, "part": _output_text_part(spec.text)},
-        ]
-    tail.append(
-        {
-            "type": "response.output_item.done",
-            "output_index": 0,
-            "item": _responses_item(spec, True),
-        }
-    )
-    terminal = [{"type": "response.completed", "response": _responses_json(spec)}]
-
-    seq = 0
-
-    def encode(events: list[dict[str, Any]]) -> tuple[bytes, ...]:
-        nonlocal seq
-        out = []
-        for event in events:
-            out.append(sse({**event, "sequence_number": seq}, event["type"]))
-            seq += 1
-        return tuple(out)
-
-    return Stream(encode(head), encode(content), encode(tail), encode(terminal))
 
 
 # --- Anthropic Messages --------------------------------------------------------------
@@ -403,6 +169,9 @@ def _message_object(spec: AnswerSpec, *, final: bool) -> dict[str, Any]:
         else:
             content = [{"type": "text", "text": spec.text}]
             stop_reason = "end_turn"
+        if spec.thinking:
+            thought = {"type": "thinking", "thinking": spec.thinking, "signature": _signature(spec)}
+            content.insert(0, thought)
     return {
         "id": f"msg_{spec.answer_id}",
         "type": "message",
@@ -442,20 +211,43 @@ def _messages_stream(spec: AnswerSpec) -> Stream:
             for piece in split_text(spec.text, spec.chunk_words)
         ]
         stop_reason = "end_turn"
+    at = 1 if spec.thinking else 0  # the answer's block comes after the thinking block
+
+    def open_block(index: int, body: dict[str, Any]) -> bytes:
+        event = {"type": "content_block_start", "index": index, "content_block": body}
+        return sse(event, "content_block_start")
+
+    def delta(index: int, body: dict[str, Any]) -> bytes:
+        return sse(
+            {"type": "content_block_delta", "index": index, "delta": body}, "content_block_delta"
+        )
+
+    content = [delta(at, d) for d in deltas]
+    first = open_block(at, block)
+    if spec.thinking:
+        thought = {"type": "thinking", "thinking": "", "signature": ""}
+        first = open_block(0, thought)
+        thinking = [
+            delta(0, {"type": "thinking_delta", "thinking": piece})
+            for piece in split_text(spec.thinking, spec.chunk_words)
+        ]
+        # The signature closes the thinking block; the answer's block opens with its
+        # first chunk, so a cut right after the thinking leaves no empty block behind.
+        closing = delta(0, {"type": "signature_delta", "signature": _signature(spec)}) + sse(
+            {"type": "content_block_stop", "index": 0}, "content_block_stop"
+        )
+        if content:
+            content[0] = closing + open_block(at, block) + content[0]
+        else:
+            content = [closing + open_block(at, block)]
+        content = thinking + content
     head = (
         sse({"type": "message_start", "message": start}, "message_start"),
-        sse(
-            {"type": "content_block_start", "index": 0, "content_block": block},
-            "content_block_start",
-        ),
+        first,
         sse({"type": "ping"}, "ping"),
     )
-    content = tuple(
-        sse({"type": "content_block_delta", "index": 0, "delta": d}, "content_block_delta")
-        for d in deltas
-    )
     tail = (
-        sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        sse({"type": "content_block_stop", "index": at}, "content_block_stop"),
         sse(
             {
                 "type": "message_delta",
@@ -465,7 +257,12 @@ def _messages_stream(spec: AnswerSpec) -> Stream:
             "message_delta",
         ),
     )
-    return Stream(head, content, tail, (sse({"type": "message_stop"}, "message_stop"),))
+    return Stream(head, tuple(content), tail, (sse({"type": "message_stop"}, "message_stop"),))
+
+
+def _signature(spec: AnswerSpec) -> str:
+    # Each answer is signed anew: a restarted thinking block never has the same signature.
+    return f"sig_{spec.answer_id}"
 
 
 # --- Public entry points -------------------------------------------------------------

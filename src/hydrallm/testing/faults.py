@@ -40,6 +40,7 @@ __all__ = [
     "slow_first_token",
     "stall",
     "status",
+    "thinking",
     "tool_call",
 ]
 
@@ -65,6 +66,7 @@ class Fault:
     delay: float = 0.0  # before anything is sent
     text: str | None = None  # answer text instead of the upstream's
     tool_call: ToolCall | None = None  # answer with a function call instead of text
+    thinking: str | None = None  # reasoning the answer starts with
     status_code: int = 200
     anthropic_status: int | None = None  # status on Anthropic paths, if different
     body: bytes | None = None  # error body instead of the provider-shaped default
@@ -97,6 +99,12 @@ def tool_call(name: str = "get_weather", arguments: Mapping[str, Any] | None = N
     """A normal answer that is a function call (OpenAI tool_calls, Anthropic tool_use)."""
     args = json.dumps(dict(arguments if arguments is not None else {"city": "Paris"}))
     return Fault(kind="tool_call", tool_call=ToolCall(name=name, arguments=args))
+
+
+def thinking(text: str = "Let me think about hydras and proxies step by step.") -> Fault:
+    """A normal answer that starts with reasoning: a signed Anthropic `thinking` block,
+    chat `reasoning_content`, a Responses `reasoning` item with a summary."""
+    return Fault(kind="thinking", thinking=text)
 
 
 def status(

@@ -8,6 +8,14 @@ Paths are routed by their ending, so any base path works: `.../chat/completions`
 (OpenAI chat), `.../responses` (OpenAI Responses), `.../messages` (Anthropic),
 `.../messages/count_tokens` and `.../models`. A JSON body with `"stream": true`
 gets a server-sent-event stream.
+
+A request that ends in an assistant turn (a prefill) is answered as the real provider
+would (`testing.prefill`: Anthropic continues, or refuses for Claude 4.6+ and with
+thinking on; OpenAI answers anew unless a chat request carries a continuation flag);
+`prefill=` chooses another behaviour.  With `vary=True` every answer is a new sample:
+the opening is the same, the middle differs between models and between requests, as
+two samples of a real model do.  Tool call ids and thinking signatures are new in every
+answer, as on the real APIs.
 """
 
 from __future__ import annotations
@@ -19,14 +27,14 @@ import random
 import socket
 import struct
 import time
-import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from hydrallm.testing import prefill_rules as prefills
 from hydrallm.testing.answers import (
     CANONICAL_TEXT,
     AnswerSpec,
@@ -38,65 +46,14 @@ from hydrallm.testing.answers import (
     models_body,
     stream_answer,
 )
+from hydrallm.testing.exchange import Exchange, RecordedRequest, Sink
 from hydrallm.testing.faults import FailureMix, Fault, Reset
 from hydrallm.testing.service import AsyncService
+from hydrallm.testing.wire import fresh_call, sample_text
 
-__all__ = ["FakeUpstream", "RecordedRequest"]
+__all__ = ["FakeUpstream", "RecordedRequest", "sample_text"]
 
 _ANTHROPIC_APIS = (Api.MESSAGES, Api.COUNT_TOKENS)
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """One request as the fake received it, with the fault it was given."""
-
-    method: str
-    path: str
-    query_string: str
-    headers: CIMultiDict[str]
-    body: bytes
-    received_at: float  # time.monotonic()
-    model: str | None  # the JSON body's `model`, if any
-    stream: bool
-    api: Api | None
-    fault: Fault
-
-    def json(self) -> Any:
-        """The body decoded as JSON."""
-        return json.loads(self.body)
-
-
-@dataclass(slots=True)
-class _Exchange:
-    """The state of one request while it is being answered."""
-
-    request: web.Request
-    api: Api | None
-    payload: dict[str, Any]
-    fault: Fault
-    spec: AnswerSpec
-    response: web.StreamResponse | None = None
-    aborted_by_us: bool = False
-    extra_headers: dict[str, str] = field(default_factory=dict)
-
-
-class _Sink:
-    """Writes body bytes, gzip-compressing them per write when asked."""
-
-    def __init__(self, response: web.StreamResponse, compress: bool) -> None:
-        self._response = response
-        self._zip = zlib.compressobj(wbits=31) if compress else None
-
-    async def send(self, data: bytes) -> None:
-        if self._zip is not None:
-            # A sync flush per event keeps a compressed stream as live as a plain one.
-            data = self._zip.compress(data) + self._zip.flush(zlib.Z_SYNC_FLUSH)
-        await self._response.write(data)
-
-    async def finish(self) -> None:
-        if self._zip is not None:
-            await self._response.write(self._zip.flush())
-            self._zip = None
 
 
 class FakeUpstream(AsyncService):
@@ -119,8 +76,15 @@ class FakeUpstream(AsyncService):
         models: tuple[str, ...] = ("fake-model",),
         host: str = "127.0.0.1",
         port: int = 0,
+        prefill: prefills.PrefillBehaviour | Mapping[str, prefills.PrefillBehaviour] | None = None,
+        vary: bool = False,
     ) -> None:
         self.name = name
+        # None: each model behaves as its real provider; a str: every model; a mapping:
+        # per model name (others as their provider).
+        self.prefill = prefill
+        self.vary = vary
+        self.prefills: list[str] = []  # the assistant prefills received, in order
         self.text = text
         self.chunk_words = chunk_words
         self.default = default or Fault()
@@ -218,12 +182,34 @@ class FakeUpstream(AsyncService):
             return self.failure_mix.choose(self._rng)
         return self.default
 
+    def prefill_behaviour(
+        self, api: Api | None, model: str, payload: Mapping[str, Any]
+    ) -> prefills.PrefillBehaviour:
+        """What `model` does with a prefilled request (see `testing.prefill`)."""
+        chosen = self.prefill
+        if isinstance(chosen, str):
+            return chosen
+        if chosen is not None and model in chosen:
+            return chosen[model]
+        return prefills.default_behaviour(api, model, payload)
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         api = api_for_path(request.path)
         payload = _json_object(body)
-        fault = self._next_fault()
         model = payload.get("model")
+        name = model if isinstance(model, str) else self.models[0]
+        prefix = None
+        if api in (Api.CHAT, Api.RESPONSES, Api.MESSAGES):
+            prefix = prefills.assistant_prefill(api, payload)
+        behaviour: prefills.PrefillBehaviour = "ignore"
+        refused: Fault | None = None
+        if prefix is not None:
+            self.prefills.append(prefix)
+            behaviour = self.prefill_behaviour(api, name, payload)
+            # Validation comes before anything else: a scripted fault waits for the next.
+            refused = prefills.refusal(behaviour, api, payload)
+        fault = refused or self._next_fault()
         stream = payload.get("stream") is True
         self.requests.append(
             RecordedRequest(
@@ -239,17 +225,29 @@ class FakeUpstream(AsyncService):
                 fault=fault,
             )
         )
+        answer_id = f"{self.name}{len(self.requests):04d}"
+        text = fault.text if fault.text is not None else self.text
+        thinking = fault.thinking
+        if self.vary:
+            text = sample_text(text, name, len(self.requests))
+            thinking = sample_text(thinking, name, len(self.requests)) if thinking else None
+        if prefix is not None and behaviour != "ignore" and refused is None:
+            # A model that takes the prefill answers with what follows it, and thinks no
+            # more (its reasoning would have come before the prefilled text).
+            text = text[len(prefix) :]
+            thinking = None
         options = payload.get("stream_options")
         spec = AnswerSpec(
-            model=model if isinstance(model, str) else self.models[0],
-            answer_id=f"{self.name}{len(self.requests):04d}",
-            text=fault.text if fault.text is not None else self.text,
+            model=name,
+            answer_id=answer_id,
+            text=text,
             chunk_words=self.chunk_words,
             input_tokens=max(1, len(body) // 4),
-            tool_call=fault.tool_call,
+            tool_call=fresh_call(fault.tool_call, answer_id),
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            thinking=thinking,
         )
-        ex = _Exchange(request, api, payload, fault, spec, extra_headers=dict(fault.headers))
+        ex = Exchange(request, api, payload, fault, spec, extra_headers=dict(fault.headers))
         try:
             return await self._answer(ex)
         except asyncio.CancelledError:
@@ -260,12 +258,12 @@ class FakeUpstream(AsyncService):
             # aiohttp finds the connection dead when finishing this response, quietly.
             return ex.response or web.Response()
 
-    def _note_client_gone(self, ex: _Exchange) -> None:
+    def _note_client_gone(self, ex: Exchange) -> None:
         if not ex.aborted_by_us and not self._closing:
             self.aborted += 1
             self._abort_seen.set()
 
-    async def _answer(self, ex: _Exchange) -> web.StreamResponse:
+    async def _answer(self, ex: Exchange) -> web.StreamResponse:
         fault = ex.fault
         if fault.delay:
             await asyncio.sleep(fault.delay)
@@ -292,14 +290,14 @@ class FakeUpstream(AsyncService):
             return web.Response(status=code, body=body, headers=headers)
         return await self._single(ex, self._json_body(ex))
 
-    def _status_answer(self, ex: _Exchange, code: int) -> web.Response:
+    def _status_answer(self, ex: Exchange, code: int) -> web.Response:
         body = ex.fault.body
         if body is None:
             body = _encode(error_body(ex.api, code))
         headers = {"Content-Type": "application/json", **ex.extra_headers}
         return web.Response(status=code, body=body, headers=headers)
 
-    def _json_body(self, ex: _Exchange) -> bytes:
+    def _json_body(self, ex: Exchange) -> bytes:
         api = ex.api
         if api is Api.MODELS:
             anthropic = "anthropic-version" in ex.request.headers
@@ -307,7 +305,7 @@ class FakeUpstream(AsyncService):
         assert api is not None
         return _encode(json_answer(api, ex.spec))
 
-    async def _single(self, ex: _Exchange, body: bytes) -> web.StreamResponse:
+    async def _single(self, ex: Exchange, body: bytes) -> web.StreamResponse:
         fault = ex.fault
         headers = {"Content-Type": "application/json", **ex.extra_headers}
         if fault.gzip:
@@ -324,12 +322,12 @@ class FakeUpstream(AsyncService):
         if fault.first_event_delay:
             await asyncio.sleep(fault.first_event_delay)
         half = len(body) // 2
-        sink = _Sink(response, compress=False)
+        sink = Sink(response, compress=False)
         if await self._send_chunks(ex, sink, (body[:half], body[half:]), None):
             await sink.finish()
         return response
 
-    async def _stream(self, ex: _Exchange) -> web.StreamResponse:
+    async def _stream(self, ex: Exchange) -> web.StreamResponse:
         fault, spec = ex.fault, ex.spec
         assert ex.api is not None
         stream = stream_answer(ex.api, spec)
@@ -342,7 +340,7 @@ class FakeUpstream(AsyncService):
             headers["Content-Encoding"] = "gzip"
         response = web.StreamResponse(headers=headers)
         await self._prepare(ex, response)
-        sink = _Sink(response, compress=fault.gzip)
+        sink = Sink(response, compress=fault.gzip)
         if fault.reset is Reset.AFTER_HEADERS:
             return self._abort(ex)
         if fault.first_event_delay:
@@ -370,7 +368,7 @@ class FakeUpstream(AsyncService):
         return response
 
     async def _send_chunks(
-        self, ex: _Exchange, sink: _Sink, chunks: tuple[bytes, ...], error: bytes | None
+        self, ex: Exchange, sink: Sink, chunks: tuple[bytes, ...], error: bytes | None
     ) -> bool:
         """Send content chunks with the fault's timing; False when the answer ended early."""
         fault = ex.fault
@@ -393,11 +391,11 @@ class FakeUpstream(AsyncService):
             await sink.send(chunks[i])
         return True
 
-    async def _prepare(self, ex: _Exchange, response: web.StreamResponse) -> None:
+    async def _prepare(self, ex: Exchange, response: web.StreamResponse) -> None:
         ex.response = response
         await response.prepare(ex.request)
 
-    def _abort(self, ex: _Exchange) -> web.StreamResponse:
+    def _abort(self, ex: Exchange) -> web.StreamResponse:
         """Reset the connection (RST, not FIN) and give aiohttp something to discard."""
         ex.aborted_by_us = True
         transport = ex.request.transport

@@ -1,0 +1,370 @@
+"""Mid-stream recovery is truthful on providers that behave like the real ones (issue 13).
+
+The primary breaks in the middle of an answer (cut, stall, error event; inside text, a
+tool call or thinking); the fallback is a fake whose model treats an assistant prefill as
+a real provider does (continues it, ignores it and answers anew, refuses it, refuses it
+when thinking is on) and whose answers are samples of their own (same opening, another
+middle, new tool call ids and thinking signatures).  The official SDKs read the stream.
+The client must get one whole answer exactly once, or a clean error that says the answer
+is incomplete: never two answers, never a truncation that looks like success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+from aiohttp import web
+
+from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, Fault, Reset, faults, split_text
+from hydrallm.testing.harness import ProxyHarness
+from hydrallm.testing.upstream import sample_text
+
+APIS = ["chat", "responses", "messages"]
+BEHAVIOURS = ["continue", "ignore", "refuse", "refuse_with_thinking"]
+USER = [{"role": "user", "content": "hi"}]
+THINK = "Let me think about hydras and proxies step by step."
+CUT = 5  # content chunks before the break: inside the text, or inside the thinking
+BREAKS = {
+    "cut": lambda n: Fault(kind="cut", reset=Reset.MID_STREAM, after_chunks=n),
+    "stall": lambda n: faults.stall(after_chunks=n, seconds=3.0),
+    "error_event": lambda n: faults.error_event_after(n),
+}
+CONTENT = {"text": faults.ok(), "tool": faults.tool_call(), "thinking": faults.thinking(THINK)}
+
+
+def config(primary: str, fallback: str, api: str, retry: str = "", endpoint: str = "") -> str:
+    kind = "anthropic" if api == "messages" else "openai"
+    suffix = "" if kind == "anthropic" else "/v1"
+    return (
+        '[retry]\nmax_cycles = 1\ndefault_interval = "10ms"\nfirst_token_timeout = "5s"\n'
+        f'stream_idle_timeout = "400ms"\n{retry}\n[cooldown]\nenabled = false\n'
+        f'[endpoints.e0]\nurl = "{primary}{suffix}"\napi_key = "k0"\n'
+        f'[endpoints.e1]\nurl = "{fallback}{suffix}"\napi_key = "k1"\n{endpoint}\n'
+        f'[[models]]\nendpoint = "e0"\ntype = "{kind}"\nmodel = "m0"\n'
+        f'[[models]]\nendpoint = "e1"\ntype = "{kind}"\nmodel = "m1"\n'
+    )
+
+
+@dataclass
+class Seen:
+    """What the client's SDK made of the stream (thinking: Anthropic thinking, chat
+    `reasoning_content`, Responses reasoning summary)."""
+
+    text: str = ""
+    thinking: str = ""
+    tool_args: str = ""
+    call_ids: list[str] = field(default_factory=list)
+    starts: int = 0
+    finishes: int = 0
+    final_text: str | None = None
+    final_call_ids: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+async def ask(url: str, api: str, thinking: bool = False) -> Seen:
+    got = Seen()
+    try:
+        if api == "messages":
+            await _ask_messages(url, got, thinking)
+        elif api == "responses":
+            await _ask_responses(url, got)
+        else:
+            await _ask_chat(url, got)
+    except (openai.APIError, anthropic.APIError) as exc:
+        got.error = str(exc)
+    return got
+
+
+async def _ask_messages(url: str, got: Seen, thinking: bool) -> None:
+    extra: dict[str, Any] = {}
+    if thinking:
+        extra["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as claude:
+        async with claude.messages.stream(
+            model="m", max_tokens=2000, messages=USER, **extra
+        ) as stream:
+            async for event in stream:
+                if event.type == "message_start":
+                    got.starts += 1
+                elif event.type == "message_delta":
+                    got.finishes += 1
+                elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+                    got.call_ids.append(event.content_block.id)
+                elif event.type == "content_block_delta":
+                    delta = event.delta
+                    if delta.type == "text_delta":
+                        got.text += delta.text
+                    elif delta.type == "thinking_delta":
+                        got.thinking += delta.thinking
+                    elif delta.type == "input_json_delta":
+                        got.tool_args += delta.partial_json
+            final = await stream.get_final_message()
+    got.final_text = "".join(b.text for b in final.content if b.type == "text")
+    got.final_call_ids = [b.id for b in final.content if b.type == "tool_use"]
+
+
+async def _ask_responses(url: str, got: Seen) -> None:
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        async with client.responses.stream(model="m", input="hi") as events:
+            async for ev in events:
+                if ev.type == "response.created":
+                    got.starts += 1
+                elif ev.type == "response.completed":
+                    got.finishes += 1
+                elif ev.type == "response.output_text.delta":
+                    got.text += ev.delta
+                elif ev.type == "response.reasoning_summary_text.delta":
+                    got.thinking += ev.delta
+                elif ev.type == "response.function_call_arguments.delta":
+                    got.tool_args += ev.delta
+                elif ev.type == "response.output_item.added" and ev.item.type == "function_call":
+                    got.call_ids.append(ev.item.call_id)
+            # The accumulator checks every identity: a restarted call must keep its own.
+            response = await events.get_final_response()
+    got.final_text = response.output_text
+    got.final_call_ids = [i.call_id for i in response.output if i.type == "function_call"]
+    summaries = [p.text for i in response.output if i.type == "reasoning" for p in i.summary]
+    assert "".join(summaries) == got.thinking  # the final response agrees with the deltas
+
+
+async def _ask_chat(url: str, got: Seen) -> None:
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        chunks = await client.chat.completions.create(
+            model="m",
+            messages=USER,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for chunk in chunks:
+            for choice in chunk.choices:
+                delta = choice.delta
+                got.starts += delta.role is not None
+                got.finishes += choice.finish_reason is not None
+                got.text += delta.content or ""
+                got.thinking += getattr(delta, "reasoning_content", None) or ""
+                for call in delta.tool_calls or []:
+                    if call.id:
+                        got.call_ids.append(call.id)
+                    got.tool_args += (call.function.arguments or "") if call.function else ""
+    got.final_text = got.text
+    got.final_call_ids = got.call_ids
+
+
+def assert_clean_error(got: Seen, *answers: str) -> None:
+    """A clean error: the SDK raised, the words are plain, nothing after it was glued on."""
+    assert got.error is not None, "a broken answer must not look like success"
+    assert "incomplete" in got.error
+    assert "Error(" not in got.error and "<" not in got.error  # no library reprs
+    assert any(a.startswith(got.text) for a in answers), got.text
+
+
+@pytest.fixture(autouse=True)
+async def warm_sdks() -> None:
+    # The SDKs build their models on the first parse, which can hold the shared loop
+    # past the short idle limit; do that outside the measured requests.
+    async with FakeUpstream() as up:
+        for api in APIS:
+            await ask(up.url, api)
+
+
+@asynccontextmanager
+async def setup(
+    api: str, behaviour: Any, content: str, **fallback: Any
+) -> AsyncIterator[tuple[FakeUpstream, FakeUpstream, ProxyHarness]]:
+    fallback.setdefault("vary", True)
+    async with (
+        FakeUpstream(name="primary") as primary,
+        FakeUpstream(
+            name="fallback", prefill=behaviour, default=CONTENT[content], **fallback
+        ) as fb,
+        ProxyHarness(config(primary.url, fb.url, api)) as px,
+    ):
+        yield primary, fb, px
+
+
+@pytest.mark.parametrize("content", list(CONTENT))
+@pytest.mark.parametrize("brk", list(BREAKS))
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
+@pytest.mark.parametrize("api", APIS)
+async def test_a_broken_answer_is_finished_once_whatever_the_fallback_does_with_a_prefill(
+    api: str, behaviour: str, brk: str, content: str
+) -> None:
+    after = 1 if content == "tool" else CUT
+    async with setup(api, behaviour, content) as (primary, fallback, px):
+        primary.script(
+            replace(
+                BREAKS[brk](after),
+                tool_call=CONTENT[content].tool_call,
+                thinking=CONTENT[content].thinking,
+            )
+        )
+        got = await ask(px.url(), api, thinking=content == "thinking")
+        logs = px.logs()
+    assert got.error is None, got.error
+    assert (got.starts, got.finishes) == (1, 1)
+    sample = len(fallback.requests)  # the fallback's answer that finished the stream
+    if content == "tool":
+        assert json.loads(got.tool_args) == {"city": "Paris"}
+        # The call keeps the name the client first saw, though the fallback named it anew.
+        first = "toolu_call_primary0001" if api == "messages" else "call_primary0001"
+        assert got.call_ids == [first] and got.final_call_ids == [first]
+        assert got.text == ""
+    else:
+        assert got.text == got.final_text == sample_text(CANONICAL_TEXT, "m1", sample)
+    if content == "thinking":
+        assert got.thinking == sample_text(THINK, "m1", sample)
+    # A prefill is offered only where the provider continues one: Anthropic Messages
+    # without thinking; never OpenAI chat without a flag, never Responses.
+    prefilled = api == "messages" and content == "text"
+    assert len(fallback.prefills) == (1 if prefilled else 0)
+    continued = prefilled and behaviour in ("continue", "refuse_with_thinking")
+    assert f"recovered={'prefill' if continued else 'restart'}" in logs
+    if prefilled and behaviour == "ignore":
+        assert "ignored the prefill" in logs
+
+
+@pytest.mark.parametrize("brk", list(BREAKS))
+@pytest.mark.parametrize("behaviour", ["ignore", "refuse"])
+@pytest.mark.parametrize("api", APIS)
+async def test_a_fallback_that_answers_differently_gives_a_clean_error_not_two_answers(
+    api: str, behaviour: str, brk: str
+) -> None:
+    other = "Something else entirely. " + CANONICAL_TEXT
+    async with setup(api, behaviour, "text", text=other, vary=False) as (primary, fallback, px):
+        primary.script(BREAKS[brk](CUT))
+        got = await ask(px.url(), api)
+        logs = px.logs()
+    assert_clean_error(got, CANONICAL_TEXT)
+    assert "Something" not in got.text
+    assert fallback.requests  # it was asked; its other answer was not glued on
+    assert "action=gave_up" in logs
+
+
+@pytest.mark.parametrize("api", ["messages", "chat"])
+async def test_an_ignored_prefill_is_never_appended_and_is_remembered(api: str) -> None:
+    # The cut comes after the point where two samples part: the fallback restates the
+    # opening (it ignored the prefill), then says something else.  Appending it would
+    # repeat the opening; the prefix check refuses it: a clean error.
+    late = len(split_text(CANONICAL_TEXT)) - 3
+    endpoint = 'prefill_flag = "prefix"' if api == "chat" else ""
+    async with (
+        FakeUpstream(name="primary") as primary,
+        FakeUpstream(name="fallback", prefill="ignore", vary=True) as fallback,
+        ProxyHarness(config(primary.url, fallback.url, api, endpoint=endpoint)) as px,
+    ):
+        primary.script(faults.reset_mid_stream(late), faults.reset_mid_stream(CUT))
+        got = await ask(px.url(), api)
+        assert_clean_error(got, CANONICAL_TEXT)
+        assert CANONICAL_TEXT[:20] not in got.text[20:]
+        assert "ignored the prefill" in px.logs()
+        # Remembered: the next break is restarted without offering a prefill.
+        again = await ask(px.url(), api)
+        assert again.error is None and again.text == sample_text(CANONICAL_TEXT, "m1", 2)
+    assert len(fallback.prefills) == 1
+
+
+async def test_prefill_yes_on_responses_is_checked_before_a_byte_is_relayed() -> None:
+    # The Responses API takes a trailing assistant turn as history and answers anew.
+    async with (
+        FakeUpstream(name="primary") as primary,
+        FakeUpstream(name="fallback") as fallback,
+        ProxyHarness(
+            config(primary.url, fallback.url, "responses", endpoint='prefill = "yes"')
+        ) as px,
+    ):
+        primary.script(faults.reset_mid_stream(CUT))
+        got = await ask(px.url(), "responses")
+        assert got.error is None and got.text == got.final_text == CANONICAL_TEXT
+        assert len(fallback.prefills) == 1
+        assert "recovered=restart" in px.logs()
+
+
+async def test_a_thinking_request_is_not_offered_a_prefill_on_anthropic() -> None:
+    # Claude refuses a final assistant turn that does not start with a thinking block
+    # whenever thinking is enabled, even when this answer happened to have no thinking.
+    async with setup("messages", "refuse_with_thinking", "text", vary=False) as (p, fb, px):
+        p.script(faults.reset_mid_stream(CUT))
+        got = await ask(px.url(), "messages", thinking=True)
+    assert got.error is None and got.text == CANONICAL_TEXT
+    assert fb.prefills == [] and [r.fault.kind for r in fb.requests] == ["ok"]
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_past_midstream_max_bytes_a_break_ends_the_stream_cleanly(api: str) -> None:
+    async with (
+        FakeUpstream(name="primary") as primary,
+        FakeUpstream(name="fallback") as fallback,
+        ProxyHarness(
+            config(primary.url, fallback.url, api, retry='midstream_max_bytes = "1KiB"')
+        ) as px,
+    ):
+        primary.script(faults.reset_mid_stream(30))
+        got = await ask(px.url(), api)
+    assert_clean_error(got, CANONICAL_TEXT)
+    assert fallback.requests == []  # nothing was kept to recover with
+
+
+@pytest.mark.parametrize("midstream", ["continue", "error"])
+async def test_an_endless_line_after_commit_ends_the_stream_with_an_error_event(
+    midstream: str,
+) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        start = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        first = {
+            **start,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}],
+        }
+        await response.write(f"data: {json.dumps(first)}\n\n".encode())
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"')
+        for _ in range(24):  # 1.5 MiB, no line end
+            await response.write(b"a" * 65536)
+        await asyncio.sleep(30)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", endless)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with (
+            FakeUpstream(name="fallback") as fallback,
+            ProxyHarness(
+                config(url, fallback.url, "chat", retry=f'midstream = "{midstream}"')
+            ) as px,
+            aiohttp.ClientSession() as http,
+        ):
+            body = {"model": "m", "messages": USER, "stream": True}
+            async with http.post(px.url() + "/v1/chat/completions", json=body) as resp:
+                raw = await asyncio.wait_for(resp.read(), 10)
+            tail = raw[-2000:].decode(errors="replace")
+            assert '"error"' in tail and "longer than 1024 KiB" in tail
+            assert len(raw) < 1200 * 1024  # not the whole endless line
+            assert fallback.requests == []  # a broken frame is not recovered
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_a_probe_of_the_base_url_is_answered_locally(method: str) -> None:
+    async with (
+        FakeUpstream() as up,
+        ProxyHarness(config(up.url, up.url, "messages")) as px,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.request(method, px.url() + "/") as resp:
+            assert resp.status == 200
+        assert up.requests == []
