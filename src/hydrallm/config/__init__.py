@@ -124,6 +124,25 @@ class CooldownConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalConfig:
+    enabled: bool = True
+    path: str | None = None  # None: <state dir>/hydrallm/journal.db
+    retention: float = 30 * 86400.0
+    max_size: int = 200 * 1024 * 1024
+    bodies: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens; None: not stated (that part of a cost is unknown)."""
+
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -132,6 +151,9 @@ class Config:
     endpoints: Mapping[str, EndpointConfig] = field(default_factory=dict)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     listeners: tuple[ListenerConfig, ...] = ()
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    # [prices."<model id or glob>"] in file order (the built-in table comes after).
+    prices: tuple[tuple[str, Price], ...] = ()
     path: str | None = None
     # Startup warnings (unset $ENV variables, exposed keys, ...), each one line.
     warnings: tuple[str, ...] = ()

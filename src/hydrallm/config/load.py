@@ -30,6 +30,7 @@ from hydrallm.config.sections import (
     COOLDOWN_KEYS,
     DEFAULT_LISTENER,
     ENDPOINT_KEYS,
+    JOURNAL_KEYS,
     LOG_KEYS,
     LOG_LEVELS,
     RETRY_KEYS,
@@ -42,9 +43,11 @@ from hydrallm.config.sections import (
     cooldown_section,
     endpoint_section,
     finish_endpoint,
+    journal_section,
     listener_section,
     log_section,
     model_entries,
+    prices_section,
     retry_section,
     server_section,
 )
@@ -203,6 +206,8 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
     log = log_section(section("log", LOG_KEYS))
     retry = retry_section(section("retry", RETRY_KEYS))
     cooldown = cooldown_section(section("cooldown", COOLDOWN_KEYS))
+    journal = journal_section(section("journal", JOURNAL_KEYS))
+    prices = prices_section(data.get("prices", {}), report)
 
     endpoints: dict[str, EndpointConfig] = {}
     for group_name in ("endpoints", "providers"):
@@ -270,6 +275,8 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
         endpoints=endpoints,
         models=models,
         listeners=listeners,
+        journal=journal,
+        prices=prices,
         path=path,
         warnings=tuple(report.warnings),
         secrets=frozenset(report.secrets),

@@ -111,6 +111,8 @@ class Engine:
     ) -> Committed | Final:
         retry = self.config.retry
         plan_chain = self.breakers.plan(chain)
+        if len(plan_chain) != len(chain):
+            self.telemetry.skipped(labels.listener, [m.id for m in chain if m not in plan_chain])
         planner = Planner(plan_chain, retry, rand=self.rand)
         started = self.clock()
         deadline = started + retry.total_timeout if retry.total_timeout else None
@@ -135,6 +137,7 @@ class Engine:
                     attempt = planner.next(Next.SKIP_MODEL)
                     continue
                 wait = max(wait, remaining)
+                attempt.wait = wait  # what the journal reports as waited
             if wait > 0:
                 if deadline is not None and self.clock() + wait >= deadline:
                     planner.withdraw()
@@ -404,6 +407,7 @@ class Engine:
                 retry=attempt.is_retry,
                 fallback=fallback,
                 error_body=error_body,
+                waited=attempt.wait,
             )
         )
 

@@ -20,7 +20,8 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
-from hydrallm.observe.events import RequestEvent
+from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
+from hydrallm.observe.usage import UsageMeter, from_body, session_hash
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.proxy import admin
 from hydrallm.proxy.body import parse_body
@@ -57,13 +58,17 @@ class _Exchange:
     """One client request on its way through the proxy (what the log line reports)."""
 
     __slots__ = (
+        "body",
         "engine",
         "listener",
+        "meter",
         "path",
         "provider",
         "request",
         "request_id",
+        "requested",
         "route",
+        "session",
         "started",
         "state",
         "wall",
@@ -87,11 +92,16 @@ class _Exchange:
         self.provider: Provider = engine.providers[listener.api_type]
         self.request_id = state.next_request_id()
         self.route = "default"
+        self.meter: UsageMeter | None = None
+        self.body: bytes | None = None  # journal.bodies only
+        self.requested: str | None = None
+        self.session: str | None = None
 
     # --- the steps -----------------------------------------------------------------------
 
     async def proxy(self, query: str) -> web.StreamResponse:
         listener, request, path = self.listener, self.request, self.path
+        CURRENT_REQUEST.set(self.request_id)
         strip_auth: str | None = None
         if listener.auth_keys:
             ok, strip_auth = _auth_ok(listener, request)
@@ -142,7 +152,13 @@ class _Exchange:
             or "/stream" in path
             or "-stream" in path,
         )
-        self.route, chain = listener.resolve(self.provider.requested_model(client_request))
+        self.requested = self.provider.requested_model(client_request)
+        self.route, chain = listener.resolve(self.requested)
+        if self.state.telemetry.wants_usage:
+            self.meter = UsageMeter()
+            self.session = session_hash(request.headers)
+            if self.engine.config.journal.bodies:
+                self.body = body
         labels = Labels(listener.config.name, self.route, listener.api_type)
         state = self.state
         state.in_flight += 1
@@ -158,8 +174,14 @@ class _Exchange:
         model = result.model
         endpoint = model.endpoint if model is not None else None
         headers = [*result.headers, *_tags(result.model_name, endpoint, result.attempts)]
+        headers.append(("x-hydrallm-request-id", self.request_id))
         self.finish(
-            result.status, model.id if model else None, result.attempts, False, result.error
+            result.status,
+            model.id if model else None,
+            result.attempts,
+            False,
+            result.error,
+            (result.model_name, endpoint, result.body),
         )
         return web.Response(status=result.status, body=result.body, headers=CIMultiDict(headers))
 
@@ -171,14 +193,20 @@ class _Exchange:
         model = committed.model
         headers = message_headers(upstream)
         headers += _tags(committed.model_name, model.endpoint, committed.attempts)
+        headers.append(("x-hydrallm-request-id", self.request_id))
         reason = upstream.reason or None
         if committed.complete:
-            self.finish(status, model.id, committed.attempts, committed.kind is not None, None)
+            body = b"".join(committed.prefix)
+            self.finish(
+                status,
+                model.id,
+                committed.attempts,
+                committed.kind is not None,
+                None,
+                (committed.model_name, model.endpoint, body),
+            )
             return web.Response(
-                status=status,
-                reason=reason,
-                body=b"".join(committed.prefix),
-                headers=CIMultiDict(headers),
+                status=status, reason=reason, body=body, headers=CIMultiDict(headers)
             )
         out = web.StreamResponse(status=status, reason=reason, headers=CIMultiDict(headers))
         length = upstream.headers.get("Content-Length")
@@ -209,6 +237,11 @@ class _Exchange:
                     transport.abort()
 
             hooks = make_recovery(engine, client_request, committed, name, state.recovery)
+            observe = hooks.observe
+            meter = self.meter
+            if meter is not None:
+                # Usage is read from the relayed bytes (only events that carry it are parsed).
+                observe = meter.feed if observe is None else meter.chain(observe)
             # Registered so that shutdown can end it cleanly once the grace period is over.
             state.live.add(upstream)
             result = await relay(
@@ -218,7 +251,7 @@ class _Exchange:
                 abort_client=abort_client,
                 write_timeout=self.listener.config.write_timeout,
                 draining=lambda: state.draining,
-                observe=hooks.observe,
+                observe=observe,
                 recover=hooks.recover,
             )
             broken = result.broken
@@ -233,7 +266,14 @@ class _Exchange:
             state.live.discard(upstream)
             if is_stream:
                 telemetry.stream_open(name, -1)
-            self.finish(upstream.status, committed.model.id, committed.attempts, is_stream, broken)
+            self.finish(
+                upstream.status,
+                committed.model.id,
+                committed.attempts,
+                is_stream,
+                broken,
+                (committed.model_name, committed.model.endpoint, None),
+            )
         return out
 
     # --- answers the proxy makes itself ----------------------------------------------------
@@ -244,6 +284,7 @@ class _Exchange:
         err = self.provider.error_body(status, f"hydrallm: {message}", kind)
         headers = CIMultiDict([("Content-Type", err.content_type), *err.headers])
         headers["x-hydrallm-attempts"] = "0"
+        headers["x-hydrallm-request-id"] = self.request_id
         return web.Response(status=status, body=err.body, headers=headers)
 
     def too_large(self, limit: int) -> web.Response:
@@ -252,8 +293,20 @@ class _Exchange:
         )
 
     def finish(
-        self, status: int, served_by: str | None, attempts: int, streamed: bool, err: str | None
+        self,
+        status: int,
+        served_by: str | None,
+        attempts: int,
+        streamed: bool,
+        err: str | None,
+        served: tuple[str | None, str | None, bytes | None] = (None, None, None),
     ) -> None:
+        model_name, endpoint, body = served
+        meter = self.meter
+        usage = size = None
+        if meter is not None:
+            usage = meter.usage if body is None else from_body(body)
+            size = meter.size if body is None else len(body)
         self.state.telemetry.request(
             RequestEvent(
                 request_id=self.request_id,
@@ -268,6 +321,14 @@ class _Exchange:
                 streamed=streamed,
                 started_at=self.wall,
                 error=err,
+                requested_model=self.requested,
+                served_model=model_name,
+                endpoint=endpoint,
+                usage=usage,
+                body_bytes=size or 0,
+                session=self.session,
+                request_body=self.body,
+                response_body=body if self.body is not None else None,
             )
         )
 
