@@ -26,6 +26,7 @@ or a client's model string.  With several workers each process keeps its own reg
     hydrallm_circuit_state{model}              0 closed, 1 open, 2 half-open (read at scrape)
     hydrallm_config_reloads_total{result}      success | failure
     hydrallm_worker_info{worker,pid}           always 1
+    hydrallm_journal_dropped_total             journal rows dropped: the writer fell behind
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from prometheus_client.metrics_core import (
 )
 
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
+from hydrallm.observe.journal import JournalSink
 
 if TYPE_CHECKING:
     from hydrallm.app.runtime import ProxyState
@@ -237,6 +239,14 @@ class MetricsSink(Sink):
         )
         info.add_metric([str(self.worker), str(self.pid)], 1)
         yield info
+        if state is not None:
+            for sink in state.telemetry.sinks:
+                if isinstance(sink, JournalSink):
+                    yield CounterMetricFamily(
+                        "hydrallm_journal_dropped",
+                        "Journal rows dropped because the writer's queue was full",
+                        value=sink.dropped,
+                    )
 
 
 def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -39,7 +39,9 @@ except `listeners` and `models`, which are in config order)::
         {"at": 1700000000.0, "listener": "default", "model": "model-id",
          "event": "continued" | "restarted-matched" | "gave-up" | "broken",
          "detail": "..."}
-      ]
+      ],
+      "journal": {"enabled": true, "path": "...", "queued": 0, "dropped": 0, "written": 12,
+                  "error": null} | null
     }
 
 `streams` lists what happened to streams that broke after the client had received part
@@ -58,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydrallm import __version__
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
+from hydrallm.observe.journal import JournalSink
 
 if TYPE_CHECKING:
     from hydrallm.app.runtime import ProxyState
@@ -254,4 +257,8 @@ class StatusSink(Sink):
             "requests": requests,
             "reloads": reloads,
             "streams": streams,
+            "journal": next(
+                (sink.status() for sink in state.telemetry.sinks if isinstance(sink, JournalSink)),
+                None,
+            ),
         }
