@@ -28,12 +28,16 @@ API above (Anthropic's `message_delta` counts are cumulative).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# base64 of `{"type":"messag`: a Bedrock invoke stream chunk carrying one of Anthropic's
+# message_start / message_delta / message_stop events (compact JSON, as Bedrock sends).
+_B64_MESSAGE = b"eyJ0eXBlIjoibWVzc2Fn"
 _KEYS = (b'"usage"', b'"amazon-bedrock-invocationMetrics"')
 # A usage object is small; one split across chunks is held up to this size, never more.
 _CARRY_LIMIT = 16 * 1024
@@ -171,19 +175,44 @@ class UsageMeter:
         if self._carry:
             data = self._carry + chunk
         elif b'"usage"' in chunk or b"invocationMetrics" in chunk:
-            data = chunk
-        elif self._tail and b'"u' in self._tail + chunk[:40]:
             data = self._tail + chunk
-        else:
-            self._tail = chunk[-40:]
+        elif _B64_MESSAGE in chunk:
+            self._bedrock(chunk)
+            self._tail = b""
             return
+        else:
+            # A key cut in two by the chunk boundary shows only in the bytes around it.
+            edge = self._tail + chunk[:40]
+            if b'"usage"' not in edge and b"invocationMetrics" not in edge:
+                self._tail = chunk[-40:] if len(chunk) >= 40 else edge[-40:]
+                return
+            data = self._tail + chunk
         found, cut = scan(data)
         if found is not None:
             if self.usage is None:
                 self.usage = Usage()
             self.usage.merge(found)
         self._carry = data[cut:] if cut < len(data) else b""
-        self._tail = b"" if self._carry else chunk[-40:]
+        self._tail = b"" if self._carry else data[-40:]
+
+    def _bedrock(self, chunk: bytes) -> None:
+        """Bedrock invoke streams wrap each Anthropic event in base64: decode only the
+        message_* events (start, delta, stop: the ones with usage and metrics)."""
+        at = chunk.find(_B64_MESSAGE)
+        while at >= 0:
+            start = at
+            end = chunk.find(b'"', start)
+            if end < 0:
+                return  # cut by the chunk boundary: rare, and the stop event repeats it
+            try:
+                found, _ = scan(base64.b64decode(chunk[start:end]))
+            except ValueError:
+                found = None
+            if found is not None:
+                if self.usage is None:
+                    self.usage = Usage()
+                self.usage.merge(found)
+            at = chunk.find(_B64_MESSAGE, end)
 
 
 def from_body(body: bytes) -> Usage | None:
