@@ -459,9 +459,16 @@ class JournalSink(Sink):
             )
             db.execute(_DELETE_ORPHANS)
             db.execute("COMMIT")
-            db.execute("PRAGMA incremental_vacuum")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.execute("PRAGMA incremental_vacuum")
+            _vacuum(db)
+        if db.execute("PRAGMA freelist_count").fetchone()[0]:
+            _vacuum(db)
+
+
+def _vacuum(db: sqlite3.Connection) -> None:
+    """Give free pages back to the file system.  `executescript`, because `execute` steps
+    `incremental_vacuum` once, which frees one page."""
+    db.executescript("PRAGMA incremental_vacuum;")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def _size(db: sqlite3.Connection) -> int:

@@ -177,7 +177,7 @@ def usage(
     out = [dict(r) for r in rows]
     for r in out:
         if r["cost_usd"] is not None:
-            r["cost_usd"] = round(r["cost_usd"], 6)
+            r["cost_usd"] = round(r["cost_usd"], 8)
     return out
 
 
