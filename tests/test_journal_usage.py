@@ -131,9 +131,9 @@ def frame(event_type: str, payload: dict[str, Any]) -> bytes:
     return encode_message({**headers, ":message-type": "event"}, json.dumps(payload).encode())
 
 
-def feed_in_pieces(chunks: list[bytes], size: int) -> Usage | None:
+def feed_in_pieces(chunks: list[bytes], size: int, *, bedrock: bool = False) -> Usage | None:
     """Feed the stream cut every `size` bytes, as TCP may deliver it."""
-    meter = UsageMeter()
+    meter = UsageMeter(bedrock=bedrock)
     data = b"".join(chunks)
     for i in range(0, len(data), size):
         meter.feed(data[i : i + size])
@@ -174,7 +174,7 @@ def test_bedrock_converse_and_invoke_streams() -> None:
             },
         ),
     ]
-    assert feed_in_pieces(converse, 100_000) == Usage(30, 10, 5, 2)
+    assert feed_in_pieces(converse, 100_000, bedrock=True) == Usage(30, 10, 5, 2)
     # invoke-with-response-stream: Anthropic's events, base64-wrapped, with the invocation
     # metrics in the last one.
     events = [json.loads(e.split(b"data: ", 1)[1]) for e in messages_stream() if b"data: " in e]
@@ -193,7 +193,7 @@ def test_bedrock_converse_and_invoke_streams() -> None:
         )
         for e in events
     ]
-    assert feed_in_pieces(frames, 100_000) == Usage(25, 15, 2000, 100)
+    assert feed_in_pieces(frames, 100_000, bedrock=True) == Usage(25, 15, 2000, 100)
     converse_json = {"output": {}, "usage": {"inputTokens": 3, "outputTokens": 4}}
     assert from_body(json.dumps(converse_json).encode()) == Usage(3, 4, None, None)
 

@@ -228,7 +228,7 @@ class JournalSink(Sink):
         self.redact = Redactor(secrets)
         self._report = report or (lambda message: None)
         self._clock = clock
-        self._queue: deque[tuple[tuple[Any, ...], RequestEvent]] = deque()
+        self._queue: deque[tuple[_Pending | None, RequestEvent]] = deque()
         self._pending: dict[str, _Pending] = {}
         self.dropped = 0
         self.written = 0
@@ -323,7 +323,7 @@ class JournalSink(Sink):
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
             self.dropped += 1
-        self._queue.append((_trail(entry), event))
+        self._queue.append((entry, event))  # the trail is built by the writer
 
     # --- writer thread --------------------------------------------------------------------
 
@@ -354,7 +354,8 @@ class JournalSink(Sink):
                 break
         db.execute("BEGIN IMMEDIATE")
         try:
-            for trail, event in batch:
+            for entry, event in batch:
+                trail = _trail(entry)
                 cur = db.execute(_INSERT_REQUEST, self._row(trail, event))
                 rowid = cur.lastrowid
                 db.executemany(

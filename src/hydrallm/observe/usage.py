@@ -21,8 +21,8 @@ some events of a stream:
 add up to what was sent and each can be priced on its own.
 
 `UsageMeter` is fed the body bytes as they are relayed.  Per chunk it does one substring
-search (a C-speed scan); only a chunk that carries a usage object is decoded, and only
-that object.  Later figures replace earlier ones field by field, which is right for every
+search for `"usage"` (a C-speed scan; Bedrock streams add one for their base64-wrapped
+events); only a chunk that carries a usage object is decoded, and only that object.  Later figures replace earlier ones field by field, which is right for every
 API above (Anthropic's `message_delta` counts are cumulative).
 """
 
@@ -153,10 +153,12 @@ def scan(data: bytes) -> tuple[Usage | None, int]:
 class UsageMeter:
     """Fed the relayed bytes of one response; `usage` holds what the upstream reported."""
 
-    __slots__ = ("_carry", "_tail", "size", "usage")
+    __slots__ = ("_carry", "_tail", "bedrock", "size", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, *, bedrock: bool = False) -> None:
         self.usage: Usage | None = None
+        # A Bedrock stream: also look for base64-wrapped events (a second scan per chunk).
+        self.bedrock = bedrock
         self.size = 0  # bytes seen
         self._carry = b""  # a usage object cut by a chunk boundary
         self._tail = b""  # the last bytes of the previous chunk: a key cut in two
@@ -174,26 +176,27 @@ class UsageMeter:
         self.size += len(chunk)
         if self._carry:
             data = self._carry + chunk
-        elif b'"usage"' in chunk or b"invocationMetrics" in chunk:
+        elif b'"usage"' in chunk:
             data = self._tail + chunk
-        elif _B64_MESSAGE in chunk:
+        elif self.bedrock and _B64_MESSAGE in chunk:
             self._bedrock(chunk)
-            self._tail = b""
             return
+        elif self._tail and b'"usage"' in self._tail + chunk[:8]:
+            data = self._tail + chunk  # the key was cut in two by the chunk boundary
         else:
-            # A key cut in two by the chunk boundary shows only in the bytes around it.
-            edge = self._tail + chunk[:40]
-            if b'"usage"' not in edge and b"invocationMetrics" not in edge:
-                self._tail = chunk[-40:] if len(chunk) >= 40 else edge[-40:]
-                return
-            data = self._tail + chunk
+            # Kept only when the chunk ends mid-event: an SSE event's end cuts no key.
+            if chunk.endswith(b"\n"):
+                self._tail = b""
+            else:
+                self._tail = chunk[-8:] if len(chunk) >= 8 else (self._tail + chunk)[-8:]
+            return
         found, cut = scan(data)
         if found is not None:
             if self.usage is None:
                 self.usage = Usage()
             self.usage.merge(found)
         self._carry = data[cut:] if cut < len(data) else b""
-        self._tail = b"" if self._carry else data[-40:]
+        self._tail = b"" if self._carry else data[-8:]
 
     def _bedrock(self, chunk: bytes) -> None:
         """Bedrock invoke streams wrap each Anthropic event in base64: decode only the

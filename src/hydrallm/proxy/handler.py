@@ -241,6 +241,7 @@ class _Exchange:
             meter = self.meter
             if meter is not None:
                 # Usage is read from the relayed bytes (only events that carry it are parsed).
+                meter.bedrock = committed.model.type == "bedrock"
                 observe = meter.feed if observe is None else meter.chain(observe)
             # Registered so that shutdown can end it cleanly once the grace period is over.
             state.live.add(upstream)
