@@ -17,6 +17,7 @@ from hydrallm.config import JournalConfig
 from hydrallm.config.load import parse_config
 from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, Logger, RequestEvent
 from hydrallm.observe.journal import JournalSink
+from hydrallm.observe.journal_query import open_readonly, usage
 from hydrallm.observe.usage import Usage
 from test_statuspage import CHROMIUM, HAVE_CHROMIUM, chromium, free_port
 
@@ -162,6 +163,17 @@ async def test_journal_json_has_the_chart_data(tmp_path: Path) -> None:
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert sum(d["requests"] for d in charts["daily"]) == 400
     assert all(d["cost_usd"] > 0 for d in charts["daily"] if d["model"] != "-")
+    conn = open_readonly(db)
+    try:
+        by_model = {g["key"]: g for g in usage(conn)}
+        by_hour = usage(conn, by="hour")
+    finally:
+        conn.close()
+    assert set(by_model) == {"claude-sonnet-4-5", "glm-4.6"}
+    # Every answer of the second model was a rescue (a fallback or a recovery).
+    assert by_model["glm-4.6"]["rescued"] == by_model["glm-4.6"]["requests"] > 0
+    assert len(by_hour) > 12 and sum(g["requests"] for g in by_hour) == 400
+    assert [g["key"] for g in by_hour] == sorted((g["key"] for g in by_hour), reverse=True)
     # The hour view counts the last hour's requests, per outcome.
     got = hour["charts"]["totals"]
     for kind, n in last_hour.items():

@@ -161,9 +161,10 @@ def usage(
     key = _PERIOD.get(by, "coalesce(served_model, requested_model, model_id, '-')")
     clause = "WHERE time >= ?" if since is not None else ""
     args = [since] if since is not None else []
-    order = "key DESC" if by in _PERIOD else "coalesce(cost_usd, 0) DESC, requests DESC"
+    # `grp`, not `key`: requests has a column named key (the API key's label).
+    order = "grp DESC" if by in _PERIOD else "coalesce(sum(cost_usd), 0) DESC, requests DESC"
     rows = db.execute(
-        f"SELECT {key} AS key, count(*) AS requests,"
+        f"SELECT {key} AS grp, count(*) AS requests,"
         f" sum(({OUTCOME_SQL}) = 'failed') AS failed,"
         f" sum(({OUTCOME_SQL}) IN ('retried', 'fell_back', 'recovered')) AS rescued,"
         " coalesce(sum(input_tokens), 0) AS input_tokens,"
@@ -171,10 +172,10 @@ def usage(
         " coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,"
         " coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,"
         " sum(cost_usd) AS cost_usd"
-        f" FROM requests {clause} GROUP BY key ORDER BY {order}",
+        f" FROM requests {clause} GROUP BY grp ORDER BY {order}",
         args,
     ).fetchall()
-    out = [dict(r) for r in rows]
+    out = [{"key": r["grp"], **{k: r[k] for k in r.keys() if k != "grp"}} for r in rows]
     for r in out:
         if r["cost_usd"] is not None:
             r["cost_usd"] = round(r["cost_usd"], 8)
