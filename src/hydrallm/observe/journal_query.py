@@ -175,7 +175,10 @@ def usage(
         f" FROM requests {clause} GROUP BY grp ORDER BY {order}",
         args,
     ).fetchall()
-    out = [{"key": r["grp"], **{k: r[k] for k in r.keys() if k != "grp"}} for r in rows]
+    out = []
+    for row in rows:
+        group = dict(row)
+        out.append({"key": group.pop("grp"), **group})
     for r in out:
         if r["cost_usd"] is not None:
             r["cost_usd"] = round(r["cost_usd"], 8)
