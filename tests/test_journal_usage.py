@@ -18,8 +18,13 @@ from hydrallm.formats.eventstream import encode_message
 from hydrallm.observe.journal_query import open_readonly, requests
 from hydrallm.observe.prices import PriceBook
 from hydrallm.observe.usage import Usage, UsageMeter, from_body
+from hydrallm.testing.bedrock import FakeBedrock
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.service import AsyncService
+from test_bedrock import KEY, SECRET, aws_env  # noqa: F401 (an autouse fixture)
+from test_bedrock import _client as bedrock_client
+
+MSGS = [{"role": "user", "content": "hi"}]
 
 # --- bodies in the providers' documented shapes ---------------------------------------
 
@@ -353,3 +358,65 @@ async def test_anthropic_stream_with_cache_reads_and_writes(tmp_path: Path) -> N
     row = only_row(db)
     assert tokens(row) == (25, 15, 2000, 100)
     assert row["cost_usd"] == pytest.approx(0.001275)
+
+
+# --- Bedrock, through the proxy with boto3 ---------------------------------------------------
+
+
+def bedrock_config(db: Path, url: str) -> str:
+    return (
+        f'[journal]\npath = "{db}"\n[endpoints.aws]\nurl = "{url}"\n'
+        f'aws_access_key_id = "{KEY}"\naws_secret_access_key = "{SECRET}"\n'
+        '[[models]]\nendpoint = "aws"\ntype = "bedrock"\n'
+        'model = "anthropic.claude-sonnet-4-5-20250929-v1:0"\n'
+    )
+
+
+def bedrock_calls(url: str) -> list[dict[str, Any]]:
+    """What boto3 reads as usage from each Bedrock API (in the journal's order)."""
+    client = bedrock_client(url)
+    body = json.dumps(
+        {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": MSGS}
+    ).encode()
+    seen: list[dict[str, Any]] = []
+    invoked = json.loads(client.invoke_model(modelId="x", body=body)["body"].read())
+    seen.append({"in": invoked["usage"]["input_tokens"], "out": invoked["usage"]["output_tokens"]})
+    stream = client.invoke_model_with_response_stream(modelId="x", body=body)["body"]
+    events = [json.loads(e["chunk"]["bytes"]) for e in stream]
+    start, delta = events[0]["message"]["usage"], events[-2]["usage"]
+    seen.append({"in": start["input_tokens"], "out": delta["output_tokens"]})
+    conv = [{"role": "user", "content": [{"text": "hi"}]}]
+    usage = client.converse(modelId="x", messages=conv)["usage"]
+    seen.append({"in": usage["inputTokens"], "out": usage["outputTokens"]})
+    meta = list(client.converse_stream(modelId="x", messages=conv)["stream"])[-1]["metadata"]
+    seen.append({"in": meta["usage"]["inputTokens"], "out": meta["usage"]["outputTokens"]})
+    return seen
+
+
+async def test_bedrock_invoke_and_converse_json_and_streams(tmp_path: Path) -> None:
+    import asyncio
+
+    db = tmp_path / "j.db"
+    async with (
+        FakeBedrock({KEY: SECRET}) as fake,
+        ProxyHarness(bedrock_config(db, fake.url)) as px,
+    ):
+        seen = await asyncio.to_thread(bedrock_calls, px.url())
+    conn = open_readonly(db)
+    try:
+        rows = list(reversed(requests(conn)))
+    finally:
+        conn.close()
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == [
+        "invoke",
+        "invoke-with-response-stream",
+        "converse",
+        "converse-stream",
+    ]
+    assert [{"in": r["input_tokens"], "out": r["output_tokens"]} for r in rows] == seen
+    assert all(r["out"] > 1 for r in seen)  # real counts, not message_start's placeholder
+    # Priced through the Bedrock model id: the Anthropic list price of Sonnet 4.5.
+    for r in rows:
+        assert r["cost_usd"] == pytest.approx(
+            (r["input_tokens"] * 3 + r["output_tokens"] * 15) / 1e6
+        )

@@ -36,6 +36,8 @@ LIST_FIELDS = [
     "listener",
     "route",
     "client_api",
+    "method",
+    "path",
     "requested_model",
     "served_model",
     "model_id",
