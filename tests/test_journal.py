@@ -223,3 +223,22 @@ async def test_a_stream_that_cannot_be_recovered_is_failed_gave_up(tmp_path: Pat
                 pass
     [row] = rows(db)
     assert row["outcome"] == "failed" and row["recovered"] == "gave_up"
+
+
+async def test_a_reload_brings_new_prices(tmp_path: Path) -> None:
+    import dataclasses
+
+    from hydrallm.app.reload import Reloader
+    from hydrallm.config import Price
+
+    db = tmp_path / "j.db"
+    async with FakeUpstream() as up:
+        async with proxy(config(db, up.url)) as px:
+            await chat(px.url())
+            priced = dataclasses.replace(px.config, prices=(("model-*", Price(1e6, 0, 0, 0)),))
+            reloader = Reloader(px.proxy, lambda: priced, path=None)
+            assert await reloader.reload("test")
+            await chat(px.url())
+    before, after = rows(db)
+    assert before["cost_usd"] is None  # "model-0" had no price
+    assert after["cost_usd"] == after["input_tokens"]  # $1 a token, as the new config says

@@ -192,6 +192,9 @@ async def start(
     transport = AiohttpTransport()
     runtime = build_runtime(config, transport, telemetry)
     state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
+    for sink in sinks:
+        if isinstance(sink, JournalSink):
+            sink.config_source = lambda: state.current.config  # prices etc. follow reloads
     proxy = Proxy(state, reuse_port=reuse_port, fixed_sockets=sockets is not None)
     try:
         for lc in config.listeners:

@@ -36,10 +36,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydrallm.config import JournalConfig, Price
+from hydrallm.config import Config, JournalConfig, Price
 from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, Redactor, RequestEvent, Sink
 from hydrallm.observe.prices import PriceBook
 
@@ -194,6 +195,15 @@ def open_for_writing(path: Path) -> sqlite3.Connection:
     return db
 
 
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """What a row is written with, from the config that served its request."""
+
+    prices: PriceBook
+    model_names: dict[str, str]  # model id -> the name sent upstream
+    redact: Redactor
+
+
 class _Pending:
     """A request's events gathered on the event loop until it ends."""
 
@@ -223,12 +233,13 @@ class JournalSink(Sink):
         self.config = config
         self.path = journal_path(config)
         self.worker = worker
-        self.model_names = model_names or {}  # model id -> name sent upstream
-        self.prices = PriceBook(prices)
-        self.redact = Redactor(secrets)
+        # Where a reload's new config is read from (set by the process that runs the sink).
+        self.config_source: Callable[[], Config] | None = None
+        # Read by the writer for each row as they were when the request ended.
+        self.settings = _Settings(PriceBook(prices), model_names or {}, Redactor(secrets))
         self._report = report or (lambda message: None)
         self._clock = clock
-        self._queue: deque[tuple[_Pending | None, RequestEvent]] = deque()
+        self._queue: deque[tuple[_Pending | None, RequestEvent, _Settings]] = deque()
         self._pending: dict[str, _Pending] = {}
         self.dropped = 0
         self.written = 0
@@ -271,7 +282,7 @@ class JournalSink(Sink):
         self._queue.clear()
         self._pending.clear()
         self.error = f"{type(exc).__name__}: {exc}"
-        self._report(f"journal {self.path} disabled: {self.redact(self.error)}")
+        self._report(f"journal {self.path} disabled: {self.settings.redact(self.error)}")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -316,6 +327,18 @@ class JournalSink(Sink):
             if entry.recovered != "gave_up":
                 entry.recovered_by = model_id
 
+    def reload(self, result: str, detail: str) -> None:
+        """A new config serves: its prices, model names and secrets apply from now on
+        (where the file is and its limits stay as they were at start)."""
+        if result == "success" and self.config_source is not None:
+            config = self.config_source()
+            # One object swapped: a row is written with the old settings or the new, whole.
+            self.settings = _Settings(
+                PriceBook(config.prices),
+                {mid: m.model for mid, m in config.models.items()},
+                Redactor(config.secrets),
+            )
+
     def request(self, event: RequestEvent) -> None:
         if not self.enabled:
             return
@@ -323,7 +346,7 @@ class JournalSink(Sink):
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
             self.dropped += 1
-        self._queue.append((entry, event))  # the trail is built by the writer
+        self._queue.append((entry, event, self.settings))  # the writer builds the rows
 
     # --- writer thread --------------------------------------------------------------------
 
@@ -354,12 +377,12 @@ class JournalSink(Sink):
                 break
         db.execute("BEGIN IMMEDIATE")
         try:
-            for entry, event in batch:
+            for entry, event, st in batch:
                 trail = _trail(entry)
-                cur = db.execute(_INSERT_REQUEST, self._row(trail, event))
+                cur = db.execute(_INSERT_REQUEST, self._row(trail, event, st))
                 rowid = cur.lastrowid
                 db.executemany(
-                    _INSERT_ATTEMPT, [self._attempt_row(rowid, a, event) for a in trail[0]]
+                    _INSERT_ATTEMPT, [_attempt_row(rowid, a, event, st) for a in trail[0]]
                 )
             db.execute("COMMIT")
         except BaseException:
@@ -367,31 +390,21 @@ class JournalSink(Sink):
             raise
         self.written += len(batch)
 
-    def _attempt_row(
-        self, rowid: int | None, a: tuple[Any, ...], event: RequestEvent
-    ) -> tuple[Any, ...]:
-        n, model, model_id, endpoint, key, outcome, status, error, latency, waited = a
-        if model == "*":
-            model = event.requested_model
-        if error is not None:
-            error = self.redact(error)
-        return (rowid, n, model, model_id, endpoint, key, outcome, status, error, latency, waited)
-
-    def _row(self, trail: tuple[Any, ...], event: RequestEvent) -> tuple[Any, ...]:
+    def _row(self, trail: tuple[Any, ...], event: RequestEvent, st: _Settings) -> tuple[Any, ...]:
         _, retries, fallbacks, skips, recovered, recovered_by, ttft = trail
         served_model = event.served_model
         model_id = event.served_by
         if recovered_by is not None and recovered_by != model_id:
             model_id = recovered_by
-            name = self.model_names.get(recovered_by)
+            name = st.model_names.get(recovered_by)
             served_model = event.requested_model if name in (None, "*") else name
         usage = event.usage
-        cost = self.prices.cost(model_id, served_model, usage)
-        error = None if event.error is None else self.redact(event.error)
+        cost = st.prices.cost(model_id, served_model, usage)
+        error = None if event.error is None else st.redact(event.error)
         req_body = resp_body = None
         if self.config.bodies:
-            req_body = self._body(event.request_body)
-            resp_body = self._body(event.response_body)
+            req_body = _body(event.request_body, st)
+            resp_body = _body(event.response_body, st)
         return (
             event.request_id,
             event.started_at,
@@ -427,14 +440,6 @@ class JournalSink(Sink):
             resp_body,
         )
 
-    def _body(self, body: bytes | None) -> str | None:
-        if not body:
-            return None
-        text = body[:BODY_LIMIT].decode("utf-8", "replace")
-        if len(body) > BODY_LIMIT:
-            text += f"… ({len(body)} bytes)"
-        return self.redact(text)
-
     def _housekeeping(self) -> None:
         """Retention, then the size limit (oldest rows go first)."""
         db = self._db
@@ -463,6 +468,26 @@ class JournalSink(Sink):
             _vacuum(db)
         if db.execute("PRAGMA freelist_count").fetchone()[0]:
             _vacuum(db)
+
+
+def _attempt_row(
+    rowid: int | None, a: tuple[Any, ...], event: RequestEvent, st: _Settings
+) -> tuple[Any, ...]:
+    n, model, model_id, endpoint, key, outcome, status, error, latency, waited = a
+    if model == "*":
+        model = event.requested_model
+    if error is not None:
+        error = st.redact(error)
+    return (rowid, n, model, model_id, endpoint, key, outcome, status, error, latency, waited)
+
+
+def _body(body: bytes | None, st: _Settings) -> str | None:
+    if not body:
+        return None
+    text = body[:BODY_LIMIT].decode("utf-8", "replace")
+    if len(body) > BODY_LIMIT:
+        text += f"… ({len(body)} bytes)"
+    return st.redact(text)
 
 
 def _vacuum(db: sqlite3.Connection) -> None:
