@@ -33,8 +33,9 @@ def seed(db: Path, now: float) -> dict[str, int]:
     sink.start()
     last_hour = dict.fromkeys(("first_try", "retried", "fell_back", "recovered", "failed"), 0)
     for i in range(400):
-        # Denser in the last hour so that the hour view has something to show.
-        at = now - (rng.random() * 3500 if i < 150 else rng.random() * 86000)
+        # Denser in the last hour so that the hour view has something to show; all within
+        # the day view, whose first quarter-hour starts between 23.75 and 24 hours ago.
+        at = now - (rng.random() * 3500 if i < 150 else rng.random() * 85000)
         kind = rng.choices(
             ["first_try", "retried", "fell_back", "recovered", "failed"], [70, 12, 10, 4, 4]
         )[0]

@@ -20,7 +20,7 @@ import click
 from hydrallm.config import JournalConfig
 from hydrallm.config.units import parse_long_duration
 from hydrallm.errors import HydraError
-from hydrallm.observe.journal import journal_path
+from hydrallm.observe.journal_db import journal_path
 from hydrallm.observe.journal_query import JournalMissing, one, open_readonly, requests, usage
 
 _OUTCOME_STYLE = {

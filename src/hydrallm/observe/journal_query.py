@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hydrallm.observe.journal import BUSY_TIMEOUT_MS, REQUEST_COLUMNS
+from hydrallm.observe.journal_db import BUSY_TIMEOUT_MS, REQUEST_COLUMNS
 
 OUTCOMES = ("first_try", "retried", "fell_back", "recovered", "failed")
 OUTCOME_SQL = (
