@@ -420,3 +420,17 @@ async def test_bedrock_invoke_and_converse_json_and_streams(tmp_path: Path) -> N
         assert r["cost_usd"] == pytest.approx(
             (r["input_tokens"] * 3 + r["output_tokens"] * 15) / 1e6
         )
+
+
+def test_a_tool_input_with_a_usage_key_does_not_hide_the_real_usage() -> None:
+    from hydrallm.observe.usage import usage_slice
+
+    message = {
+        "type": "message",
+        "content": [{"type": "tool_use", "input": {"usage": {"input_tokens": 999}, "x": "y" * 20000}}],
+        "usage": {"input_tokens": 12, "output_tokens": 34},
+    }  # fmt: skip
+    body = json.dumps(message).encode()
+    raw = usage_slice(body)
+    assert raw is not None and from_body(raw) == Usage(12, 34, None, None)
+    assert usage_slice(b'{"choices": []}') is None

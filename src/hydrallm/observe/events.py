@@ -175,6 +175,7 @@ class RequestEvent:
     served_model: str | None = None  # the model name sent upstream
     endpoint: str | None = None
     usage: Usage | None = None  # what the upstream reported, when it did
+    usage_raw: bytes | None = None  # or: a whole body's usage, still to be decoded
     body_bytes: int = 0  # body bytes sent to the client
     session: str | None = None  # hash of the client's session id, when it sent one
     # Only with `journal.bodies = true` (debugging): the bodies, as received and sent.

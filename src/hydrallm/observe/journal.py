@@ -40,6 +40,7 @@ from hydrallm.observe.journal_db import (
     open_for_writing,
 )
 from hydrallm.observe.prices import PriceBook
+from hydrallm.observe.usage import from_body
 
 __all__ = ["JournalSink", "journal_path"]
 
@@ -263,6 +264,8 @@ class JournalSink(Sink):
             name = st.model_names.get(recovered_by)
             served_model = event.requested_model if name in (None, "*") else name
         usage = event.usage
+        if usage is None and event.usage_raw is not None:
+            usage = from_body(event.usage_raw)
         cost = st.prices.cost(model_id, served_model, usage)
         error = None if event.error is None else st.redact(event.error)
         req_body = resp_body = None

@@ -218,6 +218,19 @@ class UsageMeter:
             at = chunk.find(_B64_MESSAGE, end)
 
 
+def usage_slice(body: bytes) -> bytes | None:
+    """The part of a whole body where its usage is (a bounded copy), for `from_body` to
+    decode later, off the event loop; None when the body states no usage.  The last
+    occurrence: every API puts usage after the answer, which may itself hold the word
+    as a key (an Anthropic tool call's input)."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        at = body.rfind(b'"amazon-bedrock-invocationMetrics"')
+        if at < 0:
+            return None
+    return body[at : at + _CARRY_LIMIT]
+
+
 def from_body(body: bytes) -> Usage | None:
     """The usage of a whole (non-streaming) body."""
     found, _ = scan(body)

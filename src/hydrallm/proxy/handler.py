@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
-from hydrallm.observe.usage import UsageMeter, from_body, session_hash
+from hydrallm.observe.usage import UsageMeter, session_hash, usage_slice
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.proxy import admin
 from hydrallm.proxy.body import parse_body
@@ -304,10 +304,12 @@ class _Exchange:
     ) -> None:
         model_name, endpoint, body = served
         meter = self.meter
-        usage = size = None
+        usage = size = raw = None
         if meter is not None:
-            usage = meter.usage if body is None else from_body(body)
-            size = meter.size if body is None else len(body)
+            if body is None:
+                usage, size = meter.usage, meter.size
+            else:  # decoded by the journal's writer thread, not here
+                raw, size = usage_slice(body), len(body)
         self.state.telemetry.request(
             RequestEvent(
                 request_id=self.request_id,
@@ -326,6 +328,7 @@ class _Exchange:
                 served_model=model_name,
                 endpoint=endpoint,
                 usage=usage,
+                usage_raw=raw,
                 body_bytes=size or 0,
                 session=self.session,
                 request_body=self.body,
