@@ -178,7 +178,9 @@ class Bench:
     ) -> tuple[subprocess.Popen[bytes], int, float]:
         port = free_port()
         config = self.work / f"{name}.toml"
-        config.write_text(_CONFIG.format(port=port, upstream=upstream_port))
+        config.write_text(
+            _CONFIG.format(port=port, upstream=upstream_port, journal=self.work / f"{name}.db")
+        )
         started = time.perf_counter()
         proc = self.procs.spawn(
             name, [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"]
@@ -425,7 +427,9 @@ class Bench:
         p = self.profile
         port = free_port()
         config = self.work / "workers.toml"
-        config.write_text(_CONFIG.format(port=port, upstream=self.upstream_port))
+        config.write_text(
+            _CONFIG.format(port=port, upstream=self.upstream_port, journal=self.work / "2w.db")
+        )
         proc = self.procs.spawn(
             "hydrallm-2w",
             [
@@ -449,6 +453,36 @@ class Bench:
                     self.fig(
                         "workers_rps", "2 workers throughput c64 (baseline: 1 worker)", "req/s"
                     ).add(label, r["rps"])
+        finally:
+            self.procs.stop(proc)
+
+    def journal(self) -> None:
+        """hydrallm with `[journal] enabled = false` against the usual process (journal on),
+        same load, interleaved: c16 throughput and c1 p99.  The "direct" column of these
+        rows holds the journal-off figure."""
+        p = self.profile
+        port = free_port()
+        config = self.work / "nojournal.toml"
+        text = _CONFIG.format(port=port, upstream=self.upstream_port, journal="unused.db")
+        config.write_text(text.replace("enabled = true", "enabled = false"))
+        proc = self.procs.spawn(
+            "hydrallm-nojournal",
+            [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"],
+        )
+        wait_port(port, proc)
+        self.urls["hydrallm-nojournal"] = f"http://127.0.0.1:{port}"
+        self.pids["hydrallm-nojournal"] = proc.pid
+        try:
+            for _ in range(p.rounds):
+                for label, target in (("direct", "hydrallm-nojournal"), ("hydrallm", "hydrallm")):
+                    r = self.load(target, "small", 16, p.duration)
+                    self.fig(
+                        "journal_rps_c16", "journal on: throughput c16 (baseline: off)", "req/s"
+                    ).add(label, r["rps"])
+                    r = self.load(target, "small", 1, p.duration)
+                    self.fig("journal_p99_c1", "journal on: p99 c1 (baseline: off)", "ms").add(
+                        label, r["p99_ms"]
+                    )
         finally:
             self.procs.stop(proc)
 
@@ -487,6 +521,7 @@ class Bench:
             ("long stream", self.long_stream),
             ("retry path", self.retry),
             ("workers", self.workers),
+            ("journal on/off", self.journal),
             ("memory after run", lambda: self.memory("after")),
             ("open streams", self.open_streams),
         ]
@@ -507,6 +542,10 @@ level = "warn"
 [retry]
 max_cycles = 1
 default_interval = "0s"  # retry at once: the retry row measures the proxy, not a wait
+
+[journal]
+enabled = true
+path = "{journal}"
 
 [endpoints.bench]
 url = "http://127.0.0.1:{upstream}"
@@ -601,6 +640,11 @@ def evaluate(figs: dict[str, Figure]) -> list[Target]:
             lambda v: expected is not None and v >= expected,
         )
     )
+    on, off = get("journal_rps_c16", "hydrallm"), get("journal_rps_c16", "direct")
+    cost = None if on is None or not off else 1 - on / off
+    out.append(check("journal throughput cost c16", cost, "< 0.03", lambda v: v < 0.03))
+    added = _diff(get("journal_p99_c1", "hydrallm"), get("journal_p99_c1", "direct"))
+    out.append(check("journal added p99 c1 (ms)", added, "< 0.05", lambda v: v < 0.05))
     big = _diff(get("big_p50", "hydrallm"), get("big_p50", "direct"))
     out.append(check("1 MiB body added p50 (ms)", big, "<= 3", lambda v: v <= 3))
     first = _ratio(get("long_last", "hydrallm"), get("long_first", "hydrallm"))

@@ -1,13 +1,31 @@
-"""Fixtures shared by the end-to-end tests: an HTTP client and a pair of fake upstreams."""
+"""Fixtures shared by the tests: an HTTP client and a pair of fake upstreams; and a state
+directory of the run's own, so that the journal's default file (under the state directory)
+never lands in the user's home, for a test or for any hydrallm subprocess it starts."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
 from hydrallm.testing import FakeUpstream
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir() -> Iterator[None]:
+    with tempfile.TemporaryDirectory(prefix="hydrallm-state-") as path:
+        old = os.environ.get("XDG_STATE_HOME")
+        os.environ["XDG_STATE_HOME"] = path
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("XDG_STATE_HOME", None)
+            else:
+                os.environ["XDG_STATE_HOME"] = old
 
 
 @pytest.fixture

@@ -348,5 +348,8 @@ async def test_recoveries_are_counted_and_shown_on_the_status_page(
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
     }
-    key = ("hydrallm_stream_recoveries_total", (("action", "prefill"), ("listener", "default")))
+    key = ("hydrallm_stream_recoveries_total", (("model", "e0/m0"), ("result", "prefill")))
     assert samples[key] == 1
+    # The request itself was served by the fallback that finished it, and says how.
+    [entry] = [r for r in doc["requests"] if r["path"].endswith("/messages")]
+    assert (entry["served_by"], entry["recovered"]) == ("e1/m1", "prefill")

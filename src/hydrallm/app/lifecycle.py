@@ -26,6 +26,7 @@ from hydrallm.cli.describe import exposure_warnings
 from hydrallm.config import Config, ListenerConfig
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger, Sink, Telemetry
+from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.log import bridge_aiohttp_logging
 from hydrallm.observe.metrics import MetricsSink
 from hydrallm.observe.status import StatusSink
@@ -156,6 +157,9 @@ class Proxy:
         if self.state.cluster is not None:
             await self.state.cluster.close()
         await self.state.transport.close()
+        for sink in self.state.telemetry.sinks:
+            if isinstance(sink, JournalSink):
+                await sink.aclose()  # writes what is still queued
         self.state.telemetry.log.flush()
 
 
@@ -180,16 +184,22 @@ async def start(
 ) -> Proxy:
     """Build the runtime and open every listener (raises StartupError on a bind failure).
 
-    `sinks=None` gives the default sinks: Prometheus metrics and the status history.
+    `sinks=None` gives the default sinks: Prometheus metrics, the status history and,
+    unless `[journal] enabled = false`, the journal.
     `hub`: this worker's line to the supervisor, to share state with the other workers.
     """
     bridge_aiohttp_logging(logger)
     if sinks is None:
         sinks = [MetricsSink(worker=worker, pid=os.getpid()), StatusSink()]
+        if config.journal.enabled:
+            sinks.append(make_journal(config, logger, worker))
     telemetry = Telemetry(logger, sinks)
     transport = AiohttpTransport()
     runtime = build_runtime(config, transport, telemetry)
     state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
+    for sink in sinks:
+        if isinstance(sink, JournalSink):
+            sink.config_source = lambda: state.current.config  # prices etc. follow reloads
     proxy = Proxy(state, reuse_port=reuse_port, fixed_sockets=sockets is not None)
     try:
         state.cluster = start_cluster(state, hub)
@@ -199,6 +209,29 @@ async def start(
         await proxy.close()
         raise
     return proxy
+
+
+def make_journal(config: Config, logger: Logger, worker: int) -> JournalSink:
+    """The journal sink, started (a file it cannot use is reported once and left off)."""
+    loop = asyncio.get_running_loop()
+
+    def report(message: str) -> None:
+        # Called from the writer thread too: the log line is written on the loop's thread.
+        try:
+            loop.call_soon_threadsafe(lambda: logger.error("journal", problem=message))
+        except RuntimeError:
+            logger.error("journal", problem=message)  # the loop is closed: write directly
+
+    journal = JournalSink(
+        config.journal,
+        prices=config.prices,
+        secrets=config.secrets,
+        worker=worker,
+        model_names={mid: m.model for mid, m in config.models.items()},
+        report=report,
+    )
+    journal.start()
+    return journal
 
 
 def log_startup(proxy: Proxy) -> None:

@@ -476,3 +476,12 @@ def service_status(manager: str) -> None:
             click.echo(f"answering: no ({url})")
         else:
             click.echo(f"answering: yes ({url})")
+
+
+def _register_journal_commands() -> None:
+    from hydrallm.cli.journal_cmds import register
+
+    register(main, _global_options, load, handle_errors)
+
+
+_register_journal_commands()

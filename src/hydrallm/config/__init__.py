@@ -175,6 +175,25 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalConfig:
+    enabled: bool = True
+    path: str | None = None  # None: <state dir>/hydrallm/journal.db
+    retention: float = 30 * 86400.0
+    max_size: int = 200 * 1024 * 1024
+    bodies: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens; None: not stated (that part of a cost is unknown)."""
+
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -185,6 +204,9 @@ class Config:
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     listeners: tuple[ListenerConfig, ...] = ()
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    # [prices."<model id or glob>"] in file order (the built-in table comes after).
+    prices: tuple[tuple[str, Price], ...] = ()
     path: str | None = None
     # Startup warnings (unset $ENV variables, exposed keys, ...), each one line.
     warnings: tuple[str, ...] = ()

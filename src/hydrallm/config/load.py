@@ -31,6 +31,7 @@ from hydrallm.config.sections import (
     COOLDOWN_KEYS,
     DEFAULT_LISTENER,
     ENDPOINT_KEYS,
+    JOURNAL_KEYS,
     LOG_KEYS,
     LOG_LEVELS,
     RETRY_KEYS,
@@ -43,9 +44,11 @@ from hydrallm.config.sections import (
     cooldown_section,
     endpoint_section,
     finish_endpoint,
+    journal_section,
     listener_section,
     log_section,
     model_entries,
+    prices_section,
     retry_section,
     routing_section,
     server_section,
@@ -207,6 +210,8 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
     cooldown = cooldown_section(section("cooldown", COOLDOWN_KEYS))
     cluster = cluster_section(section("cluster", CLUSTER_KEYS))
     routing = routing_section(section("routing", ROUTING_KEYS))
+    journal = journal_section(section("journal", JOURNAL_KEYS))
+    prices = prices_section(data.get("prices", {}), report)
 
     endpoints: dict[str, EndpointConfig] = {}
     for group_name in ("endpoints", "providers"):
@@ -274,6 +279,8 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
         models=models,
         listeners=listeners,
         cluster=cluster,
+        journal=journal,
+        prices=prices,
         path=path,
         warnings=tuple(report.warnings),
         secrets=frozenset(report.secrets),

@@ -22,16 +22,19 @@ from hydrallm.config import (
     AwsCredential,
     CooldownConfig,
     EndpointConfig,
+    JournalConfig,
     ListenerConfig,
     LogConfig,
     ModelConfig,
     OpenAIApi,
     Prefill,
     PrefillFlag,
+    Price,
     RetryConfig,
     Route,
     RoutingConfig,
     ServerConfig,
+    units,
 )
 from hydrallm.config.tables import MISSING, Report, Table, or_default, shown, suggestion
 
@@ -48,7 +51,11 @@ TOP_TABLES = (
     "models",
     "listeners",
     "cluster",
+    "journal",
+    "prices",
 )
+JOURNAL_KEYS = ("enabled", "path", "retention", "max_size", "bodies")
+PRICE_KEYS = ("input", "output", "cache_read", "cache_write")
 SERVER_KEYS = (
     "host",
     "port",
@@ -153,6 +160,49 @@ def log_section(t: Table) -> LogConfig:
     return LogConfig(
         level=level, include_error_body=t.boolean("include_error_body", d.include_error_body)
     )
+
+
+def journal_section(t: Table) -> JournalConfig:
+    d = JournalConfig()
+    retention = d.retention
+    text = t.raw.get("retention")
+    if text is not None:
+        try:
+            retention = units.parse_long_duration(text)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as exc:
+            t.report.problem(f"{t.where('retention')}: {exc}")
+    return JournalConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        path=t.string("path") or d.path,
+        retention=retention,
+        max_size=or_default(t.size("max_size"), d.max_size),
+        bodies=t.boolean("bodies", d.bodies),
+    )
+
+
+def prices_section(raw: object, report: Report) -> tuple[tuple[str, Price], ...]:
+    """[prices."<model id or glob>"] tables, in file order."""
+    if not isinstance(raw, dict):
+        report.problem(f'prices: expected [prices."MODEL"] tables, got {shown(raw)}')
+        return ()
+    out: list[tuple[str, Price]] = []
+    for pattern, table in raw.items():
+        t = Table(table, f"prices.{shown(pattern)}", report, PRICE_KEYS, dotted=True)
+        values: dict[str, float | None] = {}
+        for key in PRICE_KEYS:
+            value = t.raw.get(key)
+            if value is None:
+                values[key] = None
+            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                report.problem(
+                    f"{t.where(key)}: expected USD per million tokens (a number >= 0),"
+                    f" got {shown(value)}"
+                )
+                values[key] = None
+            else:
+                values[key] = float(value)
+        out.append((str(pattern), Price(**values)))
+    return tuple(out)
 
 
 def retry_section(t: Table) -> RetryConfig:

@@ -94,6 +94,19 @@ def parse_duration(value: str | int | float) -> float:
     return _finite_seconds(total, value)
 
 
+def parse_long_duration(value: str | int | float) -> float:
+    """A duration that may also use days and weeks ("30d", "2w", "1d12h"), for retention
+    and look-back periods, where Go's largest unit (hours) is awkward."""
+    if isinstance(value, str):
+        text = value.strip()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)([dw])(.*)", text)
+        if match is not None:
+            days = float(match.group(1)) * (7 if match.group(2) == "w" else 1)
+            rest = match.group(3)
+            return days * 86400 + (parse_duration(rest) if rest else 0.0)
+    return parse_duration(value)
+
+
 def parse_size(value: str | int) -> int:
     """Return the size `value` in bytes.
 

@@ -9,12 +9,22 @@ a write(2) per line under load.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from hydrallm.observe.usage import Usage
+
+# The id of the request the current task is serving (set by the handler), so that sinks can
+# tie attempt, skip and recovery events to their request without every call passing it.
+CURRENT_REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "hydrallm_request", default=None
+)
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 _COLORS = {"debug": "\x1b[2m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
@@ -143,6 +153,8 @@ class AttemptEvent:
     retry: bool  # this attempt was a retry of the same model
     fallback: bool  # this attempt moved to a later model of the chain
     error_body: str | None = None  # with log.include_error_body: the upstream's error body
+    waited: float = 0.0  # seconds waited before this attempt was sent
+    key: str | None = None  # masked label of the key used (key pools)
 
 
 @dataclass(slots=True)
@@ -152,17 +164,33 @@ class RequestEvent:
     route: str
     method: str
     path: str
-    served_by: str | None  # model id
+    served_by: str | None  # model id (of the model that finished the answer)
     attempts: int
     status: int
     latency: float
     streamed: bool
     started_at: float  # wall clock
     error: str | None = None
+    requested_model: str | None = None  # what the client asked for
+    served_model: str | None = None  # the model name sent upstream
+    endpoint: str | None = None
+    usage: Usage | None = None  # what the upstream reported, when it did
+    usage_raw: bytes | None = None  # or: a whole body's usage, still to be decoded
+    body_bytes: int = 0  # body bytes sent to the client
+    session: str | None = None  # hash of the client's session id, when it sent one
+    # A stream that broke after commit: "prefill" | "restart" (finished by `served_by`) or
+    # "gave_up"; None when nothing broke.
+    recovered: str | None = None
+    # Only with `journal.bodies = true` (debugging): the bodies, as received and sent.
+    request_body: bytes | None = None
+    response_body: bytes | None = None
 
 
 class Sink:
     """Receives telemetry; subclasses override what they need (all no-ops here)."""
+
+    # True when the sink reads `RequestEvent.usage`: only then does the relay meter it.
+    wants_usage = False
 
     def attempt(self, event: AttemptEvent) -> None:
         return None
@@ -171,6 +199,10 @@ class Sink:
         return None
 
     def circuit(self, model_id: str, state: str, open_for: float) -> None:
+        return None
+
+    def skipped(self, listener: str, model_ids: list[str]) -> None:
+        """Models of a chain left out of a request because their circuit is open."""
         return None
 
     def stream_open(self, listener: str, delta: int) -> None:
@@ -192,6 +224,7 @@ class Telemetry:
     def __init__(self, logger: Logger, sinks: Iterable[Sink] = ()) -> None:
         self.log = logger
         self.sinks: list[Sink] = list(sinks)
+        self.wants_usage = any(s.wants_usage for s in self.sinks)
 
     def attempt(self, e: AttemptEvent) -> None:
         log = self.log
@@ -227,6 +260,7 @@ class Telemetry:
                 attempts=e.attempts,
                 status=e.status,
                 latency_ms=round(e.latency * 1000, 1),
+                recovered=e.recovered,
                 error=e.error,
             )
         for sink in self.sinks:
@@ -241,6 +275,10 @@ class Telemetry:
         )
         for sink in self.sinks:
             sink.circuit(model_id, state, open_for)
+
+    def skipped(self, listener: str, model_ids: list[str]) -> None:
+        for sink in self.sinks:
+            sink.skipped(listener, model_ids)
 
     def stream_open(self, listener: str, delta: int) -> None:
         for sink in self.sinks:

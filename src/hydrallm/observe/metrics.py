@@ -22,7 +22,7 @@ or a client's model string.  With several workers each process keeps its own reg
     hydrallm_first_token_seconds{model}        histogram, streams only
     hydrallm_streams_in_flight{listener}
     hydrallm_stream_breaks_total{listener,model}
-    hydrallm_stream_recoveries_total{listener,action}  continued | restarted-matched | gave-up
+    hydrallm_stream_recoveries_total{model,result}  prefill | restart | gave_up (model: broke)
     hydrallm_circuit_state{model}              0 closed, 1 open, 2 half-open (read at scrape)
     hydrallm_key_state{endpoint,key}           0 ready, 1 throttled, 2 exhausted, 3 invalid
     hydrallm_cache_hit_ratio{model,key}        prompt-cache share of input tokens
@@ -30,6 +30,7 @@ or a client's model string.  With several workers each process keeps its own reg
     hydrallm_worker_info{worker,pid}           always 1
     hydrallm_cluster_up{mode}                  1 shared state reachable, 0 degraded
                                                (only with a cluster: redis | workers)
+    hydrallm_journal_dropped_total             journal rows dropped: the writer fell behind
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from prometheus_client.metrics_core import (
 )
 
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
+from hydrallm.observe.journal import JournalSink
 
 if TYPE_CHECKING:
     from hydrallm.app.runtime import ProxyState
@@ -143,7 +145,7 @@ class MetricsSink(Sink):
         self.stream_breaks[(listener, model_id)] += 1
 
     def recovery(self, listener: str, model_id: str, action: str) -> None:
-        self.recoveries[(listener, action)] += 1
+        self.recoveries[(model_id, action)] += 1
 
     def reload(self, result: str, detail: str) -> None:
         self.reloads["success" if result == "success" else "failure"] += 1
@@ -211,10 +213,10 @@ class MetricsSink(Sink):
         rec = CounterMetricFamily(
             "hydrallm_stream_recoveries",
             "Broken streams finished on a fallback (or given up) after the commit point",
-            labels=["listener", "action"],
+            labels=["model", "result"],
         )
-        for (listener, action), n in sorted(self.recoveries.items()):
-            rec.add_metric([listener, action], n)
+        for (model, result), n in sorted(self.recoveries.items()):
+            rec.add_metric([model, result], n)
         yield rec
         circuit = GaugeMetricFamily(
             "hydrallm_circuit_state",
@@ -250,6 +252,15 @@ class MetricsSink(Sink):
             )
             up.add_metric([state.cluster.mode], 1 if state.cluster.status == "ok" else 0)
             yield up
+
+        if state is not None:
+            for sink in state.telemetry.sinks:
+                if isinstance(sink, JournalSink):
+                    yield CounterMetricFamily(
+                        "hydrallm_journal_dropped",
+                        "Journal rows dropped because the writer's queue was full",
+                        value=sink.dropped,
+                    )
 
 
 KEY_STATE_VALUES = {"ready": 0, "throttled": 1, "exhausted": 2, "invalid": 3}

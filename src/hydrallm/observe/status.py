@@ -32,12 +32,13 @@ except `listeners` and `models`, which are in config order)::
         {"at": 1700000000.0, "id": "4d2-1f", "listener": "default", "route": "default",
          "method": "POST", "path": "/v1/chat/completions",
          "served_by": "model-id" | null, "attempts": 3, "status": 200,
-         "latency_ms": 1234.5, "streamed": true, "error": null | "..."}
+         "latency_ms": 1234.5, "streamed": true,
+         "recovered": null | "prefill" | "restart" | "gave_up", "error": null | "..."}
       ],
       "reloads": [{"at": 1700000000.0, "result": "success" | "failure", "detail": "..."}],
       "streams": [
         {"at": 1700000000.0, "listener": "default", "model": "model-id",
-         "event": "continued" | "restarted-matched" | "gave-up" | "broken",
+         "event": "prefill" | "restart" | "gave_up" | "broken",
          "detail": "..."}
       ],
       "cluster": {"mode": "off"} | {"mode": "redis" | "workers", "state": "ok" | "degraded",
@@ -45,11 +46,14 @@ except `listeners` and `models`, which are in config order)::
          "last_ok": 1700000000.0, "outbox": 0, "dropped": 0,
          "instances": [{"instance", "host", "pid", "worker", "version", "listeners", "seen"}],
          "shared": {"breaker": {"model-id": {"state": "open", "open_ms": 1200, ...}}}}
+      "journal": {"enabled": true, "path": "...", "queued": 0, "dropped": 0, "written": 12,
+                  "error": null} | null
     }
 
 `streams` lists what happened to streams that broke after the client had received part
-of them: finished on a fallback (`continued`, `restarted-matched`), ended with an error
-event (`gave-up`), or broken with no recovery tried (`broken`, with the reason).
+of them (`model` is the model that broke): finished on a fallback by prefill or restart
+(`prefill`, `restart`; the request's entry says which model `served_by`), ended with an
+error event (`gave_up`), or broken with no recovery tried (`broken`, with the reason).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydrallm import __version__
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
+from hydrallm.observe.journal import JournalSink
 
 if TYPE_CHECKING:
     from hydrallm.app.runtime import ProxyState
@@ -237,6 +242,7 @@ class StatusSink(Sink):
                 "status": r.status,
                 "latency_ms": round(r.latency * 1000, 1),
                 "streamed": r.streamed,
+                "recovered": r.recovered,
                 "error": None if r.error is None else redact(r.error),
             }
             for r in reversed(self._requests)
@@ -262,4 +268,8 @@ class StatusSink(Sink):
             "reloads": reloads,
             "streams": streams,
             "cluster": {"mode": "off"} if state.cluster is None else state.cluster.report(),
+            "journal": next(
+                (sink.status() for sink in state.telemetry.sinks if isinstance(sink, JournalSink)),
+                None,
+            ),
         }

@@ -4,6 +4,8 @@
                                 worker, listeners, per-model circuit state, cluster
     GET /_hydrallm/metrics      Prometheus text (this process's registry)
     GET /_hydrallm/status.json  recent history (see `hydrallm.observe.status`)
+    GET /_hydrallm/journal.json the journal's chart data, `?window=hour|day|week` (see
+                                `hydrallm.observe.journal_query.charts`), and its state
     GET /_hydrallm/             the status page (package resource statuspage.html)
 
 Anything else under the prefix is a 404; a method other than GET/HEAD is a 405.
@@ -11,6 +13,7 @@ Anything else under the prefix is a 404; a method other than GET/HEAD is a 405.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, TypeVar
@@ -18,7 +21,9 @@ from typing import TYPE_CHECKING, TypeVar
 from aiohttp import web
 
 from hydrallm import __version__
+from hydrallm.observe import journal_query
 from hydrallm.observe.events import Sink
+from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hydrallm.observe.metrics import MetricsSink
 from hydrallm.observe.status import StatusSink
@@ -91,7 +96,7 @@ async def handle(
     request: web.BaseRequest, state: ProxyState, listener: str, path: str
 ) -> web.StreamResponse:
     sub = path[len(PREFIX) :].rstrip("/")
-    known = ("", "/health", "/metrics", "/status.json")
+    known = ("", "/health", "/metrics", "/status.json", "/journal.json")
     if sub not in known:
         return _not_found(f"unknown hydrallm path {path}")
     if request.method not in ("GET", "HEAD"):
@@ -115,4 +120,26 @@ async def handle(
         if status is None:
             return _not_found("status is not enabled in this process")
         return web.json_response(status.snapshot(state))
+    if sub == "/journal.json":
+        return web.json_response(await _journal(state, request.query.get("window", "hour")))
     return _status_page()
+
+
+async def _journal(state: ProxyState, window: str) -> dict[str, object]:
+    journal = _sink(state, JournalSink)
+    if journal is None:
+        return {"journal": {"enabled": False, "error": None}, "charts": None}
+
+    def read() -> dict[str, object] | None:
+        # Off the event loop: a query over a week of rows takes milliseconds, not microseconds.
+        try:
+            db = journal_query.open_readonly(journal.path)
+        except journal_query.JournalMissing:
+            return None
+        try:
+            return journal_query.charts(db, now=time.time(), window=window)
+        finally:
+            db.close()
+
+    charts = await asyncio.to_thread(read) if journal.enabled or journal.path.exists() else None
+    return {"journal": journal.status(), "charts": charts}

@@ -154,6 +154,7 @@ class AttemptRunner:
         is the key of the endpoint's pool to use (its answer is reported to `keyed`)."""
         model = attempt.model
         endpoint = self.config.endpoints[model.endpoint] if chosen is None else chosen.endpoint
+        label = chosen.key.label if chosen is not None and chosen.key is not None else None
         provider = self.providers[model.type]
         retry = self.config.retry
         sent = self._clock()
@@ -216,7 +217,7 @@ class AttemptRunner:
                     )
                     shown = self._error_body(status, response_encoding, body)
                     self._report(
-                        attempt, labels, "status", status, None, sent, None, fallback, shown
+                        attempt, labels, "status", status, None, sent, None, fallback, shown, label
                     )
                     if decision.verdict is Action.RETURN:
                         self.breakers.success(model.id)
@@ -313,7 +314,7 @@ class AttemptRunner:
                 response.abort()
             if not isinstance(exc, Exception):
                 raise  # cancellation: nothing to report
-            return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut)
+            return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut, label)
         if complete:
             response.release()
         if keyed is not None and chosen is not None:  # look-ahead, affinity, cache reads
@@ -321,7 +322,9 @@ class AttemptRunner:
             keyed.served(model, chosen)
             if prefix and not response.headers.get("Content-Encoding"):
                 keyed.usage(chosen, model, prefix)
-        self._report(attempt, labels, "success", response.status, None, sent, ttft, fallback)
+        self._report(
+            attempt, labels, "success", response.status, None, sent, ttft, fallback, key=label
+        )
         if complete or fmt is None:
             self.breakers.success(model.id)
         # A stream counts as a success only when it ends well: `stream_ended` says so.
@@ -358,6 +361,7 @@ class AttemptRunner:
         fallback: bool,
         phase: str,
         budget_cut: bool,
+        label: str | None,
     ) -> Outcome:
         """The outcome of an attempt that raised (the one place exceptions become outcomes)."""
         retry = self.config.retry
@@ -383,7 +387,7 @@ class AttemptRunner:
             kind = exc.kind
         else:
             raise exc
-        self._report(attempt, labels, kind, None, err.message, sent, None, fallback)
+        self._report(attempt, labels, kind, None, err.message, sent, None, fallback, key=label)
         self._failed(attempt.model, outcome)
         return outcome
 
@@ -402,6 +406,7 @@ class AttemptRunner:
         ttft: float | None,
         fallback: bool,
         error_body: str | None = None,
+        key: str | None = None,
     ) -> None:
         model = attempt.model
         self.telemetry.attempt(
@@ -421,6 +426,8 @@ class AttemptRunner:
                 retry=attempt.is_retry,
                 fallback=fallback,
                 error_body=error_body,
+                waited=attempt.wait,
+                key=key,
             )
         )
 

@@ -71,6 +71,8 @@ class Engine:
             chain = keyed.session_chain(chain)
         last_key: int | None = None
         plan_chain = self.breakers.plan(chain)
+        if len(plan_chain) != len(chain):
+            self.telemetry.skipped(labels.listener, [m.id for m in chain if m not in plan_chain])
         planner = Planner(plan_chain, retry, rand=self.rand)
         started = self.clock()
         deadline = started + retry.total_timeout if retry.total_timeout else None
@@ -95,6 +97,7 @@ class Engine:
                     attempt = planner.next(Action.SKIP_MODEL)
                     continue
                 wait = max(wait, remaining)
+                attempt.wait = wait  # what the journal reports as waited
             if wait > 0:
                 if deadline is not None and self.clock() + wait >= deadline:
                     planner.withdraw()

@@ -20,12 +20,13 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
-from hydrallm.observe.events import RequestEvent
+from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
+from hydrallm.observe.usage import UsageMeter, session_hash, usage_slice
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.proxy import admin
 from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
-from hydrallm.proxy.recovery import make_recovery
+from hydrallm.proxy.recovery import Recovery, make_recovery
 from hydrallm.proxy.relay import relay
 from hydrallm.proxy.upstream import message_headers
 from hydrallm.proxy.urls import UnsafePath, check_path
@@ -61,13 +62,17 @@ class _Exchange:
     """One client request on its way through the proxy (what the log line reports)."""
 
     __slots__ = (
+        "body",
         "engine",
         "listener",
+        "meter",
         "path",
         "provider",
         "request",
         "request_id",
+        "requested",
         "route",
+        "session",
         "started",
         "state",
         "wall",
@@ -91,11 +96,16 @@ class _Exchange:
         self.provider: Provider = engine.providers[listener.api_type]
         self.request_id = state.next_request_id()
         self.route = "default"
+        self.meter: UsageMeter | None = None
+        self.body: bytes | None = None  # journal.bodies only
+        self.requested: str | None = None
+        self.session: str | None = None
 
     # --- the steps -----------------------------------------------------------------------
 
     async def proxy(self, query: str) -> web.StreamResponse:
         listener, request, path = self.listener, self.request, self.path
+        CURRENT_REQUEST.set(self.request_id)
         strip_auth: str | None = None
         if listener.auth_keys:
             ok, strip_auth = _auth_ok(listener, request)
@@ -146,7 +156,13 @@ class _Exchange:
             or "/stream" in path
             or "-stream" in path,
         )
-        self.route, chain = listener.resolve(self.provider.requested_model(client_request))
+        self.requested = self.provider.requested_model(client_request)
+        self.route, chain = listener.resolve(self.requested)
+        if self.state.telemetry.wants_usage:
+            self.meter = UsageMeter()
+            self.session = session_hash(request.headers)
+            if self.engine.config.journal.bodies:
+                self.body = body
         labels = Labels(listener.config.name, self.route, listener.api_type)
         state = self.state
         state.in_flight += 1
@@ -162,8 +178,14 @@ class _Exchange:
         model = result.model
         endpoint = model.endpoint if model is not None else None
         headers = [*result.headers, *_tags(result.model_name, endpoint, result.attempts)]
+        headers.append(("x-hydrallm-request-id", self.request_id))
         self.finish(
-            result.status, model.id if model else None, result.attempts, False, result.error
+            result.status,
+            model.id if model else None,
+            result.attempts,
+            False,
+            result.error,
+            (result.model_name, endpoint, result.body),
         )
         return web.Response(status=result.status, body=result.body, headers=CIMultiDict(headers))
 
@@ -175,14 +197,20 @@ class _Exchange:
         model = committed.model
         headers = message_headers(upstream)
         headers += _tags(committed.model_name, model.endpoint, committed.attempts)
+        headers.append(("x-hydrallm-request-id", self.request_id))
         reason = upstream.reason or None
         if committed.complete:
-            self.finish(status, model.id, committed.attempts, committed.format is not None, None)
+            body = b"".join(committed.prefix)
+            self.finish(
+                status,
+                model.id,
+                committed.attempts,
+                committed.format is not None,
+                None,
+                (committed.model_name, model.endpoint, body),
+            )
             return web.Response(
-                status=status,
-                reason=reason,
-                body=b"".join(committed.prefix),
-                headers=CIMultiDict(headers),
+                status=status, reason=reason, body=body, headers=CIMultiDict(headers)
             )
         out = web.StreamResponse(status=status, reason=reason, headers=CIMultiDict(headers))
         length = upstream.headers.get("Content-Length")
@@ -208,6 +236,7 @@ class _Exchange:
         if is_stream:
             telemetry.stream_open(name, 1)
         broken: str | None = None
+        recovery: Recovery | None = None
         try:
             await out.prepare(self.request)
             transport = self.request.transport
@@ -217,6 +246,13 @@ class _Exchange:
                     transport.abort()
 
             hooks = make_recovery(engine, client_request, committed, name, state.recovery)
+            recovery = hooks.recovery
+            observe = hooks.observe
+            meter = self.meter
+            if meter is not None:
+                # Usage is read from the relayed bytes (only events that carry it are parsed).
+                meter.bedrock = committed.model.type == "bedrock"
+                observe = meter.feed if observe is None else meter.chain(observe)
             # Registered so that shutdown can end it cleanly once the grace period is over.
             state.live.add(upstream)
             result = await relay(
@@ -226,7 +262,7 @@ class _Exchange:
                 abort_client=abort_client,
                 write_timeout=self.listener.config.write_timeout,
                 draining=lambda: state.draining,
-                observe=hooks.observe,
+                observe=observe,
                 recover=hooks.recover,
             )
             broken = result.broken
@@ -243,7 +279,21 @@ class _Exchange:
             state.live.discard(upstream)
             if is_stream:
                 telemetry.stream_open(name, -1)
-            self.finish(upstream.status, committed.model.id, committed.attempts, is_stream, broken)
+            served, name_sent = committed.model, committed.model_name
+            recovered = recovery.result if recovery is not None else None
+            if recovery is not None and recovery.served_by is not None:
+                # Finished by a fallback: the request was served by the model that ended it.
+                served = engine.config.models.get(recovery.served_by, served)
+                name_sent = engine.attempts.model_name(served, client_request)
+            self.finish(
+                upstream.status,
+                served.id,
+                committed.attempts,
+                is_stream,
+                broken,
+                (name_sent, served.endpoint, None),
+                recovered,
+            )
         return out
 
     # --- answers the proxy makes itself ----------------------------------------------------
@@ -254,6 +304,7 @@ class _Exchange:
         err = self.provider.error_body(status, f"hydrallm: {message}", kind)
         headers = CIMultiDict([("Content-Type", err.content_type), *err.headers])
         headers["x-hydrallm-attempts"] = "0"
+        headers["x-hydrallm-request-id"] = self.request_id
         return web.Response(status=status, body=err.body, headers=headers)
 
     def too_large(self, limit: int) -> web.Response:
@@ -262,8 +313,23 @@ class _Exchange:
         )
 
     def finish(
-        self, status: int, served_by: str | None, attempts: int, streamed: bool, err: str | None
+        self,
+        status: int,
+        served_by: str | None,
+        attempts: int,
+        streamed: bool,
+        err: str | None,
+        served: tuple[str | None, str | None, bytes | None] = (None, None, None),
+        recovered: str | None = None,
     ) -> None:
+        model_name, endpoint, body = served
+        meter = self.meter
+        usage = size = raw = None
+        if meter is not None:
+            if body is None:
+                usage, size = meter.usage, meter.size
+            else:  # decoded by the journal's writer thread, not here
+                raw, size = usage_slice(body), len(body)
         self.state.telemetry.request(
             RequestEvent(
                 request_id=self.request_id,
@@ -278,6 +344,16 @@ class _Exchange:
                 streamed=streamed,
                 started_at=self.wall,
                 error=err,
+                requested_model=self.requested,
+                served_model=model_name,
+                endpoint=endpoint,
+                usage=usage,
+                usage_raw=raw,
+                body_bytes=size or 0,
+                session=self.session,
+                request_body=self.body,
+                response_body=body if self.body is not None else None,
+                recovered=recovered,
             )
         )
 

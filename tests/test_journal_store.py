@@ -1,0 +1,415 @@
+"""The journal file: nothing secret and no prompt in it, limits kept, a bad file never
+breaks a request, two worker processes writing into it at once; and the commands that
+read it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from hydrallm.config import JournalConfig
+from hydrallm.observe.events import RequestEvent
+from hydrallm.observe.journal import JournalSink
+from hydrallm.observe.journal_query import open_readonly, requests
+from hydrallm.testing import FakeUpstream, faults
+from hydrallm.testing.harness import ProxyHarness
+from opshelp import HYDRALLM, ServeProcess, free_port
+
+PROMPT = "PROMPT-CANARY-7f3a the launch codes are in the drawer"
+UPSTREAM_KEY = "sk-upstream-secret-abcdef123456"
+PROXY_KEY = "proxy-secret-key-987654"
+
+
+def secret_config(db: Path, url: str, *, bodies: bool) -> str:
+    return f"""
+[server]
+auth_keys = ["{PROXY_KEY}"]
+[retry]
+default_interval = "1ms"
+max_cycles = 1
+[journal]
+path = "{db}"
+bodies = {"true" if bodies else "false"}
+[endpoints.bad]
+url = "{url}/v1"
+api_key = "{UPSTREAM_KEY}"
+[endpoints.good]
+url = "{url}/v1"
+api_key = "{UPSTREAM_KEY}"
+[[models]]
+endpoint = "bad"
+type = "openai"
+model = "first"
+[[models]]
+endpoint = "good"
+type = "openai"
+model = "second"
+"""
+
+
+def file_bytes(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+
+
+async def run_secret_scenario(db: Path, *, bodies: bool) -> bytes:
+    async with FakeUpstream() as up:
+        up.script(faults.status(500, {"error": {"message": f"bad key {UPSTREAM_KEY}"}}))
+        async with ProxyHarness(secret_config(db, up.url, bodies=bodies), level="info") as px:
+            async with openai.AsyncOpenAI(
+                base_url=px.url() + "/v1", api_key=PROXY_KEY, max_retries=0
+            ) as client:
+                # A user who pastes a key into the prompt: with bodies on it is redacted too.
+                content = f"{PROMPT} {UPSTREAM_KEY}"
+                await client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": content}]
+                )
+                stream = await client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": content}], stream=True
+                )
+                _ = [c async for c in stream]
+    conn = open_readonly(db)
+    try:
+        assert len(requests(conn)) == 2  # the rows are there: the scan below means something
+    finally:
+        conn.close()
+    return file_bytes(db)
+
+
+async def test_no_secret_and_no_prompt_in_the_file(tmp_path: Path) -> None:
+    data = await run_secret_scenario(tmp_path / "j.db", bodies=False)
+    for secret in (UPSTREAM_KEY, PROXY_KEY, "PROMPT-CANARY", "launch codes"):
+        assert secret.encode() not in data, secret
+
+
+async def test_bodies_on_keeps_the_prompt_but_still_no_secret(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    data = await run_secret_scenario(db, bodies=True)
+    assert b"PROMPT-CANARY-7f3a" in data
+    for secret in (UPSTREAM_KEY, PROXY_KEY):
+        assert secret.encode() not in data, secret
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+def event(i: int, at: float) -> RequestEvent:
+    return RequestEvent(
+        request_id=f"r-{i}",
+        listener="default",
+        route="default",
+        method="POST",
+        path="/v1/messages",
+        served_by="m",
+        attempts=1,
+        status=200,
+        latency=0.5,
+        streamed=True,
+        started_at=at,
+        error="x" * 200,  # a few hundred bytes a row, to reach a size limit quickly
+        served_model="claude-sonnet-4-5",
+    )
+
+
+def fill(db: Path, events: list[RequestEvent]) -> None:
+    sink = JournalSink(JournalConfig(path=str(db), retention=1e9, max_size=1 << 40))
+    sink.start()
+    for e in events:
+        sink.request(e)
+    sink.close()
+    assert sink.written == len(events) and sink.error is None
+
+
+def ids(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY rowid")]
+
+
+def test_retention_drops_old_rows_at_startup(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    now = time.time()
+    fill(db, [event(0, now - 3 * 86400), event(1, now - 2 * 86400), event(2, now - 60)])
+    sink = JournalSink(JournalConfig(path=str(db), retention=86400.0))
+    sink.start()
+    sink.close()
+    assert ids(db) == ["r-2"]
+
+
+def test_size_limit_drops_the_oldest_rows_and_shrinks_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    now = time.time()
+    fill(db, [event(i, now - 1000 + i * 0.1) for i in range(3000)])
+    limit = 128 * 1024
+    assert db.stat().st_size > 4 * limit
+    sink = JournalSink(JournalConfig(path=str(db), max_size=limit))
+    sink.start()
+    sink.close()
+    kept = ids(db)
+    assert 0 < len(kept) < 3000
+    assert kept[-1] == "r-2999" and kept == [f"r-{i}" for i in range(3000 - len(kept), 3000)]
+    assert db.stat().st_size <= limit
+    with sqlite3.connect(db) as conn:
+        (orphans,) = conn.execute(
+            "SELECT count(*) FROM attempts WHERE request NOT IN (SELECT rowid FROM requests)"
+        ).fetchone()
+    assert orphans == 0
+
+
+def test_a_full_queue_drops_the_oldest_rows_and_counts_them(tmp_path: Path) -> None:
+    sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db")))  # not started: no writer
+    from hydrallm.observe import journal
+
+    for i in range(journal.QUEUE_LIMIT + 5):
+        sink.request(event(i, 0.0))
+    assert sink.dropped == 5 and sink.status()["dropped"] == 5
+
+
+# --- a bad file never breaks a request ------------------------------------------------------
+
+
+def one_model(db: Path, url: str) -> str:
+    return f"""
+[journal]
+path = "{db}"
+[endpoints.up]
+url = "{url}/v1"
+api_key = "sk-any-0001"
+[[models]]
+endpoint = "up"
+type = "openai"
+model = "m"
+"""
+
+
+async def serve_three(db: Path) -> tuple[str, dict[str, Any]]:
+    async with FakeUpstream() as up, ProxyHarness(one_model(db, up.url), level="info") as px:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(3):
+                body = {"model": "m", "messages": []}
+                async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200
+            async with s.get(px.url() + "/_hydrallm/status.json") as r:
+                status = await r.json()
+        return px.logs(), status
+
+
+async def test_a_corrupt_file_is_reported_once_and_requests_go_on(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    db.write_bytes(b"this is not a database\n" * 400)
+    logs, status = await serve_three(db)
+    lines = [ln for ln in logs.splitlines() if " journal " in ln]
+    assert len(lines) == 1 and "disabled" in lines[0], logs
+    assert status["journal"]["enabled"] is False and status["journal"]["error"]
+    assert db.read_bytes() == b"this is not a database\n" * 400  # left as it was
+
+
+async def test_an_unwritable_place_is_reported_once_and_requests_go_on(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    logs, status = await serve_three(blocker / "journal.db")
+    lines = [ln for ln in logs.splitlines() if " journal " in ln]
+    assert len(lines) == 1 and "disabled" in lines[0], logs
+    assert status["journal"]["enabled"] is False
+
+
+async def test_a_file_that_turns_read_only_mid_run(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    async with FakeUpstream() as up, ProxyHarness(one_model(db, up.url), level="info") as px:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "m", "messages": []}
+            async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200
+            sink = next(x for x in px.proxy.state.telemetry.sinks if isinstance(x, JournalSink))
+            for _ in range(100):
+                if sink.written:
+                    break
+                await asyncio.sleep(0.05)
+            # Another program takes the write lock and keeps it: writes fail after the
+            # busy timeout; the proxy must not care.
+            holder = sqlite3.connect(db, isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            try:
+                for _ in range(5):
+                    async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                        assert r.status == 200
+                for _ in range(200):
+                    if not sink.enabled:
+                        break
+                    await asyncio.sleep(0.05)
+                async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+        logs = px.logs()
+    assert [ln for ln in logs.splitlines() if " journal " in ln].__len__() == 1, logs
+    assert "locked" in logs
+
+
+# --- two workers --------------------------------------------------------------------------
+
+
+async def test_two_worker_processes_write_into_one_file(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with FakeUpstream() as up:
+        path = tmp_path / "config.toml"
+        path.write_text(
+            one_model(db, up.url)
+            + f'[server]\nworkers = 2\nport = {port}\nshutdown_timeout = "2s"\n'
+        )
+        proc = ServeProcess(path)
+        try:
+            await proc.wait_ready(base)
+            connector = aiohttp.TCPConnector(force_close=True, limit=16)
+            async with aiohttp.ClientSession(connector=connector) as s:
+
+                async def one(i: int) -> str:
+                    body = {"model": "m", "messages": [], "stream": i % 2 == 0}
+                    async with s.post(base + "/v1/chat/completions", json=body) as r:
+                        await r.read()
+                        assert r.status == 200
+                        return r.headers["x-hydrallm-request-id"]
+
+                sent = await asyncio.gather(*(one(i) for i in range(200)))
+            assert await proc.stop() == 0
+        finally:
+            proc.kill()
+    conn = open_readonly(db)
+    try:
+        got = conn.execute("SELECT id, worker FROM requests").fetchall()
+    finally:
+        conn.close()
+    assert sorted(r["id"] for r in got) == sorted(sent)
+    assert {r["worker"] for r in got} == {0, 1}, "both workers wrote"
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+    env["COLUMNS"] = "200"
+    return subprocess.run(
+        [HYDRALLM, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+async def test_log_and_usage_commands(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    cfg = tmp_path / "config.toml"
+    extra = "[cooldown]\nenabled = false\n"
+    async with (
+        FakeUpstream(default=faults.status(503)) as bad,
+        FakeUpstream() as good,
+    ):
+        text = (
+            f'[retry]\ndefault_interval = "1ms"\nmax_cycles = 1\n{extra}'
+            f'[journal]\npath = "{db}"\n'
+            f'[endpoints.a]\nurl = "{bad.url}/v1"\napi_key = "sk-a-00001"\n'
+            f'[endpoints.b]\nurl = "{good.url}/v1"\napi_key = "sk-b-00001"\n'
+            '[[models]]\nendpoint = "a"\ntype = "openai"\nmodel = "gpt-4o"\n'
+            '[[models]]\nendpoint = "b"\ntype = "openai"\nmodel = "gpt-4o-mini"\n'
+        )
+        cfg.write_text(text)
+        async with ProxyHarness(text) as px, aiohttp.ClientSession() as s:
+            rid = ""
+            for model in ("alpha", "beta", "gamma"):
+                body = {"model": model, "messages": []}
+                async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                    rid = r.headers["x-hydrallm-request-id"]
+    lines = cli("log", "--json", "-c", str(cfg)).stdout.splitlines()
+    rows = [json.loads(ln) for ln in lines]
+    assert [r["requested_model"] for r in rows] == ["gamma", "beta", "alpha"]  # newest first
+    needed = [
+        "id",
+        "time",
+        "listener",
+        "requested_model",
+        "served_model",
+        "endpoint",
+        "status",
+        "attempts",
+        "latency_ms",
+        "ttft_ms",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost_usd",
+        "recovered",
+        "error",
+    ]
+    assert all(set(needed) <= set(r) for r in rows)
+    assert {r["served_model"] for r in rows} == {"gpt-4o-mini"}
+    assert all(r["cost_usd"] is not None and r["cost_usd"] > 0 for r in rows)
+    assert len(cli("log", "--json", "-n", "2", "-c", str(cfg)).stdout.splitlines()) == 2
+    assert cli("log", "--json", "--model", "be*", "-c", str(cfg)).stdout.count('"beta"') == 1
+    assert cli("log", "--json", "--failed", "-c", str(cfg)).stdout == ""
+
+    detail = json.loads(cli("log", rid, "--json", "-c", str(cfg)).stdout)
+    trail = [(a["model"], a["outcome"], a["status"]) for a in detail["attempt_trail"]]
+    assert trail == [("gpt-4o", "status", 503), ("gpt-4o-mini", "success", 200)]
+    assert set(detail["attempt_trail"][0]) >= {
+        "endpoint",
+        "key",
+        "error",
+        "latency_ms",
+        "waited_ms",
+    }
+    human = cli("log", rid, "-c", str(cfg)).stdout
+    assert "gpt-4o-mini" in human and "503" in human and "fell_back" in human
+    missing = cli("log", "nope", "-c", str(cfg))
+    assert missing.returncode == 1 and "no request 'nope'" in missing.stderr
+
+    [group] = [json.loads(ln) for ln in cli("usage", "--json", "-c", str(cfg)).stdout.splitlines()]
+    assert group["key"] == "gpt-4o-mini"
+    assert (group["requests"], group["failed"], group["rescued"]) == (3, 0, 3)
+    assert group["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
+    by_day = cli("usage", "--json", "--by", "day", "--since", "2d", "-c", str(cfg)).stdout
+    assert json.loads(by_day)["key"] == time.strftime("%Y-%m-%d")
+    table = cli("usage", "-c", str(cfg)).stdout
+    assert "gpt-4o-mini" in table and "$" in table
+    chart = cli("usage", "--chart", "-c", str(cfg)).stdout
+    assert "█" in chart and "gpt-4o-mini" in chart
+    bad = cli("log", "--since", "yesterday", "-c", str(cfg))
+    assert bad.returncode == 2 and "yesterday" in bad.stderr
+
+
+async def test_log_follow_prints_new_requests(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    async with FakeUpstream() as up:
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(one_model(db, up.url))
+        async with ProxyHarness(cfg.read_text()) as px, aiohttp.ClientSession() as s:
+            body = {"model": "first", "messages": []}
+            async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200
+            await asyncio.sleep(0.6)  # the writer's turn
+            env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+            follower = await asyncio.create_subprocess_exec(
+                HYDRALLM, "log", "--follow", "--json", "-c", str(cfg),
+                stdout=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            try:
+                assert follower.stdout is not None
+                first = await asyncio.wait_for(follower.stdout.readline(), 20)
+                assert json.loads(first)["requested_model"] == "first"
+                body = {"model": "second", "messages": []}
+                async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200
+                second = await asyncio.wait_for(follower.stdout.readline(), 20)
+                assert json.loads(second)["requested_model"] == "second"
+            finally:
+                follower.terminate()
+                await follower.wait()
