@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from hydrallm.config import (
     API_TYPES,
@@ -26,7 +26,16 @@ from hydrallm.config import (
     Route,
     ServerConfig,
 )
-from hydrallm.config.tables import MISSING, Report, Table, or_default, shown, suggestion
+from hydrallm.config.tables import (
+    MISSING,
+    Report,
+    Table,
+    masked_url,
+    or_default,
+    shown,
+    suggestion,
+    url_secrets,
+)
 
 DEFAULT_LISTENER: Final = "default"
 
@@ -49,6 +58,7 @@ SERVER_KEYS = (
     "shutdown_timeout",
     "auth_keys",
     "workers",
+    "keepalive_timeout",
 )
 LOG_KEYS = ("level", "include_error_body")
 RETRY_KEYS = (
@@ -106,6 +116,9 @@ PREFILL: tuple[Prefill, ...] = ("auto", "yes", "no")
 PREFILL_FLAG: tuple[PrefillFlag, ...] = ("none", "prefix", "continue_final_message")
 
 
+MAX_WORKERS = 256
+
+
 def server_section(t: Table) -> ServerConfig:
     d = ServerConfig()
     return ServerConfig(
@@ -116,7 +129,9 @@ def server_section(t: Table) -> ServerConfig:
         max_body_size=or_default(t.size("max_body_size"), d.max_body_size),
         shutdown_timeout=or_default(t.duration("shutdown_timeout"), d.shutdown_timeout),
         auth_keys=or_default(t.strings("auth_keys", secret=True), d.auth_keys),
-        workers=t.integer("workers", d.workers, minimum=1),
+        # Each worker is a process: an unbounded count is a fork bomb waiting for a typo.
+        workers=t.integer("workers", d.workers, minimum=1, maximum=MAX_WORKERS),
+        keepalive_timeout=or_default(t.duration("keepalive_timeout"), d.keepalive_timeout),
     )
 
 
@@ -188,19 +203,37 @@ def endpoint_section(name: str, t: Table) -> EndpointConfig:
     )
 
 
-def checked_url(url: str, place: str, report: Report) -> str:
-    trimmed = url.rstrip("/")
+def checked_url(url: str, place: str, report: Report, *, has_key: bool = False) -> str:
+    """The endpoint URL with trailing slashes of its path trimmed (its query kept).
+
+    Userinfo and query values are secrets (collected for redaction, never shown in a
+    problem).  A fragment is refused: the request path would be appended after it and
+    never reach the upstream.
+    """
+    report.secrets.update(url_secrets(url))
+    where = shown(masked_url(url))
     try:
-        parts = urlsplit(trimmed)
+        parts = urlsplit(url)
         host = parts.hostname
         _ = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
-        report.problem(f"{place}: url {shown(url)} is not a valid URL")
-        return trimmed
+        report.problem(f"{place}: url {where} is not a valid URL")
+        return url.rstrip("/")
     if parts.scheme.lower() not in ("http", "https"):
-        report.problem(f"{place}: url {shown(url)} must start with http:// or https://")
+        report.problem(f"{place}: url {where} must start with http:// or https://")
     elif not host:
-        report.problem(f"{place}: url {shown(url)} has no host")
+        report.problem(f"{place}: url {where} has no host")
+    if "#" in url:
+        report.problem(
+            f"{place}: url {where} has a fragment (#...); the request path would be appended"
+            " after it and never sent: remove it"
+        )
+    if has_key and (parts.username is not None or parts.password is not None):
+        report.problem(
+            f"{place}: url {where} carries credentials (user:password@) and api_key is set;"
+            " an upstream request can carry only one of them: remove one"
+        )
+    trimmed = urlunsplit(parts._replace(path=parts.path.rstrip("/"), fragment=""))
     return trimmed
 
 
@@ -214,7 +247,8 @@ def finish_endpoint(
         report.problem(f"{place}: aws_region {shown(region)} is not a valid AWS region")
     url = endpoint.url
     if url:
-        url = checked_url(url, place, report)
+        has_key = endpoint.api_key is not None and endpoint.api_key not in ("", "-")
+        url = checked_url(url, place, report, has_key=has_key)
     elif types == {"bedrock"}:
         # Left empty: the bedrock provider builds the regional URL from the region it
         # resolves at signing time (aws_region, environment, profile, us-east-1).
@@ -277,7 +311,7 @@ def model_entry(t: Table) -> ModelEntry:
 
 def schema1_ids(entries: Sequence[ModelEntry], report: Report) -> list[str]:
     """Ids of `[[models]]` entries: `name`, else "<endpoint>/<model>" made unique with #2, #3…"""
-    named = [entry.name for entry in entries if entry.name is not None]
+    named = {entry.name for entry in entries if entry.name is not None}
     used: set[str] = set()
     for entry in entries:
         if entry.name is None:
@@ -286,15 +320,20 @@ def schema1_ids(entries: Sequence[ModelEntry], report: Report) -> list[str]:
             report.problem(f"{entry.place}: name {shown(entry.name)} is already used")
         used.add(entry.name)
     ids: list[str] = []
+    next_suffix: dict[str, int] = {}
     for entry in entries:
         if entry.name is not None:
             ids.append(entry.name)
             continue
         base = f"{entry.endpoint or ''}/{entry.model or ''}"
-        ident, count = base, 1
+        # Continue counting where the last entry of this base stopped: restarting at #2
+        # for every duplicate made 20,000 entries of one model quadratic.
+        count = next_suffix.get(base, 1)
+        ident = base if count == 1 else f"{base}#{count}"
         while ident in used or ident in named:
             count += 1
             ident = f"{base}#{count}"
+        next_suffix[base] = count + 1
         used.add(ident)
         ids.append(ident)
     return ids
@@ -361,7 +400,7 @@ def model_entries(raw: object, report: Report) -> list[tuple[str, ModelEntry]]:
 # --------------------------------------------------------------------------- listeners
 
 
-def routes_section(t: Table, known: Sequence[str]) -> tuple[Route, ...]:
+def routes_section(t: Table, known: Mapping[str, None]) -> tuple[Route, ...]:
     raw = t.raw.get("routes", MISSING)
     if raw is MISSING:
         return ()
@@ -386,7 +425,7 @@ def routes_section(t: Table, known: Sequence[str]) -> tuple[Route, ...]:
 
 
 def listener_section(
-    index: int, raw: object, server: ServerConfig, known: Sequence[str], report: Report
+    index: int, raw: object, server: ServerConfig, known: Mapping[str, None], report: Report
 ) -> ListenerConfig:
     name_value = raw.get("name") if isinstance(raw, dict) else None
     named = isinstance(name_value, str) and name_value != ""

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
@@ -23,17 +25,23 @@ from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.observe.events import RequestEvent
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.proxy import admin
-from hydrallm.proxy.body import parse_body
+from hydrallm.proxy.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.proxy.recovery import make_recovery
 from hydrallm.proxy.relay import relay
 from hydrallm.proxy.upstream import message_headers
-from hydrallm.proxy.urls import UnsafePath, check_path
+from hydrallm.proxy.urls import UnsafePath, check_path, scrub_upstream
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 _NO_CONTROLS = dict.fromkeys([*range(32), 127])
 _JSON_START = frozenset(b"{ \t\r\n")
+# Request Content-Encodings aiohttp's parser inflates itself (its rule: ASCII, compared in
+# lower case, nothing else); br and zstd only when their libraries are installed, else the
+# parser refuses the request.  Any other coding could not be read, so not rewritten.
+_INFLATED = frozenset({"gzip", "deflate", "br", "zstd"})
+# The types whose requests carry a `model` the proxy rewrites (Bedrock's is in the path).
+_REWRITTEN = frozenset({"openai", "anthropic"})
 
 
 def make_handler(state: ProxyState, listener_name: str) -> Handler:
@@ -92,7 +100,7 @@ class _Exchange:
 
     async def proxy(self, query: str) -> web.StreamResponse:
         listener, request, path = self.listener, self.request, self.path
-        strip_auth: str | None = None
+        strip_auth: frozenset[tuple[str, str]] = frozenset()
         if listener.auth_keys:
             ok, strip_auth = _auth_ok(listener, request)
             if not ok:
@@ -101,7 +109,17 @@ class _Exchange:
             check_path(path)
         except UnsafePath as exc:
             return self.refuse(400, str(exc), "invalid_request_error")
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and not _readable_encoding(encoding):
+            return self.refuse(
+                415,
+                f"request Content-Encoding {encoding[:40]!r} is not supported;"
+                " send gzip, deflate or an uncompressed body",
+                "invalid_request_error",
+            )
         limit = self.engine.config.server.max_body_size
+        # Content-Length counts compressed bytes; the limit applies after inflation too
+        # (counted as the body is read).
         length = request.content_length
         if length is not None and length > limit:
             return self.too_large(limit)
@@ -128,7 +146,24 @@ class _Exchange:
             return self.refuse(
                 408, "the request body did not arrive within read_timeout", "timeout_error"
             )
-        parsed = parse_body(body) if body and body[0] in _JSON_START else None
+        except HttpProcessingError:
+            # A compressed body that does not inflate (aiohttp's ContentEncodingError).
+            return self.refuse(
+                400, "the request body could not be decompressed", "invalid_request_error"
+            )
+        parsed = None
+        if body:
+            if listener.api_type in _REWRITTEN and looks_like_json(
+                body, request.headers.get("Content-Type", "")
+            ):
+                # A body a lenient upstream parser would read but we could not would carry
+                # the client's model to the provider unrewritten: refuse it.
+                try:
+                    parsed = parse_strict(body)
+                except BodyError as exc:
+                    return self.refuse(400, str(exc), "invalid_request_error")
+            elif body[0] in _JSON_START:
+                parsed = parse_body(body)
         headers, accept = _forwarded_headers(request.headers.items(), strip_auth)
         client_request = ClientRequest(
             method=request.method,
@@ -161,7 +196,12 @@ class _Exchange:
         self.finish(
             result.status, model.id if model else None, result.attempts, False, result.error
         )
-        return web.Response(status=result.status, body=result.body, headers=CIMultiDict(headers))
+        body = result.body
+        if result.proxy_made:
+            # The client learns which endpoint failed by its config name, never the
+            # internal URL (nor credentials written in it).
+            body = self.scrubbed(body)
+        return web.Response(status=result.status, body=body, headers=CIMultiDict(headers))
 
     async def send_committed(
         self, committed: Committed, client_request: ClientRequest
@@ -238,6 +278,26 @@ class _Exchange:
 
     # --- answers the proxy makes itself ----------------------------------------------------
 
+    def scrubbed(self, body: bytes) -> bytes:
+        """A proxy-made JSON error body with upstream addresses named by endpoint and any
+        secret redacted, in every string of it."""
+        endpoints = self.engine.config.endpoints
+        redact = self.state.telemetry.log.redact
+
+        def clean(value: object) -> object:
+            if isinstance(value, str):
+                return redact(scrub_upstream(value, endpoints))
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        try:
+            return json.dumps(clean(json.loads(body))).encode()
+        except ValueError:
+            return redact(scrub_upstream(body.decode("utf-8", "replace"), endpoints)).encode()
+
     def refuse(self, status: int, message: str, kind: str) -> web.Response:
         """A proxy-made error before any upstream work, in the listener's API format."""
         self.finish(status, None, 0, False, message)
@@ -272,37 +332,64 @@ class _Exchange:
         )
 
 
-def _auth_ok(listener: ListenerRuntime, request: web.BaseRequest) -> tuple[bool, str | None]:
-    """Check proxy auth; returns (ok, name of the header that carried the key)."""
+def _auth_ok(
+    listener: ListenerRuntime, request: web.BaseRequest
+) -> tuple[bool, frozenset[tuple[str, str]]]:
+    """Check proxy auth; returns (ok, the (header, value) pairs that carry a proxy key).
+
+    Every header the listener accepts keys in is checked, each occurrence of it: a proxy
+    key is removed from all of them before forwarding, not only from the one that
+    authenticated.
+    """
     headers = request.headers
-    presented: list[tuple[str, str]] = []
-    auth = headers.get("Authorization")
-    if auth is not None and auth[:7].lower() == "bearer ":
-        presented.append(("authorization", auth[7:].strip()))
-    key = headers.get("x-api-key")
-    if key is not None:
-        presented.append(("x-api-key", key.strip()))
-    for name, value in presented:
+    presented: list[tuple[str, str, str]] = []
+    for auth in headers.getall("Authorization", ()):
+        if auth[:7].lower() == "bearer ":
+            presented.append(("authorization", auth, auth[7:].strip()))
+    for key in headers.getall("x-api-key", ()):
+        presented.append(("x-api-key", key, key.strip()))
+    carrying: set[tuple[str, str]] = set()
+    for name, raw, value in presented:
         candidate = value.encode()
         # Compare against every key, always, so timing says nothing about which matched.
         matched = False
         for k in listener.auth_keys:
             matched |= hmac.compare_digest(candidate, k)
         if matched:
-            return True, name
-    return False, None
+            carrying.add((name, raw))
+    return bool(carrying), frozenset(carrying)
+
+
+def _readable_encoding(value: str) -> bool:
+    """Whether a request Content-Encoding is one the body arrives inflated from."""
+    return (value.isascii() and value.lower() in _INFLATED) or value.strip().lower() == "identity"
+
+
+def _connection_tokens(items: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Header names the client's `Connection:` headers nominate as hop-by-hop."""
+    names: set[str] = set()
+    for k, v in items:
+        if k.lower() == "connection":
+            names.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return frozenset(names)
 
 
 def _forwarded_headers(
-    items: Iterable[tuple[str, str]], strip: str | None
+    items: Iterable[tuple[str, str]], strip: frozenset[tuple[str, str]]
 ) -> tuple[tuple[tuple[str, str], ...], str]:
-    """The client's headers less hop-by-hop ones and the proxy key; also its Accept."""
+    """The client's headers less hop-by-hop ones (fixed, and those its `Connection:` names,
+    RFC 9110 §7.6.1), the proxy key wherever it was presented, and `Content-Encoding`
+    (the body was inflated when read); also its Accept."""
+    items = tuple(items)
+    nominated = _connection_tokens(items)
     kept: list[tuple[str, str]] = []
     has_encoding = False
     accept = ""
     for k, v in items:
         lower = k.lower()
-        if lower in HOP_BY_HOP or lower == strip:
+        if lower in HOP_BY_HOP or lower in nominated or lower == "content-encoding":
+            continue
+        if strip and (lower, v) in strip:
             continue
         if lower == "accept-encoding":
             has_encoding = True
