@@ -10,7 +10,6 @@ retried or fallen back from.  After it returns `Committed`, `relay.py` streams t
 from __future__ import annotations
 
 import asyncio
-import gzip
 import random
 import time
 import zlib
@@ -411,11 +410,17 @@ class Engine:
         """The upstream's error body for the log, when `log.include_error_body` is on."""
         if status < 400 or not self.config.log.include_error_body:
             return None
-        if "gzip" in encoding.lower():
+        lowered = encoding.lower()
+        if "gzip" in lowered or "deflate" in lowered:
+            # Inflate at most what is logged: a 1 MiB gzip of zeros is 1 GiB inflated.
             try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError, zlib.error):
-                return "(gzip body that could not be decompressed)"
+                inflated = zlib.decompressobj(wbits=47).decompress(body, ERROR_LOG_LIMIT + 1)
+            except zlib.error:
+                return "(compressed body that could not be decompressed)"
+            if len(inflated) > ERROR_LOG_LIMIT:
+                shown = inflated[:ERROR_LOG_LIMIT].decode("utf-8", "replace")
+                return f"{shown}… (inflated further; {len(body)} bytes compressed)"
+            body = inflated
         return _excerpt(body, ERROR_LOG_LIMIT)
 
 

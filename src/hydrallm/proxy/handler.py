@@ -28,7 +28,7 @@ from hydrallm.proxy import admin
 from hydrallm.proxy.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.proxy.recovery import make_recovery
-from hydrallm.proxy.relay import relay
+from hydrallm.proxy.relay import bound_send_queue, relay
 from hydrallm.proxy.upstream import message_headers
 from hydrallm.proxy.urls import UnsafePath, check_path, scrub_upstream
 
@@ -243,6 +243,8 @@ class _Exchange:
         try:
             await out.prepare(self.request)
             transport = self.request.transport
+            if transport is not None:
+                bound_send_queue(transport)
 
             def abort_client() -> None:
                 if transport is not None:
