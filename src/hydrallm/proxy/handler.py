@@ -146,7 +146,7 @@ class _Exchange:
             return self.refuse(
                 408, "the request body did not arrive within read_timeout", "timeout_error"
             )
-        except HttpProcessingError:
+        except (HttpProcessingError, web.RequestPayloadError):
             # A compressed body that does not inflate (aiohttp's ContentEncodingError).
             return self.refuse(
                 400, "the request body could not be decompressed", "invalid_request_error"

@@ -123,6 +123,8 @@ def join(base_url: str, raw_path: str, query: str, *, strip_version_prefix: bool
 
 
 _URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>]+", re.IGNORECASE)
+# How Python's socket errors print an address: "Connect call failed ('10.0.0.5', 443)".
+_ADDRESS_TUPLE = re.compile(r"\('([^']*)', (\d+)(?:, \d+, \d+)?\)")
 
 
 def scrub_upstream(text: str, endpoints: Mapping[str, HasUrl]) -> str:
@@ -151,6 +153,7 @@ def scrub_upstream(text: str, endpoints: Mapping[str, HasUrl]) -> str:
         return label(f"{host}:{port}")
 
     text = _URL_IN_TEXT.sub(url_label, text)
+    text = _ADDRESS_TUPLE.sub(lambda m: label(f"{m.group(1).lower()}:{m.group(2)}"), text)
     for address in sorted(by_address, key=len, reverse=True):
         if address in text.lower():
             text = re.sub(re.escape(address), lambda m: label(m.group(0)), text, flags=re.I)
