@@ -68,6 +68,7 @@ CLIMBS = [
     "/v1/..;/..;/x",  # dot segments with path parameters (Tomcat)
     "/v1/%c0%ae%c0%ae/%c0%ae%c0%ae/x",  # overlong UTF-8 dots
     "/v1/.%2e/.%2E/x",  # half-encoded dot segments
+    "/v1/%25%32%65%25%32%65/%25%32%65%25%32%65/x",  # dots that a second decoding makes
 ]
 
 

@@ -99,6 +99,12 @@ def check_path(raw_path: str) -> None:
         segments.append(segment)
     _walk(segments)  # split on the raw '/', each segment decoded (RFC 3986)
     _walk(decoded.split("/")[1:])  # decoded first, split afterwards
+    twice = unquote(decoded)
+    if twice != decoded:
+        # Decoded twice (some frameworks, a WAF in front): `%25%32%65` is "." then.
+        if _BAD_CHARS.search(twice):
+            raise UnsafePath("the request path contains a control character or backslash")
+        _walk(twice.split("/")[1:])
 
 
 def strip_version(path: str) -> str:
