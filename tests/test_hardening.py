@@ -332,3 +332,34 @@ async def test_idle_keep_alive_is_bounded_by_keepalive_timeout() -> None:
             while await reader.read(65536):
                 pass
         writer.close()
+
+
+async def test_the_408_for_a_slow_head_wins_over_a_reset() -> None:
+    """A client still writing when its head deadline passes reads the 408, every time (the
+    socket is half-closed after it and late input drained, so no reset overtakes it)."""
+    cfg = one("http://127.0.0.1:1", server='read_timeout = "200ms"')
+    async with ProxyHarness(cfg) as px:
+        host, port = px.url().removeprefix("http://").split(":")
+
+        async def one_loris() -> bytes:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+
+            async def keep_writing() -> None:
+                i = 0
+                while True:
+                    await asyncio.sleep(0.005)
+                    writer.write(f"X-Slow-{i}: {'a' * 200}\r\n".encode())
+                    i += 1
+
+            feeder = asyncio.create_task(keep_writing())
+            try:
+                async with asyncio.timeout(5):
+                    return await reader.read(64)
+            finally:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+                writer.transport.abort()
+
+        answers = await asyncio.gather(*(one_loris() for _ in range(20)))
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
