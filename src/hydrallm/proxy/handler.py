@@ -28,7 +28,7 @@ from hydrallm.proxy import admin
 from hydrallm.proxy.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.proxy.recovery import make_recovery
-from hydrallm.proxy.relay import bound_send_queue, relay
+from hydrallm.proxy.relay import bound_send_queue, relay, return_freed_memory
 from hydrallm.proxy.upstream import message_headers
 from hydrallm.proxy.urls import UnsafePath, check_path, scrub_upstream
 
@@ -74,6 +74,7 @@ class _Exchange:
         "route",
         "started",
         "state",
+        "trim",
         "wall",
     )
 
@@ -95,6 +96,7 @@ class _Exchange:
         self.provider: Provider = engine.providers[listener.api_type]
         self.request_id = state.next_request_id()
         self.route = "default"
+        self.trim = False  # a client left mid-stream: return freed memory when idle
 
     # --- the steps -----------------------------------------------------------------------
 
@@ -188,6 +190,10 @@ class _Exchange:
             return await self.send_committed(result, client_request)
         finally:
             state.in_flight -= 1
+            if self.trim and state.in_flight == 0:
+                # Later, not now: the connections and tasks of the clients that left are
+                # let go by aiohttp after this handler returns.
+                asyncio.get_running_loop().call_later(1.0, return_freed_memory)
 
     def send_final(self, result: Final) -> web.Response:
         model = result.model
@@ -240,8 +246,16 @@ class _Exchange:
         if is_stream:
             telemetry.stream_open(name, 1)
         broken: str | None = None
+        # Stays True unless the relay ends normally (a client that went away mid-answer,
+        # however it shows: a cancelled handler, a reset while sending the head...).
+        self.trim = True
         try:
-            await out.prepare(self.request)
+            try:
+                await out.prepare(self.request)
+            except ConnectionError:
+                # The client left before the head could be sent: nothing more to do.
+                upstream.abort()
+                return out
             transport = self.request.transport
             if transport is not None:
                 bound_send_queue(transport)
@@ -264,6 +278,7 @@ class _Exchange:
                 recover=hooks.recover,
             )
             broken = result.broken
+            self.trim = result.client_gone
             if broken is not None and not result.recovered:
                 telemetry.stream_broken(name, committed.model.id, broken)
             if not result.client_gone:
