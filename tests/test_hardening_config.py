@@ -84,6 +84,8 @@ def test_userinfo_without_api_key_and_query_urls_load() -> None:
     cfg = parse_config(endpoint("https://u:secret-pw-1@api.example/v1beta/?key=k-123456"), env={})
     assert cfg.endpoints["e"].url == "https://u:secret-pw-1@api.example/v1beta?key=k-123456"
     assert {"secret-pw-1", "k-123456"} <= cfg.secrets
+    # A client's Authorization could not go with URL credentials: the warning says what to do.
+    assert any('api_key = "-"' in w and "secret-pw-1" not in w for w in cfg.warnings)
 
 
 def test_url_secrets_and_masking() -> None:

@@ -203,7 +203,7 @@ def endpoint_section(name: str, t: Table) -> EndpointConfig:
     )
 
 
-def checked_url(url: str, place: str, report: Report, *, has_key: bool = False) -> str:
+def checked_url(url: str, place: str, report: Report, *, api_key: str | None = None) -> str:
     """The endpoint URL with trailing slashes of its path trimmed (its query kept).
 
     Userinfo and query values are secrets (collected for redaction, never shown in a
@@ -228,10 +228,16 @@ def checked_url(url: str, place: str, report: Report, *, has_key: bool = False) 
             f"{place}: url {where} has a fragment (#...); the request path would be appended"
             " after it and never sent: remove it"
         )
-    if has_key and (parts.username is not None or parts.password is not None):
+    userinfo = parts.username is not None or parts.password is not None
+    if userinfo and api_key not in (None, "", "-"):
         report.problem(
             f"{place}: url {where} carries credentials (user:password@) and api_key is set;"
             " an upstream request can carry only one of them: remove one"
+        )
+    elif userinfo and api_key is None:
+        report.warnings.append(
+            f"{place}: url {where} carries credentials (user:password@); a client's own"
+            ' Authorization header cannot be sent with them: set api_key = "-" to strip it'
         )
     trimmed = urlunsplit(parts._replace(path=parts.path.rstrip("/"), fragment=""))
     return trimmed
@@ -247,8 +253,7 @@ def finish_endpoint(
         report.problem(f"{place}: aws_region {shown(region)} is not a valid AWS region")
     url = endpoint.url
     if url:
-        has_key = endpoint.api_key is not None and endpoint.api_key not in ("", "-")
-        url = checked_url(url, place, report, has_key=has_key)
+        url = checked_url(url, place, report, api_key=endpoint.api_key)
     elif types == {"bedrock"}:
         # Left empty: the bedrock provider builds the regional URL from the region it
         # resolves at signing time (aws_region, environment, profile, us-east-1).
