@@ -160,12 +160,6 @@ async def test_rss_returns_near_baseline_after_slow_readers_leave() -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 14, 3b): ~1.1-2.3 MiB of RSS per slow reader measured; Python"
-    " objects are ~0.5 MiB of it (upstream read buffer, held chunk, recovery transcript),"
-    " the rest allocator overhead. Remove this marker when it passes.",
-)
 async def test_each_slow_reader_costs_less_than_one_mib() -> None:
     async with firehose() as up, serving(up) as (proc, port):
         baseline, peak, _ = await rss_after_readers(proc, port)
