@@ -74,3 +74,31 @@ def test_no_accepted_path_leaves_the_base(path: str) -> None:
         elif seg not in ("", "."):
             stack.append(seg)
     assert stack[:1] == ["base"]
+
+
+class _Endpoint:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def test_client_errors_name_endpoints_not_addresses() -> None:
+    from hydrallm.proxy.urls import scrub_upstream
+
+    endpoints = {
+        "zai": _Endpoint("https://user:pw@api.z.ai/api/paas/v4?key=abc"),
+        "local": _Endpoint("http://127.0.0.1:8081"),
+        "twin-a": _Endpoint("http://10.0.0.9:80/a"),
+        "twin-b": _Endpoint("http://10.0.0.9/b"),
+    }
+    text = (
+        "cannot connect to api.z.ai:443: refused; url='https://user:pw@api.z.ai/api/paas/v4/x?key=abc'"
+        " | Connect call failed ('127.0.0.1', 8081) | 10.0.0.9:80 | http://elsewhere.example/x"
+    )
+    shown = scrub_upstream(text, endpoints)
+    assert 'cannot connect to endpoint "zai": refused' in shown
+    assert "url='endpoint \"zai\"'" in shown
+    assert 'failed endpoint "local"' in shown
+    # Two endpoints on one address: no guess, and no address either.
+    assert "| the upstream | the upstream" in shown
+    for leak in ("api.z.ai", "pw", "abc", "127.0.0.1", "10.0.0.9", "elsewhere"):
+        assert leak not in shown, (leak, shown)

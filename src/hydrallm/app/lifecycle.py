@@ -94,7 +94,7 @@ class Proxy:
             ),
             handler_cancellation=True,
             access_log=None,
-            keepalive_timeout=75.0,
+            keepalive_timeout=self.config.server.keepalive_timeout,
         )
         runner = web.ServerRunner(
             server,

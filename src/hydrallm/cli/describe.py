@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from hydrallm.config import Config, ListenerConfig
+from hydrallm.config.tables import masked_url
 from hydrallm.config.units import format_duration
 
 
@@ -81,7 +82,8 @@ def _chain_lines(config: Config, ids: tuple[str, ...]) -> list[str]:
             if ep.api_key not in (None, "-")
             else ("key: removed" if ep.api_key == "-" else "key: client's")
         )
-        url = ep.url or "bedrock-runtime, regional URL resolved at start"
+        # Userinfo and query values of an endpoint URL are credentials: shown masked.
+        url = masked_url(ep.url) if ep.url else "bedrock-runtime, regional URL resolved at start"
         out.append(
             f"    {i}. {m.endpoint} / {m.model} [{m.type}] attempts={m.attempts}"
             f" timeout={format_duration(m.timeout)} interval={format_duration(m.interval)}"

@@ -33,7 +33,9 @@ def _global_options(func: F) -> F:
         "--config",
         "-c",
         "config_path",
-        type=click.Path(dir_okay=False),
+        # Not dir_okay=False: click would exit 2 (usage); a directory given as the config
+        # is a config problem (exit 1, "... is a directory"), reported by load_config.
+        type=click.Path(),
         default=None,
         help="Config file (default: $HYDRALLM_CONFIG or ~/.config/hydrallm/config.toml).",
     )

@@ -109,6 +109,8 @@ class ServerConfig:
     shutdown_timeout: float = 30.0
     auth_keys: tuple[str, ...] = ()
     workers: int = 1
+    # How long a kept-alive client connection may sit idle between requests.
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -100,6 +101,18 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     env = os.environ if env is None else env
     where = str(path)
     try:
+        # A FIFO (or a device) would block the read forever, waiting for a writer: only a
+        # regular file is read.  stat() itself never blocks.
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(where)
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise ConfigError(
+                [f"{where} is {kind}; the config must be a regular file"],
+                where,
+                heading="cannot load config",
+            )
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(
@@ -230,7 +243,13 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
     entries = model_entries(raw_models, report)
     if not entries and isinstance(raw_models, list | dict):
         report.problem("at least one model must be configured")
-    known = [ident for ident, _ in entries]
+    # A dict: ordered (for suggestions and the default chain) and O(1) to ask "is it known".
+    known = dict.fromkeys(ident for ident, _ in entries)
+    # Types by endpoint in one pass: asking every endpoint about every entry is quadratic.
+    endpoint_types: dict[str, set[str | None]] = {}
+    for _, entry in entries:
+        if entry.endpoint is not None:
+            endpoint_types.setdefault(entry.endpoint, set()).add(entry.type)
     models: dict[str, ModelConfig] = {}
     for ident, entry in entries:
         model = build_model(ident, entry, endpoints, retry, report)
@@ -238,7 +257,7 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
             models[ident] = model
 
     for name, endpoint in endpoints.items():
-        types = {entry.type for _, entry in entries if entry.endpoint == name}
+        types = endpoint_types.get(name, set())
         endpoints[name] = finish_endpoint(endpoint, types, report)
 
     raw_listeners = data.get("listeners", [])
@@ -288,7 +307,7 @@ def parse_config(text: str, *, path: str | None = None, env: Mapping[str, str]) 
 
 
 def _warn_unused(
-    listeners: Sequence[ListenerConfig], known: Sequence[str], server: object, report: Report
+    listeners: Sequence[ListenerConfig], known: Iterable[str], server: object, report: Report
 ) -> None:
     """Warn about settings that [[listeners]] make pointless, so a typo is not silent."""
     used = {

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from hydrallm.config import (
     AFFINITIES,
@@ -36,7 +36,16 @@ from hydrallm.config import (
     ServerConfig,
     units,
 )
-from hydrallm.config.tables import MISSING, Report, Table, or_default, shown, suggestion
+from hydrallm.config.tables import (
+    MISSING,
+    Report,
+    Table,
+    masked_url,
+    or_default,
+    shown,
+    suggestion,
+    url_secrets,
+)
 
 DEFAULT_LISTENER: Final = "default"
 
@@ -65,6 +74,7 @@ SERVER_KEYS = (
     "shutdown_timeout",
     "auth_keys",
     "workers",
+    "keepalive_timeout",
 )
 LOG_KEYS = ("level", "include_error_body")
 RETRY_KEYS = (
@@ -131,6 +141,9 @@ PREFILL: tuple[Prefill, ...] = ("auto", "yes", "no")
 PREFILL_FLAG: tuple[PrefillFlag, ...] = ("none", "prefix", "continue_final_message")
 
 
+MAX_WORKERS = 256
+
+
 def server_section(t: Table) -> ServerConfig:
     d = ServerConfig()
     return ServerConfig(
@@ -141,7 +154,9 @@ def server_section(t: Table) -> ServerConfig:
         max_body_size=or_default(t.size("max_body_size"), d.max_body_size),
         shutdown_timeout=or_default(t.duration("shutdown_timeout"), d.shutdown_timeout),
         auth_keys=or_default(t.strings("auth_keys", secret=True), d.auth_keys),
-        workers=t.integer("workers", d.workers, minimum=1),
+        # Each worker is a process: an unbounded count is a fork bomb waiting for a typo.
+        workers=t.integer("workers", d.workers, minimum=1, maximum=MAX_WORKERS),
+        keepalive_timeout=or_default(t.duration("keepalive_timeout"), d.keepalive_timeout),
     )
 
 
@@ -308,19 +323,43 @@ def aws_pool(t: Table) -> tuple[AwsCredential, ...]:
     return tuple(pool)
 
 
-def checked_url(url: str, place: str, report: Report) -> str:
-    trimmed = url.rstrip("/")
+def checked_url(url: str, place: str, report: Report, *, api_key: str | None = None) -> str:
+    """The endpoint URL with trailing slashes of its path trimmed (its query kept).
+
+    Userinfo and query values are secrets (collected for redaction, never shown in a
+    problem).  A fragment is refused: the request path would be appended after it and
+    never reach the upstream.
+    """
+    report.secrets.update(url_secrets(url))
+    where = shown(masked_url(url))
     try:
-        parts = urlsplit(trimmed)
+        parts = urlsplit(url)
         host = parts.hostname
         _ = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
-        report.problem(f"{place}: url {shown(url)} is not a valid URL")
-        return trimmed
+        report.problem(f"{place}: url {where} is not a valid URL")
+        return url.rstrip("/")
     if parts.scheme.lower() not in ("http", "https"):
-        report.problem(f"{place}: url {shown(url)} must start with http:// or https://")
+        report.problem(f"{place}: url {where} must start with http:// or https://")
     elif not host:
-        report.problem(f"{place}: url {shown(url)} has no host")
+        report.problem(f"{place}: url {where} has no host")
+    if "#" in url:
+        report.problem(
+            f"{place}: url {where} has a fragment (#...); the request path would be appended"
+            " after it and never sent: remove it"
+        )
+    userinfo = parts.username is not None or parts.password is not None
+    if userinfo and api_key not in (None, "", "-"):
+        report.problem(
+            f"{place}: url {where} carries credentials (user:password@) and api_key is set;"
+            " an upstream request can carry only one of them: remove one"
+        )
+    elif userinfo and api_key is None:
+        report.warnings.append(
+            f"{place}: url {where} carries credentials (user:password@); a client's own"
+            ' Authorization header cannot be sent with them: set api_key = "-" to strip it'
+        )
+    trimmed = urlunsplit(parts._replace(path=parts.path.rstrip("/"), fragment=""))
     return trimmed
 
 
@@ -334,7 +373,7 @@ def finish_endpoint(
         report.problem(f"{place}: aws_region {shown(region)} is not a valid AWS region")
     url = endpoint.url
     if url:
-        url = checked_url(url, place, report)
+        url = checked_url(url, place, report, api_key=endpoint.api_key)
     elif types == {"bedrock"}:
         # Left empty: the bedrock provider builds the regional URL from the region it
         # resolves at signing time (aws_region, environment, profile, us-east-1).
@@ -401,7 +440,7 @@ def model_entry(t: Table) -> ModelEntry:
 
 def schema1_ids(entries: Sequence[ModelEntry], report: Report) -> list[str]:
     """Ids of `[[models]]` entries: `name`, else "<endpoint>/<model>" made unique with #2, #3…"""
-    named = [entry.name for entry in entries if entry.name is not None]
+    named = {entry.name for entry in entries if entry.name is not None}
     used: set[str] = set()
     for entry in entries:
         if entry.name is None:
@@ -410,15 +449,20 @@ def schema1_ids(entries: Sequence[ModelEntry], report: Report) -> list[str]:
             report.problem(f"{entry.place}: name {shown(entry.name)} is already used")
         used.add(entry.name)
     ids: list[str] = []
+    next_suffix: dict[str, int] = {}
     for entry in entries:
         if entry.name is not None:
             ids.append(entry.name)
             continue
         base = f"{entry.endpoint or ''}/{entry.model or ''}"
-        ident, count = base, 1
+        # Continue counting where the last entry of this base stopped: restarting at #2
+        # for every duplicate made 20,000 entries of one model quadratic.
+        count = next_suffix.get(base, 1)
+        ident = base if count == 1 else f"{base}#{count}"
         while ident in used or ident in named:
             count += 1
             ident = f"{base}#{count}"
+        next_suffix[base] = count + 1
         used.add(ident)
         ids.append(ident)
     return ids
@@ -495,7 +539,7 @@ def model_entries(raw: object, report: Report) -> list[tuple[str, ModelEntry]]:
 # --------------------------------------------------------------------------- listeners
 
 
-def routes_section(t: Table, known: Sequence[str]) -> tuple[Route, ...]:
+def routes_section(t: Table, known: Mapping[str, None]) -> tuple[Route, ...]:
     raw = t.raw.get("routes", MISSING)
     if raw is MISSING:
         return ()
@@ -520,7 +564,7 @@ def routes_section(t: Table, known: Sequence[str]) -> tuple[Route, ...]:
 
 
 def listener_section(
-    index: int, raw: object, server: ServerConfig, known: Sequence[str], report: Report
+    index: int, raw: object, server: ServerConfig, known: Mapping[str, None], report: Report
 ) -> ListenerConfig:
     name_value = raw.get("name") if isinstance(raw, dict) else None
     named = isinstance(name_value, str) and name_value != ""

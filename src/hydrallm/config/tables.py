@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from hydrallm.config import units
 
@@ -40,6 +41,45 @@ def suggestion(word: str, options: Iterable[str], *, brackets: bool = False) -> 
     if not close:
         return ""
     return f" (did you mean [{close[0]}]?)" if brackets else f" (did you mean {shown(close[0])}?)"
+
+
+def url_secrets(url: str) -> set[str]:
+    """The secret parts of an endpoint URL: userinfo, and every query parameter value
+    (Gemini-style `?key=...`), both as written and percent-decoded."""
+    try:
+        parts = urlsplit(url)
+        username, password = parts.username, parts.password
+    except ValueError:
+        return set()
+    found: set[str] = set()
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo = netloc.rpartition("@")[0]
+        found.update({userinfo, unquote(userinfo)})
+    for value in (username, password):
+        if value:
+            found.update({value, unquote(value)})
+    for pair in parts.query.split("&"):
+        _, eq, value = pair.partition("=")
+        if eq and value:
+            found.update({value, unquote_plus(value)})
+    return {s for s in found if s}
+
+
+def masked_url(url: str) -> str:
+    """`url` as it may be shown: userinfo as `…@`, every query value as `…`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an invalid URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "…@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{name}=…" if eq else name
+        for name, eq, _ in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def unset_consequence(key: str) -> str:
@@ -159,7 +199,9 @@ class Table:
             return default
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
         value, from_env = self._value(key)
         if value is MISSING:
             return default
@@ -170,6 +212,9 @@ class Table:
             return default
         if minimum is not None and value < minimum:
             self.report.problem(f"{self.where(key)}: must be at least {minimum}, got {value}")
+            return default
+        if maximum is not None and value > maximum:
+            self.report.problem(f"{self.where(key)}: must be at most {maximum}, got {value}")
             return default
         return value
 

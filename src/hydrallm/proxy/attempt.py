@@ -13,7 +13,6 @@ telemetry, compressed streams are peeked through, and upstream exceptions become
 
 from __future__ import annotations
 
-import gzip
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -435,11 +434,17 @@ class AttemptRunner:
         """The upstream's error body for the log, when `log.include_error_body` is on."""
         if status < 400 or not self.config.log.include_error_body:
             return None
-        if "gzip" in encoding.lower():
+        lowered = encoding.lower()
+        if "gzip" in lowered or "deflate" in lowered:
+            # Inflate at most what is logged: a 1 MiB gzip of zeros is 1 GiB inflated.
             try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError, zlib.error):
-                return "(gzip body that could not be decompressed)"
+                inflated = zlib.decompressobj(wbits=47).decompress(body, ERROR_LOG_LIMIT + 1)
+            except zlib.error:
+                return "(compressed body that could not be decompressed)"
+            if len(inflated) > ERROR_LOG_LIMIT:
+                shown = inflated[:ERROR_LOG_LIMIT].decode("utf-8", "replace")
+                return f"{shown}… (inflated further; {len(body)} bytes compressed)"
+            body = inflated
         return _excerpt(body, ERROR_LOG_LIMIT)
 
 

@@ -7,6 +7,16 @@ at the first byte of each request; if the head is not complete within `read_time
 client gets `408 Request Timeout` and the connection is closed.  Once the head is in, the
 handler bounds the body itself (server.py reads it within the same `read_timeout`).
 
+A new connection that sends nothing at all is closed after `read_timeout` too (aiohttp
+would hold it for its keep-alive timeout, 75 s: 2,000 silent connections held 2,000
+descriptors).  Idle time *between* requests of a kept-alive connection is aiohttp's
+`keepalive_timeout` (`server.keepalive_timeout`).
+
+The 408 always reaches the client: the connection is half-closed after it (FIN, not RST)
+and whatever the client still sends is read and dropped for a short linger, because
+closing a socket with unread input makes the kernel reset it, and a reset can overtake
+the 408 in the client's receive queue.
+
     server = GuardedServer(handler, read_timeout=lc.read_timeout, on_timeout=log_it, ...)
 """
 
@@ -36,6 +46,8 @@ _TIMEOUT_RESPONSE = (
 
 # Called with the peer address ("host:port", or "-") when a connection is closed.
 OnTimeout = Callable[[str], None]
+# How long input is read and dropped after a 408, before the socket is closed.
+LINGER = 2.0
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -61,8 +73,20 @@ class GuardedRequestHandler(RequestHandler):
         # `read_timeout` (DECISIONS.md: it bounds the whole request, head and body).
         self._head_began: float | None = None
         self.request_began: float | None = None
+        self._spoke = False  # any byte received on this connection yet
+        self._lingering = False  # 408 sent: input is dropped until the socket closes
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Until the first byte, the head deadline doubles as the first-byte deadline.
+        self._head_timer = self._loop.call_later(self._head_timeout, self._silent_deadline)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        if not self._spoke:
+            self._spoke = True
+            self._cancel_head_timer()
         if self._head_began is None and not self._serving:
             self._head_began = self._loop.time()
         super().data_received(data)
@@ -96,6 +120,12 @@ class GuardedRequestHandler(RequestHandler):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _silent_deadline(self) -> None:
+        """No byte within `read_timeout` of connecting: close (nothing to answer)."""
+        self._head_timer = None
+        if not self._spoke and not self._serving:
+            self.force_close()
+
     def _head_deadline(self) -> None:
         self._head_timer = None
         transport = self.transport
@@ -103,12 +133,16 @@ class GuardedRequestHandler(RequestHandler):
             return
         peer = transport.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+        self._lingering = True
         try:
             transport.write(_TIMEOUT_RESPONSE)
-        except (ConnectionError, RuntimeError):
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (ConnectionError, RuntimeError, OSError):
             pass
-        # Closes the transport once the 408 is flushed, and stops the handler's loop.
-        self.force_close()
+        # Closes the transport after the linger (or at once when the client closes first),
+        # and stops the handler's loop.
+        self._loop.call_later(LINGER, self.force_close)
         if self._on_head_timeout is not None:
             self._on_head_timeout(where)
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
@@ -24,17 +26,23 @@ from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
 from hydrallm.observe.usage import UsageMeter, session_hash, usage_slice
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.proxy import admin
-from hydrallm.proxy.body import parse_body
+from hydrallm.proxy.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.proxy.recovery import Recovery, make_recovery
-from hydrallm.proxy.relay import relay
+from hydrallm.proxy.relay import bound_send_queue, relay, return_freed_memory
 from hydrallm.proxy.upstream import message_headers
-from hydrallm.proxy.urls import UnsafePath, check_path
+from hydrallm.proxy.urls import UnsafePath, check_path, scrub_upstream
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 _NO_CONTROLS = dict.fromkeys([*range(32), 127])
 _JSON_START = frozenset(b"{ \t\r\n")
+# Request Content-Encodings aiohttp's parser inflates itself (its rule: ASCII, compared in
+# lower case, nothing else); br and zstd only when their libraries are installed, else the
+# parser refuses the request.  Any other coding could not be read, so not rewritten.
+_INFLATED = frozenset({"gzip", "deflate", "br", "zstd"})
+# The types whose requests carry a `model` the proxy rewrites (Bedrock's is in the path).
+_REWRITTEN = frozenset({"openai", "anthropic"})
 
 
 def make_handler(state: ProxyState, listener_name: str) -> Handler:
@@ -75,6 +83,7 @@ class _Exchange:
         "session",
         "started",
         "state",
+        "trim",
         "wall",
     )
 
@@ -100,13 +109,14 @@ class _Exchange:
         self.body: bytes | None = None  # journal.bodies only
         self.requested: str | None = None
         self.session: str | None = None
+        self.trim = False  # a client left mid-stream: return freed memory when idle
 
     # --- the steps -----------------------------------------------------------------------
 
     async def proxy(self, query: str) -> web.StreamResponse:
         listener, request, path = self.listener, self.request, self.path
         CURRENT_REQUEST.set(self.request_id)
-        strip_auth: str | None = None
+        strip_auth: frozenset[tuple[str, str]] = frozenset()
         if listener.auth_keys:
             ok, strip_auth = _auth_ok(listener, request)
             if not ok:
@@ -115,7 +125,17 @@ class _Exchange:
             check_path(path)
         except UnsafePath as exc:
             return self.refuse(400, str(exc), "invalid_request_error")
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and not _readable_encoding(encoding):
+            return self.refuse(
+                415,
+                f"request Content-Encoding {encoding[:40]!r} is not supported;"
+                " send gzip, deflate or an uncompressed body",
+                "invalid_request_error",
+            )
         limit = self.engine.config.server.max_body_size
+        # Content-Length counts compressed bytes; the limit applies after inflation too
+        # (counted as the body is read).
         length = request.content_length
         if length is not None and length > limit:
             return self.too_large(limit)
@@ -142,7 +162,24 @@ class _Exchange:
             return self.refuse(
                 408, "the request body did not arrive within read_timeout", "timeout_error"
             )
-        parsed = parse_body(body) if body and body[0] in _JSON_START else None
+        except (HttpProcessingError, web.RequestPayloadError):
+            # A compressed body that does not inflate (aiohttp's ContentEncodingError).
+            return self.refuse(
+                400, "the request body could not be decompressed", "invalid_request_error"
+            )
+        parsed = None
+        if body:
+            if listener.api_type in _REWRITTEN and looks_like_json(
+                body, request.headers.get("Content-Type", "")
+            ):
+                # A body a lenient upstream parser would read but we could not would carry
+                # the client's model to the provider unrewritten: refuse it.
+                try:
+                    parsed = parse_strict(body)
+                except BodyError as exc:
+                    return self.refuse(400, str(exc), "invalid_request_error")
+            elif body[0] in _JSON_START:
+                parsed = parse_body(body)
         headers, accept = _forwarded_headers(request.headers.items(), strip_auth)
         client_request = ClientRequest(
             method=request.method,
@@ -173,6 +210,10 @@ class _Exchange:
             return await self.send_committed(result, client_request)
         finally:
             state.in_flight -= 1
+            if self.trim and state.in_flight == 0:
+                # Later, not now: the connections and tasks of the clients that left are
+                # let go by aiohttp after this handler returns.
+                asyncio.get_running_loop().call_later(1.0, return_freed_memory)
 
     def send_final(self, result: Final) -> web.Response:
         model = result.model
@@ -187,7 +228,12 @@ class _Exchange:
             result.error,
             (result.model_name, endpoint, result.body),
         )
-        return web.Response(status=result.status, body=result.body, headers=CIMultiDict(headers))
+        body = result.body
+        if result.proxy_made:
+            # The client learns which endpoint failed by its config name, never the
+            # internal URL (nor credentials written in it).
+            body = self.scrubbed(body)
+        return web.Response(status=result.status, body=body, headers=CIMultiDict(headers))
 
     async def send_committed(
         self, committed: Committed, client_request: ClientRequest
@@ -237,9 +283,19 @@ class _Exchange:
             telemetry.stream_open(name, 1)
         broken: str | None = None
         recovery: Recovery | None = None
+        # Stays True unless the relay ends normally (a client that went away mid-answer,
+        # however it shows: a cancelled handler, a reset while sending the head...).
+        self.trim = True
         try:
-            await out.prepare(self.request)
+            try:
+                await out.prepare(self.request)
+            except ConnectionError:
+                # The client left before the head could be sent: nothing more to do.
+                upstream.abort()
+                return out
             transport = self.request.transport
+            if transport is not None:
+                bound_send_queue(transport)
 
             def abort_client() -> None:
                 if transport is not None:
@@ -266,6 +322,7 @@ class _Exchange:
                 recover=hooks.recover,
             )
             broken = result.broken
+            self.trim = result.client_gone
             if not result.client_gone:
                 engine.attempts.stream_ended(committed, broken)
             if broken is not None and not result.recovered:
@@ -297,6 +354,26 @@ class _Exchange:
         return out
 
     # --- answers the proxy makes itself ----------------------------------------------------
+
+    def scrubbed(self, body: bytes) -> bytes:
+        """A proxy-made JSON error body with upstream addresses named by endpoint and any
+        secret redacted, in every string of it."""
+        endpoints = self.engine.config.endpoints
+        redact = self.state.telemetry.log.redact
+
+        def clean(value: object) -> object:
+            if isinstance(value, str):
+                return redact(scrub_upstream(value, endpoints))
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        try:
+            return json.dumps(clean(json.loads(body))).encode()
+        except ValueError:
+            return redact(scrub_upstream(body.decode("utf-8", "replace"), endpoints)).encode()
 
     def refuse(self, status: int, message: str, kind: str) -> web.Response:
         """A proxy-made error before any upstream work, in the listener's API format."""
@@ -358,37 +435,64 @@ class _Exchange:
         )
 
 
-def _auth_ok(listener: ListenerRuntime, request: web.BaseRequest) -> tuple[bool, str | None]:
-    """Check proxy auth; returns (ok, name of the header that carried the key)."""
+def _auth_ok(
+    listener: ListenerRuntime, request: web.BaseRequest
+) -> tuple[bool, frozenset[tuple[str, str]]]:
+    """Check proxy auth; returns (ok, the (header, value) pairs that carry a proxy key).
+
+    Every header the listener accepts keys in is checked, each occurrence of it: a proxy
+    key is removed from all of them before forwarding, not only from the one that
+    authenticated.
+    """
     headers = request.headers
-    presented: list[tuple[str, str]] = []
-    auth = headers.get("Authorization")
-    if auth is not None and auth[:7].lower() == "bearer ":
-        presented.append(("authorization", auth[7:].strip()))
-    key = headers.get("x-api-key")
-    if key is not None:
-        presented.append(("x-api-key", key.strip()))
-    for name, value in presented:
+    presented: list[tuple[str, str, str]] = []
+    for auth in headers.getall("Authorization", ()):
+        if auth[:7].lower() == "bearer ":
+            presented.append(("authorization", auth, auth[7:].strip()))
+    for key in headers.getall("x-api-key", ()):
+        presented.append(("x-api-key", key, key.strip()))
+    carrying: set[tuple[str, str]] = set()
+    for name, raw, value in presented:
         candidate = value.encode()
         # Compare against every key, always, so timing says nothing about which matched.
         matched = False
         for k in listener.auth_keys:
             matched |= hmac.compare_digest(candidate, k)
         if matched:
-            return True, name
-    return False, None
+            carrying.add((name, raw))
+    return bool(carrying), frozenset(carrying)
+
+
+def _readable_encoding(value: str) -> bool:
+    """Whether a request Content-Encoding is one the body arrives inflated from."""
+    return (value.isascii() and value.lower() in _INFLATED) or value.strip().lower() == "identity"
+
+
+def _connection_tokens(items: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """Header names the client's `Connection:` headers nominate as hop-by-hop."""
+    names: set[str] = set()
+    for k, v in items:
+        if k.lower() == "connection":
+            names.update(t.strip().lower() for t in v.split(",") if t.strip())
+    return frozenset(names)
 
 
 def _forwarded_headers(
-    items: Iterable[tuple[str, str]], strip: str | None
+    items: Iterable[tuple[str, str]], strip: frozenset[tuple[str, str]]
 ) -> tuple[tuple[tuple[str, str], ...], str]:
-    """The client's headers less hop-by-hop ones and the proxy key; also its Accept."""
+    """The client's headers less hop-by-hop ones (fixed, and those its `Connection:` names,
+    RFC 9110 §7.6.1), the proxy key wherever it was presented, and `Content-Encoding`
+    (the body was inflated when read); also its Accept."""
+    items = tuple(items)
+    nominated = _connection_tokens(items)
     kept: list[tuple[str, str]] = []
     has_encoding = False
     accept = ""
     for k, v in items:
         lower = k.lower()
-        if lower in HOP_BY_HOP or lower == strip:
+        if lower in HOP_BY_HOP or lower in nominated or lower == "content-encoding":
+            continue
+        if strip and (lower, v) in strip:
             continue
         if lower == "accept-encoding":
             has_encoding = True

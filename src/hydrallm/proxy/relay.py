@@ -10,6 +10,10 @@ client sees an incomplete response rather than a short one.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,6 +22,51 @@ from aiohttp import web
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.sse import DEFAULT_MAX_SIZE as MAX_LINE
 from hydrallm.proxy.engine import Committed
+
+# What may be queued for one client, in the transport and in the kernel.  Each write waits
+# (back-pressure to the upstream read) once the transport holds more than its high-water
+# mark; the kernel's send buffer is fixed instead of auto-tuned, because on loopback and
+# fast links Linux grows it to 4 MiB per socket, and everything written there has also
+# been recorded for mid-stream recovery: 100 clients that stop reading held ~500 MiB.
+WRITE_HIGH_WATER = 64 * 1024
+SEND_BUFFER = 64 * 1024  # the kernel doubles it for its bookkeeping
+# A chunk read from the upstream can be a few hundred KiB (all that was buffered): it is
+# written in slices, each waiting for the transport to drain, so the transport never
+# holds more than the high-water mark plus one slice.
+WRITE_SLICE = 16 * 1024
+
+
+def bound_send_queue(transport: asyncio.BaseTransport) -> None:
+    """Bound the bytes queued towards one client (transport buffer and socket buffer)."""
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass  # not a socket that takes it (a test transport, a Unix pipe)
+
+
+def return_freed_memory() -> None:
+    """Ask the C allocator to give freed memory back to the system (glibc only).
+
+    Buffers of streams that ended are freed, but glibc keeps the pages (its mmap threshold
+    grows after large frees, so later buffers land on a heap it rarely trims): without
+    this, the memory 100 slow readers used stays in the process after they leave.  Costs a
+    few milliseconds, so it is called only when the last request in flight ends after a
+    client left mid-stream.  A cancelled relay's buffers hang in reference cycles (the
+    CancelledError's traceback holds its frames), which the cyclic collector frees only
+    once enough new objects are made: an idle proxy makes none, so it is run here first.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc (macOS, musl): nothing to do
+    trim(0)
+
 
 # Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
 # finish the answer (writing to the client itself); return True when it did.
@@ -87,7 +136,7 @@ async def relay(
                     break
             if observe is not None:
                 observe(chunk)
-            await out.write(chunk)
+            await _write_bounded(out, chunk)
     except (ConnectionResetError, ConnectionError):
         response.abort()
         return RelayResult(None, client_gone=True)
@@ -113,6 +162,21 @@ async def relay(
         broken = "the proxy is shutting down"
     await end_broken(committed, out, broken, abort_client)
     return RelayResult(broken)
+
+
+async def _write_bounded(out: web.StreamResponse, chunk: bytes) -> None:
+    """Write `chunk`, waiting for the client to take what is queued (back-pressure).
+
+    aiohttp's write() waits for the transport to drain below its high-water mark once
+    more than 64 KiB were written since the last wait: in slices, the transport never
+    holds much more than that.
+    """
+    if len(chunk) <= WRITE_SLICE:
+        await out.write(chunk)
+        return
+    view = memoryview(chunk)
+    for start in range(0, len(chunk), WRITE_SLICE):
+        await out.write(view[start : start + WRITE_SLICE])
 
 
 async def end_broken(
