@@ -60,8 +60,8 @@ class EventSplitter:
             return []
         if self._parts:
             # An event end may straddle the boundary: look at the held tail's last bytes too.
-            tail = self._parts[-1][-3:]
-            if _EVENT_END.search(tail + data) is None:
+            tail = self._parts[-1][-3:] + data
+            if b"\n\n" not in tail and (b"\r" not in tail or _EVENT_END.search(tail) is None):
                 self._hold(data)
                 return []
             buf = b"".join(self._parts) + data
@@ -70,9 +70,21 @@ class EventSplitter:
             buf = data
         out: list[bytes] = []
         start = 0
-        for match in _EVENT_END.finditer(buf):
-            out.append(buf[start : match.end()])
-            start = match.end()
+        if b"\r" in buf:
+            for match in _EVENT_END.finditer(buf):
+                out.append(buf[start : match.end()])
+                start = match.end()
+        else:
+            # LF only (nearly every upstream): bytes.find is a C scan, where the regex's
+            # alternation is stepped byte by byte (a third of the relay's CPU on long
+            # events).  Same events: the leftmost `\n\n` after the previous end.
+            find = buf.find
+            end = find(b"\n\n")
+            while end >= 0:
+                end += 2
+                out.append(buf[start:end])
+                start = end
+                end = find(b"\n\n", start)
         if start < len(buf):
             self._hold(buf[start:] if start else buf)
         return out

@@ -75,13 +75,19 @@ class GuardedResponse:
             self.oversized = True
             self._failure = f"the upstream sent an event longer than {MAX_EVENT // 1024} KiB"
             raise StreamFailure(self._failure) from None
+        passed = events[0] if len(events) == 1 else b"".join(events)
+        maybe_error = self._format.maybe_error
+        # One scan of the whole for the error markers (none spans an event's end); only
+        # when one is there, the events are looked at one by one.
+        if not passed or not maybe_error(passed):
+            return passed
         for i, raw in enumerate(events):
-            if self._format.maybe_error(raw):
+            if maybe_error(raw):
                 event = parse_event(raw)
                 if self._format.is_error_event(event):
                     self._failure = f"upstream error event: {_describe(event.data)}"
                     return b"".join(events[:i])
-        return b"".join(events)
+        return passed
 
     def release(self) -> None:
         self._inner.release()
