@@ -95,6 +95,39 @@ class EventSplitter:
         if self.max_event is not None and self._size > self.max_event:
             raise EventTooLong(f"an event longer than {self.max_event} bytes")
 
+    def feed_whole(self, data: bytes) -> bytes:
+        """Like `feed`, but the complete events as one piece (nothing is split apart).
+
+        On LF-only data the cut is at the last `\\n\\n`, one reverse scan: what passes is
+        the same bytes as `b"".join(feed(data))`, except that a blank line right after an
+        event's end may pass with it instead of being held (a blank line is no event).
+        """
+        if not data:
+            return b""
+        if b"\r" in data or (self._parts and b"\r" in self._parts[-1][-3:]):
+            return b"".join(self.feed(data))
+        if self._parts:
+            end = data.rfind(b"\n\n")
+            if end < 0:
+                if self._parts[-1][-1:] == b"\n" and data[:1] == b"\n":
+                    end = -1  # the end straddles the boundary
+                else:
+                    self._hold(data)
+                    return b""
+            end += 2
+            passed = b"".join(self._parts) + data[:end]
+            self._parts, self._size = [], 0
+        else:
+            end = data.rfind(b"\n\n")
+            if end < 0:
+                self._hold(data)
+                return b""
+            end += 2
+            passed = data[:end] if end < len(data) else data
+        if end < len(data):
+            self._hold(data[end:])
+        return passed
+
     def flush(self) -> bytes:
         """What is left at the end of the stream (an unterminated event), if anything."""
         rest = b"".join(self._parts)
@@ -146,7 +179,10 @@ def is_error_event(kind: StreamKind, event: Event) -> bool:
 def maybe_error(kind: StreamKind, raw: bytes) -> bool:
     """Cheap pre-check before parsing: could these bytes be an error event?"""
     if kind is StreamKind.OPENAI_CHAT:
-        return b'"error"' in raw or b"event: error" in raw or b"event:error" in raw
+        # One scan in the common case: every marker contains `error`.
+        return b"error" in raw and (
+            b'"error"' in raw or b"event: error" in raw or b"event:error" in raw
+        )
     return b"error" in raw or b"response.failed" in raw
 
 

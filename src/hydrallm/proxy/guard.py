@@ -70,17 +70,17 @@ class GuardedResponse:
     def _filter(self, chunk: bytes) -> bytes:
         """The whole events of `chunk` up to an error event (which sets `_failure`)."""
         try:
-            events = self._split.feed(chunk)
+            passed = self._split.feed_whole(chunk)
         except EventTooLong:
             self.oversized = True
             self._failure = f"the upstream sent an event longer than {MAX_EVENT // 1024} KiB"
             raise StreamFailure(self._failure) from None
-        passed = events[0] if len(events) == 1 else b"".join(events)
         maybe_error = self._format.maybe_error
         # One scan of the whole for the error markers (none spans an event's end); only
-        # when one is there, the events are looked at one by one.
+        # when one is there, the events are split apart and looked at one by one.
         if not passed or not maybe_error(passed):
             return passed
+        events = EventSplitter().feed(passed)
         for i, raw in enumerate(events):
             if maybe_error(raw):
                 event = parse_event(raw)
