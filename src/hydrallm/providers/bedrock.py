@@ -21,7 +21,7 @@ from hydrallm.errors import RequestNotPossible
 from hydrallm.observe.events import Telemetry
 from hydrallm.providers.aws import AwsAuth, is_signing_header, resolve_all
 from hydrallm.providers.base import ClientRequest, ErrorBody, Outgoing, Provider
-from hydrallm.providers.limitrules import LimitRules
+from hydrallm.providers.bedrock_limits import BEDROCK_LIMITS as BEDROCK_LIMITS
 from hydrallm.proxy.urls import join
 
 ACTIONS = ("invoke", "invoke-with-response-stream", "converse", "converse-stream", "count-tokens")
@@ -159,15 +159,3 @@ def _bearer(endpoint: EndpointConfig) -> str | None:
     return key if key is not None and key not in ("", "-") else None
 
 
-# Bedrock: the error class is in `x-amzn-ErrorType` ("ThrottlingException:http://...") and
-# the body's `__type`.  ThrottlingException (429) is a throttle; ServiceQuotaExceededException
-# (400) is the account's quota; ModelNotReadyException (429) and ServiceUnavailableException
-# (503) are the service's, not the credentials'.  botocore reads `x-amz-retry-after` (ms).
-# Sources: botocore bedrock-runtime service model, /work/shared/reference/
-# provider-behaviour.md §1.7.
-BEDROCK_LIMITS = LimitRules(
-    name="bedrock",
-    quota_codes=frozenset({"ServiceQuotaExceededException"}),
-    throttle_codes=frozenset({"ThrottlingException", "throttlingException"}),
-    not_key_codes=frozenset({"ModelNotReadyException", "ServiceUnavailableException"}),
-)

@@ -21,7 +21,7 @@ from typing import Final
 
 from hydrallm.config import Config
 from hydrallm.providers.anthropic import ANTHROPIC_LIMITS, UNIFIED_PREFIX, UNIFIED_WINDOWS
-from hydrallm.providers.bedrock import BEDROCK_LIMITS
+from hydrallm.providers.bedrock_limits import BEDROCK_LIMITS
 from hydrallm.providers.gemini_limits import (
     DAILY_QUOTA_MARK,
     GEMINI_LIMITS,
