@@ -157,5 +157,3 @@ def _bearer(endpoint: EndpointConfig) -> str | None:
     """The endpoint's Bedrock API key, when it has one (`-` means: sign, as without)."""
     key = endpoint.api_key
     return key if key is not None and key not in ("", "-") else None
-
-
