@@ -109,34 +109,43 @@ async def relay(
         line = 0 if fmt is not None and fmt.codec == "sse" else None
         # write_timeout bounds the whole response once it has started (as the original).
         write_deadline = loop.time() + write_timeout if write_timeout else None
-        while True:
-            wait = idle_timeout
-            if write_deadline is not None:
-                wait = min(wait, write_deadline - loop.time())
-            try:
-                async with asyncio.timeout(wait):
-                    chunk = await response.read_chunk()
-            except TimeoutError:
-                if write_deadline is not None and loop.time() >= write_deadline:
-                    broken = f"response exceeded write_timeout ({write_timeout:g}s)"
-                else:
-                    broken = f"upstream stalled: no data for {idle_timeout:g}s"
-                break
-            except UpstreamError as exc:
-                broken = exc.message
-                break
-            if not chunk:
-                break
-            if line is not None:
-                end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-                line = line + len(chunk) if end < 0 else len(chunk) - end - 1
-                if line > MAX_LINE:
-                    broken = f"the upstream sent a line longer than {MAX_LINE // 1024} KiB"
-                    recover = None  # not a break another model could mend
-                    break
-            if observe is not None:
-                observe(chunk)
-            await _write_bounded(out, chunk)
+        # One timer for the whole relay, armed for each read and disarmed for each write
+        # (a slow client is not a stalled upstream): a new `asyncio.timeout` per chunk
+        # cost ~3 % of a stream's CPU in its enter/exit alone.
+        timer = asyncio.timeout(None)
+        try:
+            async with timer:
+                while True:
+                    wait = idle_timeout
+                    if write_deadline is not None:
+                        wait = min(wait, write_deadline - loop.time())
+                    timer.reschedule(loop.time() + wait)
+                    try:
+                        chunk = await response.read_chunk()
+                    except UpstreamError as exc:
+                        broken = exc.message
+                        break
+                    timer.reschedule(None)
+                    if not chunk:
+                        break
+                    if line is not None:
+                        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+                        line = line + len(chunk) if end < 0 else len(chunk) - end - 1
+                        if line > MAX_LINE:
+                            broken = f"the upstream sent a line longer than {MAX_LINE // 1024} KiB"
+                            recover = None  # not a break another model could mend
+                            break
+                    if observe is not None:
+                        observe(chunk)
+                    await _write_bounded(out, chunk)
+                timer.reschedule(None)
+        except TimeoutError:
+            if not timer.expired():
+                raise  # not the idle timer's: as before, not a stall
+            if write_deadline is not None and loop.time() >= write_deadline:
+                broken = f"response exceeded write_timeout ({write_timeout:g}s)"
+            else:
+                broken = f"upstream stalled: no data for {idle_timeout:g}s"
     except (ConnectionResetError, ConnectionError):
         response.abort()
         return RelayResult(None, client_gone=True)
