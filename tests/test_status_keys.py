@@ -268,7 +268,8 @@ async def test_a_held_request_shows_while_it_waits_and_ends_when_its_client_leav
             assert doc["held"] == {"count": 0, "earliest_reset": None, "requests": []}
         assert up.asked[A] == 1  # learnt once; nothing sent after the client left
         logs = px.logs()
-        assert "held" in logs and "Traceback" not in logs
+        assert "held listener=default" in logs and "Traceback" not in logs
+        assert "hold_cancelled listener=default" in logs
         for secret in KEYS.values():
             assert secret not in dom and secret not in json.dumps(doc)
 

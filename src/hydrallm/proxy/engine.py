@@ -149,10 +149,15 @@ class Engine:
         end = keyed.at_end(chain, retry.hold - held) if keyed and not budget_spent else None
         if end is not None:
             if end.hold is not None:
-                self.telemetry.log.info("held", listener=labels.listener, wait_s=end.hold)
+                log = self.telemetry.log
+                log.info("held", listener=labels.listener, wait_s=round(end.hold, 3))
                 # A client that leaves cancels this task: the entry goes with the wait.
-                with self.holds.hold(labels.listener, end.hold):
-                    await self.sleep(end.hold)
+                try:
+                    with self.holds.hold(labels.listener, end.hold):
+                        await self.sleep(end.hold)
+                except asyncio.CancelledError:
+                    log.info("hold_cancelled", listener=labels.listener)
+                    raise
                 return await self.run(request, chain, labels, held + end.hold)
             if last_response is not None:
                 last_response.headers = with_retry_after(last_response.headers, end.earliest)
