@@ -13,7 +13,7 @@ need neither the process state nor the compiled runtime.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -174,7 +174,3 @@ class ProcessView(Protocol):
     def redact(self, text: str) -> str:
         """`text` with every configured secret masked."""
         ...
-
-
-def listener_names(view: ProcessView) -> Sequence[str]:
-    return [lc.name for lc in view.generation().listeners]
