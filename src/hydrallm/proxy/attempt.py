@@ -32,6 +32,13 @@ from hydrallm.formats.registry import select_format
 from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
+from hydrallm.proxy.translated import (
+    WHOLE_ANSWER_LIMIT,
+    BadTranslation,
+    Translated,
+    TranslatedResponse,
+    translation_for,
+)
 from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.keys import Step
@@ -161,10 +168,16 @@ class AttemptRunner:
         ttft: float | None = None
         phase = "response"
         budget_cut = False
+        translated: Translated | None = None
         try:
             if model.model == "*" and provider.requested_model(request) is None:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
-            outgoing = await provider.prepare(model, endpoint, request)
+            # Another API family than the client's: the request is translated (issue 16).
+            # A same-family model gets None and the byte-exact pass-through.
+            translated = translation_for(request, model, self.model_name(model, request))
+            outgoing = await provider.prepare(
+                model, endpoint, request if translated is None else translated.request
+            )
             headers = outgoing.headers
             if identity:
                 headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
@@ -214,13 +227,16 @@ class AttemptRunner:
                         outgoing.model_label,
                         False,
                     )
+                    if translated is not None:
+                        # Judged on the upstream's own answer; the client reads its API's.
+                        _as_client_error(snapshot, translated, response_encoding)
                     shown = self._error_body(status, response_encoding, body)
                     self._report(
                         attempt, labels, "status", status, None, sent, None, fallback, shown, label
                     )
                     if decision.verdict is Action.RETURN:
                         self.breakers.success(model.id)
-                        if len(body) < ERROR_BODY_LIMIT:
+                        if len(body) < ERROR_BODY_LIMIT or translated is not None:
                             response.release()
                             return snapshot
                         # A body longer than we hold: the client gets all of it, relayed.
@@ -263,9 +279,15 @@ class AttemptRunner:
                     self._failed(model, outcome)
                     return outcome
                 content_type = get("Content-Type", "")
+                if translated is not None:
+                    # From here on the answer is read in the client's API (see translated.py).
+                    phase = "body" if not translated.request.streaming else phase
+                    response = await _translate_answer(response, translated)
+                    get = response.headers.get
+                    content_type = get("Content-Type", "")
                 fmt = select_format(
                     content_type,
-                    api=model.type,
+                    api=model.type if translated is None else translated.client_format_api,
                     path=request.path,
                     streaming=request.streaming,
                     encoding=get("Content-Encoding", ""),
@@ -313,7 +335,11 @@ class AttemptRunner:
                 response.abort()
             if not isinstance(exc, Exception):
                 raise  # cancellation: nothing to report
+            if isinstance(exc, BadTranslation):
+                return self._refused(exc, attempt, model, request)
             return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut, label)
+        if isinstance(response, TranslatedResponse):
+            response.committed = True
         if complete:
             response.release()
         if keyed is not None and chosen is not None:  # look-ahead, affinity, cache reads
@@ -340,6 +366,16 @@ class AttemptRunner:
             labels=labels,
             deadline=deadline,
         )
+
+    def _refused(
+        self, exc: BadTranslation, attempt: Attempt, model: ModelConfig, request: ClientRequest
+    ) -> Final:
+        """A client body its own API would refuse: a 400 in that API, nothing sent."""
+        provider = self.providers["anthropic" if request.path.endswith("/messages") else "openai"]
+        err = provider.error_body(400, exc.message, "invalid_request_error")
+        headers = [("Content-Type", err.content_type), *err.headers]
+        name = self.model_name(model, request)
+        return Final(400, headers, err.body, attempt.number, model, name, True, exc.message)
 
     def stream_ended(self, committed: Committed, broken: str | None) -> None:
         """A committed stream ended: well (a success for its model) or broken (a failure)."""
@@ -446,6 +482,36 @@ class AttemptRunner:
                 return f"{shown}… (inflated further; {len(body)} bytes compressed)"
             body = inflated
         return _excerpt(body, ERROR_LOG_LIMIT)
+
+
+async def _translate_answer(response: Response, translated: Translated) -> TranslatedResponse:
+    """The upstream's 2xx answer as a response in the client's API."""
+    translator = translated.translator
+    if translated.request.streaming:
+        return TranslatedResponse(response, stream=translator.stream())
+    body = await read_body(response, WHOLE_ANSWER_LIMIT)
+    try:
+        answer = translator.response(body)
+    except ValueError as exc:
+        raise ProtocolError(f"upstream answer unreadable: {exc}") from exc
+    return TranslatedResponse(response, body=answer)
+
+
+def _as_client_error(snapshot: Final, translated: Translated, encoding: str) -> None:
+    """Rewrite an upstream error answer, in place, into the client's error format."""
+    body = snapshot.body
+    if encoding.strip().lower() not in ("", "identity"):
+        try:
+            body = zlib.decompressobj(wbits=47).decompress(body, ERROR_BODY_LIMIT)
+        except zlib.error:
+            body = b""
+    err = translated.translator.error(snapshot.status, body)
+    dropped = {"content-type", "content-encoding", "content-length"}
+    dropped.update(k.lower() for k, _ in err.headers)
+    kept = [(k, v) for k, v in snapshot.headers if k.lower() not in dropped]
+    snapshot.headers = [("Content-Type", err.content_type), *kept, *err.headers]
+    snapshot.status = err.status
+    snapshot.body = err.body
 
 
 def _inflater(encoding: str) -> zlib._Decompress | bool | None:

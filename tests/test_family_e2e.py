@@ -1,0 +1,356 @@
+"""Issue 16 end to end: the real proxy, the official SDKs as clients, chains across families.
+
+Every client API (Anthropic Messages, OpenAI chat, OpenAI Responses) against every upstream
+type (anthropic, openai chat, openai Responses where that is native, gemini), streaming
+and not, with a tool call: the SDK reads a correct answer and the fake received its own
+API's request (the Gemini fake refuses any field it does not know).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from hydrallm.app.lifecycle import start
+from hydrallm.config.load import parse_config
+from hydrallm.observe.events import Logger
+from hydrallm.testing import FakeUpstream, faults
+from hydrallm.testing import gemini as g
+from hydrallm.testing.gemini import FakeGemini
+
+GEMINI_KEY = "test-gemini-key"
+CITY = {"city": "Paris"}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: str
+    url: str
+    type: str
+    api: str | None = None
+    key: str | None = None
+
+
+@dataclass(slots=True)
+class Running:
+    url: str
+    log: io.StringIO
+
+    def openai(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="sk-test", max_retries=0)
+
+    def anthropic(self) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(base_url=self.url, api_key="sk-test", max_retries=0)
+
+
+def config_text(entries: tuple[Entry, ...]) -> str:
+    lines = [
+        "[retry]",
+        "max_cycles = 1",
+        'default_interval = "10ms"',
+        'first_token_timeout = "5s"',
+        'stream_idle_timeout = "5s"',
+        "[cooldown]",
+        "enabled = false",
+    ]
+    for e in entries:
+        lines += [f"[providers.{e.id}]", f"url = {json.dumps(e.url)}"]
+        if e.key:
+            lines.append(f"api_key = {json.dumps(e.key)}")
+    for e in entries:
+        lines += [
+            f"[models.{e.id}]",
+            f"provider = {json.dumps(e.id)}",
+            f"type = {json.dumps(e.type)}",
+            f'model = "{e.id}-model"',
+            "attempts = 1",
+        ]
+        if e.api:
+            lines.append(f"api = {json.dumps(e.api)}")
+    ids = ", ".join(json.dumps(e.id) for e in entries)
+    lines += ["[[listeners]]", 'name = "main"', "port = 8080", f"models = [{ids}]"]
+    return "\n".join(lines) + "\n"
+
+
+@asynccontextmanager
+async def running(*entries: Entry) -> AsyncIterator[Running]:
+    config = parse_config(config_text(entries), env={})
+    config = replace(config, listeners=tuple(replace(lc, port=0) for lc in config.listeners))
+    log = io.StringIO()
+    proxy = await start(config, logger=Logger("info", stream=log))
+    host, port = proxy.addresses()["main"]
+    try:
+        yield Running(f"http://{host}:{port}", log)
+    finally:
+        await proxy.close()
+
+
+# --- the three client APIs, through their official SDKs ------------------------------------
+
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+
+
+async def ask_anthropic(run: Running, stream: bool, tools: bool) -> dict[str, Any]:
+    """What the user's program reads: the text and the tool call, via the SDK."""
+    kwargs: dict[str, Any] = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 200,
+        "system": "You are terse.",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    }
+    if tools:
+        kwargs["tools"] = [
+            {"name": "get_weather", "description": "Weather", "input_schema": WEATHER_SCHEMA}
+        ]
+    async with run.anthropic() as client:
+        if stream:
+            async with client.messages.stream(**kwargs) as s:
+                message = await s.get_final_message()
+        else:
+            message = await client.messages.create(**kwargs)
+    text = "".join(b.text for b in message.content if b.type == "text")
+    calls = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
+    return {"text": text, "calls": calls, "stop": message.stop_reason}
+
+
+async def ask_chat(run: Running, stream: bool, tools: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": "gpt-4.1",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Weather in Paris?"},
+        ],
+        "max_tokens": 200,
+    }
+    if tools:
+        kwargs["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA},
+            }
+        ]
+    async with run.openai() as client:
+        if not stream:
+            done = await client.chat.completions.create(**kwargs)
+            msg = done.choices[0].message
+            calls = [
+                (c.function.name, json.loads(c.function.arguments)) for c in msg.tool_calls or []
+            ]
+            return {
+                "text": msg.content or "",
+                "calls": calls,
+                "stop": done.choices[0].finish_reason,
+            }
+        text, finish = "", None
+        names: dict[int, str] = {}
+        args: dict[int, str] = {}
+        async for chunk in await client.chat.completions.create(stream=True, **kwargs):
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            text += choice.delta.content or ""
+            for tc in choice.delta.tool_calls or []:
+                if tc.function and tc.function.name:
+                    names[tc.index] = tc.function.name
+                if tc.function and tc.function.arguments:
+                    args[tc.index] = args.get(tc.index, "") + tc.function.arguments
+            finish = choice.finish_reason or finish
+    calls = [(names[i], json.loads(args.get(i) or "{}")) for i in sorted(names)]
+    return {"text": text, "calls": calls, "stop": finish}
+
+
+async def ask_responses(run: Running, stream: bool, tools: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": "gpt-5",
+        "instructions": "You are terse.",
+        "input": "Weather in Paris?",
+        "max_output_tokens": 200,
+    }
+    if tools:
+        kwargs["tools"] = [
+            {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA}
+        ]
+    async with run.openai() as client:
+        if stream:
+            async with client.responses.stream(**kwargs) as s:
+                response = await s.get_final_response()
+        else:
+            response = await client.responses.create(**kwargs)
+    calls = [
+        (item.name, json.loads(item.arguments))
+        for item in response.output
+        if item.type == "function_call"
+    ]
+    return {"text": response.output_text, "calls": calls, "stop": response.status}
+
+
+ASK = {"anthropic": ask_anthropic, "chat": ask_chat, "responses": ask_responses}
+CLIENT_PATH = {
+    "anthropic": "/v1/messages",
+    "chat": "/v1/chat/completions",
+    "responses": "/v1/responses",
+}
+# The upstream kinds: (model type, openai api, the path the fake must receive).
+UPSTREAMS = {
+    "anthropic": ("anthropic", None, "/v1/messages"),
+    "chat": ("openai", "chat", "/v1/chat/completions"),
+    "responses": ("openai", "responses", "/v1/responses"),
+    "gemini": ("gemini", None, None),
+}
+PAIRS = [
+    (client, upstream)
+    for client in ASK
+    for upstream in UPSTREAMS
+    # A Responses upstream is only ever spoken to a Responses client (DECISIONS: Families).
+    if upstream != "responses" or client == "responses"
+]
+
+
+@asynccontextmanager
+async def upstream_of(kind: str) -> AsyncIterator[tuple[Entry, FakeUpstream | FakeGemini]]:
+    model_type, api, _ = UPSTREAMS[kind]
+    if model_type == "gemini":
+        async with FakeGemini(key=GEMINI_KEY) as gem:
+            yield Entry(kind, gem.url, "gemini", key=GEMINI_KEY), gem
+    else:
+        async with FakeUpstream(name=kind, text="Sunny in Paris today.") as fake:
+            yield Entry(kind, fake.url, model_type, api=api), fake
+
+
+def script_tool_call(fake: FakeUpstream | FakeGemini) -> None:
+    if isinstance(fake, FakeGemini):
+        fake.script(g.answer(text="", calls=(("get_weather", CITY),)))
+    else:
+        fake.script(faults.tool_call("get_weather", CITY))
+
+
+def check_received(kind: str, fake: FakeUpstream | FakeGemini, stream: bool) -> None:
+    """The fake got one request in its own API, naming its configured model."""
+    if isinstance(fake, FakeGemini):
+        assert fake.problems == [], fake.problems  # the strict schema found nothing foreign
+        (req,) = fake.requests
+        assert (req.model, req.stream) == ("gemini-model", stream)
+        assert req.headers.get("x-goog-api-key") == GEMINI_KEY
+        assert "authorization" not in {k.lower() for k in req.headers}
+        assert req.body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
+        assert req.body["systemInstruction"]["parts"][0]["text"] == "You are terse."
+        return
+    (req,) = [r for r in fake.requests if r.method == "POST"]
+    assert req.path == UPSTREAMS[kind][2]
+    assert req.model == f"{kind}-model" and req.stream == stream
+    body = req.json()
+    if kind == "anthropic":
+        assert body["tools"][0]["name"] == "get_weather" and body["system"]
+        assert isinstance(body["max_tokens"], int)
+    elif kind == "chat":
+        assert body["tools"][0]["function"]["name"] == "get_weather"
+        assert body["messages"][0]["role"] == "system"
+    else:
+        assert body["tools"][0]["name"] == "get_weather"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize(("client", "upstream"), PAIRS, ids=[f"{c}-to-{u}" for c, u in PAIRS])
+async def test_every_client_api_on_every_upstream_type(
+    client: str, upstream: str, stream: bool
+) -> None:
+    async with upstream_of(upstream) as (entry, fake), running(entry) as run:
+        script_tool_call(fake)
+        got = await ASK[client](run, stream, tools=True)
+        check_received(upstream, fake, stream)
+    assert got["calls"] == [("get_weather", CITY)], got
+    expected_stop = {"anthropic": "tool_use", "chat": "tool_calls", "responses": "completed"}
+    assert got["stop"] == expected_stop[client]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("client", list(ASK))
+async def test_plain_text_answer_through_gemini(client: str, stream: bool) -> None:
+    async with FakeGemini(key=GEMINI_KEY) as gem:
+        gem.script(g.answer(text="Sunny and mild in Paris."))
+        async with running(Entry("gem", gem.url, "gemini", key=GEMINI_KEY)) as run:
+            got = await ASK[client](run, stream, tools=False)
+    assert got["text"] == "Sunny and mild in Paris."
+    assert got["calls"] == [] and gem.problems == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("client", list(ASK))
+async def test_first_model_503_healthy_fallback_of_another_family(
+    client: str, stream: bool
+) -> None:
+    """The client's own family is down; the fallback speaks another API and answers."""
+    own = "anthropic" if client == "anthropic" else "openai"
+    other = "openai" if client == "anthropic" else "anthropic"
+    async with (
+        FakeUpstream(name="down", default=faults.status(503)) as down,
+        FakeUpstream(name="up", text="From the other family.") as up,
+    ):
+        api = "responses" if client == "responses" else None
+        entries = (Entry("down", down.url, own, api=api), Entry("up", up.url, other))
+        async with running(*entries) as run:
+            got = await ASK[client](run, stream, tools=False)
+    assert got["text"] == "From the other family."
+    assert len(down.requests) == 1 and len(up.requests) == 1
+    assert up.requests[0].path == ("/v1/chat/completions" if other == "openai" else "/v1/messages")
+
+
+@pytest.mark.parametrize("client", list(ASK))
+async def test_translated_in_stream_error_before_commit_falls_back(client: str) -> None:
+    """Gemini reports an overload as the stream's first event: the peek sees it (in the
+    client's own format) before commit, and the client gets the fallback's answer only."""
+    async with (
+        FakeGemini(key=GEMINI_KEY) as gem,
+        FakeUpstream(name="up", text="Clean answer from the fallback.") as up,
+    ):
+        gem.script(g.error_in_stream(after_chunks=0))
+        model_type = "anthropic" if client == "anthropic" else "openai"
+        api = "responses" if client == "responses" else None
+        entries = (
+            Entry("gem", gem.url, "gemini", key=GEMINI_KEY),
+            Entry("up", up.url, model_type, api=api),
+        )
+        async with running(*entries) as run:
+            got = await ASK[client](run, True, tools=False)
+    assert got["text"] == "Clean answer from the fallback."
+    assert len(gem.requests) == 1 and len(up.requests) == 1
+
+
+async def test_upstream_error_reaches_the_client_in_its_own_format() -> None:
+    """A Gemini 400 is what the Anthropic SDK raises, as an Anthropic error."""
+    async with FakeGemini(key="another-key") as gem:
+        async with running(Entry("gem", gem.url, "gemini", key=GEMINI_KEY)) as run:
+            with pytest.raises(anthropic.BadRequestError) as caught:
+                await ask_anthropic(run, False, tools=False)
+    assert caught.value.status_code == 400
+    body = caught.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "API key not valid" in body["error"]["message"]
+
+
+async def test_a_model_that_cannot_serve_the_api_is_skipped_with_a_log_line() -> None:
+    """A Bedrock-runtime path on an OpenAI model: skipped, and the chain goes on."""
+    async with FakeUpstream(name="oa") as fake, running(Entry("oa", fake.url, "openai")) as run:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(run.url + "/model/anthropic.claude/invoke", json={"messages": []}) as r,
+        ):
+            status = r.status
+        log = run.log.getvalue()
+    assert fake.requests == []
+    assert status == 502
+    assert "cannot serve" in log
