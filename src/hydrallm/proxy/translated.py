@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -23,14 +24,15 @@ from hydrallm.formats.translate import (
     BadRequest,
     ClientApi,
     MalformedUpstream,
-    StreamTranslator,
-    Translator,
     Untranslatable,
+    bedrock,
     client_api_for_path,
     translator_for,
     upstream_api,
 )
-from hydrallm.providers.base import ClientRequest
+from hydrallm.formats.translate.errors import ClientError
+from hydrallm.formats.translate.errors import UpstreamError as StreamedError
+from hydrallm.providers.base import CREDENTIAL_HEADERS, ClientRequest
 from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.upstream import Response
 
@@ -51,6 +53,22 @@ WHOLE_ANSWER_LIMIT = 64 * 1024 * 1024
 _BEDROCK_PATH = "/model/"
 
 
+class AnswerStream(Protocol):
+    finished: bool
+    error: StreamedError | None
+
+    def feed(self, data: bytes) -> bytes: ...
+    def close(self) -> bytes: ...
+
+
+class AnswerTranslator(Protocol):
+    """What reads the upstream's answer back: `formats.translate.Translator` and Bedrock's."""
+
+    def response(self, body: bytes) -> bytes: ...
+    def stream(self) -> AnswerStream: ...
+    def error(self, status: int, body: bytes) -> ClientError: ...
+
+
 class BadTranslation(RequestNotPossible):
     """The client's body cannot be read as its API's request: the client gets a 400."""
 
@@ -59,7 +77,7 @@ class BadTranslation(RequestNotPossible):
 class Translated:
     """One attempt's translation: what to send and how to read the answer."""
 
-    translator: Translator
+    translator: AnswerTranslator
     request: ClientRequest  # the upstream request, in the client request's shape
     client: ClientApi
     client_format_api: str  # the model type whose wire format the client's API is
@@ -89,6 +107,8 @@ def translation_for(
         if model.type == "gemini" and ":" not in request.path:
             raise RequestNotPossible(f"a gemini model cannot serve {request.path[:80]}")
         return None
+    if client == "anthropic" and model.type == "bedrock":
+        return _on_bedrock(request, model_name)
     kind = upstream_api(client, model.type, model.api)
     if kind == "native":
         return None
@@ -124,6 +144,24 @@ def translation_for(
     )
 
 
+def _on_bedrock(request: ClientRequest, model_name: str) -> Translated:
+    """Anthropic Messages as InvokeModel(WithResponseStream) on Bedrock."""
+    try:
+        path, raw, stream = bedrock.request(json.loads(request.body or b"{}"), model_name)
+    except (BadRequest, ValueError) as exc:
+        raise BadTranslation(str(exc)) from exc
+    kept = [
+        (k, v)
+        for k, v in request.headers
+        if k.lower() not in _DROPPED
+        and k.lower() not in CREDENTIAL_HEADERS
+        and not k.lower().startswith("anthropic-")
+    ]
+    headers = (*kept, ("Content-Type", "application/json"), ("Accept-Encoding", "identity"))
+    upstream = ClientRequest("POST", path, "", headers, raw, None, stream)
+    return Translated(bedrock.BedrockTranslator(), upstream, "anthropic", "anthropic")
+
+
 def answer_headers(response: Response, content_type: str) -> CIMultiDictProxy[str]:
     """The upstream's headers for the client, less those the translation changes."""
     headers: CIMultiDict[str] = CIMultiDict(
@@ -149,7 +187,7 @@ class TranslatedResponse:
         self,
         upstream: Response,
         *,
-        stream: StreamTranslator | None = None,
+        stream: AnswerStream | None = None,
         body: bytes | None = None,
     ) -> None:
         self._up = upstream
