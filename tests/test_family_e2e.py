@@ -354,3 +354,65 @@ async def test_a_model_that_cannot_serve_the_api_is_skipped_with_a_log_line() ->
     assert fake.requests == []
     assert status == 502
     assert "cannot serve" in log
+
+
+def test_responses_namespace_tools_are_flattened_and_given_back() -> None:
+    """Codex groups its MCP tools in `namespace` tools: another family gets them flat, and
+    the call comes back under its namespace."""
+    from hydrallm.formats.translate import translator_for
+
+    t = translator_for("responses", "anthropic")
+    tools = [{"type": "function", "name": "read", "parameters": WEATHER_SCHEMA}]
+    body = {
+        "model": "gpt-5",
+        "input": [
+            {"type": "message", "role": "user", "content": "hi"},
+            {"type": "function_call", "call_id": "c1", "namespace": "fs", "name": "read",
+             "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+        ],
+        "tools": [{"type": "namespace", "name": "fs", "description": "files", "tools": tools}],
+    }  # fmt: skip
+    call = t.request(body, "claude-x")
+    assert isinstance(call.body, dict)
+    assert [tool["name"] for tool in call.body["tools"]] == ["fs__read"]
+    assert call.body["messages"][1]["content"][0]["name"] == "fs__read"
+    answer = {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "fs__read", "input": {}}],
+        "stop_reason": "tool_use", "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 2},
+    }  # fmt: skip
+    (item,) = json.loads(t.response(answer))["output"]
+    assert (item["type"], item["namespace"], item["name"]) == ("function_call", "fs", "read")
+
+
+@pytest.mark.parametrize(
+    ("script", "served"),
+    [(g.error_in_stream(after_chunks=0), "fallback"), (g.answer(text="Native hi."), "gemini")],
+    ids=["error-first", "healthy"],
+)
+async def test_native_gemini_stream_is_peeked_as_gemini(script: object, served: str) -> None:
+    """A client calling Gemini natively: an error object as the first event is judged
+    before commit (the next Gemini model answers), a healthy stream is relayed as is."""
+    async with FakeGemini(key=GEMINI_KEY) as gem, FakeGemini(key=GEMINI_KEY) as backup:
+        gem.script(script)  # type: ignore[arg-type]
+        backup.script(g.answer(text="Fallback hi."))
+        entries = (
+            Entry("gem", gem.url, "gemini", key=GEMINI_KEY),
+            Entry("backup", backup.url, "gemini", key=GEMINI_KEY),
+        )
+        body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+        async with running(*entries) as run, aiohttp.ClientSession() as http:
+            url = run.url + "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"
+            async with http.post(url, json=body) as r:
+                status, raw = r.status, await r.read()
+    assert status == 200
+    texts = [
+        part["text"]
+        for line in raw.decode().splitlines()
+        if line.startswith("data: ")
+        for part in json.loads(line[6:])["candidates"][0]["content"]["parts"]
+    ]
+    assert "".join(texts) == ("Fallback hi." if served == "fallback" else "Native hi.")
+    assert len(backup.requests) == (1 if served == "fallback" else 0)

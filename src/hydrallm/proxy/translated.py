@@ -87,6 +87,14 @@ def client_api(request: ClientRequest) -> ClientApi | None:
     return client_api_for_path(request.path)
 
 
+def error_api(request: ClientRequest, listener_type: str) -> str:
+    """The model type whose error format the client reads: its API's, else the listener's."""
+    client = client_api_for_path(request.path)
+    if client is None:
+        return listener_type
+    return "anthropic" if client == "anthropic" else "openai"
+
+
 def serves(client: ClientApi, model: ModelConfig) -> str | None:
     """ "native", an upstream API to translate to, or None (cannot serve `client`)."""
     return upstream_api(client, model.type, model.api)
