@@ -416,3 +416,37 @@ async def test_native_gemini_stream_is_peeked_as_gemini(script: object, served: 
     ]
     assert "".join(texts) == ("Fallback hi." if served == "fallback" else "Native hi.")
     assert len(backup.requests) == (1 if served == "fallback" else 0)
+
+
+async def test_foreign_thinking_is_not_replayed_to_anthropic() -> None:
+    """Gemini's reasoning reached Claude Code as an unsigned thinking block; sent back in
+    the history to an Anthropic model of the same (mixed) chain, it is dropped, since
+    Anthropic refuses a thinking block it did not sign.  Signed ones stay."""
+    async with (
+        FakeUpstream(name="claude", text="Next answer.") as claude,
+        FakeGemini(key=GEMINI_KEY) as gem,
+    ):
+        entries = (
+            Entry("claude", claude.url, "anthropic"),
+            Entry("gem", gem.url, "gemini", key=GEMINI_KEY),
+        )
+        history = [
+            {"role": "user", "content": "First?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Gemini thought.", "signature": ""},
+                    {"type": "thinking", "thinking": "Claude thought.", "signature": "c2ln"},
+                    {"type": "text", "text": "First answer."},
+                ],
+            },
+            {"role": "user", "content": "Second?"},
+        ]
+        async with running(*entries) as run, run.anthropic() as client:
+            message = await client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=100, messages=history
+            )
+        sent = claude.requests[0].json()["messages"][1]["content"]
+    assert message.content[0].type == "text" and message.content[0].text == "Next answer."
+    assert [b.get("thinking") for b in sent if b["type"] == "thinking"] == ["Claude thought."]
+    assert sent[-1] == {"type": "text", "text": "First answer."}

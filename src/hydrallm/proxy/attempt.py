@@ -38,6 +38,7 @@ from hydrallm.proxy.translated import (
     Translated,
     TranslatedResponse,
     translation_for,
+    without_foreign_thinking,
 )
 from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
 from hydrallm.routing.breakers import Breakers
@@ -114,6 +115,7 @@ class AttemptRunner:
     __slots__ = (
         "_clock",
         "_deadlines",
+        "_mixed",
         "breakers",
         "config",
         "providers",
@@ -137,6 +139,9 @@ class AttemptRunner:
         self.providers = providers
         self._clock = clock
         self._deadlines: Deadlines | None = None  # created on first use, inside the loop
+        # Models of several API families: an Anthropic history may hold another family's
+        # (unsigned) thinking, which the pass-through must strip for an Anthropic model.
+        self._mixed = len({m.type for m in config.models.values()}) > 1
 
     def model_name(self, model: ModelConfig, request: ClientRequest) -> str:
         """The model name sent upstream (the requested one for a `"*"` entry)."""
@@ -175,9 +180,10 @@ class AttemptRunner:
             # Another API family than the client's: the request is translated (issue 16).
             # A same-family model gets None and the byte-exact pass-through.
             translated = translation_for(request, model, self.model_name(model, request))
-            outgoing = await provider.prepare(
-                model, endpoint, request if translated is None else translated.request
-            )
+            upstream = request if translated is None else translated.request
+            if translated is None and self._mixed and model.type == "anthropic":
+                upstream = without_foreign_thinking(request)
+            outgoing = await provider.prepare(model, endpoint, upstream)
             headers = outgoing.headers
             if identity:
                 headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]

@@ -12,7 +12,7 @@ the client's own wire format and never learn that a translation happened.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -25,6 +25,7 @@ from hydrallm.formats.translate import (
     ClientApi,
     MalformedUpstream,
     Untranslatable,
+    anthropic,
     bedrock,
     client_api_for_path,
     translator_for,
@@ -150,6 +151,25 @@ def translation_for(
     return Translated(
         translator, upstream, client, "anthropic" if client == "anthropic" else "openai"
     )
+
+
+def without_foreign_thinking(request: ClientRequest) -> ClientRequest:
+    """An Anthropic request less the unsigned thinking blocks another family's answer put
+    in its history (Anthropic refuses them); the request itself when it has none.
+
+    Only called for configs that mix families, so a same-family proxy never pays for it.
+    """
+    raw = request.body
+    if b'"thinking"' not in raw or request.json is None:
+        return request
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return request
+    if not isinstance(body, dict) or not anthropic.strip_unsigned_thinking(body):
+        return request
+    fixed = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return replace(request, body=fixed, json=parse_body(fixed))
 
 
 def _on_bedrock(request: ClientRequest, model_name: str) -> Translated:
