@@ -450,3 +450,26 @@ async def test_foreign_thinking_is_not_replayed_to_anthropic() -> None:
     assert message.content[0].type == "text" and message.content[0].text == "Next answer."
     assert [b.get("thinking") for b in sent if b["type"] == "thinking"] == ["Claude thought."]
     assert sent[-1] == {"type": "text", "text": "First answer."}
+
+
+def test_check_shows_which_client_apis_each_entry_serves() -> None:
+    from hydrallm.cli.describe import describe_config
+
+    text = config_text(
+        (
+            Entry("claude", "http://127.0.0.1:9", "anthropic"),
+            Entry("codex", "http://127.0.0.1:9", "openai", api="responses"),
+            Entry("gem", "http://127.0.0.1:9", "gemini", key="AIzaSyExampleKey1234"),
+        )
+    )
+    shown = describe_config(parse_config(text, env={}))
+    serves = [line.strip() for line in shown.splitlines() if "serves:" in line]
+    assert serves == [
+        "serves: Anthropic Messages native; OpenAI chat translated to anthropic;"
+        " Responses translated to anthropic",
+        "serves: Anthropic Messages translated to OpenAI chat; OpenAI chat native;"
+        " Responses native",
+        "serves: Anthropic Messages translated to gemini; OpenAI chat translated to gemini;"
+        " Responses translated to gemini",
+    ]
+    assert "AIzaSyExampleKey1234" not in shown
