@@ -179,7 +179,7 @@ class AttemptRunner:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
             # Another API family than the client's: the request is translated (issue 16).
             # A same-family model gets None and the byte-exact pass-through.
-            translated = translation_for(request, model, self.model_name(model, request))
+            translated = translation_for(request, model, lambda: self.model_name(model, request))
             upstream = request if translated is None else translated.request
             if translated is None and self._mixed and model.type == "anthropic":
                 upstream = without_foreign_thinking(request)

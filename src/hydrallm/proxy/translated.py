@@ -12,6 +12,7 @@ the client's own wire format and never learn that a translation happened.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -102,10 +103,24 @@ def serves(client: ClientApi, model: ModelConfig) -> str | None:
 
 
 def translation_for(
-    request: ClientRequest, model: ModelConfig, model_name: str
+    request: ClientRequest, model: ModelConfig, model_name: Callable[[], str]
 ) -> Translated | None:
-    """None for a pass-through; raises `RequestNotPossible` when the model cannot serve it."""
-    client = client_api_for_path(request.path)
+    """None for a pass-through; raises `RequestNotPossible` when the model cannot serve it.
+
+    `model_name()` gives the model name to ask for (called only to translate).
+    """
+    path = request.path
+    # The common same-family cases first, in a few string tests: the pass-through pays
+    # nothing more for families (the path carries no query here).
+    family = model.type
+    if family == "openai":
+        if path.endswith("/chat/completions") or (
+            model.api == "responses" and path.endswith("/responses")
+        ):
+            return None
+    elif family == "anthropic" and path.endswith("/messages"):
+        return None
+    client = client_api_for_path(path)
     if client is None:
         # Not a translatable API path (count_tokens, models, Bedrock-runtime, native Gemini):
         # passed through to a model that speaks it as before.
@@ -117,7 +132,7 @@ def translation_for(
             raise RequestNotPossible(f"a gemini model cannot serve {request.path[:80]}")
         return None
     if client == "anthropic" and model.type == "bedrock":
-        return _on_bedrock(request, model_name)
+        return _on_bedrock(request, model_name())
     kind = upstream_api(client, model.type, model.api)
     if kind == "native":
         return None
@@ -126,7 +141,7 @@ def translation_for(
     translator = translator_for(client, kind)
     try:
         body = json.loads(request.body) if request.body else {}
-        call = translator.request(body, model_name)
+        call = translator.request(body, model_name())
     except Untranslatable as exc:
         raise RequestNotPossible(f"not translatable to {kind}: {exc}") from exc
     except (BadRequest, ValueError) as exc:
