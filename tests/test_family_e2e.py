@@ -473,3 +473,23 @@ def test_check_shows_which_client_apis_each_entry_serves() -> None:
         " Responses translated to gemini",
     ]
     assert "AIzaSyExampleKey1234" not in shown
+
+
+@pytest.mark.parametrize("client", ["anthropic", "responses"])
+async def test_translated_stream_broken_after_commit_is_recovered(client: str) -> None:
+    """A translated stream (the client's API is not the model's) breaks after a few words:
+    recovery restarts it on the next model of that family, translated too, and the client
+    reads the whole answer once, relayed without the part it already had."""
+    text = "One two three four five six seven eight nine ten."
+    async with (
+        FakeUpstream(name="first", text=text) as first,
+        FakeUpstream(name="second", text=text) as second,
+    ):
+        first.script(faults.reset_mid_stream(after_chunks=4))
+        entries = (Entry("first", first.url, "openai"), Entry("second", second.url, "openai"))
+        async with running(*entries) as run:
+            got = await ASK[client](run, True, tools=False)
+            log = run.log.getvalue()
+    assert got["text"] == text
+    assert "served_by=second recovered=restart" in log
+    assert all(r.path == "/v1/chat/completions" for r in second.requests)
