@@ -493,3 +493,44 @@ async def test_translated_stream_broken_after_commit_is_recovered(client: str) -
     assert got["text"] == text
     assert "served_by=second recovered=restart" in log
     assert all(r.path == "/v1/chat/completions" for r in second.requests)
+
+
+async def test_an_image_reaches_gemini_as_inline_data() -> None:
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}
+    async with FakeGemini(key=GEMINI_KEY) as gem:
+        gem.script(g.answer(text="A single pixel."))
+        async with running(Entry("gem", gem.url, "gemini", key=GEMINI_KEY)) as run:
+            async with run.anthropic() as client:
+                message = await client.messages.create(
+                    model="claude-sonnet-4-5",
+                    max_tokens=50,
+                    messages=[
+                        {"role": "user", "content": [image, {"type": "text", "text": "What?"}]}
+                    ],
+                )
+    assert message.content[0].type == "text" and message.content[0].text == "A single pixel."
+    parts = gem.requests[0].body["contents"][0]["parts"]
+    assert parts[0] == {"inlineData": {"mimeType": "image/png", "data": png}}
+    assert parts[1] == {"text": "What?"} and gem.problems == []
+
+
+async def test_count_tokens_skips_a_model_of_another_family() -> None:
+    """Anthropic's count_tokens: the Gemini model cannot answer it; the Anthropic one does."""
+    async with (
+        FakeGemini(key=GEMINI_KEY) as gem,
+        FakeUpstream(name="claude") as claude,
+    ):
+        entries = (
+            Entry("gem", gem.url, "gemini", key=GEMINI_KEY),
+            Entry("claude", claude.url, "anthropic"),
+        )
+        async with running(*entries) as run, aiohttp.ClientSession() as http:
+            body = {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(run.url + "/v1/messages/count_tokens", json=body) as r:
+                status, answer = r.status, await r.json()
+            log = run.log.getvalue()
+    assert gem.requests == []
+    assert [r.path for r in claude.requests] == ["/v1/messages/count_tokens"]
+    assert "cannot count Anthropic tokens" in log
+    assert status == 200 and isinstance(answer["input_tokens"], int)

@@ -124,6 +124,9 @@ def translation_for(
     if client is None:
         # Not a translatable API path (count_tokens, models, Bedrock-runtime, native Gemini):
         # passed through to a model that speaks it as before.
+        if path.endswith("/messages/count_tokens") and family != "anthropic":
+            # Anthropic's token count has no counterpart another family could answer.
+            raise RequestNotPossible(f"a {family} model cannot count Anthropic tokens")
         if model.type != "bedrock" and request.path.startswith(_BEDROCK_PATH):
             raise RequestNotPossible(
                 f"a {model.type} model cannot serve {request.path.split('?')[0][:80]}"
