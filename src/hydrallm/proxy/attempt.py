@@ -33,10 +33,11 @@ from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.translated import (
-    WHOLE_ANSWER_LIMIT,
     BadTranslation,
     Translated,
     TranslatedResponse,
+    as_client_error,
+    translate_answer,
     translation_for,
     without_foreign_thinking,
 )
@@ -235,7 +236,9 @@ class AttemptRunner:
                     )
                     if translated is not None:
                         # Judged on the upstream's own answer; the client reads its API's.
-                        _as_client_error(snapshot, translated, response_encoding)
+                        snapshot.status, snapshot.headers, snapshot.body = as_client_error(
+                            snapshot.status, snapshot.headers, body, translated, response_encoding
+                        )
                     shown = self._error_body(status, response_encoding, body)
                     self._report(
                         attempt, labels, "status", status, None, sent, None, fallback, shown, label
@@ -288,7 +291,7 @@ class AttemptRunner:
                 if translated is not None:
                     # From here on the answer is read in the client's API (see translated.py).
                     phase = "body" if not translated.request.streaming else phase
-                    response = await _translate_answer(response, translated)
+                    response = await translate_answer(response, translated)
                     get = response.headers.get
                     content_type = get("Content-Type", "")
                 fmt = select_format(
@@ -488,36 +491,6 @@ class AttemptRunner:
                 return f"{shown}… (inflated further; {len(body)} bytes compressed)"
             body = inflated
         return _excerpt(body, ERROR_LOG_LIMIT)
-
-
-async def _translate_answer(response: Response, translated: Translated) -> TranslatedResponse:
-    """The upstream's 2xx answer as a response in the client's API."""
-    translator = translated.translator
-    if translated.request.streaming:
-        return TranslatedResponse(response, stream=translator.stream())
-    body = await read_body(response, WHOLE_ANSWER_LIMIT)
-    try:
-        answer = translator.response(body)
-    except ValueError as exc:
-        raise ProtocolError(f"upstream answer unreadable: {exc}") from exc
-    return TranslatedResponse(response, body=answer)
-
-
-def _as_client_error(snapshot: Final, translated: Translated, encoding: str) -> None:
-    """Rewrite an upstream error answer, in place, into the client's error format."""
-    body = snapshot.body
-    if encoding.strip().lower() not in ("", "identity"):
-        try:
-            body = zlib.decompressobj(wbits=47).decompress(body, ERROR_BODY_LIMIT)
-        except zlib.error:
-            body = b""
-    err = translated.translator.error(snapshot.status, body)
-    dropped = {"content-type", "content-encoding", "content-length"}
-    dropped.update(k.lower() for k, _ in err.headers)
-    kept = [(k, v) for k, v in snapshot.headers if k.lower() not in dropped]
-    snapshot.headers = [("Content-Type", err.content_type), *kept, *err.headers]
-    snapshot.status = err.status
-    snapshot.body = err.body
 
 
 def _inflater(encoding: str) -> zlib._Decompress | bool | None:

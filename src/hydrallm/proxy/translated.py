@@ -12,6 +12,7 @@ the client's own wire format and never learn that a translation happened.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -36,7 +37,7 @@ from hydrallm.formats.translate.errors import ClientError
 from hydrallm.formats.translate.errors import UpstreamError as StreamedError
 from hydrallm.providers.base import CREDENTIAL_HEADERS, ClientRequest
 from hydrallm.proxy.body import parse_body
-from hydrallm.proxy.upstream import Response
+from hydrallm.proxy.upstream import Response, read_body
 
 # Client headers that belong to the client's API family: meaningless (or refused) upstream
 # on another family, e.g. Claude Code's `anthropic-beta` on an OpenAI-compatible endpoint.
@@ -48,7 +49,9 @@ _FAMILY_HEADERS = {
 # Recomputed for the translated body; the body is sent uncompressed.
 _DROPPED = frozenset({"content-type", "content-encoding", "content-length", "accept-encoding"})
 _ANSWER_DROPPED = frozenset({"content-type", "content-encoding", "content-length"})
-# Upper bound of a translated non-streaming answer read before commit.
+# Upper bound of a translated non-streaming answer read before commit; error bodies are
+# inflated up to ERROR_BODY_LIMIT for their translation.
+ERROR_BODY_LIMIT = 1024 * 1024
 WHOLE_ANSWER_LIMIT = 64 * 1024 * 1024
 
 # Bedrock-runtime paths (`/model/{id}/invoke...`, `/model/{id}/converse...`).
@@ -280,3 +283,36 @@ class TranslatedResponse:
 
     def abort(self) -> None:
         self._up.abort()
+
+
+async def translate_answer(response: Response, translated: Translated) -> TranslatedResponse:
+    """The upstream's 2xx answer as a response in the client's API."""
+    translator = translated.translator
+    if translated.request.streaming:
+        return TranslatedResponse(response, stream=translator.stream())
+    body = await read_body(response, WHOLE_ANSWER_LIMIT)
+    try:
+        answer = translator.response(body)
+    except ValueError as exc:
+        raise ProtocolError(f"upstream answer unreadable: {exc}") from exc
+    return TranslatedResponse(response, body=answer)
+
+
+def as_client_error(
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    translated: Translated,
+    encoding: str,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """An upstream error answer (status, headers, body) in the client's error format."""
+    if encoding.strip().lower() not in ("", "identity"):
+        try:
+            body = zlib.decompressobj(wbits=47).decompress(body, ERROR_BODY_LIMIT)
+        except zlib.error:
+            body = b""
+    err = translated.translator.error(status, body)
+    dropped = {"content-type", "content-encoding", "content-length"}
+    dropped.update(k.lower() for k, _ in err.headers)
+    kept = [(k, v) for k, v in headers if k.lower() not in dropped]
+    return err.status, [("Content-Type", err.content_type), *kept, *err.headers], err.body
