@@ -166,7 +166,6 @@ async def test_cut_mid_answer_never_two_answers(
     assert_one_answer(run, (PRIMARY, FALLBACK), trap)
 
 
-@pytest.mark.skip(reason="needs cross-family translation")
 @pytest.mark.parametrize("agent", [agent_param(a) for a in AGENTS])
 async def test_fallback_of_another_family_answers(
     agent: str, tmp_path: Path, trap: ProxyTrap

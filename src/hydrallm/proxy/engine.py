@@ -23,6 +23,7 @@ from hydrallm.errors import UpstreamError, UpstreamTimeout
 from hydrallm.observe.events import Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.attempt import AttemptRunner, Committed, Final, Labels, Outcome
+from hydrallm.proxy.translated import error_api
 from hydrallm.proxy.upstream import Transport
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import Breakers
@@ -162,7 +163,9 @@ class Engine:
             if last_response is not None:
                 last_response.headers = with_retry_after(last_response.headers, end.earliest)
             elif attempts == 0:
-                made = all_sleeping_error(self.providers[labels.api_type], end.earliest)
+                made = all_sleeping_error(
+                    self.providers[error_api(request, labels.api_type)], end.earliest
+                )
                 return Final(*made, 0, last_model, last_name, True, "every key is rate-limited")
         if last_response is not None:
             last_response.attempts = attempts
@@ -177,7 +180,8 @@ class Engine:
             reason += f"; the request's time budget ({retry.total_timeout:g}s) is spent"
         if last_error is not None:
             reason += f"; last error: {last_error.message}"
-        provider = self.providers[labels.api_type]
+        # In the client's API's error format (a chain may start with another family's model).
+        provider = self.providers[error_api(request, labels.api_type)]
         err = provider.error_body(
             status, f"hydrallm: {reason}", "timeout_error" if timed_out else "api_error"
         )
