@@ -534,3 +534,37 @@ async def test_count_tokens_skips_a_model_of_another_family() -> None:
     assert [r.path for r in claude.requests] == ["/v1/messages/count_tokens"]
     assert "cannot count Anthropic tokens" in log
     assert status == 200 and isinstance(answer["input_tokens"], int)
+
+
+# --- a chain that starts with another family than the client's ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "shape"),
+    [
+        ("/v1/messages", b'{"model":"m","max_tokens":5,"messages":[]} trailing', "anthropic"),
+        ("/v1/chat/completions", b'\xef\xbb\xbf{"model":"m","messages":[]}', "openai"),
+        ("/v1/responses", b'{"model":"m","model":"n","input":"hi"}', "openai"),
+    ],
+    ids=["anthropic-trailing-data", "chat-bom", "responses-duplicate-model"],
+)
+async def test_on_a_gemini_first_chain_a_bad_body_is_refused_in_the_clients_format(
+    path: str, body: bytes, shape: str
+) -> None:
+    # The listener's first model is Gemini; the client speaks its own API.  A body that is
+    # not strict JSON must still be refused (it would dodge the model rewrite), and the
+    # refusal must be in the client's error format, not Gemini's.
+    async with (
+        FakeGemini(key=GEMINI_KEY) as gem,
+        running(Entry("gem", gem.url, "gemini", key=GEMINI_KEY)) as run,
+    ):
+        async with aiohttp.ClientSession() as session:
+            headers = {"Content-Type": "application/json"}
+            async with session.post(run.url + path, data=body, headers=headers) as resp:
+                assert resp.status == 400
+                doc = await resp.json()
+        assert gem.requests == []  # nothing went upstream
+    if shape == "anthropic":
+        assert doc["type"] == "error" and doc["error"]["type"] == "invalid_request_error"
+    else:
+        assert "type" not in doc and doc["error"]["type"] == "invalid_request_error"

@@ -23,7 +23,6 @@ from hydrallm.errors import UpstreamError, UpstreamTimeout
 from hydrallm.observe.events import Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.attempt import AttemptRunner, Committed, Final, Labels, Outcome
-from hydrallm.proxy.translated import error_api
 from hydrallm.proxy.upstream import Transport
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import Breakers
@@ -163,9 +162,7 @@ class Engine:
             if last_response is not None:
                 last_response.headers = with_retry_after(last_response.headers, end.earliest)
             elif attempts == 0:
-                made = all_sleeping_error(
-                    self.providers[error_api(request, labels.api_type)], end.earliest
-                )
+                made = all_sleeping_error(self.providers[labels.api_type], end.earliest)
                 return Final(*made, 0, last_model, last_name, True, "every key is rate-limited")
         if last_response is not None:
             last_response.attempts = attempts
@@ -181,7 +178,7 @@ class Engine:
         if last_error is not None:
             reason += f"; last error: {last_error.message}"
         # In the client's API's error format (a chain may start with another family's model).
-        provider = self.providers[error_api(request, labels.api_type)]
+        provider = self.providers[labels.api_type]
         err = provider.error_body(
             status, f"hydrallm: {reason}", "timeout_error" if timed_out else "api_error"
         )

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from hydrallm.config import ModelConfig
+from hydrallm.config import ApiType, ModelConfig
 from hydrallm.errors import ProtocolError, RequestNotPossible, StreamFailure
 from hydrallm.formats.sse import SSEError
 from hydrallm.formats.translate import (
@@ -92,9 +92,10 @@ def client_api(request: ClientRequest) -> ClientApi | None:
     return client_api_for_path(request.path)
 
 
-def error_api(request: ClientRequest, listener_type: str) -> str:
-    """The model type whose error format the client reads: its API's, else the listener's."""
-    client = client_api_for_path(request.path)
+def client_type(path: str, listener_type: ApiType) -> ApiType:
+    """The API type the client speaks, by its path (else the listener's first model's): its
+    provider reads the requested model, and its error format is what the client reads."""
+    client = client_api_for_path(path)
     if client is None:
         return listener_type
     return "anthropic" if client == "anthropic" else "openai"
