@@ -32,6 +32,7 @@ from typing import Any
 
 from bench.peers import Peer, start_litellm, start_portkey
 from bench.procs import Procs, cpu_seconds, free_port, raise_nofile, rss_mb, wait_port
+from bench.variants import run_variants
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("direct", "passthrough", "hydrallm")
@@ -522,6 +523,7 @@ class Bench:
             ("retry path", self.retry),
             ("workers", self.workers),
             ("journal on/off", self.journal),
+            ("variants", lambda: run_variants(self, progress)),
             ("memory after run", lambda: self.memory("after")),
             ("open streams", self.open_streams),
         ]
@@ -649,6 +651,11 @@ def evaluate(figs: dict[str, Figure]) -> list[Target]:
     out.append(check("1 MiB body added p50 (ms)", big, "<= 3", lambda v: v <= 3))
     first = _ratio(get("long_last", "hydrallm"), get("long_first", "hydrallm"))
     out.append(check("long stream last / first MB/s", first, ">= 0.8", lambda v: v >= 0.8))
+    for key, name in (("pool", "3-key pool + affinity"), ("redis", "[cluster] redis")):
+        cost = _ratio(get(f"{key}_rps_c16", "hydrallm"), get(f"{key}_rps_c16", "direct"))
+        out.append(
+            check(f"{name}: throughput / baseline c16", cost, ">= 0.97", lambda v: v >= 0.97)
+        )
     out.append(check("--help (ms)", get("help_ms", "hydrallm"), "<= 150", lambda v: v <= 150))
     out.append(check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 400", lambda v: v <= 400))
     return out

@@ -116,24 +116,10 @@ async def test_primary_down_before_first_byte_fallback_answers(
     assert turns(primary) == 1 and turns(fallback) == 1, run.describe()
 
 
-OPENCODE_NO_RETRY = pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "hydrallm gives up on a cut stream with a chat error event "
-        '{"type":"api_error","code":null,"message":"hydrallm: upstream stream failed: '
-        'upstream body broken: ..."} that opencode 1.18.33 does not retry: it exits 1 '
-        "with that error (no answer, no splice). It retries type server_error, or a "
-        "message saying Overloaded / Internal server error (issue 13, giving up)."
-    ),
-)
-
-
 def cut_param(agent: str, cut: str) -> object:
-    no_retry = agent == "opencode" and cut.startswith("reset")
-    marks = [OPENCODE_NO_RETRY] if no_retry else []
     reason = missing_reason(agent)
     skip = [pytest.mark.skip(reason=reason)] if reason else []
-    return pytest.param(agent, cut, id=f"{agent}-{cut}", marks=[*skip, *marks])
+    return pytest.param(agent, cut, id=f"{agent}-{cut}", marks=skip)
 
 
 CUTS: dict[str, Fault] = {
@@ -166,7 +152,6 @@ async def test_cut_mid_answer_never_two_answers(
     assert_one_answer(run, (PRIMARY, FALLBACK), trap)
 
 
-@pytest.mark.skip(reason="needs cross-family translation")
 @pytest.mark.parametrize("agent", [agent_param(a) for a in AGENTS])
 async def test_fallback_of_another_family_answers(
     agent: str, tmp_path: Path, trap: ProxyTrap

@@ -263,7 +263,7 @@ class RecordedUpstream(AsyncService):
             await self._runner.cleanup()
 
 
-def config(db: Path, url: str, kind: str, model: str) -> str:
+def config(db: Path, url: str, kind: str, model: str, extra: str = "") -> str:
     return f"""
 [journal]
 path = "{db}"
@@ -275,6 +275,7 @@ name = "m"
 endpoint = "up"
 type = "{kind}"
 model = "{model}"
+{extra}
 """
 
 
@@ -333,7 +334,9 @@ async def test_responses_stream(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     async with (
         RecordedUpstream(responses_stream(), "text/event-stream") as up,
-        ProxyHarness(config(db, up.url + "/v1", "openai", "gpt-5-mini")) as px,
+        # A Responses upstream is declared (DECISIONS "Families"; else it is called with
+        # chat completions and this recorded Responses stream would not be one).
+        ProxyHarness(config(db, up.url + "/v1", "openai", "gpt-5-mini", 'api = "responses"')) as px,
         openai.AsyncOpenAI(base_url=px.url() + "/v1", api_key="c", max_retries=0) as client,
     ):
         stream = await client.responses.create(model="gpt-5-mini", input="hi", stream=True)

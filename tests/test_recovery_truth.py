@@ -44,13 +44,16 @@ CONTENT = {"text": faults.ok(), "tool": faults.tool_call(), "thinking": faults.t
 def config(primary: str, fallback: str, api: str, retry: str = "", endpoint: str = "") -> str:
     kind = "anthropic" if api == "messages" else "openai"
     suffix = "" if kind == "anthropic" else "/v1"
+    # Responses upstreams are declared (DECISIONS "Families": an openai model is called
+    # with chat completions unless `api = "responses"`, and a Responses client translated).
+    declared = 'api = "responses"\n' if api == "responses" else ""
     return (
         '[retry]\nmax_cycles = 1\ndefault_interval = "10ms"\nfirst_token_timeout = "5s"\n'
         f'stream_idle_timeout = "400ms"\n{retry}\n[cooldown]\nenabled = false\n'
         f'[endpoints.e0]\nurl = "{primary}{suffix}"\napi_key = "k0"\n'
         f'[endpoints.e1]\nurl = "{fallback}{suffix}"\napi_key = "k1"\n{endpoint}\n'
-        f'[[models]]\nendpoint = "e0"\ntype = "{kind}"\nmodel = "m0"\n'
-        f'[[models]]\nendpoint = "e1"\ntype = "{kind}"\nmodel = "m1"\n'
+        f'[[models]]\nendpoint = "e0"\ntype = "{kind}"\nmodel = "m0"\n{declared}'
+        f'[[models]]\nendpoint = "e1"\ntype = "{kind}"\nmodel = "m1"\n{declared}'
     )
 
 

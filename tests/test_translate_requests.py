@@ -434,7 +434,16 @@ def test_anthropic_thinking_turns_off_temperature_and_keeps_budget_below_max() -
             "document",
         ),
         ("responses", {"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
-        ("responses", {"input": "hi", "tools": [{"type": "web_search"}]}, "web_search"),
+        (
+            "responses",
+            {
+                "input": "hi",
+                "tools": [{"type": "web_search"}],
+                "tool_choice": {"type": "web_search"},
+            },
+            "web_search",
+        ),
+        ("responses", {"input": "hi", "tools": [{"type": "mcp", "server_label": "x"}]}, "mcp"),
         ("chat", {"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n > 1"),
         ("chat", {"messages": [], "web_search_options": {}}, "web_search_options"),
     ],
@@ -445,6 +454,14 @@ def test_features_that_matter_and_cannot_cross_raise_untranslatable(
     upstream = "gemini"
     with pytest.raises(Untranslatable, match=needle.replace(">", ".")):
         translator_for(client, upstream).request(body, "m")
+
+
+def test_an_offered_hosted_tool_is_dropped_not_refused() -> None:
+    """Codex offers web_search on every request: another family answers without it."""
+    tools = [{"type": "web_search"}, {"type": "function", "name": "shell", "parameters": {}}]
+    out = translator_for("responses", "anthropic").request({"input": "hi", "tools": tools}, "c")
+    assert isinstance(out.body, dict)
+    assert [t["name"] for t in out.body["tools"]] == ["shell"]
 
 
 @pytest.mark.parametrize(

@@ -450,3 +450,28 @@ def test_foreign_thinking_shown_to_an_anthropic_client_is_stripped_before_anthro
     assert [b["type"] for b in replay["messages"][1]["content"]] == ["text", "tool_use"]
     assert replay["messages"][2]["content"][0]["signature"] == "EqQB"  # Anthropic's own stays
     assert not strip_unsigned_thinking(replay)
+
+
+def test_a_chat_stream_ended_by_done_without_a_finish_reason_is_a_whole_answer() -> None:
+    # Some OpenAI-compatible servers never send a finish_reason: their [DONE] still means
+    # the answer is complete, and an Anthropic client must read it as ended, not broken.
+    t = translator_for("anthropic", "chat")
+    t.request(
+        {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}, "m"
+    )
+    stream = t.stream()
+    chunk = {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}
+    out = stream.feed(f"data: {json.dumps(chunk)}\n\n".encode()) + stream.feed(b"data: [DONE]\n\n")
+    out += stream.close()
+    assert stream.finished and stream.error is None
+    assert b'"text_delta","text":"Hi"' in out.replace(b" ", b"")
+    assert b"message_stop" in out
+    # Without [DONE] and without a finish_reason, the stream is not whole.
+    t2 = translator_for("anthropic", "chat")
+    t2.request(
+        {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}, "m"
+    )
+    cut = t2.stream()
+    cut.feed(f"data: {json.dumps(chunk)}\n\n".encode())
+    cut.close()
+    assert not cut.finished

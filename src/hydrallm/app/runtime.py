@@ -13,12 +13,14 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hydrallm.config import ApiType, Config, ListenerConfig, ModelConfig
 from hydrallm.observe.events import Telemetry
+from hydrallm.observe.journal import JournalSink
+from hydrallm.observe.snapshot import Generation, KeyPoolView, configured
 from hydrallm.providers import Provider, provider_for
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
@@ -26,6 +28,7 @@ from hydrallm.proxy.upstream import Response, Transport
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import KIND as BREAKER_KIND
 from hydrallm.routing.breakers import Breakers
+from hydrallm.routing.holds import Holds
 from hydrallm.routing.keys import KeyPools
 from hydrallm.routing.shared import Sharer
 
@@ -140,6 +143,7 @@ def build_runtime(
         rand=rand,
         keys=keys,
         affinity=affinity,
+        holds=previous.engine.holds if previous is not None else Holds(),
     )
     listeners = {lc.name: compile_listener(config, lc) for lc in config.listeners}
     generation = previous.generation + 1 if previous is not None else 1
@@ -174,3 +178,24 @@ class ProxyState:
 
     def next_request_id(self) -> str:
         return f"{self.pid:x}-{next(self.ids):x}"
+
+    # --- observe.snapshot.ProcessView: what metrics and status.json read --------------
+
+    def generation(self) -> Generation:
+        return configured(self.current.config, self.current.generation)
+
+    def circuit(self, model_id: str) -> tuple[str, float]:
+        return self.current.engine.breakers.state(model_id)
+
+    def key_pools(self) -> Mapping[str, KeyPoolView]:
+        keys = self.current.engine.keys
+        return keys.pools if keys is not None else {}
+
+    def holds(self) -> Holds:
+        return self.current.engine.holds
+
+    def journal(self) -> JournalSink | None:
+        return next((s for s in self.telemetry.sinks if isinstance(s, JournalSink)), None)
+
+    def redact(self, text: str) -> str:
+        return self.telemetry.log.redact(text)

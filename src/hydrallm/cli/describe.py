@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 
-from hydrallm.config import Config, ListenerConfig
+from hydrallm.config import GEMINI_URL, Config, ListenerConfig, ModelConfig
 from hydrallm.config.tables import masked_url
 from hydrallm.config.units import format_duration
+from hydrallm.formats.translate import CLIENT_APIS, upstream_api
+
+_API_NAMES = {"anthropic": "Anthropic Messages", "chat": "OpenAI chat", "responses": "Responses"}
 
 
 def is_loopback(host: str) -> bool:
@@ -83,10 +86,40 @@ def _chain_lines(config: Config, ids: tuple[str, ...]) -> list[str]:
             else ("key: removed" if ep.api_key == "-" else "key: client's")
         )
         # Userinfo and query values of an endpoint URL are credentials: shown masked.
-        url = masked_url(ep.url) if ep.url else "bedrock-runtime, regional URL resolved at start"
+        if ep.url:
+            url = masked_url(ep.url)
+        elif m.type == "gemini":
+            url = GEMINI_URL
+        else:
+            url = "bedrock-runtime, regional URL resolved at start"
+        api = f" api={m.api}" if m.type == "openai" and m.api != "chat" else ""
         out.append(
-            f"    {i}. {m.endpoint} / {m.model} [{m.type}] attempts={m.attempts}"
+            f"    {i}. {m.endpoint} / {m.model} [{m.type}{api}] attempts={m.attempts}"
             f" timeout={format_duration(m.timeout)} interval={format_duration(m.interval)}"
             f"  ({url}; {key})"
         )
+        out.append(f"       serves: {serves_line(m)}")
     return out
+
+
+def serves(model: ModelConfig) -> dict[str, str]:
+    """For each client API: "native", "translated (to X)" or "no" (skipped for it)."""
+    out: dict[str, str] = {}
+    for client in CLIENT_APIS:
+        kind = upstream_api(client, model.type, model.api)
+        if model.type == "bedrock" and client == "anthropic":
+            out[client] = "translated to InvokeModel"
+        elif kind == "native":
+            out[client] = "native"
+        elif kind is None:
+            out[client] = "no"
+        else:
+            out[client] = f"translated to {'OpenAI chat' if kind == 'chat' else kind}"
+    if model.type == "bedrock":
+        out["bedrock-runtime"] = "native"
+    return out
+
+
+def serves_line(model: ModelConfig) -> str:
+    """`Anthropic Messages native; OpenAI chat translated to anthropic; ...`"""
+    return "; ".join(f"{_API_NAMES.get(api, api)} {how}" for api, how in serves(model).items())

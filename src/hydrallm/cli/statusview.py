@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -24,6 +25,7 @@ __all__ = ["FALLBACK_URL", "StatusUnavailable", "default_url", "fetch_status", "
 
 FALLBACK_URL = "http://127.0.0.1:8080"
 _STATE_STYLE = {"closed": "green", "open": "bold red", "half-open": "yellow"}
+_KEY_STYLE = {"ready": "green", "throttled": "yellow", "exhausted": "bold red", "invalid": "red"}
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
 
 
@@ -128,6 +130,64 @@ def _models(doc: dict[str, Any]) -> Table:
     return table
 
 
+def _epoch(iso: object) -> float | None:
+    """Unix seconds of an ISO-8601 time as status.json writes them ("…Z"); None if unreadable."""
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _key_state(key: dict[str, Any], now: float) -> Text:
+    state = str(key.get("state", "?"))
+    label = state
+    if state == "invalid":
+        label = "invalid (refused): out until the config is reloaded"
+    until = _epoch(key.get("until"))
+    if until is not None:
+        clock = time.strftime("%H:%M:%S", time.localtime(until))
+        label += f" until {clock} (in {_duration(until - now)})"
+    return Text(label, style=_KEY_STYLE.get(state, ""))
+
+
+def _keys(doc: dict[str, Any]) -> Table:
+    """Each endpoint's keys (masked labels only), state, and prompt-cache hit ratio."""
+    table = Table(title="Key pools", title_justify="left")
+    table.add_column("endpoint", no_wrap=True)
+    table.add_column("key", no_wrap=True)
+    table.add_column("state")
+    table.add_column("prompt-cache hits", overflow="fold")
+    now = float(doc.get("now", time.time()))
+    for name, pool in (doc.get("endpoints") or {}).items():
+        shown = str(name)
+        for key in pool.get("keys", []):
+            ratios = key.get("cache_hit_ratio") or {}
+            cache = ", ".join(f"{model} {float(share):.1%}" for model, share in ratios.items())
+            table.add_row(
+                Text(shown, style="bold"),
+                str(key.get("label")),
+                _key_state(key, now),
+                cache or Text("-", style="dim"),
+            )
+            shown = ""
+    return table
+
+
+def _held(doc: dict[str, Any]) -> str:
+    """The header's note of requests held by retry.hold (empty when none)."""
+    held = doc.get("held") or {}
+    count = int(held.get("count") or 0)
+    if not count:
+        return ""
+    reset = held.get("earliest_reset")
+    when = ""
+    if isinstance(reset, int | float):
+        when = f" (next reset in {_duration(reset - float(doc.get('now', time.time())))})"
+    return f"  held {count}{when}"
+
+
 def _listeners(doc: dict[str, Any]) -> Table:
     table = Table(title="Listeners", title_justify="left")
     table.add_column("listener")
@@ -217,9 +277,12 @@ def render_status(doc: dict[str, Any], url: str, *, requests: int = 10) -> Rende
         (status, "green" if status == "ok" else "yellow"),
         f"  {url}  version {doc.get('version')}  pid {doc.get('pid')}"
         f"  worker {doc.get('worker')}  up {_duration(float(doc.get('uptime_s', 0)))}"
-        f"  in flight {doc.get('in_flight')} (streams {doc.get('streams_in_flight')})",
+        f"  in flight {doc.get('in_flight')} (streams {doc.get('streams_in_flight')})" + _held(doc),
     )
-    parts: list[RenderableType] = [header, _models(doc), _listeners(doc), _requests(doc, requests)]
+    parts: list[RenderableType] = [header, _models(doc)]
+    if doc.get("endpoints"):
+        parts.append(_keys(doc))
+    parts += [_listeners(doc), _requests(doc, requests)]
     cluster = doc.get("cluster")
     if isinstance(cluster, dict) and cluster.get("mode", "off") != "off":
         parts.append(_cluster(cluster))

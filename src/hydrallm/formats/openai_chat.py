@@ -41,8 +41,10 @@ class OpenAIChat(SSEFormat):
         return event.text.strip() == "[DONE]"
 
     def error_event(
-        self, message: str, *, error_type: str = "api_error", sequence_number: int = 0
+        self, message: str, *, error_type: str = "server_error", sequence_number: int = 0
     ) -> bytes:
+        # "server_error" is OpenAI's own type for a failure on its side; agents retry on it
+        # (opencode does not retry an "api_error" event).
         # A data chunk with an `error` key: the SDK raises APIError on it.
         body = {"error": {"message": message, "type": error_type, "code": None}}
         return f"data: {sse_json(body)}\n\n".encode()

@@ -59,8 +59,10 @@ class OpenAIResponses(SSEFormat):
         return event.type in _TERMINAL
 
     def error_event(
-        self, message: str, *, error_type: str = "api_error", sequence_number: int = 0
+        self, message: str, *, error_type: str = "server_error", sequence_number: int = 0
     ) -> bytes:
+        # "server_error" is OpenAI's own type for a failure on its side; agents retry on it
+        # (opencode does not retry an "api_error" event).
         # Both the documented flat fields and the nested `error` object the live API
         # sends: the nested one makes the Python SDK raise, the flat ones typed clients read.
         detail = {"type": error_type, "code": error_type, "message": message, "param": None}

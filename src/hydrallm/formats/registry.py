@@ -11,6 +11,7 @@ from __future__ import annotations
 from hydrallm.formats.anthropic_messages import ANTHROPIC_MESSAGES
 from hydrallm.formats.base import WireFormat
 from hydrallm.formats.bedrock_eventstream import BEDROCK_EVENTSTREAM
+from hydrallm.formats.gemini import GEMINI_SSE
 from hydrallm.formats.openai_chat import OPENAI_CHAT
 from hydrallm.formats.openai_responses import OPENAI_RESPONSES
 from hydrallm.formats.passthrough import PASSTHROUGH
@@ -28,7 +29,9 @@ FORMATS: tuple[WireFormat, ...] = (
     BEDROCK_EVENTSTREAM,
     PASSTHROUGH,
 )
-"""Every format, the readable ones first."""
+"""Every format recovery knows by its `kind`, the readable ones first.  `GEMINI_SSE` is
+claimed below but not listed: it has no kind of its own (recovery does not know it), and
+`for_kind` maps each listed format's kind back to it."""
 
 READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
 """Content encodings the peek reads through (the standard library's zlib)."""
@@ -47,6 +50,8 @@ def _claim(media: str, api: str, path: str) -> WireFormat | None:
         return None
     if api == "anthropic":
         return ANTHROPIC_MESSAGES
+    if api == "gemini":
+        return GEMINI_SSE  # a native Gemini client (others read Gemini translated)
     if "/responses" in path:
         return OPENAI_RESPONSES
     return OPENAI_CHAT  # any other SSE answer is read as chat completions, as before
@@ -57,7 +62,8 @@ def select_format(
 ) -> WireFormat | None:
     """The wire format of a 2xx response, or None when it is a whole body, not a stream.
 
-    ``api`` is the answering model's API type ("openai", "anthropic", "bedrock"),
+    ``api`` is the answering model's API type ("openai", "anthropic", "bedrock",
+    "gemini"; for a translated answer, the client's family),
     ``path`` the client's request path, ``streaming`` whether the client asked for a
     stream, ``encoding`` the response's Content-Encoding. A stream no format reads (NDJSON,
     or any answer to a streaming request), or one compressed beyond what the peek can

@@ -30,37 +30,9 @@ OUTCOME_SQL = (
     " WHEN retries > 0 THEN 'retried'"
     " ELSE 'first_try' END"
 )
-LIST_FIELDS = [
-    "id",
-    "time",
-    "listener",
-    "route",
-    "client_api",
-    "method",
-    "path",
-    "requested_model",
-    "served_model",
-    "model_id",
-    "endpoint",
-    "key",
-    "status",
-    "attempts",
-    "retries",
-    "fallbacks",
-    "skips",
-    "recovered",
-    "latency_ms",
-    "ttft_ms",
-    "stream",
-    "bytes",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "error",
-    "session",
-]
+# Every request column but the ones a reader never lists: which worker wrote the row, and
+# the debugging bodies (`journal.bodies`).
+LIST_FIELDS = [c for c in REQUEST_COLUMNS if c not in ("worker", "request_body", "response_body")]
 TRAIL_FIELDS = ["model", "endpoint", "key", "outcome", "status", "error", "latency_ms", "waited_ms"]
 # name -> (bucket width in seconds, number of buckets)
 WINDOWS = {"hour": (60, 60), "day": (900, 96), "week": (3600, 168)}

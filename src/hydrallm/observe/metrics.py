@@ -38,7 +38,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, generate_latest
@@ -50,10 +50,7 @@ from prometheus_client.metrics_core import (
 )
 
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
-from hydrallm.observe.journal import JournalSink
-
-if TYPE_CHECKING:
-    from hydrallm.app.runtime import ProxyState
+from hydrallm.observe.snapshot import ProcessView
 
 __all__ = ["CONTENT_TYPE", "MetricsSink"]
 
@@ -109,7 +106,7 @@ class MetricsSink(Sink):
         self.stream_breaks: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.recoveries: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
-        self._state: ProxyState | None = None
+        self._view: ProcessView | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -152,17 +149,17 @@ class MetricsSink(Sink):
 
     # --- scrape -------------------------------------------------------------------------
 
-    def render(self, state: ProxyState) -> bytes:
-        """The Prometheus text exposition, with circuit states read from the live breakers."""
-        self._state = state
+    def render(self, view: ProcessView) -> bytes:
+        """The Prometheus text exposition, with circuit and key states read from `view`."""
+        self._view = view
         try:
             data: bytes = generate_latest(self.registry)
         finally:
-            self._state = None
+            self._view = None
         return data
 
     def families(self) -> Iterator[Metric]:
-        state = self._state
+        view = self._view
         req = CounterMetricFamily(
             "hydrallm_requests",
             "Client requests by listener, route and final status",
@@ -197,8 +194,8 @@ class MetricsSink(Sink):
             "hydrallm_streams_in_flight", "Streams being relayed to clients", labels=["listener"]
         )
         names = set(self.streams)
-        if state is not None:
-            names |= set(state.current.listeners)  # present at 0 before the first stream
+        if view is not None:  # present at 0 before the first stream
+            names |= {lc.name for lc in view.generation().listeners}
         for name in sorted(names):
             streams.add_metric([name], self.streams.get(name, 0))
         yield streams
@@ -223,14 +220,13 @@ class MetricsSink(Sink):
             "Cooldown circuit per model: 0 closed, 1 open, 2 half-open",
             labels=["model"],
         )
-        if state is not None:
-            runtime = state.current
+        if view is not None:
             # Open -> half-open happens by the clock, without an event: read it now.
-            for model_id in runtime.config.models:
-                st, _ = runtime.engine.breakers.state(model_id)
-                circuit.add_metric([model_id], CIRCUIT_VALUES[st])
+            for described in view.generation().models:
+                st, _ = view.circuit(described.id)
+                circuit.add_metric([described.id], CIRCUIT_VALUES[st])
         yield circuit
-        yield from _key_families(state)
+        yield from _key_families(view)
         reloads = CounterMetricFamily(
             "hydrallm_config_reloads", "Configuration reloads by result", labels=["result"]
         )
@@ -244,29 +240,29 @@ class MetricsSink(Sink):
         )
         info.add_metric([str(self.worker), str(self.pid)], 1)
         yield info
-        if state is not None and state.cluster is not None:
+        cluster = view.cluster if view is not None else None
+        if cluster is not None:
             up = GaugeMetricFamily(
                 "hydrallm_cluster_up",
                 "Shared state (Redis, or the workers' supervisor) reachable: 1, degraded: 0",
                 labels=["mode"],
             )
-            up.add_metric([state.cluster.mode], 1 if state.cluster.status == "ok" else 0)
+            up.add_metric([cluster.mode], 1 if cluster.status == "ok" else 0)
             yield up
 
-        if state is not None:
-            for sink in state.telemetry.sinks:
-                if isinstance(sink, JournalSink):
-                    yield CounterMetricFamily(
-                        "hydrallm_journal_dropped",
-                        "Journal rows dropped because the writer's queue was full",
-                        value=sink.dropped,
-                    )
+        journal = view.journal() if view is not None else None
+        if journal is not None:
+            yield CounterMetricFamily(
+                "hydrallm_journal_dropped",
+                "Journal rows dropped because the writer's queue was full",
+                value=journal.dropped,
+            )
 
 
 KEY_STATE_VALUES = {"ready": 0, "throttled": 1, "exhausted": 2, "invalid": 3}
 
 
-def _key_families(state: ProxyState | None) -> Iterator[Metric]:
+def _key_families(view: ProcessView | None) -> Iterator[Metric]:
     """Key pools (issue 15), read at scrape: state per key, prompt-cache hit ratio per
     model and key.  Keys appear only by their masked label."""
     keys = GaugeMetricFamily(
@@ -279,13 +275,12 @@ def _key_families(state: ProxyState | None) -> Iterator[Metric]:
         "Share of input tokens read from the provider's prompt cache, per model and key",
         labels=["model", "key"],
     )
-    pools = state.current.engine.keys if state is not None else None
-    if pools is not None:
-        for name, pool in sorted(pools.pools.items()):
-            for key in pool.keys:
-                keys.add_metric([name, key.label], KEY_STATE_VALUES[pool.state(key)])
-            for model, label, share in pool.cache_ratios():
-                ratio.add_metric([model, label], share)
+    pools = view.key_pools() if view is not None else {}
+    for name, pool in sorted(pools.items()):
+        for key in pool.snapshot():
+            keys.add_metric([name, str(key["label"])], KEY_STATE_VALUES[str(key["state"])])
+        for model, label, share in pool.cache_ratios():
+            ratio.add_metric([model, label], share)
     yield keys
     yield ratio
 

@@ -1,8 +1,9 @@
 """Recent history for the status page and `hydrallm status`, in bounded memory.
 
-`StatusSink` is a telemetry `Sink`; `snapshot(state)` is the body of
-`GET /_hydrallm/status.json`.  Memory is bounded: per model a 5-minute window of 60
-five-second buckets and the last 100 latencies / TTFTs; the last 50 requests; the last 20
+`StatusSink` is a telemetry `Sink`; `snapshot(view)` is the body of
+`GET /_hydrallm/status.json`, read from a `ProcessView` (`hydrallm.observe.snapshot`), not
+from the process state.  Memory is bounded: per model a 5-minute window of 60 five-second
+buckets and the last 100 latencies / TTFTs; the last 50 requests; the last 20
 reloads; models no longer configured are dropped at the next snapshot.
 
 Shape of the snapshot (times are Unix seconds, durations milliseconds, lists newest first
@@ -14,6 +15,9 @@ except `listeners` and `models`, which are in config order)::
       "uptime_s": 12.3, "now": 1700000000.0,
       "config_path": "/path/config.toml" | null, "generation": 1,
       "in_flight": 0, "streams_in_flight": 0,
+      "held": {"count": 0, "earliest_reset": 1700000000.0 | null,
+               "requests": [{"listener": "default", "since": 1700000000.0,
+                             "until": 1700000030.0}]},
       "listeners": [
         {"name": "default", "host": "127.0.0.1", "port": 8080,
          "address": "http://127.0.0.1:8080", "auth": false,
@@ -28,6 +32,9 @@ except `listeners` and `models`, which are in config order)::
          "p50_latency_ms": 812.5 | null, "p50_ttft_ms": 120.0 | null,
          "last_error": {"at": 1700000000.0, "outcome": "503", "message": "..."} | null}
       ],
+      "endpoints": {"endpoint-name": {"keys": [
+        {"label": "…a1b2", "state": "ready" | "throttled" | "exhausted" | "invalid",
+         "until": "2026-01-01T12:00:00Z" | null, "cache_hit_ratio": {"model-id": 0.75}}]}},
       "requests": [
         {"at": 1700000000.0, "id": "4d2-1f", "listener": "default", "route": "default",
          "method": "POST", "path": "/v1/chat/completions",
@@ -54,6 +61,10 @@ except `listeners` and `models`, which are in config order)::
 of them (`model` is the model that broke): finished on a fallback by prefill or restart
 (`prefill`, `restart`; the request's entry says which model `served_by`), ended with an
 error event (`gave_up`), or broken with no recovery tried (`broken`, with the reason).
+
+`held` lists the requests waiting now under `retry.hold` for the earliest key reset
+(`until`); one whose client leaves is gone at the next snapshot.  `endpoints` shows each
+key pool by masked label, never a key.
 """
 
 from __future__ import annotations
@@ -63,14 +74,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydrallm import __version__
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
-from hydrallm.observe.journal import JournalSink
-
-if TYPE_CHECKING:
-    from hydrallm.app.runtime import ProxyState
+from hydrallm.observe.snapshot import ProcessView
 
 WINDOW_S = 300.0
 _BUCKETS = 60
@@ -180,39 +188,36 @@ class StatusSink(Sink):
 
     # --- snapshot -----------------------------------------------------------------------
 
-    def snapshot(self, state: ProxyState) -> dict[str, Any]:
+    def snapshot(self, view: ProcessView) -> dict[str, Any]:
         """The status.json document (shape in the module docstring)."""
-        runtime = state.current
-        config = runtime.config
-        breakers = runtime.engine.breakers
-        redact = state.telemetry.log.redact
+        gen = view.generation()
+        redact = view.redact
         now = self._clock()
-        for gone in set(self._models) - set(config.models):
+        for gone in set(self._models) - {m.id for m in gen.models}:
             del self._models[gone]
 
-        listeners = []
-        for lc in config.listeners:
-            listeners.append(
-                {
-                    "name": lc.name,
-                    "host": lc.host,
-                    "port": lc.port,
-                    "address": f"http://{lc.host}:{lc.port}",
-                    "auth": bool(lc.auth_keys or config.server.auth_keys),
-                    "chain": list(lc.models),
-                    "routes": [{"pattern": r.pattern, "chain": list(r.models)} for r in lc.routes],
-                }
-            )
+        listeners = [
+            {
+                "name": lc.name,
+                "host": lc.host,
+                "port": lc.port,
+                "address": f"http://{lc.host}:{lc.port}",
+                "auth": lc.auth,
+                "chain": list(lc.chain),
+                "routes": [{"pattern": r.pattern, "chain": list(r.chain)} for r in lc.routes],
+            }
+            for lc in gen.listeners
+        ]
 
         models = []
-        for mid, m in config.models.items():
-            st, left = breakers.state(mid)
-            stats = self._models.get(mid)
+        for m in gen.models:
+            st, left = view.circuit(m.id)
+            stats = self._models.get(m.id)
             total, ok = stats.window.totals(now) if stats else (0, 0)
             last = stats.last_error if stats else None
             models.append(
                 {
-                    "id": mid,
+                    "id": m.id,
                     "endpoint": m.endpoint,
                     "model": m.model,
                     "type": m.type,
@@ -249,27 +254,28 @@ class StatusSink(Sink):
         ]
         reloads = [{**r, "detail": redact(r["detail"])} for r in reversed(self._reloads)]
         streams = [{**e, "detail": redact(e["detail"])} for e in reversed(self._stream_events)]
+        journal = view.journal()
         return {
-            "status": "draining" if state.draining else "ok",
+            "status": "draining" if view.draining else "ok",
             "version": __version__,
-            "pid": state.pid,
-            "worker": state.worker,
-            "uptime_s": round(time.time() - state.started_at, 1),
+            "pid": view.pid,
+            "worker": view.worker,
+            "uptime_s": round(time.time() - view.started_at, 1),
             "now": round(now, 3),
-            "config_path": config.path,
-            "generation": runtime.generation,
-            "in_flight": state.in_flight,
+            "config_path": gen.config_path,
+            "generation": gen.number,
+            "in_flight": view.in_flight,
             "streams_in_flight": self._streams,
+            "held": view.holds().snapshot(),
             "listeners": listeners,
             "models": models,
             # Key pools (issue 15): masked labels, state, until, cache-hit ratio per model.
-            "endpoints": runtime.engine.keys.snapshot() if runtime.engine.keys else {},
+            "endpoints": {
+                name: {"keys": pool.snapshot()} for name, pool in view.key_pools().items()
+            },
             "requests": requests,
             "reloads": reloads,
             "streams": streams,
-            "cluster": {"mode": "off"} if state.cluster is None else state.cluster.report(),
-            "journal": next(
-                (sink.status() for sink in state.telemetry.sinks if isinstance(sink, JournalSink)),
-                None,
-            ),
+            "cluster": {"mode": "off"} if view.cluster is None else view.cluster.report(),
+            "journal": None if journal is None else journal.status(),
         }

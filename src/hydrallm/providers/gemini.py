@@ -63,12 +63,15 @@ class GeminiProvider(Provider):
             raise RequestNotPossible('the request names no model to forward for model "*"')
         headers = list(request.headers)
         self.auth_headers(endpoint, headers)
-        path, query = wire.path(name, request.streaming)
-        # A translated request's client query (`?beta=true` from Claude Code) means
-        # nothing here, and Google APIs refuse unknown parameters: only a native
-        # Gemini client's query goes on.
-        if request.query and path_model(request.path) is not None:
-            query = f"{query}&{request.query}" if query else request.query
+        if path_model(request.path) is not None:
+            # A native Gemini client: its own method (`:streamGenerateContent` streams even
+            # without `stream` in the body) and its own query (`alt=sse`), for our model.
+            path, _ = wire.path(name, ":streamGenerateContent" in request.path)
+            query = request.query
+        else:
+            # A translated request: the query a client sent for its own API (`?beta=true`
+            # from Claude Code) means nothing here, and Google APIs refuse unknown ones.
+            path, query = wire.path(name, request.streaming)
         # An endpoint URL may carry a query (`?key=...`, Gemini's other key style): it
         # stays, before the call's own.
         base, _, kept = (endpoint.url or GEMINI_URL).partition("?")

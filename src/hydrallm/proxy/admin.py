@@ -26,6 +26,7 @@ from hydrallm.observe.events import Sink
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hydrallm.observe.metrics import MetricsSink
+from hydrallm.observe.snapshot import ProcessView
 from hydrallm.observe.status import StatusSink
 
 if TYPE_CHECKING:
@@ -41,33 +42,30 @@ _FALLBACK_PAGE = (
 )
 
 
-def health_payload(state: ProxyState) -> dict[str, object]:
-    runtime = state.current
-    breakers = runtime.engine.breakers
+def health_payload(view: ProcessView) -> dict[str, object]:
+    gen = view.generation()
     models: dict[str, object] = {}
-    for mid in runtime.config.models:
-        st, left = breakers.state(mid)
-        models[mid] = {"state": st, "open_for_s": round(left, 1)}
+    for m in gen.models:
+        st, left = view.circuit(m.id)
+        models[m.id] = {"state": st, "open_for_s": round(left, 1)}
     return {
-        "status": "draining" if state.draining else "ok",
+        "status": "draining" if view.draining else "ok",
         "version": __version__,
-        "uptime_s": round(time.time() - state.started_at, 1),
-        "pid": state.pid,
-        "worker": state.worker,
-        "listeners": [
-            {"name": lc.name, "host": lc.host, "port": lc.port} for lc in runtime.config.listeners
-        ],
+        "uptime_s": round(time.time() - view.started_at, 1),
+        "pid": view.pid,
+        "worker": view.worker,
+        "listeners": [{"name": lc.name, "host": lc.host, "port": lc.port} for lc in gen.listeners],
         "models": models,
-        "cluster": cluster_state(state),
+        "cluster": cluster_state(view),
         # Key pools (issue 15): masked labels only, never a key.
-        "endpoints": runtime.engine.keys.snapshot() if runtime.engine.keys is not None else {},
+        "endpoints": {name: {"keys": pool.snapshot()} for name, pool in view.key_pools().items()},
     }
 
 
-def cluster_state(state: ProxyState) -> str:
+def cluster_state(view: ProcessView) -> str:
     """ "off" without Redis (workers sharing through their supervisor included), else the
     link's "ok" | "degraded"."""
-    link = state.cluster
+    link = view.cluster
     if link is None or link.mode != "redis":
         return "off"
     return link.status

@@ -32,6 +32,15 @@ from hydrallm.formats.registry import select_format
 from hydrallm.observe.events import AttemptEvent, Telemetry
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
+from hydrallm.proxy.translated import (
+    BadTranslation,
+    Translated,
+    TranslatedResponse,
+    as_client_error,
+    translate_answer,
+    translation_for,
+    without_foreign_thinking,
+)
 from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.keys import Step
@@ -107,6 +116,7 @@ class AttemptRunner:
     __slots__ = (
         "_clock",
         "_deadlines",
+        "_mixed",
         "breakers",
         "config",
         "providers",
@@ -130,6 +140,9 @@ class AttemptRunner:
         self.providers = providers
         self._clock = clock
         self._deadlines: Deadlines | None = None  # created on first use, inside the loop
+        # Models of several API families: an Anthropic history may hold another family's
+        # (unsigned) thinking, which the pass-through must strip for an Anthropic model.
+        self._mixed = len({m.type for m in config.models.values()}) > 1
 
     def model_name(self, model: ModelConfig, request: ClientRequest) -> str:
         """The model name sent upstream (the requested one for a `"*"` entry)."""
@@ -161,10 +174,17 @@ class AttemptRunner:
         ttft: float | None = None
         phase = "response"
         budget_cut = False
+        translated: Translated | None = None
         try:
             if model.model == "*" and provider.requested_model(request) is None:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
-            outgoing = await provider.prepare(model, endpoint, request)
+            # Another API family than the client's: the request is translated (issue 16).
+            # A same-family model gets None and the byte-exact pass-through.
+            translated = translation_for(request, model, lambda: self.model_name(model, request))
+            upstream = request if translated is None else translated.request
+            if translated is None and self._mixed and model.type == "anthropic":
+                upstream = without_foreign_thinking(request)
+            outgoing = await provider.prepare(model, endpoint, upstream)
             headers = outgoing.headers
             if identity:
                 headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
@@ -214,13 +234,18 @@ class AttemptRunner:
                         outgoing.model_label,
                         False,
                     )
+                    if translated is not None:
+                        # Judged on the upstream's own answer; the client reads its API's.
+                        snapshot.status, snapshot.headers, snapshot.body = as_client_error(
+                            snapshot.status, snapshot.headers, body, translated, response_encoding
+                        )
                     shown = self._error_body(status, response_encoding, body)
                     self._report(
                         attempt, labels, "status", status, None, sent, None, fallback, shown, label
                     )
                     if decision.verdict is Action.RETURN:
                         self.breakers.success(model.id)
-                        if len(body) < ERROR_BODY_LIMIT:
+                        if len(body) < ERROR_BODY_LIMIT or translated is not None:
                             response.release()
                             return snapshot
                         # A body longer than we hold: the client gets all of it, relayed.
@@ -263,9 +288,15 @@ class AttemptRunner:
                     self._failed(model, outcome)
                     return outcome
                 content_type = get("Content-Type", "")
+                if translated is not None:
+                    # From here on the answer is read in the client's API (see translated.py).
+                    phase = "body" if not translated.request.streaming else phase
+                    response = await translate_answer(response, translated)
+                    get = response.headers.get
+                    content_type = get("Content-Type", "")
                 fmt = select_format(
                     content_type,
-                    api=model.type,
+                    api=model.type if translated is None else translated.client_format_api,
                     path=request.path,
                     streaming=request.streaming,
                     encoding=get("Content-Encoding", ""),
@@ -313,7 +344,11 @@ class AttemptRunner:
                 response.abort()
             if not isinstance(exc, Exception):
                 raise  # cancellation: nothing to report
+            if isinstance(exc, BadTranslation):
+                return self._refused(exc, attempt, model, request)
             return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut, label)
+        if isinstance(response, TranslatedResponse):
+            response.committed = True
         if complete:
             response.release()
         if keyed is not None and chosen is not None:  # look-ahead, affinity, cache reads
@@ -340,6 +375,16 @@ class AttemptRunner:
             labels=labels,
             deadline=deadline,
         )
+
+    def _refused(
+        self, exc: BadTranslation, attempt: Attempt, model: ModelConfig, request: ClientRequest
+    ) -> Final:
+        """A client body its own API would refuse: a 400 in that API, nothing sent."""
+        provider = self.providers["anthropic" if request.path.endswith("/messages") else "openai"]
+        err = provider.error_body(400, exc.message, "invalid_request_error")
+        headers = [("Content-Type", err.content_type), *err.headers]
+        name = self.model_name(model, request)
+        return Final(400, headers, err.body, attempt.number, model, name, True, exc.message)
 
     def stream_ended(self, committed: Committed, broken: str | None) -> None:
         """A committed stream ended: well (a success for its model) or broken (a failure)."""

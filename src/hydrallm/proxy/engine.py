@@ -26,6 +26,7 @@ from hydrallm.proxy.attempt import AttemptRunner, Committed, Final, Labels, Outc
 from hydrallm.proxy.upstream import Transport
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import Breakers
+from hydrallm.routing.holds import Holds
 from hydrallm.routing.keys import KeyPools, all_sleeping_error
 from hydrallm.routing.outcome import Action
 from hydrallm.routing.plan import Planner
@@ -50,6 +51,8 @@ class Engine:
     keys: KeyPools | None = None
     affinity: Affinity | None = None
     wall: Callable[[], float] = time.time
+    # Requests waiting under retry.hold, for the status page (shared across reloads).
+    holds: Holds = field(default_factory=Holds)
     attempts: AttemptRunner = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,8 +149,15 @@ class Engine:
         end = keyed.at_end(chain, retry.hold - held) if keyed and not budget_spent else None
         if end is not None:
             if end.hold is not None:
-                self.telemetry.log.info("held", listener=labels.listener, wait_s=end.hold)
-                await self.sleep(end.hold)
+                log = self.telemetry.log
+                log.info("held", listener=labels.listener, wait_s=round(end.hold, 3))
+                # A client that leaves cancels this task: the entry goes with the wait.
+                try:
+                    with self.holds.hold(labels.listener, end.hold):
+                        await self.sleep(end.hold)
+                except asyncio.CancelledError:
+                    log.info("hold_cancelled", listener=labels.listener)
+                    raise
                 return await self.run(request, chain, labels, held + end.hold)
             if last_response is not None:
                 last_response.headers = with_retry_after(last_response.headers, end.earliest)
@@ -167,6 +177,7 @@ class Engine:
             reason += f"; the request's time budget ({retry.total_timeout:g}s) is spent"
         if last_error is not None:
             reason += f"; last error: {last_error.message}"
+        # In the client's API's error format (a chain may start with another family's model).
         provider = self.providers[labels.api_type]
         err = provider.error_body(
             status, f"hydrallm: {reason}", "timeout_error" if timed_out else "api_error"

@@ -30,6 +30,7 @@ from hydrallm.proxy.body import BodyError, looks_like_json, parse_body, parse_st
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.proxy.recovery import Recovery, make_recovery
 from hydrallm.proxy.relay import bound_send_queue, relay, return_freed_memory
+from hydrallm.proxy.translated import client_type
 from hydrallm.proxy.upstream import message_headers
 from hydrallm.proxy.urls import UnsafePath, check_path, scrub_upstream
 
@@ -70,6 +71,7 @@ class _Exchange:
     """One client request on its way through the proxy (what the log line reports)."""
 
     __slots__ = (
+        "api_type",
         "body",
         "engine",
         "listener",
@@ -102,7 +104,10 @@ class _Exchange:
         self.listener = listener
         self.request = request
         self.path = path
-        self.provider: Provider = engine.providers[listener.api_type]
+        # The client's API (by its path) decides which provider reads the requested model
+        # and whose error format the client gets: a chain may start with another family.
+        self.api_type = client_type(path, listener.api_type)
+        self.provider: Provider = engine.providers[self.api_type]
         self.request_id = state.next_request_id()
         self.route = "default"
         self.meter: UsageMeter | None = None
@@ -169,7 +174,7 @@ class _Exchange:
             )
         parsed = None
         if body:
-            if listener.api_type in _REWRITTEN and looks_like_json(
+            if self.api_type in _REWRITTEN and looks_like_json(
                 body, request.headers.get("Content-Type", "")
             ):
                 # A body a lenient upstream parser would read but we could not would carry
@@ -200,7 +205,7 @@ class _Exchange:
             self.session = session_hash(request.headers)
             if self.engine.config.journal.bodies:
                 self.body = body
-        labels = Labels(listener.config.name, self.route, listener.api_type)
+        labels = Labels(listener.config.name, self.route, self.api_type)
         state = self.state
         state.in_flight += 1
         try:

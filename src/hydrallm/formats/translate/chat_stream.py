@@ -32,6 +32,10 @@ class Decoder:
 
     def feed(self, event: SSEEvent) -> list[ir.Event]:
         if event.data.strip() == "[DONE]":
+            # The server says the answer is complete, even where it sent no finish_reason
+            # (some compatible servers do not): a plain end of turn.
+            if self._stop is None and self._started:
+                self._stop = "end"
             return self._finish()
         try:
             data = json.loads(event.data)

@@ -110,6 +110,8 @@ class Request:
     # Responses "custom" (freeform) tools: offered elsewhere as a function taking
     # {"input": text}, and answered to the client as custom tool calls again.
     custom_tools: list[str] = field(default_factory=list)
+    # Responses `namespace` tools, flattened: the flat name -> (namespace, name inside it).
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -57,6 +57,49 @@ def _custom_input(call: ir.ToolCall) -> str:
     return value if isinstance(value, str) else ir.dumps(value)
 
 
+def _flat(item: Json) -> str:
+    """A call's tool name as the flattened tools name it (`namespace__name`)."""
+    space = item.get("namespace")
+    return f"{space}__{item.get('name')}" if space else str(item.get("name"))
+
+
+def _named(request: ir.Request, name: str) -> Json:
+    """The `name` (and `namespace`) fields of a call item for the flat tool `name`."""
+    found = request.namespaced.get(name)
+    return {"name": name} if found is None else {"namespace": found[0], "name": found[1]}
+
+
+# Tools OpenAI runs itself that a client merely offers (Codex always offers web_search):
+# another family answers without them, as a model that chose not to use them would.  A
+# request that forces one (`tool_choice`) cannot be answered so: that model is skipped.
+OFFERED_HOSTED = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_preview_2025_03_11",
+        "image_generation",
+        "file_search",
+        "code_interpreter",
+    }
+)
+
+
+def _add_tool(request: ir.Request, tool: Json, forced: object = None) -> None:
+    kind = tool.get("type")
+    if kind in OFFERED_HOSTED:
+        if isinstance(forced, dict) and forced.get("type") == kind:
+            raise Untranslatable(f"the request requires the Responses tool {kind!r}")
+        return
+    if tool.get("type") == "custom":
+        request.tools.append(_custom_tool(tool))
+        request.custom_tools.append(str(tool.get("name")))
+        return
+    if tool.get("type") != "function":
+        raise Untranslatable(f"the Responses tool {tool.get('type')!r} runs on OpenAI's side")
+    schema = tool.get("parameters") or {"type": "object", "properties": {}}
+    request.tools.append(ir.Tool(str(tool.get("name")), tool.get("description"), schema))
+
+
 def parse_request(body: Json) -> ir.Request:
     for key in _STATEFUL:
         if body.get(key):
@@ -81,7 +124,7 @@ def parse_request(body: Json) -> ir.Request:
                 raise BadRequest(f"input: unknown role {role!r}")
         elif kind == "function_call":
             call = ir.ToolCall(
-                str(item.get("call_id")), str(item.get("name")), str(item.get("arguments") or "")
+                str(item.get("call_id")), _flat(item), str(item.get("arguments") or "")
             )
             messages.append(ir.Message("assistant", [call]))
         elif kind == "function_call_output":
@@ -92,7 +135,7 @@ def parse_request(body: Json) -> ir.Request:
             messages.append(ir.Message("user", [ir.ToolResult(str(item.get("call_id")), content)]))
         elif kind == "custom_tool_call":
             args = ir.dumps({"input": str(item.get("input") or "")})
-            call = ir.ToolCall(str(item.get("call_id")), str(item.get("name")), args)
+            call = ir.ToolCall(str(item.get("call_id")), _flat(item), args)
             messages.append(ir.Message("assistant", [call]))
         elif kind == "custom_tool_call_output":
             output = item.get("output")
@@ -106,14 +149,16 @@ def parse_request(body: Json) -> ir.Request:
         messages=ir.merge_messages(messages), system=system, model=body.get("model")
     )
     for tool in body.get("tools") or []:
-        if tool.get("type") == "custom":
-            request.tools.append(_custom_tool(tool))
-            request.custom_tools.append(str(tool.get("name")))
+        if tool.get("type") == "namespace":
+            # A group of the client's own tools (Codex's MCP servers): flattened as
+            # `{namespace}__{name}`, and given back under their namespace in the answer.
+            space = str(tool.get("name"))
+            for inner in tool.get("tools") or []:
+                flat = f"{space}__{inner.get('name')}"
+                request.namespaced[flat] = (space, str(inner.get("name")))
+                _add_tool(request, inner | {"name": flat})
             continue
-        if tool.get("type") != "function":
-            raise Untranslatable(f"the Responses tool {tool.get('type')!r} runs on OpenAI's side")
-        schema = tool.get("parameters") or {"type": "object", "properties": {}}
-        request.tools.append(ir.Tool(str(tool.get("name")), tool.get("description"), schema))
+        _add_tool(request, tool, body.get("tool_choice"))
     choice = body.get("tool_choice")
     if isinstance(choice, str):
         request.tool_choice = choice
@@ -204,12 +249,13 @@ def _items(rid: str, response: ir.Response, request: ir.Request) -> list[Json]:
         elif isinstance(part, ir.ToolCall) and part.name in request.custom_tools:
             items.append(
                 {"id": f"ctc_{rid}_{n}", "type": "custom_tool_call", "status": "completed",
-                 "call_id": part.id, "name": part.name, "input": _custom_input(part)}
+                 "call_id": part.id, **_named(request, part.name), "input": _custom_input(part)}
             )  # fmt: skip
         elif isinstance(part, ir.ToolCall):
             items.append(
                 {"id": f"fc_{rid}_{n}", "type": "function_call", "status": "completed",
-                 "call_id": part.id, "name": part.name, "arguments": part.arguments or "{}"}
+                 "call_id": part.id, **_named(request, part.name),
+                 "arguments": part.arguments or "{}"}
             )  # fmt: skip
         else:
             summary = [{"type": "summary_text", "text": part.text}]
@@ -264,7 +310,8 @@ class Encoder:
                 out += self._event("response.function_call_arguments.delta", item_id=iid,
                                    output_index=i, delta="{}")  # fmt: skip
             out += self._event("response.function_call_arguments.done", item_id=iid,
-                               output_index=i, name=part.name, arguments=part.arguments)  # fmt: skip
+                               output_index=i, arguments=part.arguments,
+                               **_named(self._request, part.name))  # fmt: skip
             item = item | {"status": "completed", "arguments": part.arguments}
         elif item["type"] == "custom_tool_call" and isinstance(part, ir.ToolCall):
             # The input arrives as JSON text of {"input": ...}: told whole, once complete.
@@ -335,11 +382,12 @@ class Encoder:
             self._calls[event.index] = n
             if event.name in self._request.custom_tools:
                 item = {"id": f"ctc_{base}_{n}", "type": "custom_tool_call",
-                        "status": "in_progress", "call_id": event.id, "name": event.name,
-                        "input": ""}  # fmt: skip
+                        "status": "in_progress", "call_id": event.id,
+                        **_named(self._request, event.name), "input": ""}  # fmt: skip
                 return self._close() + self._open_item(item)
             item = {"id": f"fc_{base}_{n}", "type": "function_call", "status": "in_progress",
-                    "call_id": event.id, "name": event.name, "arguments": ""}  # fmt: skip
+                    "call_id": event.id, **_named(self._request, event.name),
+                    "arguments": ""}  # fmt: skip
             return self._close() + self._open_item(item)
         if isinstance(event, ir.ToolDelta):
             i = self._calls[event.index]
