@@ -25,10 +25,12 @@ from hydrallm.providers import Provider, provider_for
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
 from hydrallm.proxy.upstream import Response, Transport
+from hydrallm.routing.affinity import KIND as AFFINITY_KIND
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import KIND as BREAKER_KIND
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.holds import Holds
+from hydrallm.routing.keys import KIND as KEY_KIND
 from hydrallm.routing.keys import KeyPools
 from hydrallm.routing.shared import Sharer
 
@@ -75,7 +77,13 @@ def sharers(runtime: Runtime) -> dict[str, Sharer]:
     runtime implementing `Sharer`.  `build_runtime` hands each kind's link to the next
     generation on reload; `app.cluster.start_cluster` registers every kind.
     """
-    return {BREAKER_KIND: runtime.engine.breakers}
+    engine = runtime.engine
+    out: dict[str, Sharer] = {BREAKER_KIND: engine.breakers}
+    if engine.keys is not None:
+        out[KEY_KIND] = engine.keys.sharer
+    if engine.affinity is not None:
+        out[AFFINITY_KIND] = engine.affinity
+    return out
 
 
 def compile_listener(config: Config, listener: ListenerConfig) -> ListenerRuntime:
@@ -129,7 +137,13 @@ def build_runtime(
     keys = KeyPools(config, clock, time.time, key_refused)
     if previous is not None and previous.engine.keys is not None:
         keys.carry_over(previous.engine.keys)
-    affinity = Affinity(config.routing.affinity, config.routing.affinity_ttl, clock)
+    affinity = Affinity(
+        config.routing.affinity,
+        config.routing.affinity_ttl,
+        clock,
+        endpoints={mid: m.endpoint for mid, m in config.models.items()},
+        keys=keys,
+    )
     if previous is not None and previous.engine.affinity is not None:
         affinity.carry_over(previous.engine.affinity)
     engine = Engine(

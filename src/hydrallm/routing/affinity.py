@@ -7,6 +7,11 @@ A session is named by the agent's own header where it sends one (Claude Code
 and the first user message.  Only a SHA-256 digest of that name is kept, never prompt text;
 entries live in a bounded LRU and lapse after the TTL (1 h when the request marks
 cache_control with ttl "1h", the providers' long cache lifetime).
+
+With a cluster (`shared` set), a session's placement is published as an "affinity" record
+named by the session digest, `{"model", "key": label, "ttl"}`, when the placement changes
+or half its TTL has passed since it was last published (not per request); records of
+other instances are adopted, so the session holds on whichever instance it lands.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
+
+from hydrallm.routing.shared import Record, SharedState
+
+KIND: Final = "affinity"
 
 SESSION_HEADERS: Final = ("x-claude-code-session-id", "session-id", "x-session-affinity")
 LONG_TTL: Final = 3600.0
@@ -111,6 +120,15 @@ class _Entry:
     key_index: int | None
     last_seen: float
     ttl: float
+    published: float = float("-inf")  # when this placement was last shared
+
+
+class KeyNames(Protocol):
+    """Key labels <-> indexes of an endpoint's pool (`KeyPools`): records name keys by label."""
+
+    def label_of(self, endpoint: str, index: int | None) -> str | None: ...
+
+    def index_of(self, endpoint: str, label: str | None) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +147,17 @@ class Affinity:
         ttl: float,
         clock: Callable[[], float],
         max_sessions: int = MAX_SESSIONS,
+        endpoints: Mapping[str, str] | None = None,
+        keys: KeyNames | None = None,
     ) -> None:
         self.mode = mode
         self.ttl = ttl
         self._clock = clock
         self._max = max_sessions
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._endpoints = endpoints or {}  # model id -> endpoint name (to adopt records)
+        self._keys = keys
+        self.shared: SharedState | None = None
 
     def carry_over(self, old: Affinity) -> None:
         """Keep the sessions of the previous config generation (a reload)."""
@@ -178,9 +201,65 @@ class Affinity:
         if session is None or not self.enabled:
             return
         ttl = max(self.ttl, LONG_TTL) if session.long_cache else self.ttl
-        entry = _Entry(model_id, endpoint, key_index, self._clock(), ttl)
+        now = self._clock()
+        old = self._entries.get(session.id)
+        entry = _Entry(model_id, endpoint, key_index, now, ttl)
+        if old is not None and (old.model_id, old.endpoint, old.key_index, old.ttl) == (
+            model_id,
+            endpoint,
+            key_index,
+            ttl,
+        ):
+            entry.published = old.published
         self._entries[session.id] = entry
         self._entries.move_to_end(session.id)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        if self.shared is not None and now - entry.published >= ttl / 2:
+            entry.published = now
+            self.shared.publish(KIND, session.id, self._record(entry), ttl)
+
+    # --- cluster ------------------------------------------------------------------------
+
+    def _record(self, entry: _Entry) -> Record:
+        label = None
+        if self._keys is not None:
+            label = self._keys.label_of(entry.endpoint, entry.key_index)
+        return {"model": entry.model_id, "key": label, "ttl": entry.ttl}
+
+    def snapshot(self) -> list[tuple[str, Record, float]]:
+        """The live placements, each for what is left of its TTL."""
+        now = self._clock()
+        out = []
+        for sid, entry in self._entries.items():
+            left = entry.ttl - (now - entry.last_seen)
+            if left > 0:
+                out.append((sid, self._record(entry), left))
+        return out
+
+    def adopt(self, name: str, record: Record | None, age: float) -> None:
+        """A placement another instance published `age` seconds ago; a newer local one wins."""
+        if record is None or not self.enabled:
+            return
+        model_id, label, ttl = record.get("model"), record.get("key"), record.get("ttl")
+        endpoint = self._endpoints.get(model_id) if isinstance(model_id, str) else None
+        if endpoint is None or not isinstance(model_id, str):
+            return  # a model this config does not have
+        ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else self.ttl
+        now = self._clock()
+        seen = now - max(0.0, age)
+        if now - seen >= ttl:
+            return
+        old = self._entries.get(name)
+        if old is not None and old.last_seen >= seen:
+            return
+        index = None
+        if self._keys is not None and isinstance(label, str):
+            index = self._keys.index_of(endpoint, label)
+        # Published when it was written: this instance shares it again only when half of
+        # its TTL has passed since, like a placement of its own.
+        self._entries[name] = _Entry(model_id, endpoint, index, seen, ttl, published=seen)
+        self._entries.move_to_end(name)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 

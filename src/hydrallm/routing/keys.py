@@ -9,10 +9,17 @@ States: ready; throttled until T; exhausted until T (a quota); invalid (refused:
 the config is reloaded).  Keys are secrets: a `Key` shows only its label (`…` + last 4
 characters; `…#N` for keys of 8 characters or fewer), and only `Key.secret` (read by the
 engine to sign one request) holds the value.
+
+With a cluster (`KeyPools.shared` set, see `hydrallm.routing.shared`), each change of a
+key's state (throttled / exhausted until, invalid, a budget share that moved a tenth) is
+published as a "key" record named "<endpoint>/<label>" (or "<endpoint>/#<sha256 prefix>"
+when two keys of the endpoint share a label), holding remaining times only; records of
+other instances are adopted, so a key exhausted elsewhere sleeps here until the same reset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +30,7 @@ from typing import Final, Literal
 from hydrallm.config import AwsCredential, Config, EndpointConfig, KeyStrategy
 from hydrallm.providers.base import Provider
 from hydrallm.routing.limits import Budget, Kind, Limit, Policy
+from hydrallm.routing.shared import Record, SharedState
 
 KeyState = Literal["ready", "throttled", "exhausted", "invalid"]
 STATE_VALUES: Final[Mapping[KeyState, int]] = {
@@ -32,6 +40,11 @@ STATE_VALUES: Final[Mapping[KeyState, int]] = {
     "invalid": 3,
 }
 Secret = str | AwsCredential
+KIND: Final = "key"
+# A "ready" record (a budget share) or "invalid" one lives this long; a sleep lives as long
+# as it lasts, so Redis forgets it exactly when the key wakes.
+READY_TTL: Final = 60.0
+INVALID_TTL: Final = 3600.0
 
 
 class Step(Enum):
@@ -96,6 +109,13 @@ class KeyPool:
             Key(i, lab if labels.count(lab) == 1 else f"{lab}#{i + 1}", s)
             for i, (lab, s) in enumerate(zip(labels, secrets, strict=True))
         ]
+        # Names in the shared store: the label when it is the key's own; a short digest
+        # when two keys share a label (a "#N" suffix depends on each instance's order).
+        self.names = [
+            f"{endpoint}/{lab}" if labels.count(lab) == 1 else f"{endpoint}/#{_digest(s)}"
+            for lab, s in zip(labels, secrets, strict=True)
+        ]
+        self.shared: SharedState | None = None
 
     # --- state -------------------------------------------------------------------------
 
@@ -148,6 +168,7 @@ class KeyPool:
         if limit.kind is Kind.INVALID:
             if key.state != "invalid":
                 key.state = "invalid"
+                self._share(key)
                 if self._on_invalid is not None:
                     self._on_invalid(
                         f'endpoint "{self.endpoint}": key {key.label} was refused'
@@ -177,7 +198,13 @@ class KeyPool:
         """Any answer's budget headers: remember the share; a count at 0 until a reset puts
         the key to sleep until then, so no request is spent finding out (look-ahead)."""
         if seen.fraction is not None:
+            before = key.fraction
             key.fraction = seen.fraction
+            # Shared when it moves a tenth, not per answer (the hot path stays quiet).
+            if self.shared is not None and (
+                before is None or round(before * 10) != round(seen.fraction * 10)
+            ):
+                self._share(key)
         if seen.empty_for is not None and seen.empty_for > 0 and key.state != "invalid":
             kind: KeyState = (
                 "exhausted" if seen.empty_for > self.policy.quota_threshold else "throttled"
@@ -193,6 +220,67 @@ class KeyPool:
         if key.state == state and key.until >= until:
             return
         key.state, key.until = state, until
+        self._share(key)
+
+    # --- cluster ------------------------------------------------------------------------
+
+    def _record(self, key: Key, now: float) -> tuple[Record, float] | None:
+        state = self.state(key)
+        if state in ("throttled", "exhausted"):
+            left = key.until - now
+            if left <= 0:
+                return None
+            record: Record = {"state": state, "until_ms": int(left * 1000)}
+            return record, left
+        if state == "invalid":
+            return {"state": "invalid"}, INVALID_TTL
+        if key.fraction is None:
+            return None
+        return {"state": "ready", "fraction": round(key.fraction, 3)}, READY_TTL
+
+    def _share(self, key: Key) -> None:
+        if self.shared is None:
+            return
+        made = self._record(key, self._clock())
+        if made is not None:
+            self.shared.publish(KIND, self.names[key.index], made[0], made[1])
+
+    def shared_records(self) -> list[tuple[str, Record, float]]:
+        now = self._clock()
+        out = []
+        for key in self.keys:
+            made = self._record(key, now)
+            if made is not None:
+                out.append((self.names[key.index], made[0], made[1]))
+        return out
+
+    def adopt(self, key: Key, record: Record, age: float) -> None:
+        """A record of `key` another instance published `age` seconds ago (not re-shared)."""
+        state = record.get("state")
+        if key.state == "invalid":
+            return  # refused here already: only a reload brings it back
+        if state in ("throttled", "exhausted"):
+            try:
+                left = float(record["until_ms"]) / 1000 - age
+            except (KeyError, TypeError, ValueError):
+                return
+            until = self._clock() + left
+            if left <= 0 or (self.state(key) == state and key.until >= until - 0.5):
+                return
+            if self.state(key) == "exhausted" and state == "throttled" and key.until > until:
+                return
+            key.state, key.until = state, until
+        elif state == "invalid":
+            key.state = "invalid"
+            if self._on_invalid is not None:
+                self._on_invalid(
+                    f'endpoint "{self.endpoint}": key {key.label} was refused by another'
+                    " instance; it is left out until the config is reloaded"
+                )
+        elif state == "ready":
+            fraction = record.get("fraction")
+            if isinstance(fraction, int | float) and 0 <= fraction <= 1:
+                key.fraction = float(fraction)
 
     # --- exposure ----------------------------------------------------------------------
 
@@ -219,6 +307,14 @@ class KeyPool:
         ]
 
 
+def _digest(secret: Secret) -> str:
+    if isinstance(secret, AwsCredential):
+        text = f"profile:{secret.profile}" if secret.profile else secret.access_key_id or ""
+    else:
+        text = secret
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def secrets_of(endpoint: EndpointConfig) -> tuple[Secret, ...]:
     return (*endpoint.api_keys, *endpoint.aws_pool)
 
@@ -240,6 +336,31 @@ class KeyPools:
             if secrets_of(ep)
         }
         self._secrets = {name: secrets_of(ep) for name, ep in config.endpoints.items()}
+        self._named: dict[str, tuple[KeyPool, Key]] = {
+            name: (pool, key)
+            for pool in self.pools.values()
+            for name, key in zip(pool.names, pool.keys, strict=True)
+        }
+        self.sharer = SharedKeys(self)
+
+    def adopt(self, name: str, record: Record | None, age: float) -> None:
+        """A "key" record from another instance; None (lapsed) says nothing new."""
+        found = self._named.get(name)
+        if found is not None and record is not None:
+            found[0].adopt(found[1], record, age)
+
+    def shared_snapshot(self) -> list[tuple[str, Record, float]]:
+        return [r for pool in self.pools.values() for r in pool.shared_records()]
+
+    def label_of(self, endpoint: str, index: int | None) -> str | None:
+        pool = self.pools.get(endpoint)
+        if pool is None or index is None or not 0 <= index < len(pool.keys):
+            return None
+        return pool.names[index].partition("/")[2]
+
+    def index_of(self, endpoint: str, label: str | None) -> int | None:
+        found = self._named.get(f"{endpoint}/{label}") if label is not None else None
+        return found[1].index if found is not None else None
 
     def get(self, endpoint: str) -> KeyPool | None:
         return self.pools.get(endpoint)
@@ -273,6 +394,30 @@ class KeyPools:
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         return {name: {"keys": pool.snapshot()} for name, pool in self.pools.items()}
+
+
+class SharedKeys:
+    """The "key" kind of shared records (a `routing.shared.Sharer`) of one `KeyPools`."""
+
+    def __init__(self, pools: KeyPools) -> None:
+        self._pools = pools
+        self._shared: SharedState | None = None
+
+    @property
+    def shared(self) -> SharedState | None:
+        return self._shared
+
+    @shared.setter
+    def shared(self, value: SharedState | None) -> None:
+        self._shared = value
+        for pool in self._pools.pools.values():
+            pool.shared = value
+
+    def adopt(self, name: str, record: Record | None, age: float) -> None:
+        self._pools.adopt(name, record, age)
+
+    def snapshot(self) -> list[tuple[str, Record, float]]:
+        return self._pools.shared_snapshot()
 
 
 def retry_after_seconds(wait: float) -> str:
