@@ -18,7 +18,13 @@ from hydrallm.config import CooldownConfig, ModelConfig
 from hydrallm.config.cluster import masked_url
 from hydrallm.errors import ConfigError
 from hydrallm.routing import shared as shared_mod
+from hydrallm.routing.affinity import KIND as AFFINITY_KIND
+from hydrallm.routing.affinity import Affinity, Session
 from hydrallm.routing.breakers import Breakers
+from hydrallm.routing.keys import KIND as KEY_KIND
+from hydrallm.routing.keys import KeyPool, KeyPools, Step
+from hydrallm.routing.limits import Budget, Limit, Policy
+from hydrallm.routing.limits import Kind as LimitKind
 from hydrallm.routing.shared import Kind, SharedState
 from opshelp import HYDRALLM, free_port, parse
 
@@ -360,3 +366,136 @@ def test_without_the_cluster_extra_the_message_says_what_to_install(tmp_path: Pa
     assert serve.returncode == 1
     assert "pip install 'hydrallm[cluster]'" in serve.stderr
     assert "Traceback" not in serve.stderr
+
+
+# --- key limit state and session affinity as shared records (injected clock) -------------
+
+KA, KB = "sk-unit-key-aaaa1111", "sk-unit-key-bbbb2222"
+
+
+def key_pool(clock: Clock, keys: tuple[str, ...] = (KA, KB)) -> tuple[KeyPool, SharedState]:
+    p = KeyPool("team", keys, "fill-first", Policy(), clock, lambda: 1.7e9 + clock.now)
+    p.shared = SharedState(f"i{id(p)}", clock=clock)
+    return p, p.shared
+
+
+def relay(sender: SharedState, receiver: SharedState, left_ms: int | None = None) -> None:
+    """What the store does: every queued write reaches the other instance, read with
+    `left_ms` of its TTL left (None: at once)."""
+    for w in sender.take():
+        receiver.receive(w.kind, w.name, w.envelope, left_ms)
+
+
+POOL_CONFIG = f"""
+[endpoints.team]
+url = "http://127.0.0.1:9/v1"
+api_keys = ["{KA}", "{KB}"]
+[[models]]
+name = "main"
+endpoint = "team"
+type = "openai"
+model = "m1"
+[[listeners]]
+name = "main"
+port = 8080
+models = ["main"]
+"""
+
+
+def test_an_exhausted_key_sleeps_on_the_other_instance_until_the_same_reset() -> None:
+    here, there = Clock(), Clock()
+    there.now = 55_000.0  # another machine's monotonic clock: never compared
+    p1, s1 = key_pool(here)
+    pools = KeyPools(parse(POOL_CONFIG), there, lambda: 1.7e9)
+    s2 = SharedState("there", clock=there)
+    pools.sharer.shared = s2
+    s2.register(Kind(KEY_KIND, pools.sharer.adopt, pools.sharer.snapshot))
+    p2 = pools.pools["team"]
+    assert p1.outcome(p1.keys[0], Limit(LimitKind.QUOTA, 600.0)).step is Step.NEXT_KEY
+    (write,) = list(s1.outbox.values())
+    assert write.name == "team/…1111" and KA not in (write.envelope or "")
+    assert json.loads(write.envelope or "")["r"] == {"state": "exhausted", "until_ms": 600_000}
+    relay(s1, s2, left_ms=500_000)  # read 100 s after it was written
+    assert p2.state(p2.keys[0]) == "exhausted"
+    assert p2.pick() is p2.keys[1]  # never probed here
+    assert pools.sharer.snapshot() == [
+        ("team/…1111", {"state": "exhausted", "until_ms": 500_000}, 500.0)
+    ]
+    assert not s2.outbox  # adopting is not published back
+    there.now += 499.5
+    assert p2.pick() is p2.keys[1]
+    there.now += 1.0
+    assert p2.pick() is p2.keys[0]  # the same reset as where it was learned
+
+
+def test_key_records_are_published_on_changes_only_and_adopted_conservatively() -> None:
+    clock = Clock()
+    p, s = key_pool(clock)
+    key = p.keys[0]
+    p.observe(key, Budget(0.55, None))
+    p.observe(key, Budget(0.52, None))  # the same tenth: not news
+    p.observe(key, Budget(0.51, None))
+    (write,) = s.take()
+    assert json.loads(write.envelope or "")["r"] == {"state": "ready", "fraction": 0.55}
+    p.observe(key, Budget(0.31, None))
+    assert len(s.take()) == 1
+    p.outcome(key, Limit(LimitKind.QUOTA, 600.0))
+    p.outcome(key, Limit(LimitKind.QUOTA, 600.0))  # the same sleep again: nothing new
+    assert len(s.take()) == 1
+    # A shorter throttle heard from elsewhere does not wake a key exhausted here.
+    p.adopt(key, {"state": "throttled", "until_ms": 5_000}, 0.0)
+    assert p.state(key) == "exhausted" and key.until == clock.now + 600
+    # A stale record (its time spent in transit) says nothing.
+    p.adopt(p.keys[1], {"state": "exhausted", "until_ms": 1_000}, 2.0)
+    assert p.state(p.keys[1]) == "ready"
+    p.adopt(p.keys[1], {"state": "invalid"}, 0.0)
+    assert p.state(p.keys[1]) == "invalid" and p.pick() is None
+    p.adopt(p.keys[1], {"state": "until_ms"}, 0.0)  # garbage: ignored
+    assert not s.outbox
+
+
+def test_two_keys_with_one_label_are_named_by_a_digest_not_by_value() -> None:
+    clock = Clock()
+    twin_a, twin_b = "sk-first-0000-same", "sk-second-000-same"
+    p, _ = key_pool(clock, (twin_a, twin_b))
+    assert [k.label for k in p.keys] == ["…same#1", "…same#2"]
+    assert len(set(p.names)) == 2
+    for name in p.names:
+        assert name.startswith("team/#") and "same" not in name
+
+
+def affinity_pair(clock: Clock) -> tuple[Affinity, SharedState]:
+    aff = Affinity("session", 300, clock, endpoints={"primary": "a", "backup": "b"})
+    aff.shared = SharedState(f"i{id(aff)}", clock=clock)
+    return aff, aff.shared
+
+
+def test_affinity_is_published_on_change_or_half_ttl_and_adopted_with_its_age() -> None:
+    here, there = Clock(), Clock()
+    a1, s1 = affinity_pair(here)
+    a2, s2 = affinity_pair(there)
+    s2.register(Kind(AFFINITY_KIND, a2.adopt, a2.snapshot))
+    session = Session("d" * 32, long_cache=False)
+    a1.remember(session, "backup", "b", None)
+    assert len(s1.outbox) == 1
+    here.now += 10
+    a1.remember(session, "backup", "b", None)  # same placement, TTL fresh: not published
+    assert len(s1.outbox) == 1
+    relay(s1, s2, left_ms=240_000)  # 60 s old when read
+    assert a2.model_for(session) == "backup"
+    (name, record, ttl) = a2.snapshot()[0]
+    assert (name, record["model"], ttl) == (session.id, "backup", 240.0)
+    there.now += 241
+    assert a2.model_for(session) is None  # lapsed where it was adopted too
+    # Half the TTL since the last publish: published again; a new model: at once.
+    here.now += 150
+    a1.remember(session, "backup", "b", None)
+    assert len(s1.take()) == 1
+    a1.remember(session, "primary", "a", None)
+    (write,) = s1.take()
+    assert json.loads(write.envelope or "")["r"]["model"] == "primary"
+    # A newer local placement wins over an older one from elsewhere.
+    a1.adopt(session.id, {"model": "backup", "key": None, "ttl": 300}, 5.0)
+    assert a1.model_for(session) == "primary"
+    a1.adopt("other", {"model": "gone", "key": None}, 0.0)  # a model this config lacks
+    assert a1.get(Session("other", False)) is None

@@ -202,7 +202,7 @@ class KeyPool:
             key.fraction = seen.fraction
             # Shared when it moves a tenth, not per answer (the hot path stays quiet).
             if self.shared is not None and (
-                before is None or round(before * 10) != round(seen.fraction * 10)
+                before is None or math.floor(before * 10) != math.floor(seen.fraction * 10)
             ):
                 self._share(key)
         if seen.empty_for is not None and seen.empty_for > 0 and key.state != "invalid":
