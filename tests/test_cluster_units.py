@@ -445,6 +445,14 @@ def test_key_records_are_published_on_changes_only_and_adopted_conservatively() 
     # A shorter throttle heard from elsewhere does not wake a key exhausted here.
     p.adopt(key, {"state": "throttled", "until_ms": 5_000}, 0.0)
     assert p.state(key) == "exhausted" and key.until == clock.now + 600
+    # A quota heard from elsewhere upgrades a longer local throttle, keeping its end.
+    other = p.keys[1]
+    p.outcome(other, Limit(LimitKind.THROTTLE, 100.0))
+    p.adopt(other, {"state": "exhausted", "until_ms": 50_000}, 0.0)
+    assert (p.state(other), other.until) == ("exhausted", clock.now + 100)
+    clock.now += 101
+    assert p.state(other) == "ready"
+    s.take()
     # A stale record (its time spent in transit) says nothing.
     p.adopt(p.keys[1], {"state": "exhausted", "until_ms": 1_000}, 2.0)
     assert p.state(p.keys[1]) == "ready"

@@ -10,16 +10,14 @@ the config is reloaded).  Keys are secrets: a `Key` shows only its label (`…` 
 characters; `…#N` for keys of 8 characters or fewer), and only `Key.secret` (read by the
 engine to sign one request) holds the value.
 
-With a cluster (`KeyPools.shared` set, see `hydrallm.routing.shared`), each change of a
-key's state (throttled / exhausted until, invalid, a budget share that moved a tenth) is
-published as a "key" record named "<endpoint>/<label>" (or "<endpoint>/#<sha256 prefix>"
-when two keys of the endpoint share a label), holding remaining times only; records of
-other instances are adopted, so a key exhausted elsewhere sleeps here until the same reset.
+With a cluster, each change of a key's state (throttled / exhausted until, invalid, a
+budget share that moved a tenth) is published as a "key" record and records of other
+instances are adopted, so a key exhausted elsewhere sleeps here until the same reset
+(`hydrallm.routing.keyshare`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from typing import Final, Literal
 
 from hydrallm.config import AwsCredential, Config, EndpointConfig, KeyStrategy
 from hydrallm.providers.base import Provider
+from hydrallm.routing.keyshare import KIND, SharedKeys, merged_sleep, record_of, share_names
 from hydrallm.routing.limits import Budget, Kind, Limit, Policy
 from hydrallm.routing.shared import Record, SharedState
 
@@ -40,11 +39,7 @@ STATE_VALUES: Final[Mapping[KeyState, int]] = {
     "invalid": 3,
 }
 Secret = str | AwsCredential
-KIND: Final = "key"
-# A "ready" record (a budget share) or "invalid" one lives this long; a sleep lives as long
-# as it lasts, so Redis forgets it exactly when the key wakes.
-READY_TTL: Final = 60.0
-INVALID_TTL: Final = 3600.0
+__all__ = ["KIND", "SharedKeys"]  # re-exported: the cluster registers keys by these
 
 
 class Step(Enum):
@@ -111,10 +106,7 @@ class KeyPool:
         ]
         # Names in the shared store: the label when it is the key's own; a short digest
         # when two keys share a label (a "#N" suffix depends on each instance's order).
-        self.names = [
-            f"{endpoint}/{lab}" if labels.count(lab) == 1 else f"{endpoint}/#{_digest(s)}"
-            for lab, s in zip(labels, secrets, strict=True)
-        ]
+        self.names = share_names(endpoint, labels, secrets)
         self.shared: SharedState | None = None
 
     # --- state -------------------------------------------------------------------------
@@ -225,18 +217,7 @@ class KeyPool:
     # --- cluster ------------------------------------------------------------------------
 
     def _record(self, key: Key, now: float) -> tuple[Record, float] | None:
-        state = self.state(key)
-        if state in ("throttled", "exhausted"):
-            left = key.until - now
-            if left <= 0:
-                return None
-            record: Record = {"state": state, "until_ms": int(left * 1000)}
-            return record, left
-        if state == "invalid":
-            return {"state": "invalid"}, INVALID_TTL
-        if key.fraction is None:
-            return None
-        return {"state": "ready", "fraction": round(key.fraction, 3)}, READY_TTL
+        return record_of(self.state(key), key.until, key.fraction, now)
 
     def _share(self, key: Key) -> None:
         if self.shared is None:
@@ -260,16 +241,11 @@ class KeyPool:
         if key.state == "invalid":
             return  # refused here already: only a reload brings it back
         if state in ("throttled", "exhausted"):
-            try:
-                left = float(record["until_ms"]) / 1000 - age
-            except (KeyError, TypeError, ValueError):
-                return
-            until = self._clock() + left
-            if left <= 0 or (self.state(key) == state and key.until >= until - 0.5):
-                return
-            if self.state(key) == "exhausted" and state == "throttled" and key.until > until:
-                return
-            key.state, key.until = state, until
+            now = self._clock()
+            merged = merged_sleep(self.state(key), key.until, record, age, now)
+            if merged is not None:
+                key.state = "exhausted" if merged[0] == "exhausted" else "throttled"
+                key.until = merged[1]
         elif state == "invalid":
             key.state = "invalid"
             if self._on_invalid is not None:
@@ -305,14 +281,6 @@ class KeyPool:
             for model, counts in sorted(k.cache.items())
             if counts[0] > 0
         ]
-
-
-def _digest(secret: Secret) -> str:
-    if isinstance(secret, AwsCredential):
-        text = f"profile:{secret.profile}" if secret.profile else secret.access_key_id or ""
-    else:
-        text = secret
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def secrets_of(endpoint: EndpointConfig) -> tuple[Secret, ...]:
@@ -394,30 +362,6 @@ class KeyPools:
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         return {name: {"keys": pool.snapshot()} for name, pool in self.pools.items()}
-
-
-class SharedKeys:
-    """The "key" kind of shared records (a `routing.shared.Sharer`) of one `KeyPools`."""
-
-    def __init__(self, pools: KeyPools) -> None:
-        self._pools = pools
-        self._shared: SharedState | None = None
-
-    @property
-    def shared(self) -> SharedState | None:
-        return self._shared
-
-    @shared.setter
-    def shared(self, value: SharedState | None) -> None:
-        self._shared = value
-        for pool in self._pools.pools.values():
-            pool.shared = value
-
-    def adopt(self, name: str, record: Record | None, age: float) -> None:
-        self._pools.adopt(name, record, age)
-
-    def snapshot(self) -> list[tuple[str, Record, float]]:
-        return self._pools.shared_snapshot()
 
 
 def retry_after_seconds(wait: float) -> str:
