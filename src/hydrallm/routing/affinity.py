@@ -202,22 +202,27 @@ class Affinity:
             return
         ttl = max(self.ttl, LONG_TTL) if session.long_cache else self.ttl
         now = self._clock()
-        old = self._entries.get(session.id)
         entry = _Entry(model_id, endpoint, key_index, now, ttl)
-        if old is not None and (old.model_id, old.endpoint, old.key_index, old.ttl) == (
-            model_id,
-            endpoint,
-            key_index,
-            ttl,
-        ):
-            entry.published = old.published
+        shared = self.shared
+        if shared is not None:
+            # Published when the placement changes or half its TTL has passed since it
+            # was last published (here or by the instance it was adopted from).
+            old = self._entries.get(session.id)
+            same = old is not None and (old.model_id, old.endpoint, old.key_index, old.ttl) == (
+                model_id,
+                endpoint,
+                key_index,
+                ttl,
+            )
+            if same and old is not None and now - old.published < ttl / 2:
+                entry.published = old.published
+            else:
+                entry.published = now
+                shared.publish(KIND, session.id, self._record(entry), ttl)
         self._entries[session.id] = entry
         self._entries.move_to_end(session.id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
-        if self.shared is not None and now - entry.published >= ttl / 2:
-            entry.published = now
-            self.shared.publish(KIND, session.id, self._record(entry), ttl)
 
     # --- cluster ------------------------------------------------------------------------
 
