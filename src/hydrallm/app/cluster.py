@@ -44,6 +44,10 @@ OP_TIMEOUT = 1.0  # seconds any single store operation may take before the link 
 HEARTBEAT_TTL = 5.0
 
 
+# Records of each kind listed in status.json / `hydrallm status` (the rest are counted).
+REPORT_ROWS = 50
+
+
 class Backend(Protocol):
     label: str
 
@@ -234,8 +238,13 @@ class ClusterLink:
     def report(self) -> dict[str, Any]:
         """The `cluster` entry of status.json."""
         records: dict[str, dict[str, Any]] = {}
+        counts: dict[str, int] = {}
         for kind in self.shared.kinds.values():
-            records[kind.name] = {name: rec for name, rec, _ in kind.snapshot()}
+            # Affinity alone may hold thousands of sessions: the report shows a bounded
+            # sample of each kind and says how many there are.
+            snapshot = list(kind.snapshot())
+            counts[kind.name] = len(snapshot)
+            records[kind.name] = {name: rec for name, rec, _ in snapshot[:REPORT_ROWS]}
         return {
             "mode": self.mode,
             "state": self.status,
@@ -245,6 +254,7 @@ class ClusterLink:
             "last_ok": None if self.last_ok is None else round(self.last_ok, 3),
             "instances": self.instances,
             "shared": records,
+            "shared_counts": counts,
             "outbox": len(self.shared.outbox),
             "dropped": self.shared.dropped,
         }
