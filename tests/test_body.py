@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hydrallm.proxy.body import parse_body
+from hydrallm.formats.body import parse_body
 
 json_scalars = (
     st.none()

@@ -18,10 +18,10 @@ import pytest
 from hydrallm.config import Config
 from hydrallm.config.load import parse_config
 from hydrallm.errors import ConnectError, ProtocolError
+from hydrallm.formats.body import parse_body
 from hydrallm.observe.events import Logger, Telemetry
 from hydrallm.providers import provider_for
 from hydrallm.providers.base import ClientRequest
-from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.routing.breakers import Breakers
 from hydrallm.testing.mock import STALL, MockRequest, MockResponse, MockTransport, script

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from hydrallm.proxy.body import BodyError, parse_strict
-from hydrallm.proxy.urls import UnsafePath, check_path, join
+from hydrallm.formats.body import BodyError, parse_strict
+from hydrallm.providers.urls import UnsafePath, check_path, join
 
 EXAMPLES = int(os.environ.get("HYDRALLM_FUZZ_EXAMPLES", "400"))
 

@@ -9,10 +9,10 @@ import pytest
 
 from hydrallm.config import EndpointConfig, ModelConfig
 from hydrallm.errors import RequestNotPossible
+from hydrallm.formats.body import parse_body
 from hydrallm.providers import provider_for
 from hydrallm.providers.base import ClientRequest
 from hydrallm.providers.gemini import GeminiProvider, path_model, retry_after
-from hydrallm.proxy.body import parse_body
 from hydrallm.testing import gemini as g
 from hydrallm.testing.gemini import FakeGemini
 

@@ -12,7 +12,7 @@ import zlib
 import aiohttp
 import pytest
 
-from hydrallm.proxy.urls import UnsafePath, check_path, join
+from hydrallm.providers.urls import UnsafePath, check_path, join
 from hydrallm.testing import FakeUpstream, faults
 from hydrallm.testing.harness import ProxyHarness
 

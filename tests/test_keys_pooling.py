@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from hydrallm.config import Config, EndpointConfig, ModelConfig
+from hydrallm.formats.body import parse_body
 from hydrallm.providers.base import ClientRequest
-from hydrallm.proxy.body import parse_body
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.keys import KeyPools, Step
 from hydrallm.routing.pooling import for_request, with_retry_after

@@ -9,10 +9,10 @@ import io
 import json
 
 from hydrallm.config.load import parse_config
+from hydrallm.formats.body import parse_body
 from hydrallm.observe.events import Logger, Telemetry
 from hydrallm.providers import provider_for
 from hydrallm.providers.base import ClientRequest
-from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.engine import Engine, Labels
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.holds import Holds

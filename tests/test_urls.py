@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hydrallm.proxy.urls import UnsafePath, check_path, join, strip_version
+from hydrallm.providers.urls import UnsafePath, check_path, join, strip_version
 
 
 def test_join_and_strip_version_prefix() -> None:
@@ -82,7 +82,7 @@ class _Endpoint:
 
 
 def test_client_errors_name_endpoints_not_addresses() -> None:
-    from hydrallm.proxy.urls import scrub_upstream
+    from hydrallm.providers.urls import scrub_upstream
 
     endpoints = {
         "zai": _Endpoint("https://user:pw@api.z.ai/api/paas/v4?key=abc"),

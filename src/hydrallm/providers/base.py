@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 
 from hydrallm.config import Config, EndpointConfig, ModelConfig
+from hydrallm.formats.body import JsonBody
 from hydrallm.observe.events import Telemetry
-from hydrallm.proxy.body import JsonBody
-from hydrallm.proxy.urls import join
+from hydrallm.providers.urls import join
 
 # Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
 # the proxy sets itself for the upstream.

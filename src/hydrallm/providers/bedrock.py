@@ -22,7 +22,7 @@ from hydrallm.observe.events import Telemetry
 from hydrallm.providers.aws import AwsAuth, is_signing_header, resolve_all
 from hydrallm.providers.base import ClientRequest, ErrorBody, Outgoing, Provider
 from hydrallm.providers.bedrock_limits import BEDROCK_LIMITS as BEDROCK_LIMITS
-from hydrallm.proxy.urls import join
+from hydrallm.providers.urls import join
 
 ACTIONS = ("invoke", "invoke-with-response-stream", "converse", "converse-stream", "count-tokens")
 _MODEL_PATH = re.compile(

@@ -16,7 +16,7 @@ from hydrallm.errors import RequestNotPossible
 from hydrallm.formats.translate import gemini as wire
 from hydrallm.formats.translate.errors import retry_delay
 from hydrallm.providers.base import CREDENTIAL_HEADERS, ClientRequest, ErrorBody, Outgoing, Provider
-from hydrallm.proxy.urls import join
+from hydrallm.providers.urls import join
 
 KEY_HEADER = "x-goog-api-key"
 _CREDENTIALS = CREDENTIAL_HEADERS | {KEY_HEADER}

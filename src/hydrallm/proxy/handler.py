@@ -22,17 +22,17 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
+from hydrallm.formats.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
 from hydrallm.observe.usage import UsageMeter, session_hash, usage_slice
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
+from hydrallm.providers.urls import UnsafePath, check_path, scrub_upstream
 from hydrallm.proxy import admin
-from hydrallm.proxy.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.proxy.recovery import Recovery, make_recovery
 from hydrallm.proxy.relay import bound_send_queue, relay, return_freed_memory
 from hydrallm.proxy.translated import client_type
 from hydrallm.proxy.upstream import message_headers
-from hydrallm.proxy.urls import UnsafePath, check_path, scrub_upstream
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 

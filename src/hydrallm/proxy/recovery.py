@@ -40,13 +40,13 @@ from aiohttp import web
 
 from hydrallm.config import ModelConfig
 from hydrallm.errors import UpstreamError
+from hydrallm.formats.body import parse_body
 from hydrallm.formats.frames import EventTooLong
 from hydrallm.formats.prefill import PrefillProbe, auto_prefill, names_prefill
 from hydrallm.formats.splice import Mismatch, UpstreamFailed
 from hydrallm.formats.transcript import Transcript
 from hydrallm.providers.base import ClientRequest
 from hydrallm.proxy.attempt import Committed, Final, Outcome
-from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.guard import GuardedResponse
 from hydrallm.proxy.relay import Recover

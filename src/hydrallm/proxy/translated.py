@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from hydrallm.config import ApiType, ModelConfig
 from hydrallm.errors import ProtocolError, RequestNotPossible, StreamFailure
+from hydrallm.formats.body import parse_body
 from hydrallm.formats.sse import SSEError
 from hydrallm.formats.translate import (
     BadRequest,
@@ -36,7 +37,6 @@ from hydrallm.formats.translate import (
 from hydrallm.formats.translate.errors import ClientError
 from hydrallm.formats.translate.errors import UpstreamError as StreamedError
 from hydrallm.providers.base import CREDENTIAL_HEADERS, ClientRequest
-from hydrallm.proxy.body import parse_body
 from hydrallm.proxy.upstream import Response, read_body
 
 # Client headers that belong to the client's API family: meaningless (or refused) upstream
