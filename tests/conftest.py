@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
+from clusterhelp import RedisServer
 from hydrallm.testing import FakeUpstream
 
 
@@ -44,3 +46,14 @@ async def primary() -> AsyncIterator[FakeUpstream]:
 async def fallback() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream(name="fallback") as fake:
         yield fake
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port (the cluster tests), killed after."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

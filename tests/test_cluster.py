@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -25,16 +25,6 @@ pytest.importorskip("redis", reason="the cluster extra (redis) is not installed"
 # The propagation budget is 100 ms; the wait below is wider only because this machine is
 # shared and loaded: a miss would still be seen as a failure, not hidden by a sleep.
 PROPAGATION_WAIT = 1.0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @contextlib.asynccontextmanager

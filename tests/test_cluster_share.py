@@ -4,7 +4,7 @@ redis-server, and between `--workers` without Redis (issue 18)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +85,6 @@ name = "main"
 port = {port}
 models = ["primary", "backup"]
 """
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @contextlib.asynccontextmanager

@@ -56,17 +56,23 @@ class OpenAIChat(SSEFormat):
         return openai_usage(event.data.get("usage")) if event.data is not None else None
 
 
-def openai_usage(usage: object) -> Usage | None:
-    """A chat completions ``usage`` object (``prompt_tokens`` include the cached ones)."""
+def openai_usage(
+    usage: object,
+    prompt_key: str = "prompt_tokens",
+    output_key: str = "completion_tokens",
+    details_key: str = "prompt_tokens_details",
+) -> Usage | None:
+    """An OpenAI ``usage`` object: chat completions' names by default, Responses' when
+    given.  Its prompt count includes the cached tokens, counted here as cache reads."""
     if not isinstance(usage, Mapping):
         return None
-    prompt = int_field(usage, "prompt_tokens")
-    cached = int_field(usage, "prompt_tokens_details", "cached_tokens")
+    prompt = int_field(usage, prompt_key)
+    cached = int_field(usage, details_key, "cached_tokens")
     if prompt is not None and cached is not None:
         prompt = max(0, prompt - cached)  # the cached part is counted in cache_read_tokens
     found = Usage(
         input_tokens=prompt,
-        output_tokens=int_field(usage, "completion_tokens"),
+        output_tokens=int_field(usage, output_key),
         cache_read_tokens=cached,
     )
     return None if found.empty else found

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hydrallm.formats.base import SSEFormat, Usage, int_field, sse_json
+from hydrallm.formats.base import SSEFormat, Usage, sse_json
 from hydrallm.formats.frames import Event
+from hydrallm.formats.openai_chat import openai_usage
 from hydrallm.formats.peek import COMMIT, Failed, StreamKind, Verdict, error_failure, parse_data
 from hydrallm.formats.sse import SSEEvent
 
@@ -88,18 +89,7 @@ class OpenAIResponses(SSEFormat):
 
 def responses_usage(usage: object) -> Usage | None:
     """A Responses ``usage`` object (``input_tokens`` include the cached ones)."""
-    if not isinstance(usage, Mapping):
-        return None
-    prompt = int_field(usage, "input_tokens")
-    cached = int_field(usage, "input_tokens_details", "cached_tokens")
-    if prompt is not None and cached is not None:
-        prompt = max(0, prompt - cached)  # the cached part is counted in cache_read_tokens
-    found = Usage(
-        input_tokens=prompt,
-        output_tokens=int_field(usage, "output_tokens"),
-        cache_read_tokens=cached,
-    )
-    return None if found.empty else found
+    return openai_usage(usage, "input_tokens", "output_tokens", "input_tokens_details")
 
 
 OPENAI_RESPONSES = OpenAIResponses()
