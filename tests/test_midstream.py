@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -23,9 +23,9 @@ import pytest
 from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, Reset, faults, split_text
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.prefill import REFUSAL, PrefillUpstream
+from recoveryhelp import APIS, USER, Seen, read, warm_sdks
 
-APIS = ["chat", "responses", "messages"]
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES = USER
 CUT = 5  # content chunks the client gets before the primary breaks
 SEEN = "".join(split_text(CANONICAL_TEXT)[:CUT])
 
@@ -45,81 +45,9 @@ def config(*urls: str, api: str, retry: str = "", endpoint: str = "") -> str:
     return "\n".join(parts)
 
 
-@dataclass
-class Answer:
-    text: str = ""
-    starts: int = 0  # role chunks / message_start / response.created
-    finishes: int = 0  # finish_reason / message_delta / response.completed
-    usage: Any = None
-    final: str | None = None  # get_final_message() / get_final_response() text
-    tool_args: str = ""
-    sequence: list[int] = field(default_factory=list)
-
-
-async def ask(url: str, api: str, **extra: Any) -> Answer:
-    """Stream one answer through the proxy with the official SDK."""
-    got = Answer()
-    if api == "messages":
-        async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as claude:
-            async with claude.messages.stream(
-                model="m", max_tokens=200, messages=MESSAGES, **extra
-            ) as stream:
-                async for event in stream:
-                    if event.type == "message_start":
-                        got.starts += 1
-                    elif event.type == "message_delta":
-                        got.finishes += 1
-                    elif event.type == "content_block_delta":
-                        if event.delta.type == "text_delta":
-                            got.text += event.delta.text
-                        elif event.delta.type == "input_json_delta":
-                            got.tool_args += event.delta.partial_json
-                final = await stream.get_final_message()
-            got.usage = final.usage
-            got.final = "".join(b.text for b in final.content if b.type == "text")
-        return got
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
-        if api == "responses":
-            async with client.responses.stream(model="m", input="hi", **extra) as events:
-                async for ev in events:
-                    got.sequence.append(ev.sequence_number)
-                    if ev.type == "response.created":
-                        got.starts += 1
-                    elif ev.type == "response.completed":
-                        got.finishes += 1
-                    elif ev.type == "response.output_text.delta":
-                        got.text += ev.delta
-                    elif ev.type == "response.function_call_arguments.delta":
-                        got.tool_args += ev.delta
-                response = await events.get_final_response()
-            got.usage = response.usage
-            got.final = response.output_text
-            return got
-        chunks = await client.chat.completions.create(
-            model="m",
-            messages=MESSAGES,  # type: ignore[arg-type]
-            stream=True,
-            stream_options={"include_usage": True},
-            **extra,
-        )
-        async for chunk in chunks:
-            if chunk.usage is not None:
-                got.usage = chunk.usage
-            for choice in chunk.choices:
-                if choice.delta.role is not None:
-                    got.starts += 1
-                if choice.finish_reason is not None:
-                    got.finishes += 1
-                got.text += choice.delta.content or ""
-                for call in choice.delta.tool_calls or []:
-                    got.tool_args += (call.function.arguments or "") if call.function else ""
-        got.final = got.text
-    return got
-
-
-def assert_whole(got: Answer, api: str) -> None:
+def assert_whole(got: Seen, api: str) -> None:
     assert got.text == CANONICAL_TEXT
-    assert got.final == CANONICAL_TEXT
+    assert got.final_text == CANONICAL_TEXT
     assert (got.starts, got.finishes) == (1, 1)
     assert got.usage is not None
     if api == "responses":
@@ -135,12 +63,8 @@ async def proxy(
 
 
 @pytest.fixture(autouse=True)
-async def warm_sdks() -> None:
-    # Client, proxy and fakes share one event loop: the SDKs' first parse of a stream
-    # builds their models, which can hold the loop past the short limits under load.
-    async with FakeUpstream() as up:
-        for api in APIS:
-            await ask(up.url, api)
+async def warm() -> None:
+    await warm_sdks()
 
 
 @pytest.fixture
@@ -175,7 +99,7 @@ async def test_a_broken_answer_is_finished_by_prefill_on_the_fallback(
     primary.script(BREAKS[brk])
     async with proxy(primary, fallback, api, endpoint=PREFILLED[api]) as px:
         began = time.monotonic()
-        got = await ask(px.url(), api)
+        got = await read(px.url(), api)
         # A stall is given up on at the idle limit (300 ms), not after its 3 s.
         assert time.monotonic() - began < 2.0
         assert_whole(got, api)
@@ -195,7 +119,7 @@ async def test_without_a_continuation_flag_openai_answers_are_restarted_not_pref
     # answer a trailing assistant turn anew, so `auto` restarts with a prefix check.
     primary.script(BREAKS["reset"])
     async with proxy(primary, fallback, api) as px:
-        assert_whole(await ask(px.url(), api), api)
+        assert_whole(await read(px.url(), api), api)
         assert fallback.prefills == []
         assert "recovered=restart" in px.logs()
 
@@ -209,13 +133,13 @@ async def test_refused_prefill_restarts_and_keeps_the_matching_answer(
         PrefillUpstream(refuse=True) as fallback,
         proxy(primary, fallback, api, endpoint=PREFILLED[api]) as px,
     ):
-        got = await ask(px.url(), api)
+        got = await read(px.url(), api)
         assert_whole(got, api)
         assert len(fallback.prefills) == 1  # refused, then the original request again
         assert [r.fault.kind for r in fallback.requests] == ["status_400", "ok"]
         assert "recovered=restart" in px.logs()
         # The refusal is remembered: the next recovery does not offer a prefill again.
-        assert_whole(await ask(px.url(), api), api)
+        assert_whole(await read(px.url(), api), api)
         assert len(fallback.prefills) == 1 and len(fallback.requests) == 3
 
 
@@ -230,7 +154,7 @@ async def test_a_different_answer_after_a_refused_prefill_ends_with_a_clean_erro
         proxy(primary, fallback, api, endpoint=PREFILLED[api]) as px,
     ):
         with pytest.raises((openai.APIError, anthropic.APIError)) as caught:
-            await ask(px.url(), api)
+            await read(px.url(), api)
         message = str(caught.value)
         assert "incomplete" in message
         assert REFUSAL not in message and "prefill" not in message
@@ -245,7 +169,7 @@ async def test_a_cut_inside_a_tool_call_restarts_and_completes_the_call(
     call = faults.tool_call()
     primary.script(replace(call, reset=Reset.MID_STREAM, after_chunks=1))
     async with PrefillUpstream(default=call) as fallback, proxy(primary, fallback, api) as px:
-        got = await ask(px.url(), api)
+        got = await read(px.url(), api)
         assert json.loads(got.tool_args) == {"city": "Paris"}
         assert (got.starts, got.finishes) == (1, 1)
         assert got.usage is not None
@@ -260,7 +184,7 @@ async def test_midstream_error_setting_only_ends_the_stream_cleanly(
     primary.script(faults.reset_mid_stream(after_chunks=CUT))
     async with proxy(primary, fallback, api, retry='midstream = "error"\n') as px:
         with pytest.raises((openai.APIError, anthropic.APIError)):
-            await ask(px.url(), api)
+            await read(px.url(), api)
         assert fallback.requests == []
 
 
@@ -304,7 +228,7 @@ async def test_a_cut_after_the_last_word_is_finished_without_repeating_it(
     # A stall, not a reset: a RST may drop the last chunks in flight.
     primary.script(faults.stall(after_chunks=len(split_text(CANONICAL_TEXT)), seconds=3.0))
     async with proxy(primary, fallback, api, endpoint=PREFILLED.get(api, "")) as px:
-        assert_whole(await ask(px.url(), api), api)
+        assert_whole(await read(px.url(), api), api)
         # Responses is never prefilled: its whole answer was restarted and matched.
         assert fallback.prefills == ([] if api == "responses" else [CANONICAL_TEXT])
 
@@ -316,7 +240,7 @@ async def test_the_endpoints_prefix_flag_marks_the_prefill(
     primary.script(BREAKS["reset"])
     extra = f'prefill_flag = "{flag}"'
     async with proxy(primary, fallback, "chat", endpoint=extra) as px:
-        assert_whole(await ask(px.url(), "chat"), "chat")
+        assert_whole(await read(px.url(), "chat"), "chat")
     sent = fallback.requests[-1].json()
     last = sent["messages"][-1]
     assert last["role"] == "assistant"
@@ -335,7 +259,7 @@ async def test_recoveries_are_counted_and_shown_on_the_status_page(
 
     primary.script(BREAKS["reset"])
     async with proxy(primary, fallback, "messages") as px:
-        assert_whole(await ask(px.url(), "messages"), "messages")
+        assert_whole(await read(px.url(), "messages"), "messages")
         async with aiohttp.ClientSession() as s:
             async with s.get(px.url() + "/_hydrallm/status.json") as r:
                 doc = await r.json()

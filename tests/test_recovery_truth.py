@@ -15,22 +15,19 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
-import anthropic
-import openai
 import pytest
 from aiohttp import web
 
 from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, Fault, Reset, faults, split_text
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.upstream import sample_text
+from recoveryhelp import APIS, USER, ask, assert_clean_error, warm_sdks
 
-APIS = ["chat", "responses", "messages"]
 BEHAVIOURS = ["continue", "ignore", "refuse", "refuse_with_thinking"]
-USER = [{"role": "user", "content": "hi"}]
 THINK = "Let me think about hydras and proxies step by step."
 CUT = 5  # content chunks before the break: inside the text, or inside the thinking
 BREAKS = {
@@ -57,126 +54,9 @@ def config(primary: str, fallback: str, api: str, retry: str = "", endpoint: str
     )
 
 
-@dataclass
-class Seen:
-    """What the client's SDK made of the stream (thinking: Anthropic thinking, chat
-    `reasoning_content`, Responses reasoning summary)."""
-
-    text: str = ""
-    thinking: str = ""
-    tool_args: str = ""
-    call_ids: list[str] = field(default_factory=list)
-    starts: int = 0
-    finishes: int = 0
-    final_text: str | None = None
-    final_call_ids: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-async def ask(url: str, api: str, thinking: bool = False) -> Seen:
-    got = Seen()
-    try:
-        if api == "messages":
-            await _ask_messages(url, got, thinking)
-        elif api == "responses":
-            await _ask_responses(url, got)
-        else:
-            await _ask_chat(url, got)
-    except (openai.APIError, anthropic.APIError) as exc:
-        got.error = str(exc)
-    return got
-
-
-async def _ask_messages(url: str, got: Seen, thinking: bool) -> None:
-    extra: dict[str, Any] = {}
-    if thinking:
-        extra["thinking"] = {"type": "enabled", "budget_tokens": 1024}
-    async with anthropic.AsyncAnthropic(base_url=url, api_key="x", max_retries=0) as claude:
-        async with claude.messages.stream(
-            model="m", max_tokens=2000, messages=USER, **extra
-        ) as stream:
-            async for event in stream:
-                if event.type == "message_start":
-                    got.starts += 1
-                elif event.type == "message_delta":
-                    got.finishes += 1
-                elif event.type == "content_block_start" and event.content_block.type == "tool_use":
-                    got.call_ids.append(event.content_block.id)
-                elif event.type == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta":
-                        got.text += delta.text
-                    elif delta.type == "thinking_delta":
-                        got.thinking += delta.thinking
-                    elif delta.type == "input_json_delta":
-                        got.tool_args += delta.partial_json
-            final = await stream.get_final_message()
-    got.final_text = "".join(b.text for b in final.content if b.type == "text")
-    got.final_call_ids = [b.id for b in final.content if b.type == "tool_use"]
-
-
-async def _ask_responses(url: str, got: Seen) -> None:
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
-        async with client.responses.stream(model="m", input="hi") as events:
-            async for ev in events:
-                if ev.type == "response.created":
-                    got.starts += 1
-                elif ev.type == "response.completed":
-                    got.finishes += 1
-                elif ev.type == "response.output_text.delta":
-                    got.text += ev.delta
-                elif ev.type == "response.reasoning_summary_text.delta":
-                    got.thinking += ev.delta
-                elif ev.type == "response.function_call_arguments.delta":
-                    got.tool_args += ev.delta
-                elif ev.type == "response.output_item.added" and ev.item.type == "function_call":
-                    got.call_ids.append(ev.item.call_id)
-            # The accumulator checks every identity: a restarted call must keep its own.
-            response = await events.get_final_response()
-    got.final_text = response.output_text
-    got.final_call_ids = [i.call_id for i in response.output if i.type == "function_call"]
-    summaries = [p.text for i in response.output if i.type == "reasoning" for p in i.summary]
-    assert "".join(summaries) == got.thinking  # the final response agrees with the deltas
-
-
-async def _ask_chat(url: str, got: Seen) -> None:
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
-        chunks = await client.chat.completions.create(
-            model="m",
-            messages=USER,  # type: ignore[arg-type]
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        async for chunk in chunks:
-            for choice in chunk.choices:
-                delta = choice.delta
-                got.starts += delta.role is not None
-                got.finishes += choice.finish_reason is not None
-                got.text += delta.content or ""
-                got.thinking += getattr(delta, "reasoning_content", None) or ""
-                for call in delta.tool_calls or []:
-                    if call.id:
-                        got.call_ids.append(call.id)
-                    got.tool_args += (call.function.arguments or "") if call.function else ""
-    got.final_text = got.text
-    got.final_call_ids = got.call_ids
-
-
-def assert_clean_error(got: Seen, *answers: str) -> None:
-    """A clean error: the SDK raised, the words are plain, nothing after it was glued on."""
-    assert got.error is not None, "a broken answer must not look like success"
-    assert "incomplete" in got.error
-    assert "Error(" not in got.error and "<" not in got.error  # no library reprs
-    assert any(a.startswith(got.text) for a in answers), got.text
-
-
 @pytest.fixture(autouse=True)
-async def warm_sdks() -> None:
-    # The SDKs build their models on the first parse, which can hold the shared loop
-    # past the short idle limit; do that outside the measured requests.
-    async with FakeUpstream() as up:
-        for api in APIS:
-            await ask(up.url, api)
+async def warm() -> None:
+    await warm_sdks()
 
 
 @asynccontextmanager

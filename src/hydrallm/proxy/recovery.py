@@ -18,6 +18,16 @@ in the chain), a continuation:
    original request again; its output is held back until it has reproduced what the
    client has, and relayed from there (`formats.splice`), in the client's ids.
 
+Across families (issue 16), the next model of ANY type that serves the client's API
+continues: `proxy.attempt` translates the continuation for it and reads its answer back in
+the client's format, so the splice, the prefix check and the ids work as for one family.
+A prefill then goes in the TARGET's terms (a `translated.Continuation`: appended after
+translation, with the target's own continuation flag), and is offered by the target's
+rules (`prefill = "auto"`: an Anthropic target unless its translated request thinks, a
+chat target with a `prefill_flag`, never Responses nor Gemini).  Thinking signed by one
+provider never reaches another: the continuation is the client's request, translated as
+any attempt is (foreign signed and redacted thinking stripped).
+
 Every continuation is one attempt of `proxy.attempt` (the request's time budget, the
 breakers, attempt telemetry and the peek hold for it as for any other); nothing reaches the
 client before it has passed the peek and caught up; if nothing works, `recover` returns False and the relay ends the stream with an
@@ -38,10 +48,11 @@ from typing import Any
 
 from aiohttp import web
 
-from hydrallm.config import ModelConfig
+from hydrallm.config import ModelConfig, PrefillFlag
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.body import parse_body
 from hydrallm.formats.frames import EventTooLong
+from hydrallm.formats.peek import StreamKind
 from hydrallm.formats.prefill import PrefillProbe, auto_prefill, names_prefill
 from hydrallm.formats.splice import Mismatch, UpstreamFailed
 from hydrallm.formats.transcript import Transcript
@@ -50,6 +61,7 @@ from hydrallm.proxy.attempt import Committed, Final, Outcome
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.guard import GuardedResponse
 from hydrallm.proxy.relay import Recover
+from hydrallm.proxy.translated import Continuation, client_api, serves, translation_for
 from hydrallm.routing.plan import Attempt
 from hydrallm.routing.pooling import for_request
 
@@ -153,14 +165,30 @@ class Recovery:
         self.engine.telemetry.recovery(self.listener, broken, result)
 
     def _candidates(self, broken: ModelConfig, chain: Sequence[ModelConfig]) -> list[ModelConfig]:
-        """The models after the broken one in the chain, that speak the client's API."""
+        """The models after the broken one in the chain that can finish the client's answer:
+        natively (their provider's streams are recoverable) or by translation (the answer
+        is read back in the client's format, which is)."""
         at = next((i for i, m in enumerate(chain) if m.id == broken.id), len(chain))
         providers = self.engine.providers
-        return [
-            m
-            for m in chain[at + 1 :]
-            if m.type == broken.type and providers[m.type].supports_recovery
-        ]
+        client = client_api(self.request)
+        out = []
+        for m in chain[at + 1 :]:
+            if client is None:  # not a translatable API: only a model of the same type
+                how = "native" if m.type == broken.type else None
+            else:
+                how = serves(client, m)
+            if how is None:
+                continue
+            if how == "native" and not providers[m.type].supports_recovery:
+                continue
+            out.append(m)
+        return out
+
+    def _how(self, model: ModelConfig) -> str:
+        """How `model` serves the client: "native" (same family), "bedrock" (Anthropic
+        Messages on InvokeModel, the same body) or the upstream API translated to."""
+        client = client_api(self.request)
+        return (serves(client, model) if client is not None else None) or "native"
 
     def _may_prefill(self, model: ModelConfig) -> bool:
         endpoint = self.engine.config.endpoints[model.endpoint]
@@ -175,7 +203,26 @@ class Recovery:
         memory = self.memory
         if model.id in memory.no_prefill or model.id in memory.ignores_prefill:
             return False
-        return auto_prefill(self.transcript.kind, endpoint.prefill_flag, self._body_dict())
+        how = self._how(model)
+        if how in ("native", "bedrock"):
+            return auto_prefill(self.transcript.kind, endpoint.prefill_flag, self._body_dict())
+        # Another family: the target's rules, on the request it would get.
+        if how == "anthropic":
+            return auto_prefill(StreamKind.ANTHROPIC, "none", self._translated_body(model))
+        if how == "chat":
+            return auto_prefill(StreamKind.OPENAI_CHAT, endpoint.prefill_flag, None)
+        return False  # Gemini: continues or refuses by model version; Responses: never
+
+    def _translated_body(self, model: ModelConfig) -> dict[str, Any] | None:
+        """The client's request as `model` would get it (None: it cannot be made)."""
+        try:
+            made = translation_for(
+                self.request, model, lambda: self.engine.attempts.model_name(model, self.request)
+            )
+            body = json.loads(made.request.body) if made is not None else None
+        except (UpstreamError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
 
     def _body_dict(self) -> dict[str, Any] | None:
         if self._original is None and self.request.json is not None:
@@ -186,17 +233,27 @@ class Recovery:
             self._original = original if isinstance(original, dict) else None
         return self._original
 
-    def _body(self, mode: str, model: ModelConfig) -> tuple[bytes, str | None]:
+    def _continuation(self, mode: str, model: ModelConfig) -> tuple[ClientRequest, str | None]:
+        """The request for `model` and the text it is prefilled with (None: a restart)."""
         text = self.transcript.prefill_text() if mode == "prefill" else None
         original = self._body_dict()
-        if text is None or original is None:
-            return self.request.body, None
-        flag = self.engine.config.endpoints[model.endpoint].prefill_flag
+        if text is None or original is None or not text.rstrip():
+            return self.request, None
+        flag: PrefillFlag = self.engine.config.endpoints[model.endpoint].prefill_flag
+        if self._how(model) not in ("native", "bedrock"):
+            # Another family: the prefill is appended in the target's terms, after the
+            # request is translated (`translated.translation_for`).
+            r = self.request
+            made = Continuation(
+                r.method, r.path, r.query, r.headers, r.body, r.json, r.streaming,
+                prefill=text.rstrip(), flag=flag,
+            )  # fmt: skip
+            return made, text.rstrip()
         fmt = self.committed.format
         body = fmt.prefill_body(original, text, flag) if fmt is not None else None
         if body is None:
-            return self.request.body, None
-        return body, text.rstrip()
+            return self.request, None
+        return dataclasses.replace(self.request, body=body, json=parse_body(body)), text.rstrip()
 
     async def _try(
         self, model: ModelConfig, mode: str, out: web.StreamResponse
@@ -204,9 +261,8 @@ class Recovery:
         """One continuation on `model`; also says how it went on (`prefill`/`restart`)."""
         engine = self.engine
         retry = engine.config.retry
-        body, prefilled = self._body(mode, model)
+        request, prefilled = self._continuation(mode, model)
         used = "prefill" if prefilled is not None else "restart"
-        request = dataclasses.replace(self.request, body=body, json=parse_body(body))
         broken = self.committed
         self.number += 1
         attempt = Attempt(

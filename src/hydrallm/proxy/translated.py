@@ -19,9 +19,11 @@ from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from hydrallm.config import ApiType, ModelConfig
+from hydrallm.config import ApiType, ModelConfig, PrefillFlag
 from hydrallm.errors import ProtocolError, RequestNotPossible, StreamFailure
 from hydrallm.formats.body import parse_body
+from hydrallm.formats.peek import StreamKind
+from hydrallm.formats.prefill import prefill_body
 from hydrallm.formats.sse import SSEError
 from hydrallm.formats.translate import (
     BadRequest,
@@ -31,6 +33,7 @@ from hydrallm.formats.translate import (
     anthropic,
     bedrock,
     client_api_for_path,
+    gemini,
     translator_for,
     upstream_api,
 )
@@ -88,6 +91,18 @@ class Translated:
     client_format_api: str  # the model type whose wire format the client's API is
 
 
+@dataclass(slots=True)
+class Continuation(ClientRequest):
+    """Mid-stream recovery's request to a model of another family: the client's request,
+    and the answer so far, appended as a trailing assistant turn in the TARGET's terms
+    once translated (`prefill`, without trailing whitespace; `flag` the endpoint's
+    continuation marker for chat).  A same-family target gets its prefill in the client's
+    body instead, as ever."""
+
+    prefill: str | None = None
+    flag: PrefillFlag = "none"
+
+
 def client_api(request: ClientRequest) -> ClientApi | None:
     return client_api_for_path(request.path)
 
@@ -102,7 +117,10 @@ def client_type(path: str, listener_type: ApiType) -> ApiType:
 
 
 def serves(client: ClientApi, model: ModelConfig) -> str | None:
-    """ "native", an upstream API to translate to, or None (cannot serve `client`)."""
+    """ "native", "bedrock" (Anthropic Messages on InvokeModel), an upstream API to
+    translate to, or None (cannot serve `client`)."""
+    if model.type == "bedrock":
+        return "bedrock" if client == "anthropic" else None
     return upstream_api(client, model.type, model.api)
 
 
@@ -153,7 +171,11 @@ def translation_for(
         raise RequestNotPossible(f"not translatable to {kind}: {exc}") from exc
     except (BadRequest, ValueError) as exc:
         raise BadTranslation(str(exc)) from exc
-    raw = json.dumps(call.body, ensure_ascii=False, separators=(",", ":")).encode()
+    raw: bytes | None = None
+    if isinstance(request, Continuation) and request.prefill:
+        raw = _prefilled(kind, call.body, request.prefill, request.flag)
+    if raw is None:
+        raw = json.dumps(call.body, ensure_ascii=False, separators=(",", ":")).encode()
     prefixes = _FAMILY_HEADERS[client]
     kept = [
         (k, v)
@@ -173,6 +195,19 @@ def translation_for(
     return Translated(
         translator, upstream, client, "anthropic" if client == "anthropic" else "openai"
     )
+
+
+_PREFILL_KINDS = {"anthropic": StreamKind.ANTHROPIC, "chat": StreamKind.OPENAI_CHAT}
+
+
+def _prefilled(kind: str, body: object, text: str, flag: PrefillFlag) -> bytes | None:
+    """The translated `body` with the answer so far as its trailing assistant turn."""
+    if not isinstance(body, dict):
+        return None
+    if kind == "gemini":
+        out = gemini.prefill_body(body, text)
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
+    return prefill_body(_PREFILL_KINDS[kind], body, text, flag)
 
 
 def without_foreign_thinking(request: ClientRequest) -> ClientRequest:

@@ -65,6 +65,23 @@ def _result(part: ir.ToolResult) -> Json:
     return {"error": text} if part.is_error else {"result": text}
 
 
+def prefill_body(body: Json, text: str) -> Json:
+    """`body` (a built request) with `text` as a trailing model turn, the answer so far.
+
+    Gemini models up to 3.5 Flash continue such a turn literally; later ones refuse it
+    (400 `Requests ending with a model turn are not supported`): only offered when the
+    endpoint says `prefill = "yes"`, and the refusal is then handled as any other.
+    """
+    contents = list(body.get("contents") or [])
+    last = contents[-1] if contents else None
+    if isinstance(last, dict) and last.get("role") == "model":
+        # The client prefilled the answer itself: the model's text follows its prefill.
+        contents[-1] = {**last, "parts": [*last.get("parts", []), {"text": text}]}
+    else:
+        contents.append({"role": "model", "parts": [{"text": text}]})
+    return {**body, "contents": contents}
+
+
 def build_request(request: ir.Request) -> Json:
     names = ir.tool_names(request.messages)
     contents: list[Json] = []
