@@ -13,16 +13,27 @@ honest give-up: never two answers glued together.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, Fault, Reset, faults, split_text
+from hydrallm.testing import (
+    CANONICAL_TEXT,
+    FakeUpstream,
+    Fault,
+    Reset,
+    ToolCall,
+    faults,
+    split_text,
+)
 from hydrallm.testing import gemini as g
+from hydrallm.testing.bedrock import FakeBedrock
 from hydrallm.testing.gemini import FakeGemini
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.upstream import sample_text
@@ -82,7 +93,13 @@ def model_for(family: str) -> str:
     return {"anthropic": CONTINUES, "chat": "gpt-5.2", "gemini": "gemini-2.5-flash"}[family]
 
 
-def break_on(fake: FakeUpstream | FakeGemini, brk: str, content: str, after: int) -> None:
+def break_on(
+    fake: FakeUpstream | FakeGemini,
+    brk: str,
+    content: str,
+    after: int,
+    call: ToolCall | None = CALL.tool_call,
+) -> None:
     """Script the broken model's answer: `after` content chunks, then the break."""
     if isinstance(fake, FakeGemini):
         answer = g.Answer(text=CANONICAL_TEXT, chunk_chars=12)
@@ -94,7 +111,7 @@ def break_on(fake: FakeUpstream | FakeGemini, brk: str, content: str, after: int
         if brk == "cut"
         else faults.error_event_after(after)
     )
-    fake.script(replace(fault, tool_call=CALL.tool_call) if content == "tool" else fault)
+    fake.script(replace(fault, tool_call=call) if content == "tool" else fault)
 
 
 @asynccontextmanager
@@ -183,14 +200,22 @@ async def test_a_tool_call_cut_midway_is_restarted_on_another_family_with_its_id
     assert isinstance(second.fake, FakeUpstream) and second.fake.prefills == []
 
 
+# A tool call's arguments as OpenAI streams them (compact JSON, which is also how Gemini's
+# argument object reads back) and as Anthropic's partial_json spells them (with spaces).
+COMPACT = ToolCall(arguments=json.dumps(ARGS, separators=(",", ":")))
+SPACED = ToolCall(arguments=json.dumps(ARGS))
+
+
 @pytest.mark.parametrize("broken", ["anthropic", "chat"])
 @pytest.mark.parametrize("api", APIS)
-async def test_a_tool_call_announced_then_cut_is_finished_by_gemini(api: str, broken: str) -> None:
-    # The client has the call's id and name, no arguments yet: Gemini's call (sent whole)
-    # gives them, under the id the client already holds.
+async def test_a_tool_call_cut_midway_is_finished_by_gemini_when_it_spells_it_alike(
+    api: str, broken: str
+) -> None:
+    # Gemini sends its call whole; read back, its arguments repeat what the client has
+    # (`{"city":"Pa`) and go on: one call, under the id the client first saw.
     first = Member(broken, fake_for(broken, "primary", "tool"), model_for(broken))
     second = Member("gemini", fake_for("gemini", "fallback", "tool"), model_for("gemini"))
-    break_on(first.fake, "cut", "tool", 0)
+    break_on(first.fake, "cut", "tool", 2, COMPACT)
     async with chain(first, second) as px:
         got = await ask(px.url(), api)
         logs = px.logs()
@@ -201,18 +226,19 @@ async def test_a_tool_call_announced_then_cut_is_finished_by_gemini(api: str, br
 
 @pytest.mark.parametrize("broken", ["anthropic", "chat"])
 @pytest.mark.parametrize("api", APIS)
-async def test_arguments_gemini_would_spell_otherwise_end_in_the_honest_give_up(
+async def test_arguments_gemini_spells_otherwise_end_in_the_honest_give_up(
     api: str, broken: str
 ) -> None:
-    # Gemini sends arguments as an object, which reads back as compact JSON; the client has
-    # the start of another spelling.  Splicing them would be two answers' halves: refused.
+    # The client has `{"city": "Pa` (with a space); Gemini's arguments read back as
+    # `{"city":"Paris"}`.  Splicing them would join two answers' halves: refused.
     first = Member(broken, fake_for(broken, "primary", "tool"), model_for(broken))
     second = Member("gemini", fake_for("gemini", "fallback", "tool"), model_for("gemini"))
-    break_on(first.fake, "cut", "tool", 1)
+    break_on(first.fake, "cut", "tool", 2, SPACED)
     async with chain(first, second) as px:
         got = await ask(px.url(), api)
         logs = px.logs()
-    assert_clean_error(got, "")
+    assert_clean_error(got, SPACED.arguments)
+    assert got.tool_args == '{"city": "Pa'
     assert "gave_up" in logs
     assert isinstance(second.fake, FakeGemini) and len(second.fake.requests) == 1
 
@@ -374,3 +400,45 @@ async def test_the_differing_sample_of_a_continuing_claude_is_its_own_continuati
     [prefilled] = second.fake.prefills
     assert got.text == got.final_text
     assert got.text.startswith(prefilled) and got.text.endswith(sample[len(prefilled) :])
+
+
+AWS_KEY, AWS_SECRET = "AKIDRECOVERYTEST1", "recovery-test-secret"
+
+
+@pytest.mark.parametrize(
+    ("model", "mode"),
+    [
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "prefill"),
+        ("us.anthropic.claude-sonnet-4-6", "restart"),  # refuses the prefill: 400
+    ],
+)
+async def test_anthropic_direct_broken_is_finished_by_claude_on_bedrock(
+    model: str, mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in list(os.environ):  # no AWS setting of the machine leaks in
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    (tmp_path / "aws").write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    async with (
+        FakeUpstream(name="primary") as direct,
+        FakeBedrock({AWS_KEY: AWS_SECRET}) as aws,
+    ):
+        direct.script(faults.reset_mid_stream(CUT))
+        text = config(Member("anthropic", direct, REFUSES)) + (
+            f'[endpoints.aws]\nurl = "{aws.url}"\naws_access_key_id = "{AWS_KEY}"\n'
+            f'aws_secret_access_key = "{AWS_SECRET}"\naws_region = "us-east-1"\n'
+            f'[[models]]\nendpoint = "aws"\ntype = "bedrock"\nmodel = "{model}"\n'
+        )
+        async with ProxyHarness(text, env=dict(os.environ)) as px:
+            got = await ask(px.url(), "messages")
+            logs = px.logs()
+    assert_coherent(got, "messages", "text")
+    assert f"recovered={mode}" in recovery_line(logs)
+    assert len(aws.prefills) == 1  # offered by Claude's rules, refused or continued
+    assert all(r.signed for r in aws.requests)
+    assert [r.action for r in aws.requests] == ["invoke-with-response-stream"] * (
+        1 if mode == "prefill" else 2
+    )

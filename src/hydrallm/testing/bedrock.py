@@ -32,6 +32,7 @@ from multidict import CIMultiDict
 from hydrallm.formats.eventstream import encode_message
 from hydrallm.testing.answers import CANONICAL_TEXT, AnswerSpec, Api, json_answer, split_text
 from hydrallm.testing.answers import stream_answer as _stream_answer
+from hydrallm.testing.prefill_rules import assistant_prefill, default_behaviour, refusal
 from hydrallm.testing.service import AsyncService
 
 __all__ = [
@@ -148,6 +149,7 @@ class FakeBedrock(AsyncService):
         self.region = region
         self.text = text
         self.requests: list[BedrockRequest] = []
+        self.prefills: list[str] = []  # the assistant prefills received, in order
         self._script: list[BedrockFault] = []
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -220,7 +222,19 @@ class FakeBedrock(AsyncService):
                 fault.message,
                 fault.headers,
             )
-        spec = AnswerSpec(model=model, answer_id="bedrock0001", text=self.text)
+        text = self.text
+        prefix = assistant_prefill(Api.MESSAGES, body) if action.startswith("invoke") else None
+        if prefix is not None:
+            # Claude on Bedrock treats a prefill as Claude does: 4.6+ refuse it (400, a
+            # ValidationException), earlier ones continue it unless thinking is on.
+            self.prefills.append(prefix)
+            payload = json.loads(body)
+            refused = refusal(default_behaviour(Api.MESSAGES, model, payload), None, payload)
+            if refused is not None:
+                message = json.loads(refused.body or b"{}")["error"]["message"]
+                return _error(400, "ValidationException", message)
+            text = text[len(prefix) :]
+        spec = AnswerSpec(model=model, answer_id="bedrock0001", text=text)
         if action == "invoke":
             return _json(json_answer(Api.MESSAGES, spec))
         if action == "converse":
