@@ -442,3 +442,29 @@ async def test_anthropic_direct_broken_is_finished_by_claude_on_bedrock(
     assert [r.action for r in aws.requests] == ["invoke-with-response-stream"] * (
         1 if mode == "prefill" else 2
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "mode"),
+    [("gemini-2.5-flash", "prefill"), ("gemini-3.6-flash", "restart")],  # 3.6 refuses: 400
+)
+@pytest.mark.parametrize("api", ["messages", "responses"])
+async def test_prefill_yes_on_gemini_is_a_trailing_model_turn(
+    api: str, model: str, mode: str
+) -> None:
+    first = Member("chat", fake_for("chat", "primary", "text"), "gpt-5.2")
+    second = Member("gemini", fake_for("gemini", "fallback", "text"), model, 'prefill = "yes"')
+    break_on(first.fake, "cut", "text", CUT)
+    async with chain(first, second) as px:
+        got = await ask(px.url(), api)
+        logs = px.logs()
+    assert_coherent(got, api, "text")
+    assert f"recovered={mode}" in recovery_line(logs)
+    assert isinstance(second.fake, FakeGemini)
+    [prefilled] = second.fake.prefills
+    assert CANONICAL_TEXT.startswith(prefilled) and prefilled == prefilled.rstrip()
+    asked = second.fake.requests[0].body["contents"]
+    assert asked[-1] == {"role": "model", "parts": [{"text": prefilled}]}
+    assert len(second.fake.requests) == (1 if mode == "prefill" else 2)
+    if mode == "restart":
+        assert second.fake.requests[1].body["contents"][-1]["role"] == "user"

@@ -360,7 +360,9 @@ class Recovery:
             return _Outcome.FAILED, used
 
     def _refusal(self, mode: str, status: int, error: bytes) -> _Outcome:
-        if mode == "prefill" and 400 <= status < 500 and names_prefill(error):
+        # Gemini's refusal names the "model turn" the request ends with.
+        refused = names_prefill(error) or b"model turn" in error[:8192]
+        if mode == "prefill" and 400 <= status < 500 and refused:
             return _Outcome.PREFILL_REFUSED
         return _Outcome.FAILED
 

@@ -7,7 +7,9 @@
 Like the real service it refuses what it does not know: an unknown field anywhere in
 the body (`"model"`, `"messages"`, `"max_tokens"`...) is a 400 INVALID_ARGUMENT naming
 it, a missing key a 403, a wrong key a 400 API_KEY_INVALID, and a function call turn
-must be answered by as many function responses in the next turn.  Refusals are also
+must be answered by as many function responses in the next turn.  A request ending in a model
+turn (a prefill) is continued or refused (400) as the model's version does, or as
+`prefill=` says; the prefills received are kept in `prefills`.  Refusals are also
 kept in `problems`, so a test can assert that nothing was refused.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from aiohttp import web
@@ -39,6 +41,15 @@ __all__ = [
     "validate",
     "whole_answer",
 ]
+
+# Prefill (a request ending in a model turn): Gemini 2.5 Flash, 3.5 Flash and Flash-Lite up
+# to 3.1 continue it literally; 3.6 Flash and 3.5 Flash-Lite refuse it with this 400
+# (shared provider-behaviour notes, "Prefill").  Later versions are taken to refuse too.
+PREFILL_REFUSAL = (
+    "Requests ending with a model turn are not supported unless the last part is a "
+    "function response."
+)
+_REFUSES_PREFILL = re.compile(r"gemini-(?:3\.(?:[6-9]|\d\d)|[4-9])|gemini-3\.5-flash-lite")
 
 _PATH = re.compile(
     r"/v1beta/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)"
@@ -158,8 +169,11 @@ class FakeGemini(AsyncService):
         key: str | None = "test-gemini-key",
         default: Answer | None = None,
         require_signatures: bool = False,
+        prefill: Literal["continue", "refuse"] | None = None,
     ) -> None:
         self.key = key
+        self.prefill = prefill  # None: as the model's real version does
+        self.prefills: list[str] = []  # the trailing model turns received, in order
         self.default = default or Answer()
         self.require_signatures = require_signatures
         self.requests: list[GeminiRequest] = []
@@ -236,10 +250,24 @@ class FakeGemini(AsyncService):
         problems = validate(body, self.require_signatures)
         if problems:
             return self._refuse(400, "INVALID_ARGUMENT", "\n".join(problems))
+        prefix = _model_prefill(body)
+        behaviour = self.prefill
+        if prefix is not None:
+            self.prefills.append(prefix)
+            if behaviour is None:
+                refuses = _REFUSES_PREFILL.search(match.group("model"))
+                behaviour = "refuse" if refuses else "continue"
+            if behaviour == "refuse":
+                return web.json_response(
+                    _error(400, "INVALID_ARGUMENT", PREFILL_REFUSAL), status=400
+                )
         item = self._script.pop(0) if self._script else self.default
         if isinstance(item, Fault) and item.kind == "status":
             return web.json_response(item.body, status=item.status)
         spec = item.answer if isinstance(item, Fault) else item
+        if prefix is not None:
+            # The model goes on from its own turn (the reply excludes it), thinking no more.
+            spec = replace(spec, text=spec.text[len(prefix) :], thought=None)
         chunks = answer_chunks(spec, match.group("model"), len(self.requests))
         if not stream:
             return web.json_response(whole_answer(chunks))
@@ -269,6 +297,18 @@ class FakeGemini(AsyncService):
             await response.write(b"]")
         await response.write_eof()
         return response
+
+
+def _model_prefill(body: Any) -> str | None:
+    """The text of a trailing model turn (a prefill), or None."""
+    contents = body.get("contents") if isinstance(body, dict) else None
+    last = contents[-1] if isinstance(contents, list) and contents else None
+    if not isinstance(last, dict) or last.get("role") != "model":
+        return None
+    parts = last.get("parts") or []
+    if parts and isinstance(parts[-1], dict) and "functionResponse" in parts[-1]:
+        return None
+    return "".join(p.get("text", "") for p in parts if isinstance(p, dict) and not p.get("thought"))
 
 
 def answer_chunks(spec: Answer, model: str, serial: int) -> list[dict[str, Any]]:
