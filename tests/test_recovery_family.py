@@ -62,12 +62,14 @@ class Member:
     endpoint: str = ""  # extra endpoint lines (prefill, prefill_flag)
 
     def toml(self, n: int) -> str:
-        kind = {"anthropic": "anthropic", "chat": "openai", "gemini": "gemini"}[self.family]
-        url = self.fake.url + ("/v1" if self.family == "chat" else "")
+        kind = {"anthropic": "anthropic", "gemini": "gemini"}.get(self.family, "openai")
+        url = self.fake.url + ("/v1" if kind == "openai" else "")
         key = GEMINI_KEY if self.family == "gemini" else f"k{n}"
+        # "responses": an OpenAI model called with the Responses API (native for such clients).
+        api = 'api = "responses"\n' if self.family == "responses" else ""
         return (
             f'[endpoints.e{n}]\nurl = "{url}"\napi_key = "{key}"\n{self.endpoint}\n'
-            f'[[models]]\nendpoint = "e{n}"\ntype = "{kind}"\nmodel = "{self.model}"\n'
+            f'[[models]]\nendpoint = "e{n}"\ntype = "{kind}"\nmodel = "{self.model}"\n{api}'
         )
 
 
@@ -90,7 +92,12 @@ def fake_for(family: str, name: str, content: str, **options: Any) -> FakeUpstre
 
 
 def model_for(family: str) -> str:
-    return {"anthropic": CONTINUES, "chat": "gpt-5.2", "gemini": "gemini-2.5-flash"}[family]
+    return {
+        "anthropic": CONTINUES,
+        "chat": "gpt-5.2",
+        "responses": "gpt-5.2-codex",
+        "gemini": "gemini-2.5-flash",
+    }[family]
 
 
 def break_on(
@@ -468,3 +475,25 @@ async def test_prefill_yes_on_gemini_is_a_trailing_model_turn(
     assert len(second.fake.requests) == (1 if mode == "prefill" else 2)
     if mode == "restart":
         assert second.fake.requests[1].body["contents"][-1]["role"] == "user"
+
+
+@pytest.mark.parametrize("content", ["text", "tool"])
+@pytest.mark.parametrize(
+    ("broken", "healthy"),
+    [("responses", "anthropic"), ("responses", "gemini"), ("anthropic", "responses")],
+)
+async def test_a_responses_client_crosses_between_native_responses_and_other_families(
+    broken: str, healthy: str, content: str
+) -> None:
+    # Codex's case: native Responses on one side of the break, a translation on the other.
+    first = Member(broken, fake_for(broken, "primary", content), model_for(broken))
+    second = Member(healthy, fake_for(healthy, "fallback", content), model_for(healthy))
+    break_on(first.fake, "error_event", content, 1 if content == "tool" else CUT, COMPACT)
+    async with chain(first, second) as px:
+        got = await ask(px.url(), "responses")
+        logs = px.logs()
+    assert_coherent(got, "responses", content)
+    mode = "restart" if content == "tool" else expected_mode(healthy)  # a call: no prefill
+    assert f"recovered={mode}" in recovery_line(logs)
+    if content == "tool":
+        assert "primary" in got.call_ids[0]
