@@ -52,7 +52,6 @@ from hydrallm.config import ModelConfig, PrefillFlag
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.body import parse_body
 from hydrallm.formats.frames import EventTooLong
-from hydrallm.formats.peek import StreamKind
 from hydrallm.formats.prefill import PrefillProbe, auto_prefill, names_prefill
 from hydrallm.formats.splice import Mismatch, UpstreamFailed
 from hydrallm.formats.transcript import Transcript
@@ -61,7 +60,7 @@ from hydrallm.proxy.attempt import Committed, Final, Outcome
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.guard import GuardedResponse
 from hydrallm.proxy.relay import Recover
-from hydrallm.proxy.translated import Continuation, client_api, serves, translation_for
+from hydrallm.proxy.translated import Continuation, client_api, foreign_prefill, same_terms, serves
 from hydrallm.routing.plan import Attempt
 from hydrallm.routing.pooling import for_request
 
@@ -184,12 +183,6 @@ class Recovery:
             out.append(m)
         return out
 
-    def _how(self, model: ModelConfig) -> str:
-        """How `model` serves the client: "native" (same family), "bedrock" (Anthropic
-        Messages on InvokeModel, the same body) or the upstream API translated to."""
-        client = client_api(self.request)
-        return (serves(client, model) if client is not None else None) or "native"
-
     def _may_prefill(self, model: ModelConfig) -> bool:
         endpoint = self.engine.config.endpoints[model.endpoint]
         setting = endpoint.prefill
@@ -203,26 +196,15 @@ class Recovery:
         memory = self.memory
         if model.id in memory.no_prefill or model.id in memory.ignores_prefill:
             return False
-        how = self._how(model)
-        if how in ("native", "bedrock"):
-            return auto_prefill(self.transcript.kind, endpoint.prefill_flag, self._body_dict())
-        # Another family: the target's rules, on the request it would get.
-        if how == "anthropic":
-            return auto_prefill(StreamKind.ANTHROPIC, "none", self._translated_body(model))
-        if how == "chat":
-            return auto_prefill(StreamKind.OPENAI_CHAT, endpoint.prefill_flag, None)
-        return False  # Gemini: continues or refuses by model version; Responses: never
-
-    def _translated_body(self, model: ModelConfig) -> dict[str, Any] | None:
-        """The client's request as `model` would get it (None: it cannot be made)."""
-        try:
-            made = translation_for(
-                self.request, model, lambda: self.engine.attempts.model_name(model, self.request)
-            )
-            body = json.loads(made.request.body) if made is not None else None
-        except (UpstreamError, ValueError):
-            return None
-        return body if isinstance(body, dict) else None
+        foreign = foreign_prefill(
+            self.request,
+            model,
+            endpoint.prefill_flag,
+            lambda: self.engine.attempts.model_name(model, self.request),
+        )
+        if foreign is not None:  # another family: the target's rules
+            return foreign
+        return auto_prefill(self.transcript.kind, endpoint.prefill_flag, self._body_dict())
 
     def _body_dict(self) -> dict[str, Any] | None:
         if self._original is None and self.request.json is not None:
@@ -240,15 +222,10 @@ class Recovery:
         if text is None or original is None or not text.rstrip():
             return self.request, None
         flag: PrefillFlag = self.engine.config.endpoints[model.endpoint].prefill_flag
-        if self._how(model) not in ("native", "bedrock"):
+        if not same_terms(self.request, model):
             # Another family: the prefill is appended in the target's terms, after the
             # request is translated (`translated.translation_for`).
-            r = self.request
-            made = Continuation(
-                r.method, r.path, r.query, r.headers, r.body, r.json, r.streaming,
-                prefill=text.rstrip(), flag=flag,
-            )  # fmt: skip
-            return made, text.rstrip()
+            return Continuation.of(self.request, text.rstrip(), flag), text.rstrip()
         fmt = self.committed.format
         body = fmt.prefill_body(original, text, flag) if fmt is not None else None
         if body is None:

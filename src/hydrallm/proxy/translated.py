@@ -23,7 +23,7 @@ from hydrallm.config import ApiType, ModelConfig, PrefillFlag
 from hydrallm.errors import ProtocolError, RequestNotPossible, StreamFailure
 from hydrallm.formats.body import parse_body
 from hydrallm.formats.peek import StreamKind
-from hydrallm.formats.prefill import prefill_body
+from hydrallm.formats.prefill import auto_prefill, prefill_body
 from hydrallm.formats.sse import SSEError
 from hydrallm.formats.translate import (
     BadRequest,
@@ -101,6 +101,41 @@ class Continuation(ClientRequest):
 
     prefill: str | None = None
     flag: PrefillFlag = "none"
+
+    @classmethod
+    def of(cls, request: ClientRequest, prefill: str, flag: PrefillFlag) -> Continuation:
+        r = request
+        return cls(r.method, r.path, r.query, r.headers, r.body, r.json, r.streaming, prefill, flag)
+
+
+def same_terms(request: ClientRequest, model: ModelConfig) -> bool:
+    """Does `model` take the client's body as it is (same family, or Claude on Bedrock)?"""
+    client = client_api(request)
+    return client is None or serves(client, model) in ("native", "bedrock")
+
+
+def foreign_prefill(
+    request: ClientRequest, model: ModelConfig, flag: PrefillFlag, model_name: Callable[[], str]
+) -> bool | None:
+    """`prefill = "auto"` on a model of another family than the client's: does it continue
+    a prefill?  None when it is of the client's family (the client API's rules apply).
+
+    Anthropic: unless the request it gets enables thinking; chat: with its endpoint's
+    `prefill_flag`; Gemini: never (whether a trailing model turn is continued or refused
+    depends on the model version); Responses is never translated to.
+    """
+    if same_terms(request, model):
+        return None
+    client = client_api(request)
+    how = serves(client, model) if client is not None else None
+    if how == "anthropic":
+        try:
+            made = translation_for(request, model, model_name)
+            body = json.loads(made.request.body) if made is not None else None
+        except (RequestNotPossible, ValueError):
+            return False
+        return auto_prefill(StreamKind.ANTHROPIC, "none", body if isinstance(body, dict) else None)
+    return how == "chat" and flag != "none"
 
 
 def client_api(request: ClientRequest) -> ClientApi | None:
