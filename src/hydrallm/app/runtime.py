@@ -24,7 +24,6 @@ from hydrallm.observe.snapshot import Generation, KeyPoolView, configured
 from hydrallm.providers import Provider, provider_for
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
-from hydrallm.proxy.upstream import Response, Transport
 from hydrallm.routing.affinity import KIND as AFFINITY_KIND
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import KIND as BREAKER_KIND
@@ -36,6 +35,7 @@ from hydrallm.routing.shared import Sharer
 
 if TYPE_CHECKING:
     from hydrallm.app.cluster import ClusterLink
+    from hydrallm.proxy.upstream import Response, Transport
 
 
 @dataclass(frozen=True, slots=True)

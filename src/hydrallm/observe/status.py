@@ -69,7 +69,6 @@ key pool by masked label, never a key.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -123,6 +122,8 @@ class _ModelStats:
 
 
 def _p50_ms(samples: deque[float]) -> float | None:
+    import statistics  # at the first status read, not at startup (it pulls in fractions)
+
     return round(statistics.median(samples) * 1000, 1) if samples else None
 
 
