@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
+    """A listener's route with its glob compiled and its chain resolved."""
+
     pattern: str
     match: Callable[[str], object]
     chain: tuple[ModelConfig, ...]
@@ -47,6 +49,8 @@ class CompiledRoute:
 
 @dataclass(frozen=True, slots=True)
 class ListenerRuntime:
+    """What a listener needs per request: its config, API type and chains."""
+
     config: ListenerConfig
     api_type: ApiType
     chain: tuple[ModelConfig, ...]
@@ -64,6 +68,8 @@ class ListenerRuntime:
 
 @dataclass(slots=True)
 class Runtime:
+    """One generation of the running config: engine and listeners (a reload swaps it)."""
+
     config: Config
     engine: Engine
     listeners: dict[str, ListenerRuntime]

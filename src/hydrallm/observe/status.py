@@ -115,6 +115,8 @@ class _Window:
 
 @dataclass(slots=True)
 class _ModelStats:
+    """A model's recent window, latency and first-token samples, and last error."""
+
     window: _Window = field(default_factory=_Window)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
