@@ -4,7 +4,7 @@
 should pay for the demo, the terminal views, the journal readers, botocore or test tools.
 Each case runs the real command under `python -X importtime`, which names every module as
 it is imported, and fails when a module of its list was loaded (for `serve`: before the
-proxy logged that it listens).  No timing is asserted; the figures are in bench/RESULTS.md.
+proxy logged that it listens).  No timing is asserted: `python -m bench` measures it.
 
 To forbid another module, add its name to a tuple below: one line.
 """
@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,42 @@ def _forbidden(loaded: set[str], names: tuple[str, ...]) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # irrelevant here; keeps runs like a user's
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+
+
+def _config(tmp_path: Path, *, journal: bool) -> tuple[Path, int]:
+    port = free_port()
+    upstream = free_port()  # starting contacts no upstream: nothing needs to listen there
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[journal]
+enabled = {"true" if journal else "false"}
+path = "{tmp_path / "journal.db"}"
+
+[endpoints.up]
+url = "http://127.0.0.1:{upstream}"
+
+[[models]]
+endpoint = "up"
+type = "openai"
+model = "gpt-x"
+"""
+    )
+    return config, port
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 def test_help_loads_only_the_command_table() -> None:
@@ -129,28 +163,7 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> lis
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "no-journal"])
 def test_serve_loads_only_the_serve_path(tmp_path: Path, journal: bool) -> None:
-    port = free_port()
-    upstream = free_port()  # starting contacts no upstream: nothing needs to listen there
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[journal]
-enabled = {"true" if journal else "false"}
-path = "{tmp_path / "journal.db"}"
-
-[endpoints.up]
-url = "http://127.0.0.1:{upstream}"
-
-[[models]]
-endpoint = "up"
-type = "openai"
-model = "gpt-x"
-"""
-    )
+    config, _ = _config(tmp_path, journal=journal)
     proc = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "hydrallm", "serve", "-c", str(config)],
         stdout=subprocess.PIPE,
@@ -162,13 +175,39 @@ model = "gpt-x"
     try:
         before_ready = _read_until(proc, " listening ", timeout=60)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        _stop(proc)
     loaded = _loaded(before_ready)
     # The listing covers the real serve path (not a process that failed early).
     assert {"hydrallm.cli.main", "hydrallm.app.lifecycle", "hydrallm.proxy.engine"} <= loaded
     assert _forbidden(loaded, NOT_FOR_SERVE) == []
+
+
+def test_what_loads_on_first_use_still_answers_right(tmp_path: Path) -> None:
+    """The metrics exposition and the status p50s, loaded at the first scrape or read of a
+    fresh process, are what scrapers and the status page expect."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config, port = _config(tmp_path, journal=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hydrallm", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=_env(),
+    )
+    try:
+        _read_until(proc, " listening ", timeout=60)
+        base = f"http://127.0.0.1:{port}/_hydrallm"
+        with urllib.request.urlopen(base + "/metrics", timeout=20) as resp:
+            content_type = resp.headers["Content-Type"]
+            text = resp.read().decode()
+        with urllib.request.urlopen(base + "/status.json", timeout=20) as resp:
+            status = resp.read()
+    finally:
+        _stop(proc)
+    assert content_type == CONTENT_TYPE_LATEST
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert {"hydrallm_requests", "hydrallm_circuit_state", "hydrallm_worker_info"} <= families
+    assert b'"models"' in status
