@@ -24,7 +24,6 @@ from hydrallm.observe.snapshot import Generation, KeyPoolView, configured
 from hydrallm.providers import Provider, provider_for
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
-from hydrallm.proxy.upstream import Response, Transport
 from hydrallm.routing.affinity import KIND as AFFINITY_KIND
 from hydrallm.routing.affinity import Affinity
 from hydrallm.routing.breakers import KIND as BREAKER_KIND
@@ -36,10 +35,13 @@ from hydrallm.routing.shared import Sharer
 
 if TYPE_CHECKING:
     from hydrallm.app.cluster import ClusterLink
+    from hydrallm.proxy.upstream import Response, Transport
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
+    """A listener's route with its glob compiled and its chain resolved."""
+
     pattern: str
     match: Callable[[str], object]
     chain: tuple[ModelConfig, ...]
@@ -47,6 +49,8 @@ class CompiledRoute:
 
 @dataclass(frozen=True, slots=True)
 class ListenerRuntime:
+    """What a listener needs per request: its config, API type and chains."""
+
     config: ListenerConfig
     api_type: ApiType
     chain: tuple[ModelConfig, ...]
@@ -64,6 +68,8 @@ class ListenerRuntime:
 
 @dataclass(slots=True)
 class Runtime:
+    """One generation of the running config: engine and listeners (a reload swaps it)."""
+
     config: Config
     engine: Engine
     listeners: dict[str, ListenerRuntime]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from hydrallm.config import GEMINI_URL, Config, ListenerConfig, ModelConfig
 from hydrallm.config.tables import masked_url
 from hydrallm.config.units import format_duration
-from hydrallm.formats.translate import CLIENT_APIS, upstream_api
+
+# `hydrallm serve` imports this module for `exposure_warnings`; what only `hydrallm check`
+# needs (the translation tables, ipaddress) is imported where it is used.
 
 _API_NAMES = {"anthropic": "Anthropic Messages", "chat": "OpenAI chat", "responses": "Responses"}
 
 
 def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+    if host.lower() == "localhost" or host in ("127.0.0.1", "::1", "[::1]"):
+        return True  # the common answers, without importing ipaddress at every start
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -104,6 +106,8 @@ def _chain_lines(config: Config, ids: tuple[str, ...]) -> list[str]:
 
 def serves(model: ModelConfig) -> dict[str, str]:
     """For each client API: "native", "translated (to X)" or "no" (skipped for it)."""
+    from hydrallm.formats.translate import CLIENT_APIS, upstream_api
+
     out: dict[str, str] = {}
     for client in CLIENT_APIS:
         kind = upstream_api(client, model.type, model.api)

@@ -7,21 +7,21 @@ history can be read even while the config is being fixed.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from hydrallm.config import JournalConfig
-from hydrallm.config.units import parse_long_duration
 from hydrallm.errors import HydraError
-from hydrallm.observe.journal_db import journal_path
-from hydrallm.observe.journal_query import JournalMissing, one, open_readonly, requests, usage
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# The journal readers (sqlite3, statistics) and the config types are imported inside the
+# commands: `main.py` registers these commands on every start, `hydrallm serve` and
+# `hydrallm --help` included, and neither should pay for reading a journal.
 
 _OUTCOME_STYLE = {
     "first_try": "green",
@@ -39,6 +39,8 @@ class _Since(click.ParamType):  # type: ignore[type-arg]
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
+        from hydrallm.config.units import parse_long_duration
+
         try:
             return parse_long_duration(value)
         except ValueError as exc:
@@ -46,6 +48,9 @@ class _Since(click.ParamType):  # type: ignore[type-arg]
 
 
 def _path(obj: dict[str, Any], load: Callable[[dict[str, Any]], Any]) -> Path:
+    from hydrallm.config import JournalConfig
+    from hydrallm.observe.journal_db import journal_path
+
     try:
         config = load(obj)
     except HydraError:
@@ -54,6 +59,8 @@ def _path(obj: dict[str, Any], load: Callable[[dict[str, Any]], Any]) -> Path:
 
 
 def _open(path: Path) -> Any:
+    from hydrallm.observe.journal_query import JournalMissing, open_readonly
+
     try:
         return open_readonly(path)
     except JournalMissing as exc:
@@ -62,6 +69,8 @@ def _open(path: Path) -> Any:
 
 
 def _when(ts: float) -> str:
+    from datetime import datetime
+
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -245,7 +254,11 @@ def register(
         limit: int,
     ) -> None:
         """The latest requests, newest first; with REQUEST_ID, that request's attempt trail."""
+        import json
+
         from rich.console import Console
+
+        from hydrallm.observe.journal_query import one, requests
 
         console = Console(highlight=False, soft_wrap=False)
         db = _open(_path(obj or {}, load))
@@ -305,7 +318,11 @@ def register(
         obj: dict[str, Any] | None, as_json: bool, since: float | None, by: str, chart: bool
     ) -> None:
         """Tokens, cost, requests, failures and rescues per model, day or hour."""
+        import json
+
         from rich.console import Console
+
+        from hydrallm.observe.journal_query import usage
 
         db = _open(_path(obj or {}, load))
         groups = usage(db, since=None if since is None else time.time() - since, by=by)

@@ -3,17 +3,19 @@
 Global flags (--config/-c, --host, --port/-p, --log-level/-l) are accepted before or after
 the subcommand.  Errors the user must fix exit 1 with a one-line (or one-per-problem)
 message and no traceback; usage errors exit 2 (click's default).
+
+Every command imports what it needs inside its body: this module is imported on each
+start, and `hydrallm serve` (a service that starts at login) and `hydrallm --help` should
+not pay for the demo, the terminal views, the journal readers or a subprocess.
+`tests/test_startup.py` lists the modules they must not load.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -180,6 +182,9 @@ def version(obj: dict[str, Any]) -> None:
 
 def _build_info() -> tuple[str, str]:
     """Commit and date stamped by a release build; in a source checkout, asked of git."""
+    import subprocess
+    from pathlib import Path
+
     if __commit__ != "unknown":
         return __commit__, __build_date__
     here = Path(__file__).resolve().parent.parent  # src/hydrallm
@@ -201,6 +206,8 @@ def _build_info() -> tuple[str, str]:
 
 
 def _find_editor() -> list[str] | None:
+    import shutil
+
     for var in ("VISUAL", "EDITOR"):
         value = os.environ.get(var, "").strip()
         if value:
@@ -223,6 +230,9 @@ def _find_editor() -> list[str] | None:
 @handle_errors
 def edit(obj: dict[str, Any]) -> None:
     """Open the config in $EDITOR (created from a commented template if missing), then validate it."""
+    import subprocess
+    from pathlib import Path
+
     from hydrallm.config.load import default_template, resolve_config_path
     from hydrallm.errors import ConfigError
 
@@ -407,6 +417,8 @@ def service() -> None:
 @handle_errors
 def service_install(obj: dict[str, Any], manager: str) -> None:
     """Write the service file for `hydrallm serve --config PATH` and print how to enable it."""
+    from pathlib import Path
+
     from hydrallm.cli.service import hydrallm_command, install
     from hydrallm.config.load import resolve_config_path
 
@@ -435,6 +447,8 @@ def service_install(obj: dict[str, Any], manager: str) -> None:
 @handle_errors
 def service_uninstall(manager: str) -> None:
     """Remove the service file written by `service install`."""
+    from pathlib import Path
+
     from hydrallm.cli.service import service_path, uninstall
 
     kind = _manager(manager)
@@ -452,6 +466,8 @@ def service_uninstall(manager: str) -> None:
 @handle_errors
 def service_status(manager: str) -> None:
     """Say whether the service is installed, running, and answering."""
+    from pathlib import Path
+
     from hydrallm.cli.service import service_state
     from hydrallm.cli.statusview import StatusUnavailable, default_url, fetch_status
     from hydrallm.config.load import load_config

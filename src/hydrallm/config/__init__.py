@@ -83,12 +83,16 @@ class ModelConfig:
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """A `[[routes]]` entry: requested models matching `pattern` use this chain."""
+
     pattern: str  # glob, matched case-insensitively against the requested model
     models: tuple[str, ...]  # model ids
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
+    """One address the proxy listens on, with its chain and its own limits."""
+
     name: str
     host: str = "127.0.0.1"
     port: int = 8080
@@ -101,6 +105,8 @@ class ListenerConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """`[server]`: the default listener's address, timeouts and body limits."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     read_timeout: float = 60.0
@@ -115,12 +121,16 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
+    """`[log]`: level, and whether upstream error bodies are logged."""
+
     level: Literal["debug", "info", "warn", "error"] = "info"
     include_error_body: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
+    """`[retry]`: how often, how long and on what the chain is retried."""
+
     max_cycles: int = 10
     default_timeout: float = 30.0
     default_interval: float = 0.1
@@ -150,6 +160,8 @@ class RetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class CooldownConfig:
+    """`[cooldown]`: when a failing model is skipped, and for how long."""
+
     enabled: bool = True
     failures: int = 3
     duration: float = 30.0
@@ -163,6 +175,8 @@ class CooldownConfig:
 
 @dataclass(frozen=True, slots=True)
 class RoutingConfig:
+    """`[routing]`: which key or model a returning client is sent to."""
+
     affinity: Affinity = "key"
     affinity_ttl: float = 300.0
 
@@ -178,6 +192,8 @@ class ClusterConfig:
 
 @dataclass(frozen=True, slots=True)
 class JournalConfig:
+    """`[journal]`: the request history file, its retention and what it keeps."""
+
     enabled: bool = True
     path: str | None = None  # None: <state dir>/hydrallm/journal.db
     retention: float = 30 * 86400.0
@@ -197,6 +213,8 @@ class Price:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The whole resolved configuration (see the module docstring)."""
+
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)

@@ -17,7 +17,6 @@ import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -90,6 +89,8 @@ def resolve_config_path(cli_path: str | None, env: Mapping[str, str]) -> Path:
 
 def default_template() -> str:
     """The commented starter config that `hydrallm edit` writes when no file exists."""
+    from importlib import resources  # only `hydrallm edit` writes the template
+
     return resources.files("hydrallm.config").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
 
 

@@ -7,7 +7,6 @@ are resolved here, and every resolved secret is collected for redaction.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,8 @@ def shown(value: object) -> str:
 
 def suggestion(word: str, options: Iterable[str], *, brackets: bool = False) -> str:
     """` (did you mean "x"?)` for the closest of `options`, or nothing."""
+    import difflib  # only a config with a typo pays for it
+
     close = difflib.get_close_matches(word, list(options), n=1)
     if not close:
         return ""

@@ -138,6 +138,8 @@ class Logger:
 
 @dataclass(slots=True)
 class AttemptEvent:
+    """One upstream attempt and its verdict, as the sinks receive it."""
+
     listener: str
     route: str
     model_id: str
@@ -159,6 +161,8 @@ class AttemptEvent:
 
 @dataclass(slots=True)
 class RequestEvent:
+    """One client request, reported once when its answer has ended."""
+
     request_id: str
     listener: str
     route: str

@@ -13,8 +13,7 @@ else at the record's own level.
 from __future__ import annotations
 
 import logging
-
-from aiohttp.http_exceptions import HttpProcessingError
+import sys
 
 from hydrallm.observe.events import Logger
 
@@ -58,7 +57,11 @@ class _Bridge(logging.Handler):
         peer: str | None = None
         if record.msg == _CLIENT_ERROR_MESSAGE and isinstance(record.args, tuple) and record.args:
             peer = str(record.args[0])
-        if isinstance(exc, HttpProcessingError):
+        # Not imported at the top: a process that never loads aiohttp (the lean server and
+        # client) should not load it for its log bridge, and without aiohttp loaded no
+        # record can carry one of its exceptions.
+        aiohttp_errors = sys.modules.get("aiohttp.http_exceptions")
+        if aiohttp_errors is not None and isinstance(exc, aiohttp_errors.HttpProcessingError):
             # The client sent something that is not acceptable HTTP; it got a 4xx.
             problem = exc.message if isinstance(exc.message, str) and exc.message else str(exc)
             level = "debug" if record.levelno < logging.WARNING else "warn"

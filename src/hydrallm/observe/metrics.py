@@ -6,6 +6,8 @@ takes a lock and each `.labels()` validates its arguments, about 7 µs per proxi
 in all (py-spy under the benchmark).  Here recording is a dict update (and a `bisect` for
 histograms) on the event loop's thread, and the exposition format is still produced by
 prometheus-client from a custom collector, so the text is exactly what scrapers expect.
+prometheus-client itself is imported at the first scrape (`render`, `content_type`), not
+at startup: counting needs none of it, and `hydrallm serve` should be ready sooner.
 
 The names and labels are fixed by DECISIONS.md; every label value is bounded (listener
 names, route globs or "default", model ids, status codes, outcome kinds), never a raw path
@@ -38,21 +40,32 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
-
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from typing import TYPE_CHECKING, Any
 
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
 from hydrallm.observe.snapshot import ProcessView
 
-__all__ = ["CONTENT_TYPE", "MetricsSink"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+__all__ = ["MetricsSink", "content_type"]
+
+
+def content_type() -> str:
+    """The Content-Type of `MetricsSink.render`'s text (it follows prometheus-client's
+    exposition version, so it is asked of the installed prometheus-client)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return str(CONTENT_TYPE_LATEST)
+
+
+def __getattr__(name: str) -> str:
+    # `CONTENT_TYPE` is still importable by name (proxy/admin.py imports it), but reading
+    # it imports prometheus-client: callers should ask `content_type()` at scrape time.
+    if name == "CONTENT_TYPE":
+        return content_type()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CIRCUIT_VALUES = {"closed": 0, "open": 1, "half-open": 2}
 
@@ -107,8 +120,7 @@ class MetricsSink(Sink):
         self.recoveries: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.reloads: dict[str, int] = {"success": 0, "failure": 0}
         self._view: ProcessView | None = None
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))
+        self._registry: Any = None  # prometheus-client's, built at the first scrape
 
     # --- Sink: plain counting on the event loop's thread --------------------------------
 
@@ -151,14 +163,21 @@ class MetricsSink(Sink):
 
     def render(self, view: ProcessView) -> bytes:
         """The Prometheus text exposition, with circuit and key states read from `view`."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_Collector(self))
         self._view = view
         try:
-            data: bytes = generate_latest(self.registry)
+            data: bytes = generate_latest(self._registry)
         finally:
             self._view = None
         return data
 
     def families(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
         view = self._view
         req = CounterMetricFamily(
             "hydrallm_requests",
@@ -265,6 +284,8 @@ KEY_STATE_VALUES = {"ready": 0, "throttled": 1, "exhausted": 2, "invalid": 3}
 def _key_families(view: ProcessView | None) -> Iterator[Metric]:
     """Key pools (issue 15), read at scrape: state per key, prompt-cache hit ratio per
     model and key.  Keys appear only by their masked label."""
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
     keys = GaugeMetricFamily(
         "hydrallm_key_state",
         "Key pool state per key: 0 ready, 1 throttled, 2 exhausted, 3 invalid",
@@ -286,6 +307,8 @@ def _key_families(view: ProcessView | None) -> Iterator[Metric]:
 
 
 def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    from prometheus_client.metrics_core import CounterMetricFamily
+
     family = CounterMetricFamily(name, doc, labels=[label])
     for key, n in sorted(values.items()):
         family.add_metric([key], n)
@@ -293,6 +316,8 @@ def _counter(name: str, doc: str, label: str, values: dict[str, int]) -> Counter
 
 
 def _histogram(name: str, doc: str, values: dict[str, _Histogram]) -> HistogramMetricFamily:
+    from prometheus_client.metrics_core import HistogramMetricFamily
+
     family = HistogramMetricFamily(name, doc, labels=["model"])
     for model, hist in sorted(values.items()):
         family.add_metric([model], hist.buckets(), sum_value=hist.total)

@@ -70,12 +70,22 @@ class PriceBook:
     """Looks up a price by config model id or served model name (config entries first)."""
 
     def __init__(self, configured: Sequence[tuple[str, Price]] = ()) -> None:
-        entries = [*configured, *BUILTIN]
-        self._entries: list[tuple[Callable[[str], object], Price]] = [
-            (re.compile(fnmatch.translate(pattern), re.IGNORECASE).match, price)
-            for pattern, price in entries
-        ]
+        self._entries: list[tuple[str, Price]] = [*configured, *BUILTIN]
+        # Globs are compiled when a lookup first reaches them, not here: a price book is
+        # built at startup (and on every reload), and compiling ~40 patterns up front
+        # was the largest piece of `hydrallm serve`'s startup after the imports.
+        # One slot per entry, filled once (two threads filling one slot store equal values).
+        self._matchers: list[Callable[[str], object] | None] = [None] * len(self._entries)
         self._cache: dict[tuple[str | None, str | None], Price | None] = {}
+
+    def _matcher(self, index: int) -> Callable[[str], object]:
+        match = self._matchers[index]
+        if match is None:
+            pattern = self._entries[index][0]
+            match = self._matchers[index] = re.compile(
+                fnmatch.translate(pattern), re.IGNORECASE
+            ).match
+        return match
 
     def price(self, model_id: str | None, served: str | None) -> Price | None:
         key = (model_id, served)
@@ -86,7 +96,8 @@ class PriceBook:
         # A provider prefix ("anthropic/claude-…", "us.anthropic.claude-…") is not the name.
         names += [n.rsplit("/", 1)[-1].rsplit(".", 1)[-1] for n in names if "/" in n]
         names += [re.sub(r"^(?:[a-z]{2}\.)?anthropic\.", "", n) for n in names]
-        for match, price in self._entries:
+        for index, (_, price) in enumerate(self._entries):
+            match = self._matcher(index)
             if any(match(n) for n in names):
                 found = price
                 break

@@ -69,7 +69,6 @@ key pool by masked label, never a key.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -116,6 +115,8 @@ class _Window:
 
 @dataclass(slots=True)
 class _ModelStats:
+    """A model's recent window, latency and first-token samples, and last error."""
+
     window: _Window = field(default_factory=_Window)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
     ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
@@ -123,6 +124,8 @@ class _ModelStats:
 
 
 def _p50_ms(samples: deque[float]) -> float | None:
+    import statistics  # at the first status read, not at startup (it pulls in fractions)
+
     return round(statistics.median(samples) * 1000, 1) if samples else None
 
 

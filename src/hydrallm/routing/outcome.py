@@ -6,7 +6,6 @@ is tested without sockets.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +61,8 @@ def parse_retry_after(
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # only an HTTP-date Retry-After needs it; not at startup
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
