@@ -292,11 +292,13 @@ class LeanTransport:
         keepalive: float = 60.0,
         env: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._env = os.environ if env is None else env
         self._proxies = EnvProxies(self._env)
         self._keepalive = keepalive
+        self._connect_timeout = connect_timeout
         self._ssl = ssl_context  # the system's trust store, made on first https use
         self._origins: dict[str, _Origin] = {}
         self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, str, int]]]] = {}
@@ -392,11 +394,11 @@ class LeanTransport:
             conn.abort()
             return
         if conn.paused:
+            conn.paused = False
             conn.transport.resume_reading()  # type: ignore[union-attr]
-        conn.reset(False)
+        conn.chunks = []  # unread pieces of a complete body: dropped (reset() follows on reuse)
         conn.active = False
         conn.reused = True
-        conn.head_waiter = None
         conn.idle_since = self._loop.time()
         self._idle.setdefault(conn.key, []).append(conn)
         if self._sweeper is None:
@@ -444,7 +446,7 @@ class LeanTransport:
                 self._ssl = ssl.create_default_context()  # honours SSL_CERT_FILE
             context = self._ssl
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
+            async with asyncio.timeout(self._connect_timeout):
                 addresses = await self._resolve(host, port)
                 last: OSError | None = None
                 for family, address, at in addresses:
@@ -464,7 +466,7 @@ class LeanTransport:
                 raise last or OSError("no address")
         except TimeoutError:
             raise ConnectError(
-                f"cannot connect to {host}:{port}: timed out after {CONNECT_TIMEOUT:g} s"
+                f"cannot connect to {host}:{port}: timed out after {self._connect_timeout:g} s"
             ) from None
         except (OSError, ssl.CertificateError) as exc:
             raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
