@@ -660,3 +660,23 @@ def test_importing_the_client_does_not_import_aiohttp() -> None:
     code = "import sys, hydrallm.proxy.h1client; print('aiohttp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_under_uvloop() -> None:
+    # The proxy runs on uvloop, whose transports are not asyncio.Transport subclasses.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[bytes]:
+        async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                writer.write(b"3\r\nabc\r\n0\r\n\r\n")
+
+        async with raw_server(play) as (raw, url), client() as t:
+            bodies = [await body_of(await t.send("GET", url, [], b"")) for _ in range(3)]
+            assert raw.connections == 1
+            return bodies
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == [b"abc"] * 3

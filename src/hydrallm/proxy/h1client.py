@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 from collections.abc import Iterable, Mapping
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -114,8 +115,7 @@ class _Conn(asyncio.Protocol):
 
     # --- asyncio.Protocol -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         if not self.active:  # bytes nobody asked for (on an idle connection): drop it
