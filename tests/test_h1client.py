@@ -20,7 +20,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from hydrallm.errors import ConnectError, ProtocolError
-from hydrallm.proxy.h1client import HIGH_WATER, LeanTransport
+from hydrallm.proxy.h1client import LeanTransport
+from hydrallm.proxy.h1conn import HIGH_WATER
 from hydrallm.proxy.upstream import Response, read_body
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
