@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from hydrallm.proxy.upstream import AiohttpTransport
+from hydrallm.proxy.h1client import LeanTransport
 from hydrallm.testing import CANONICAL_TEXT, FailureMix, FakeUpstream, faults
 from hydrallm.testing.harness import ProxyHarness
 
@@ -44,19 +44,11 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def connector(px: ProxyHarness) -> aiohttp.BaseConnector:
+def pooled(px: ProxyHarness) -> tuple[int, int]:
+    """(upstream connections in use, idle connections kept for reuse)."""
     transport = px.proxy.state.transport
-    assert isinstance(transport, AiohttpTransport)
-    conn = transport._session.connector
-    assert conn is not None
-    return conn
-
-
-def pooled(conn: aiohttp.BaseConnector) -> tuple[int, int]:
-    """(connections in use, idle connections kept for reuse)."""
-    acquired = len(conn._acquired)
-    idle = sum(len(v) for v in conn._conns.values())
-    return acquired, idle
+    assert isinstance(transport, LeanTransport)
+    return transport.pool_counts()
 
 
 def config(flaky: str, good: str, timeout: str = "2s") -> str:
@@ -151,7 +143,7 @@ async def running() -> AsyncIterator[tuple[ProxyHarness, FakeUpstream, FakeUpstr
 async def settle(px: ProxyHarness) -> None:
     """Let closing connections finish closing."""
     for _ in range(100):
-        if px.proxy.state.in_flight == 0 and pooled(connector(px))[0] == 0:
+        if px.proxy.state.in_flight == 0 and pooled(px)[0] == 0:
             break
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.2)
@@ -169,7 +161,7 @@ class Snapshot:
     @classmethod
     async def take(cls, px: ProxyHarness) -> Snapshot:
         await settle(px)
-        in_use, idle = pooled(connector(px))
+        in_use, idle = pooled(px)
         server = px.proxy.listeners["default"].runner.server
         assert server is not None
         return cls(open_fds(), len(asyncio.all_tasks()), in_use, idle, len(server.connections))

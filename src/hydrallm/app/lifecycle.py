@@ -31,8 +31,8 @@ from hydrallm.observe.log import bridge_aiohttp_logging
 from hydrallm.observe.metrics import MetricsSink
 from hydrallm.observe.status import StatusSink
 from hydrallm.proxy.connguard import GuardedServer
+from hydrallm.proxy.h1client import LeanTransport
 from hydrallm.proxy.handler import make_handler
-from hydrallm.proxy.upstream import AiohttpTransport
 
 
 def install_uvloop() -> bool:
@@ -194,7 +194,7 @@ async def start(
         if config.journal.enabled:
             sinks.append(make_journal(config, logger, worker))
     telemetry = Telemetry(logger, sinks)
-    transport = AiohttpTransport()
+    transport = LeanTransport()
     runtime = build_runtime(config, transport, telemetry)
     state = ProxyState(current=runtime, transport=transport, telemetry=telemetry, worker=worker)
     for sink in sinks:

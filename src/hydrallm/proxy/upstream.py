@@ -1,8 +1,11 @@
-"""The one place aiohttp's client is used; its exceptions are translated here, once.
+"""The transport seam (`Transport`, `Response`) and `AiohttpTransport`, the one place
+aiohttp's client is used; its exceptions are translated here, once.
 
-`UpstreamClient.send()` returns an `UpstreamResponse` whose body is read chunk by chunk.
-Automatic decompression is off: compressed bodies pass through byte for byte with their
-`Content-Encoding`.  One pooled connector serves every endpoint (keep-alive per host).
+`Transport.send()` returns a `Response` whose body is read chunk by chunk.  Automatic
+decompression is off: compressed bodies pass through byte for byte with their
+`Content-Encoding`.  The default transport is h1client.LeanTransport; it hands requests
+for targets behind an environment proxy to `AiohttpTransport`.  aiohttp is imported only
+when an `AiohttpTransport` is made (startup time: the client package is large).
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import os
 import socket
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import aiohttp
 from multidict import CIMultiDictProxy
-from yarl import URL
+
+if TYPE_CHECKING:
+    import aiohttp
+    from yarl import URL
 
 from hydrallm.errors import ConnectError, ProtocolError, UpstreamError
 
@@ -75,6 +80,8 @@ async def read_body(response: Response, limit: int) -> bytes:
 
 def translate(exc: BaseException) -> UpstreamError:
     """Map aiohttp / OS exceptions to the package's own error types."""
+    import aiohttp
+
     if isinstance(exc, UpstreamError):
         return exc
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientConnectorDNSError):
@@ -128,6 +135,8 @@ _LARGE = 1024 * 1024
 
 
 def _payload(body: bytes) -> bytes | aiohttp.payload.BytesPayload:
+    import aiohttp
+
     if len(body) <= _LARGE:
         return body
     # aiohttp warns (ResourceWarning) about raw bodies over 1 MiB, suggesting streaming;
@@ -162,10 +171,14 @@ class EnvProxies:
         self.enabled = any(self.by_scheme.values())
 
     def for_url(self, url: URL) -> str | None:
-        proxy = self.by_scheme.get(url.scheme)
+        return self.for_host(url.scheme, url.host or "")
+
+    def for_host(self, scheme: str, host: str) -> str | None:
+        """The proxy to reach `host` through, or None for a direct connection."""
+        proxy = self.by_scheme.get(scheme)
         if proxy is None:
             return None
-        host = (url.host or "").lower()
+        host = host.lower()
         if host in _LOOPBACK_NAMES or host.startswith("127."):
             return None  # a local model server is never reached through a proxy
         for skip in self.no_proxy:
@@ -184,6 +197,8 @@ class AiohttpTransport:
         keepalive: float = 60.0,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        import aiohttp
+
         self._proxies = EnvProxies(os.environ if env is None else env)
         # Pool size: limit=0 is unbounded; concurrency is bounded by the clients instead,
         # and an arbitrary cap here would queue agents' streams behind each other.
@@ -211,6 +226,8 @@ class AiohttpTransport:
     async def send(
         self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> Response:
+        from yarl import URL
+
         target = URL(url, encoded=True)
         proxy = self._proxies.for_url(target) if self._proxies.enabled else None
         try:
