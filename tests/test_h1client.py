@@ -21,7 +21,7 @@ from multidict import CIMultiDictProxy
 
 from hydrallm.errors import ConnectError, ProtocolError
 from hydrallm.proxy.h1client import LeanTransport
-from hydrallm.proxy.h1conn import HIGH_WATER
+from hydrallm.proxy.h1upstream import HIGH_WATER
 from hydrallm.proxy.upstream import Response, read_body
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

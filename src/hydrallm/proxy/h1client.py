@@ -7,7 +7,7 @@ of head and body, a parser callback per piece, a pool of keep-alive connections 
 but Host, Content-Length and (for user:password@ URLs) Authorization.  Targets reached
 through an environment proxy go to a lazily created `AiohttpTransport` instead.
 Timeouts other than the 30 s connect timeout are the caller's (see deadline.py).
-This module is the pool, DNS cache and request head; h1conn.py parses the responses.
+This module is the pool, DNS cache and request head; h1upstream.py parses the responses.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from hydrallm.errors import ConnectError, ProtocolError
-from hydrallm.proxy.h1conn import Conn, LeanResponse
+from hydrallm.proxy.h1upstream import Conn, LeanResponse
 from hydrallm.proxy.upstream import AiohttpTransport, EnvProxies, Response
 
 CONNECT_TIMEOUT = 30.0
