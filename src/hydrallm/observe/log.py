@@ -13,8 +13,7 @@ else at the record's own level.
 from __future__ import annotations
 
 import logging
-
-from aiohttp.http_exceptions import HttpProcessingError
+import sys
 
 from hydrallm.observe.events import Logger
 
@@ -58,12 +57,21 @@ class _Bridge(logging.Handler):
         peer: str | None = None
         if record.msg == _CLIENT_ERROR_MESSAGE and isinstance(record.args, tuple) and record.args:
             peer = str(record.args[0])
-        if isinstance(exc, HttpProcessingError):
+        # Looked up, not imported: `hydrallm serve` need not load aiohttp for this, and a
+        # record cannot carry aiohttp's exception unless aiohttp is loaded.
+        errors = sys.modules.get("aiohttp.http_exceptions")
+        processing = getattr(errors, "HttpProcessingError", None)
+        if processing is not None and isinstance(exc, processing):
             # The client sent something that is not acceptable HTTP; it got a 4xx.
-            problem = exc.message if isinstance(exc.message, str) and exc.message else str(exc)
+            message = getattr(exc, "message", None)
+            problem = message if isinstance(message, str) and message else str(exc)
             level = "debug" if record.levelno < logging.WARNING else "warn"
             self.target.log(
-                level, "client_error", peer=peer or "-", problem=_one_line(problem), status=exc.code
+                level,
+                "client_error",
+                peer=peer or "-",
+                problem=_one_line(problem),
+                status=getattr(exc, "code", 400),
             )
             return
         fields: dict[str, object] = {
