@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from socket import socket
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -237,8 +237,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
         # Until the first byte, the head deadline doubles as the first-byte deadline.
         self._timer = self.loop.call_later(self.server.read_timeout, self._silent_deadline)
