@@ -1,6 +1,8 @@
 """Route aiohttp's standard-library log records to hydrallm's `Logger`, one line each.
 
-aiohttp reports a malformed client request (conflicting `Content-Length` and
+The client-facing server is hydrallm's own (proxy/h1server.py logs a malformed request as
+one `client_error` line itself); aiohttp remains as the upstream client, whose records
+still come here.  aiohttp's server reported a malformed client request (conflicting `Content-Length` and
 `Transfer-Encoding`, a broken request line...) with `logger.exception(...)`: a full
 traceback in the operator's log for what is the client's mistake, already answered with
 400.  The bridge turns every `aiohttp.*` record into one key=value line without a
