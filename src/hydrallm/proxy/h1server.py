@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
+from itertools import chain
 from socket import socket
 from typing import Any, Protocol, cast
 
@@ -213,7 +214,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._in_head = False
         self._began = 0.0
@@ -315,27 +316,34 @@ class Connection(asyncio.Protocol):
             raise _Bad(f"the request target is longer than {MAX_LINE} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) > MAX_FIELD or len(value) > MAX_FIELD:
-            raise _Bad(f"a header name or value is longer than {MAX_FIELD} bytes")
-        headers = self._headers
-        # llhttp strips the whitespace before a value, not after it (RFC 9110 §5.5).
-        headers.append(
-            (name.decode("latin-1"), value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
-        )
-        if len(headers) > MAX_HEADERS:
-            raise _Bad(f"more than {MAX_HEADERS} headers")
+        # Kept raw: checked and decoded together when the head is complete (the bytes of
+        # a head are bounded by MAX_HEAD meanwhile).
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_timer()
         parser = self.parser
-        headers = CIMultiDict(self._headers)
+        raw = self._headers
+        if len(raw) > MAX_HEADERS:
+            raise _Bad(f"more than {MAX_HEADERS} headers")
+        if raw and max(map(len, chain.from_iterable(raw))) > MAX_FIELD:
+            raise _Bad(f"a header name or value is longer than {MAX_FIELD} bytes")
+        # llhttp strips the whitespace before a value, not after it (RFC 9110 §5.5).
+        headers = CIMultiDict(
+            [
+                (n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape"))
+                for n, v in raw
+            ]
+        )
         version = parser.get_http_version()
-        if version != "1.0" and "Host" not in headers:
+        names = {n.lower() for n, _ in raw}
+        if version != "1.0" and b"host" not in names:
             raise _Bad("the request has no Host header")
-        for name in _SINGLETONS:
-            if name in headers and len(headers.getall(name)) > 1:
-                raise _Bad(f"more than one {name} header")
+        if len(names) != len(raw):  # a name repeats: refuse it if it must not
+            for name in _SINGLETONS:
+                if len(headers.getall(name, ())) > 1:
+                    raise _Bad(f"more than one {name} header")
         te = headers.get("Transfer-Encoding")
         if te is not None and te.strip(" \t").lower() != "chunked":
             raise _Bad(f"Transfer-Encoding {te[:40]!r} is not supported; only chunked is")
