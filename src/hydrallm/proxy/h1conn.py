@@ -242,6 +242,10 @@ class Connection(ResponseWriter):
         if self._queue:
             nxt = self._queue.popleft()
             self._serving = nxt
+            if not nxt.body_complete:
+                # Its body's read_timeout counts from its turn, not from the time it
+                # spent queued behind the answers before it.
+                nxt.began = self.loop.time()
             if self._read_paused and len(self._queue) < PIPELINE_MAX:
                 self._resume_reading()
             return nxt
