@@ -17,11 +17,11 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from hydrallm.observe.events import Logger
 from hydrallm.observe.log import bridge_aiohttp_logging, unbridge_aiohttp_logging
-from hydrallm.proxy.connguard import GuardedServer
+from hydrallm.proxy.h1server import H1Server
+from hydrallm.proxy.wire import Request, Response, StreamResponse
 from hydrallm.testing import FakeUpstream, RawFaultServer, faults
 from hydrallm.testing.harness import ProxyHarness
 
@@ -239,7 +239,7 @@ async def test_client_disconnect_before_the_body_is_sent_forwards_nothing() -> N
         await wait_for(
             lambda: (
                 px.proxy.state.in_flight == 0
-                and not px.proxy.listeners["default"].runner.server.connections
+                and not px.proxy.listeners["default"].server.connections
             )
         )  # type: ignore[union-attr]
         await asyncio.sleep(0.1)
@@ -366,26 +366,21 @@ async def trickle(url: str, interval: float, limit: float) -> tuple[bytes, float
 
 @asynccontextmanager
 async def guarded(
-    read_timeout: float, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+    read_timeout: float, handler: Callable[[Request], Awaitable[Response | StreamResponse]]
 ) -> AsyncIterator[tuple[str, list[str]]]:
     timeouts: list[str] = []
-    server = GuardedServer(
-        handler, read_timeout=read_timeout, on_timeout=timeouts.append, access_log=None
-    )
-    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
+    server = H1Server(handler, read_timeout=read_timeout, on_timeout=timeouts.append)
+    await server.listen("127.0.0.1", 0)
+    host, port = server.addresses[0][:2]
     try:
         yield f"http://{host}:{port}", timeouts
     finally:
-        await runner.cleanup()
+        await server.shutdown(0.5)
 
 
-async def _echo(request: web.BaseRequest) -> web.StreamResponse:
-    body = await request.read()
-    return web.Response(body=b"ok:" + body)
+async def _echo(request: Request) -> Response:
+    body = await request.read_body(1 << 20)
+    return Response(body=b"ok:" + body)
 
 
 async def test_guarded_server_closes_a_trickling_head_with_408() -> None:
@@ -397,7 +392,7 @@ async def test_guarded_server_closes_a_trickling_head_with_408() -> None:
 
 
 async def test_guarded_server_lets_keep_alive_and_slow_bodies_be() -> None:
-    async def slow_handler(request: web.BaseRequest) -> web.StreamResponse:
+    async def slow_handler(request: Request) -> Response:
         await asyncio.sleep(0.3)  # handler time is not head time
         return await _echo(request)
 

@@ -1,110 +1,112 @@
-"""The aiohttp internals hydrallm relies on (issue 12): an aiohttp upgrade that changes
-them must fail here, with a message that says what to look at, not silently in production.
+"""The library contracts hydrallm's HTTP layer relies on (issue 12): a dependency upgrade
+that changes them must fail here, with a message that says what to look at, not silently
+in production.
 
-aiohttp is pinned in pyproject.toml to the minor range this was tested with.
+The client-facing server is hydrallm's own (proxy/h1server.py) over httptools' llhttp
+parser; aiohttp remains for the upstream client and the test fakes, pinned in
+pyproject.toml to the minor range this was tested with.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-from collections import deque
+import subprocess
+import sys
 
 import aiohttp
-from aiohttp import http_parser, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_writer import StreamWriter
-from aiohttp.web_protocol import RequestHandler
-
-from hydrallm.proxy import connguard, handler
-
-
-def _params(func: object) -> list[str]:
-    return list(inspect.signature(func).parameters)  # type: ignore[arg-type]
+import httptools
+import pytest
 
 
 def test_aiohttp_is_the_pinned_minor() -> None:
     major_minor = tuple(int(x) for x in aiohttp.__version__.split(".")[:2])
     assert major_minor == (3, 14), (
-        f"aiohttp {aiohttp.__version__}: the internals below were checked on 3.14; run this"
-        " file, fix what fails, then widen the pin in pyproject.toml"
+        f"aiohttp {aiohttp.__version__}: the client side was checked on 3.14; run the suite,"
+        " fix what fails, then widen the pin in pyproject.toml"
     )
 
 
-async def test_request_handler_internals_used_by_connguard() -> None:
-    """connguard.GuardedRequestHandler reads `_messages` (parsed requests waiting to be
-    handled) and `_loop`, and overrides data_received / connection_made / connection_lost /
-    finish_response / force_close."""
-    server = web.Server(lambda r: web.Response())
-    h = RequestHandler(server, loop=asyncio.get_running_loop())
-    assert isinstance(getattr(h, "_messages", None), deque), (
-        "RequestHandler._messages is gone or no longer a deque: connguard's slow-head timer"
-        " uses it to tell 'a head is complete' from 'still trickling in'"
+def test_serving_loads_no_aiohttp_server_module() -> None:
+    """`hydrallm serve` answers clients with h1server: aiohttp's web server machinery is
+    neither needed nor loaded (startup time is a goal)."""
+    code = (
+        "import sys, hydrallm.app.serve, hydrallm.cli.main\n"
+        "print(' '.join(m for m in sys.modules"
+        " if m.startswith(('aiohttp.web', 'hydrallm.proxy.connguard'))))"
     )
-    assert getattr(h, "_loop", None) is not None, "RequestHandler._loop is gone (connguard)"
-    for name in ("data_received", "connection_made", "connection_lost", "force_close"):
-        assert callable(getattr(RequestHandler, name, None)), f"RequestHandler.{name} is gone"
-    assert _params(RequestHandler.finish_response) == [
-        "self",
-        "request",
-        "resp",
-        "start_time",
-    ], "RequestHandler.finish_response changed its signature (connguard overrides it)"
-    assert "keepalive_timeout" in _params(RequestHandler.__init__), (
-        "RequestHandler no longer takes keepalive_timeout (server.keepalive_timeout)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
+    assert out.stdout.strip() == "", f"loaded by serve: {out.stdout}"
 
 
-async def test_server_internals_used_by_connguard() -> None:
-    """GuardedServer builds its handlers with `_loop` and `_kwargs` and hooks
-    `_make_request(message, payload, protocol, writer, task)` to learn when a head is done."""
-    server = web.Server(lambda r: web.Response(), keepalive_timeout=5)
-    assert isinstance(getattr(server, "_kwargs", None), dict), "web.Server._kwargs is gone"
-    assert hasattr(server, "_loop"), "web.Server._loop is gone"
-    assert _params(web.Server._make_request) == [
-        "self",
-        "message",
-        "payload",
-        "protocol",
-        "writer",
-        "task",
-    ], "web.Server._make_request changed: connguard.GuardedServer can no longer see heads"
-    assert issubclass(connguard.GuardedServer, web.Server)
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_message_begin(self) -> None:
+        self.events.append("begin")
+
+    def on_url(self, url: bytes) -> None:
+        self.events.append(f"url {url.decode()}")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.events.append(f"header {name.decode()}={value.decode()}")
+
+    def on_headers_complete(self) -> None:
+        self.events.append("headers")
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(f"body {body.decode()}")
+
+    def on_message_complete(self) -> None:
+        self.events.append("complete")
 
 
-def test_raw_100_continue_write_and_output_size() -> None:
-    """handler.py answers `Expect: 100-continue` by writing the interim response on the
-    request's writer and resetting `output_size` (else it counts as body bytes sent)."""
-    assert hasattr(StreamWriter, "output_size"), (
-        "StreamWriter.output_size is gone: handler.py resets it after the raw 100 Continue"
-    )
-    assert "HTTP/1.1 100 Continue" in inspect.getsource(handler)
+def test_httptools_delivers_whole_headers_and_pipelined_messages() -> None:
+    """h1server counts on one on_header call per header (name and value whole, even when
+    split across reads), and on the keep-alive and version getters."""
+    rec = _Recorder()
+    parser = httptools.HttpRequestParser(rec)
+    parser.feed_data(b"POST /a?b HTTP/1.1\r\nHo")
+    parser.feed_data(b"st: x\r\nContent-Length: 2\r\n\r\nhiGET / HTTP/1.1\r\nHost: y\r\n\r\n")
+    assert rec.events == [
+        "begin",
+        "url /a?b",
+        "header Host=x",
+        "header Content-Length=2",
+        "headers",
+        "body hi",
+        "complete",
+        "begin",
+        "url /",
+        "header Host=y",
+        "headers",
+        "complete",
+    ]
+    assert parser.should_keep_alive() is True
+    assert parser.get_http_version() == "1.1"
+    assert parser.get_method() == b"GET"
 
 
-def test_write_drains_past_its_limit() -> None:
-    """relay.py writes in 16 KiB slices and relies on write() waiting for the transport to
-    drain once more than LIMIT bytes were written (back-pressure to the upstream read)."""
-    params = inspect.signature(StreamWriter.write).parameters
-    assert "LIMIT" in params and params["LIMIT"].default == 0x10000, (
-        "StreamWriter.write no longer drains past a 64 KiB LIMIT: relay's back-pressure"
-        " must call the writer's drain itself"
-    )
-    assert "await self.drain()" in inspect.getsource(StreamWriter.write)
+def test_httptools_reports_callback_errors_and_refuses_ambiguous_framing() -> None:
+    """h1server raises its own exception in a callback and reads it back from the
+    HttpParserCallbackError's __context__; llhttp itself must refuse CL+TE."""
 
+    class Refusing(_Recorder):
+        def on_headers_complete(self) -> None:
+            raise LookupError("mine")
 
-def test_request_content_encodings_inflated_by_the_parser() -> None:
-    """handler._INFLATED must be exactly the set aiohttp's request parser inflates: a body
-    in any other coding arrives as sent and is refused with 415."""
-    source = inspect.getsource(http_parser)
-    assert '{"gzip", "deflate", "br", "zstd"}' in source, (
-        "aiohttp's parser inflates a different set of Content-Encodings now:"
-        " update hydrallm.proxy.handler._INFLATED"
-    )
-    assert frozenset({"gzip", "deflate", "br", "zstd"}) == handler._INFLATED
+    parser = httptools.HttpRequestParser(Refusing())
+    with pytest.raises(httptools.HttpParserCallbackError) as info:
+        parser.feed_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(info.value.__context__, LookupError)
 
-
-def test_exceptions_the_handler_catches_still_exist() -> None:
-    assert issubclass(HttpProcessingError, Exception)
-    assert issubclass(web.RequestPayloadError, Exception), (
-        "web.RequestPayloadError is gone: handler.py catches it for bodies that do not inflate"
+    parser = httptools.HttpRequestParser(_Recorder())
+    with pytest.raises(httptools.HttpParserError) as bad:
+        parser.feed_data(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+    assert "Content-Length" in str(bad.value) or "Transfer-Encoding" in str(bad.value)
+    assert not issubclass(httptools.HttpParserUpgrade, httptools.HttpParserError), (
+        "HttpParserUpgrade became an HttpParserError: h1server catches it first, keep it so"
     )

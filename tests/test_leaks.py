@@ -162,7 +162,7 @@ class Snapshot:
     async def take(cls, px: ProxyHarness) -> Snapshot:
         await settle(px)
         in_use, idle = pooled(px)
-        server = px.proxy.listeners["default"].runner.server
+        server = px.proxy.listeners["default"].server
         assert server is not None
         return cls(open_fds(), len(asyncio.all_tasks()), in_use, idle, len(server.connections))
 

@@ -17,8 +17,6 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from hydrallm.app.cluster import start_cluster
 from hydrallm.app.reload import Reloader
 from hydrallm.app.runtime import ProxyState, build_runtime
@@ -30,8 +28,8 @@ from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.log import bridge_aiohttp_logging
 from hydrallm.observe.metrics import MetricsSink
 from hydrallm.observe.status import StatusSink
-from hydrallm.proxy.connguard import GuardedServer
 from hydrallm.proxy.h1client import LeanTransport
+from hydrallm.proxy.h1server import H1Server
 from hydrallm.proxy.handler import make_handler
 
 
@@ -50,8 +48,7 @@ def install_uvloop() -> bool:
 @dataclass(slots=True)
 class _Listener:
     config: ListenerConfig
-    runner: web.ServerRunner
-    site: web.BaseSite
+    server: H1Server
 
 
 @dataclass(slots=True)
@@ -74,7 +71,7 @@ class Proxy:
     def addresses(self) -> dict[str, tuple[str, int]]:
         out: dict[str, tuple[str, int]] = {}
         for name, lst in self.listeners.items():
-            addrs = lst.runner.addresses
+            addrs = lst.server.addresses
             if addrs:
                 host, port = addrs[0][0], addrs[0][1]
                 out[name] = (str(host), int(port))
@@ -83,54 +80,45 @@ class Proxy:
     async def start_listener(self, lc: ListenerConfig, sock: socket.socket | None = None) -> None:
         """Serve `lc`, binding its address (or accepting on `sock`, already listening)."""
         log = self.state.telemetry.log
-        server = GuardedServer(
+        server = H1Server(
             make_handler(self.state, lc.name),
             read_timeout=lc.read_timeout,
+            keepalive_timeout=self.config.server.keepalive_timeout,
             on_timeout=lambda peer: log.warn(
                 "client_timeout",
                 listener=lc.name,
                 peer=peer,
                 problem="request head not complete within read_timeout",
             ),
-            handler_cancellation=True,
-            access_log=None,
-            keepalive_timeout=self.config.server.keepalive_timeout,
+            log=log,
         )
-        runner = web.ServerRunner(
-            server,
-            handle_signals=False,
-            shutdown_timeout=self.config.server.shutdown_timeout,
-        )
-        await runner.setup()
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock)
-        else:
-            site = web.TCPSite(
-                runner, lc.host, lc.port, reuse_port=self.reuse_port or None, backlog=1024
-            )
         try:
-            await site.start()
+            if sock is not None:
+                await server.listen(sock=sock, backlog=128)
+            else:
+                await server.listen(lc.host, lc.port, reuse_port=self.reuse_port, backlog=1024)
         except OSError as exc:
-            await runner.cleanup()
             raise StartupError(bind_message(lc, exc)) from exc
-        self.listeners[lc.name] = _Listener(lc, runner, site)
+        self.listeners[lc.name] = _Listener(lc, server)
 
     async def stop_listener(self, name: str) -> None:
         lst = self.listeners.pop(name, None)
         if lst is not None:
-            await lst.runner.cleanup()
+            await lst.server.shutdown(self.config.server.shutdown_timeout)
 
     async def detach_listener(self, name: str) -> _Listener | None:
         """Stop accepting on a listener (its requests go on); `drain()` finishes it."""
         lst = self.listeners.pop(name, None)
         if lst is not None:
-            await lst.site.stop()
+            lst.server.close()
         return lst
 
     def drain(self, lst: _Listener) -> None:
         """Let a detached listener's requests finish (within shutdown_timeout), owned here."""
-        task = asyncio.create_task(lst.runner.cleanup(), name=f"hydrallm-drain-{lst.config.name}")
+        task = asyncio.create_task(
+            lst.server.shutdown(self.config.server.shutdown_timeout),
+            name=f"hydrallm-drain-{lst.config.name}",
+        )
         self.drains.add(task)
         task.add_done_callback(self.drains.discard)
 
@@ -138,7 +126,8 @@ class Proxy:
         """Stop accepting, let in-flight requests finish within the grace, end the rest."""
         state = self.state
         state.draining = True
-        await asyncio.gather(*(lst.site.stop() for lst in self.listeners.values()))
+        for lst in self.listeners.values():
+            lst.server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.server.shutdown_timeout
         while state.in_flight and loop.time() < deadline:

@@ -1,6 +1,8 @@
 """Route aiohttp's standard-library log records to hydrallm's `Logger`, one line each.
 
-aiohttp reports a malformed client request (conflicting `Content-Length` and
+The client-facing server is hydrallm's own (proxy/h1server.py logs a malformed request as
+one `client_error` line itself); aiohttp remains as the upstream client, whose records
+still come here.  aiohttp's server reported a malformed client request (conflicting `Content-Length` and
 `Transfer-Encoding`, a broken request line...) with `logger.exception(...)`: a full
 traceback in the operator's log for what is the client's mistake, already answered with
 400.  The bridge turns every `aiohttp.*` record into one key=value line without a
@@ -57,16 +59,21 @@ class _Bridge(logging.Handler):
         peer: str | None = None
         if record.msg == _CLIENT_ERROR_MESSAGE and isinstance(record.args, tuple) and record.args:
             peer = str(record.args[0])
-        # Not imported at the top: a process that never loads aiohttp (the lean server and
-        # client) should not load it for its log bridge, and without aiohttp loaded no
-        # record can carry one of its exceptions.
-        aiohttp_errors = sys.modules.get("aiohttp.http_exceptions")
-        if aiohttp_errors is not None and isinstance(exc, aiohttp_errors.HttpProcessingError):
+        # Looked up, not imported: `hydrallm serve` need not load aiohttp for this, and a
+        # record cannot carry aiohttp's exception unless aiohttp is loaded.
+        errors = sys.modules.get("aiohttp.http_exceptions")
+        processing = getattr(errors, "HttpProcessingError", None)
+        if processing is not None and isinstance(exc, processing):
             # The client sent something that is not acceptable HTTP; it got a 4xx.
-            problem = exc.message if isinstance(exc.message, str) and exc.message else str(exc)
+            message = getattr(exc, "message", None)
+            problem = message if isinstance(message, str) and message else str(exc)
             level = "debug" if record.levelno < logging.WARNING else "warn"
             self.target.log(
-                level, "client_error", peer=peer or "-", problem=_one_line(problem), status=exc.code
+                level,
+                "client_error",
+                peer=peer or "-",
+                problem=_one_line(problem),
+                status=getattr(exc, "code", 400),
             )
             return
         fields: dict[str, object] = {

@@ -17,8 +17,7 @@ import asyncio
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, TypeVar
-
-from aiohttp import web
+from urllib.parse import parse_qs
 
 from hydrallm import __version__
 from hydrallm.observe import journal_query
@@ -28,6 +27,7 @@ from hydrallm.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hydrallm.observe.metrics import MetricsSink
 from hydrallm.observe.snapshot import ProcessView
 from hydrallm.observe.status import StatusSink
+from hydrallm.proxy.wire import Request, Response, json_response
 
 if TYPE_CHECKING:
     from hydrallm.app.runtime import ProxyState
@@ -78,48 +78,45 @@ def _sink(state: ProxyState, kind: type[_S]) -> _S | None:
     return None
 
 
-def _not_found(message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "not_found"}}, status=404)
+def _not_found(message: str) -> Response:
+    return json_response({"error": {"message": message, "type": "not_found"}}, 404)
 
 
-def _status_page() -> web.Response:
+def _status_page() -> Response:
     try:
         page = resources.files("hydrallm.observe").joinpath("statuspage.html").read_bytes()
     except (FileNotFoundError, OSError):
-        return web.Response(text=_FALLBACK_PAGE, content_type="text/plain")
-    return web.Response(body=page, content_type="text/html", charset="utf-8")
+        return Response(body=_FALLBACK_PAGE.encode(), content_type="text/plain; charset=utf-8")
+    return Response(body=page, content_type="text/html; charset=utf-8")
 
 
-async def handle(
-    request: web.BaseRequest, state: ProxyState, listener: str, path: str
-) -> web.StreamResponse:
+async def handle(request: Request, state: ProxyState, listener: str, path: str) -> Response:
     sub = path[len(PREFIX) :].rstrip("/")
     known = ("", "/health", "/metrics", "/status.json", "/journal.json")
     if sub not in known:
         return _not_found(f"unknown hydrallm path {path}")
     if request.method not in ("GET", "HEAD"):
-        resp = web.json_response(
+        resp = json_response(
             {"error": {"message": f"{request.method} is not allowed here", "type": "not_allowed"}},
-            status=405,
+            405,
         )
-        resp.headers["Allow"] = "GET, HEAD"
+        resp.headers = [*resp.headers, ("Allow", "GET, HEAD")]
         return resp
     if sub == "/health":
-        return web.json_response(health_payload(state))
+        return json_response(health_payload(state))
     if sub == "/metrics":
         metrics = _sink(state, MetricsSink)
         if metrics is None:
             return _not_found("metrics are not enabled in this process")
-        resp = web.Response(body=metrics.render(state))
-        resp.headers["Content-Type"] = METRICS_CONTENT_TYPE
-        return resp
+        return Response(body=metrics.render(state), content_type=METRICS_CONTENT_TYPE)
     if sub == "/status.json":
         status = _sink(state, StatusSink)
         if status is None:
             return _not_found("status is not enabled in this process")
-        return web.json_response(status.snapshot(state))
+        return json_response(status.snapshot(state))
     if sub == "/journal.json":
-        return web.json_response(await _journal(state, request.query.get("window", "hour")))
+        window = parse_qs(request.query_string).get("window", ["hour"])[0]
+        return json_response(await _journal(state, window))
     return _status_page()
 
 

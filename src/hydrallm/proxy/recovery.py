@@ -46,8 +46,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from hydrallm.config import ModelConfig, PrefillFlag
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.body import parse_body
@@ -61,6 +59,7 @@ from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.guard import GuardedResponse
 from hydrallm.proxy.relay import Recover
 from hydrallm.proxy.translated import Continuation, client_api, foreign_prefill, same_terms, serves
+from hydrallm.proxy.wire import StreamResponse
 from hydrallm.routing.plan import Attempt
 from hydrallm.routing.pooling import for_request
 
@@ -115,7 +114,7 @@ class Recovery:
             return
         self.transcript.feed(data)
 
-    async def recover(self, committed: Committed, out: web.StreamResponse, reason: str) -> bool:
+    async def recover(self, committed: Committed, out: StreamResponse, reason: str) -> bool:
         """Finish the answer on another model; False when it could not be done."""
         telemetry = self.engine.telemetry
         broken = committed.model.id
@@ -233,7 +232,7 @@ class Recovery:
         return dataclasses.replace(self.request, body=body, json=parse_body(body)), text.rstrip()
 
     async def _try(
-        self, model: ModelConfig, mode: str, out: web.StreamResponse
+        self, model: ModelConfig, mode: str, out: StreamResponse
     ) -> tuple[_Outcome, str]:
         """One continuation on `model`; also says how it went on (`prefill`/`restart`)."""
         engine = self.engine
@@ -343,7 +342,7 @@ class Recovery:
             return _Outcome.PREFILL_REFUSED
         return _Outcome.FAILED
 
-    async def _write(self, out: web.StreamResponse, data: bytes) -> None:
+    async def _write(self, out: StreamResponse, data: bytes) -> None:
         if data:
             self.transcript.feed(data)
             await out.write(data)

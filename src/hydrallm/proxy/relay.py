@@ -17,11 +17,10 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.sse import DEFAULT_MAX_SIZE as MAX_LINE
 from hydrallm.proxy.engine import Committed
+from hydrallm.proxy.wire import StreamResponse
 
 # What may be queued for one client, in the transport and in the kernel.  Each write waits
 # (back-pressure to the upstream read) once the transport holds more than its high-water
@@ -70,7 +69,7 @@ def return_freed_memory() -> None:
 
 # Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
 # finish the answer (writing to the client itself); return True when it did.
-Recover = Callable[[Committed, web.StreamResponse, str], Awaitable[bool]]
+Recover = Callable[[Committed, StreamResponse, str], Awaitable[bool]]
 
 
 @dataclass(slots=True)
@@ -82,7 +81,7 @@ class RelayResult:
 
 async def relay(
     committed: Committed,
-    out: web.StreamResponse,
+    out: StreamResponse,
     *,
     idle_timeout: float,
     abort_client: Callable[[], None],
@@ -173,12 +172,12 @@ async def relay(
     return RelayResult(broken)
 
 
-async def _write_bounded(out: web.StreamResponse, chunk: bytes) -> None:
+async def _write_bounded(out: StreamResponse, chunk: bytes) -> None:
     """Write `chunk`, waiting for the client to take what is queued (back-pressure).
 
-    aiohttp's write() waits for the transport to drain below its high-water mark once
-    more than 64 KiB were written since the last wait: in slices, the transport never
-    holds much more than that.
+    StreamResponse.write() waits while the transport holds more than its high-water mark
+    (the protocol's pause_writing): in slices, the transport never holds much more than
+    the mark plus one slice.
     """
     if len(chunk) <= WRITE_SLICE:
         await out.write(chunk)
@@ -190,7 +189,7 @@ async def _write_bounded(out: web.StreamResponse, chunk: bytes) -> None:
 
 async def end_broken(
     committed: Committed,
-    out: web.StreamResponse,
+    out: StreamResponse,
     reason: str,
     abort_client: Callable[[], None],
 ) -> None:
