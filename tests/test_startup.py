@@ -61,13 +61,11 @@ NOT_FOR_SERVE: tuple[str, ...] = (
     "redis",  # only with [cluster] redis
     "hydrallm.app.redisstore",
     "hydrallm.providers.gemini",  # only the configured families' providers
-    # To add once the lean server and client land (proxy/admin.py then reads the metrics
-    # content type and the journal at request time, and nothing else needs aiohttp):
-    # "aiohttp",
-    # "prometheus_client",
-    # "hydrallm.observe.journal_query",
-    # "statistics",
-    # "email",
+    "aiohttp",  # the server and the upstream client are our own (httptools)
+    "prometheus_client",  # loaded by the first /metrics scrape
+    "hydrallm.observe.journal_query",  # loaded by the first status-page chart
+    "statistics",
+    "email",
 )
 
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")

@@ -59,14 +59,6 @@ def content_type() -> str:
     return str(CONTENT_TYPE_LATEST)
 
 
-def __getattr__(name: str) -> str:
-    # `CONTENT_TYPE` is still importable by name (proxy/admin.py imports it), but reading
-    # it imports prometheus-client: callers should ask `content_type()` at scrape time.
-    if name == "CONTENT_TYPE":
-        return content_type()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 CIRCUIT_VALUES = {"closed": 0, "open": 1, "half-open": 2}
 
 # Upstream calls of LLMs range from milliseconds (errors) to many minutes (long answers).

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from importlib import resources
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs
 
 from hydrallm import __version__
-from hydrallm.observe import journal_query
 from hydrallm.observe.events import Sink
 from hydrallm.observe.journal import JournalSink
-from hydrallm.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from hydrallm.observe.metrics import MetricsSink
+from hydrallm.observe.metrics import MetricsSink, content_type
 from hydrallm.observe.snapshot import ProcessView
 from hydrallm.observe.status import StatusSink
 from hydrallm.proxy.wire import Request, Response, json_response
@@ -84,6 +81,8 @@ def _not_found(message: str) -> Response:
 
 def _status_page() -> Response:
     try:
+        from importlib import resources  # the page is read once, on first view
+
         page = resources.files("hydrallm.observe").joinpath("statuspage.html").read_bytes()
     except (FileNotFoundError, OSError):
         return Response(body=_FALLBACK_PAGE.encode(), content_type="text/plain; charset=utf-8")
@@ -108,7 +107,7 @@ async def handle(request: Request, state: ProxyState, listener: str, path: str) 
         metrics = _sink(state, MetricsSink)
         if metrics is None:
             return _not_found("metrics are not enabled in this process")
-        return Response(body=metrics.render(state), content_type=METRICS_CONTENT_TYPE)
+        return Response(body=metrics.render(state), content_type=content_type())
     if sub == "/status.json":
         status = _sink(state, StatusSink)
         if status is None:
@@ -127,6 +126,9 @@ async def _journal(state: ProxyState, window: str) -> dict[str, object]:
 
     def read() -> dict[str, object] | None:
         # Off the event loop: a query over a week of rows takes milliseconds, not microseconds.
+        # The reader is loaded by the first chart, not by every `serve`.
+        from hydrallm.observe import journal_query
+
         try:
             db = journal_query.open_readonly(journal.path)
         except journal_query.JournalMissing:

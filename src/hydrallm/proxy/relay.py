@@ -10,8 +10,7 @@ client sees an incomplete response rather than a short one.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
+import functools
 import gc
 import socket
 from collections.abc import Awaitable, Callable
@@ -59,12 +58,25 @@ def return_freed_memory() -> None:
     once enough new objects are made: an idle proxy makes none, so it is run here first.
     """
     gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, looked up once (`find_library` runs `ldconfig`, a subprocess:
+    never per call on the event loop), or None where there is none (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(
+            ctypes.util.find_library("c") or "libc.so.6"
+        ).malloc_trim
     except (OSError, AttributeError):
-        return  # not glibc (macOS, musl): nothing to do
-    trim(0)
+        return None
+    return trim
 
 
 # Mid-stream recovery hook: given the committed attempt and the reason it broke, try to
