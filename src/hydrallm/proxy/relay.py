@@ -84,6 +84,55 @@ def _malloc_trim() -> Callable[[int], int] | None:
 Recover = Callable[[Committed, StreamResponse, str], Awaitable[bool]]
 
 
+class _Stall:
+    """The relay's read deadline, checked lazily.
+
+    `arm()` per read only records the deadline; one timer (made at most once per deadline
+    span, not per read) looks at it when it fires: a read still pending past its deadline
+    has its task cancelled, as `asyncio.timeout` would, and `expired()` then says so
+    (uncancelling the task, so an outside cancellation is still seen as one).  Deadlines
+    only move forward, so a timer never fires later than the deadline it guards.
+    """
+
+    __slots__ = ("_fired", "_handle", "_loop", "_task", "deadline")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+        self.deadline: float | None = None  # the pending read's, in loop time; None: none
+
+    def arm(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self._handle is None:
+            self._handle = self._loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        deadline = self.deadline
+        if deadline is None:
+            return  # no read pending: the next arm() sets a timer again
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        if self._task is not None:
+            self._fired = True
+            self._task.cancel()
+
+    def expired(self) -> bool:
+        """Did this deadline cancel the task (and nothing else)?"""
+        if not self._fired or self._task is None:
+            return False
+        self._fired = False
+        return self._task.uncancel() == 0
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 @dataclass(slots=True)
 class RelayResult:
     broken: str | None  # why the upstream body broke after commit, if it did
@@ -120,43 +169,44 @@ async def relay(
         line = 0 if fmt is not None and fmt.codec == "sse" else None
         # write_timeout bounds the whole response once it has started (as the original).
         write_deadline = loop.time() + write_timeout if write_timeout else None
-        # One timer for the whole relay, armed for each read and disarmed for each write
-        # (a slow client is not a stalled upstream): a new `asyncio.timeout` per chunk
-        # cost ~3 % of a stream's CPU in its enter/exit alone.
-        timer = asyncio.timeout(None)
+        # The read deadline is kept lazily (`_Stall`): a read sets a number, not a timer;
+        # an `asyncio.timeout` rescheduled around every read cost ~5 % of a stream's CPU.
+        # A slow client is not a stalled upstream: writes run with no deadline.
+        stall = _Stall(loop)
         try:
-            async with timer:
-                while True:
-                    wait = idle_timeout
-                    if write_deadline is not None:
-                        wait = min(wait, write_deadline - loop.time())
-                    timer.reschedule(loop.time() + wait)
-                    try:
-                        chunk = await response.read_chunk()
-                    except UpstreamError as exc:
-                        broken = exc.message
+            while True:
+                wait = idle_timeout
+                if write_deadline is not None:
+                    wait = min(wait, write_deadline - loop.time())
+                stall.arm(loop.time() + wait)
+                try:
+                    chunk = await response.read_chunk()
+                except UpstreamError as exc:
+                    broken = exc.message
+                    break
+                except asyncio.CancelledError:
+                    if not stall.expired():
+                        raise
+                    if write_deadline is not None and loop.time() >= write_deadline:
+                        broken = f"response exceeded write_timeout ({write_timeout:g}s)"
+                    else:
+                        broken = f"upstream stalled: no data for {idle_timeout:g}s"
+                    break
+                stall.deadline = None
+                if not chunk:
+                    break
+                if line is not None:
+                    end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+                    line = line + len(chunk) if end < 0 else len(chunk) - end - 1
+                    if line > MAX_LINE:
+                        broken = f"the upstream sent a line longer than {MAX_LINE // 1024} KiB"
+                        recover = None  # not a break another model could mend
                         break
-                    timer.reschedule(None)
-                    if not chunk:
-                        break
-                    if line is not None:
-                        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-                        line = line + len(chunk) if end < 0 else len(chunk) - end - 1
-                        if line > MAX_LINE:
-                            broken = f"the upstream sent a line longer than {MAX_LINE // 1024} KiB"
-                            recover = None  # not a break another model could mend
-                            break
-                    if observe is not None:
-                        observe(chunk)
-                    await _write_bounded(out, chunk)
-                timer.reschedule(None)
-        except TimeoutError:
-            if not timer.expired():
-                raise  # not the idle timer's: as before, not a stall
-            if write_deadline is not None and loop.time() >= write_deadline:
-                broken = f"response exceeded write_timeout ({write_timeout:g}s)"
-            else:
-                broken = f"upstream stalled: no data for {idle_timeout:g}s"
+                if observe is not None:
+                    observe(chunk)
+                await _write_bounded(out, chunk)
+        finally:
+            stall.close()
     except (ConnectionResetError, ConnectionError):
         response.abort()
         return RelayResult(None, client_gone=True)
