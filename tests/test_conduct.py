@@ -116,9 +116,13 @@ async def running(
     *models: Model,
     retry: Mapping[str, object] | None = None,
     cooldown: Mapping[str, object] | None = None,
+    listener: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Running]:
     config = parse_config(config_text(models, retry or {}, cooldown or {}), env={})
-    config = replace(config, listeners=tuple(replace(lc, port=0) for lc in config.listeners))
+    config = replace(
+        config,
+        listeners=tuple(replace(lc, port=0, **(listener or {})) for lc in config.listeners),
+    )
     log = io.StringIO()
     proxy = await start(config, logger=Logger("debug", stream=log))
     host, port = proxy.addresses()["main"]
@@ -699,3 +703,21 @@ async def test_the_response_body_is_never_rewritten(
     assert completion.choices[0].message.content == "Zürich é"
     # What was sent upstream names the configured model, not the client's.
     assert primary.requests[0].model == "primary-model"
+
+
+async def test_write_timeout_ends_a_stream_that_outlasts_it(primary: FakeUpstream) -> None:
+    # write_timeout bounds the whole response once it has started: a stream still going
+    # past it ends with an error the SDK raises (not a silent cut, not an endless wait).
+    primary.script(faults.slow_chunks(0.2))  # under the 300 ms idle limit
+    async with running(Model("primary", primary.url), listener={"write_timeout": 0.5}) as run:
+        got: list[str] = []
+        with pytest.raises(openai.APIError) as caught:
+            async with run.openai() as client:
+                chunks = await client.chat.completions.create(
+                    model=REQUESTED, messages=MESSAGES, stream=True
+                )
+                async for c in chunks:
+                    if c.choices:
+                        got.append(c.choices[0].delta.content or "")
+    assert "exceeded write_timeout (0.5s)" in str(caught.value)
+    assert "".join(got) != CANONICAL_TEXT
