@@ -121,7 +121,7 @@ def one(db: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
         if out.get(absent) is None:
             out.pop(absent, None)
     trail = db.execute(
-        f"SELECT {', '.join(TRAIL_FIELDS)} FROM attempts WHERE request = ? ORDER BY n, rowid",
+        f"SELECT {', '.join(TRAIL_FIELDS)} FROM attempts WHERE request = ? ORDER BY n",
         (row["rowid"],),
     ).fetchall()
     out["attempt_trail"] = [dict(t) for t in trail]
