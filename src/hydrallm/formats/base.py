@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from hydrallm.config import PrefillFlag
 from hydrallm.formats import frames, prefill, splice
@@ -49,9 +48,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """Tokens one answer used, as the upstream reported them (None: not reported).
+
+    A named tuple, not a frozen dataclass: one is made per answer on the journal's path,
+    and a tuple is built several times faster.
 
     ``input_tokens`` are the input tokens neither read from nor written to the prompt
     cache (Anthropic's and Bedrock's meaning); OpenAI's ``prompt_tokens`` /
@@ -121,17 +122,17 @@ def usage_of(obj: object) -> Usage | None:
       ``candidatesTokenCount`` + ``thoughtsTokenCount`` (billed as output),
       ``cachedContentTokenCount``.
     """
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         return None
     get = obj.get
     if "prompt_tokens" in obj or "completion_tokens" in obj:
         found = _cached_in(
             _count(get("prompt_tokens")),
             _count(get("completion_tokens")),
-            _detail(get("prompt_tokens_details")),
+            _detail(obj, "prompt_tokens_details"),
         )
     elif "input_tokens" in obj or "output_tokens" in obj:
-        cached = _detail(get("input_tokens_details"))
+        cached = _detail(obj, "input_tokens_details")
         if cached is not None:  # Responses: its input count includes the cached part
             found = _cached_in(_count(get("input_tokens")), _count(get("output_tokens")), cached)
         else:
@@ -160,14 +161,19 @@ def usage_of(obj: object) -> Usage | None:
         )
     else:
         return None
-    return None if found.empty else found
+    return None if found == _NOTHING else found
+
+
+_NOTHING = Usage()
 
 
 def _count(value: object) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
-def _detail(details: object) -> int | None:
+def _detail(usage: Mapping[str, Any], name: str) -> int | None:
+    """OpenAI's `cached_tokens`, in the details object `name`."""
+    details = usage.get(name)
     return _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
 
 

@@ -244,17 +244,17 @@ class JournalSink(Sink):
         self, batch: list[_Queued], rowid: int, attempts: list[tuple[Any, ...]]
     ) -> Iterator[tuple[Any, ...]]:
         """The request rows of `batch` (rowids from `rowid` + 1); their attempt rows are
-        added to `attempts` on the way.  No None in a row: "" and -1 stand for NULL (see
-        `journal_db.TEXT_OR_NULL`)."""
+        added to `attempts` on the way.  No None in a row: -1 stands for NULL (see
+        `journal_db.NULLABLE`)."""
         worker = self.worker
         bodies = self.config.bodies
         for event, trail, st in batch:
             rowid += 1
             retries = fallbacks = skips = 0
-            key = ""
+            key: str | int = -1
             ttft = -1.0
             if trail:
-                requested = event.requested_model or ""
+                requested = event.requested_model or -1
                 redact = st.redact
                 n = 0
                 for a in trail:
@@ -262,7 +262,7 @@ class JournalSink(Sink):
                         for skipped in a:
                             n += 1
                             attempts.append(
-                                (rowid, n, "", skipped, "", "", _SKIPPED, -1, "", -1, -1)
+                                (rowid, n, -1, skipped, -1, -1, _SKIPPED, -1, -1, -1, -1)
                             )
                         skips += len(a)
                         continue
@@ -271,7 +271,7 @@ class JournalSink(Sink):
                     retries += a.retry
                     fallbacks += a.fallback
                     if a.outcome == "success":
-                        key = a.key or ""
+                        key = a.key or -1
                         if a.ttft is not None:
                             ttft = round(a.ttft * 1000, 2)
                     status = a.status
@@ -283,10 +283,10 @@ class JournalSink(Sink):
                             requested if a.model == "*" else a.model,
                             a.model_id,
                             a.endpoint,
-                            a.key or "",
+                            a.key or -1,
                             a.outcome,
                             -1 if status is None else status,
-                            "" if error is None else redact(error),
+                            -1 if error is None else redact(error),
                             round(a.latency * 1000, 2),
                             round(a.waited * 1000, 2),
                         )
@@ -309,7 +309,8 @@ class JournalSink(Sink):
                 found = st.prices.cost(model_id, served_model, usage)
                 cost = -1.0 if found is None else found
             error = event.error
-            req_body = resp_body = ""
+            req_body: str | int = -1
+            resp_body: str | int = -1
             if bodies:
                 req_body = _body(event.request_body, st)
                 resp_body = _body(event.response_body, st)
@@ -323,25 +324,25 @@ class JournalSink(Sink):
                 client_api(event.path),
                 event.method,
                 event.path,
-                event.requested_model or "",
-                served_model or "",
-                model_id or "",
-                event.endpoint or "",
+                event.requested_model or -1,
+                served_model or -1,
+                model_id or -1,
+                event.endpoint or -1,
                 key,
                 event.status,
                 event.attempts,
                 retries,
                 fallbacks,
                 skips,
-                event.recovered or "",
+                event.recovered or -1,
                 round(event.latency * 1000, 2),
                 ttft,
                 int(event.streamed),
                 event.body_bytes,
                 *tokens,
                 cost,
-                "" if error is None else st.redact(error),
-                event.session or "",
+                -1 if error is None else st.redact(error),
+                event.session or -1,
                 req_body,
                 resp_body,
             )
@@ -359,9 +360,9 @@ def _number(value: int | None) -> int:
     return -1 if value is None else value
 
 
-def _body(body: bytes | None, st: _Settings) -> str:
+def _body(body: bytes | None, st: _Settings) -> str | int:
     if not body:
-        return ""
+        return -1  # NULL
     text = body[:BODY_LIMIT].decode("utf-8", "replace")
     if len(body) > BODY_LIMIT:
         text += f"… ({len(body)} bytes)"

@@ -51,13 +51,11 @@ def scan(data: bytes) -> tuple[Usage | None, int]:
             if brace >= len(data):
                 return found, start
             if data[brace] == 0x7B:  # "{"; `null` and anything else carry nothing
-                try:
-                    obj, _ = _DECODER.raw_decode(data[brace:].decode("utf-8", "replace"))
-                except ValueError:
+                obj = _read_object(data, brace)
+                if obj is None:
                     rest = data[brace:]
                     if rest.count(b"{") > rest.count(b"}") and len(rest) < _CARRY_LIMIT:
                         return found, start  # cut by the end of the chunk: wait for more
-                    obj = None  # not JSON we understand
                 usage = usage_of(obj)
                 if usage is not None:
                     found = usage if found is None else found.merged(usage)
@@ -164,11 +162,16 @@ def _object_at(data: bytes, after: int) -> Usage | None:
     brace = data.find(b"{", after, after + 16)
     if brace < 0 or data[after:brace].strip(b" \t\r\n:"):
         return None  # null, or not a value of that key
+    return usage_of(_read_object(data, brace))
+
+
+def _read_object(data: bytes, brace: int) -> object:
+    """The JSON value that starts at `brace`, decoded alone (None: no whole one there)."""
     try:
         obj, _ = _DECODER.raw_decode(data[brace : brace + _CARRY_LIMIT].decode("utf-8", "replace"))
     except ValueError:
         return None
-    return usage_of(obj)
+    return obj
 
 
 # The agents' own session headers (Claude Code, Codex, opencode), most specific first.
