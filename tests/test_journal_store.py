@@ -188,9 +188,46 @@ def test_what_was_not_known_is_null_and_a_trail_keeps_its_order(tmp_path: Path) 
     ]
 
 
+def test_a_first_try_success_has_the_same_trail_without_an_attempt_row(tmp_path: Path) -> None:
+    from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent
+    from hydrallm.observe.journal_query import one
+
+    db = tmp_path / "j.db"
+    sink = JournalSink(JournalConfig(path=str(db)))
+    sink.start()
+    for rid, waited in (("plain", 0.0), ("held", 0.25)):  # a wait first: written apart
+        token = CURRENT_REQUEST.set(rid)
+        try:
+            sink.attempt(
+                AttemptEvent("default", "default", "m", "up", "claude-sonnet-4-5", 0, 1,
+                             "success", 200, None, 0.0123, 0.004, False, False, waited=waited,
+                             key="…0001")
+            )  # fmt: skip
+        finally:
+            CURRENT_REQUEST.reset(token)
+        e = event(0, time.time())
+        e.request_id, e.error, e.endpoint = rid, None, "up"
+        sink.request(e)
+    sink.close()
+    conn = open_readonly(db)
+    try:
+        plain, held = one(conn, "plain"), one(conn, "held")
+        (rows,) = conn.execute("SELECT count(*) FROM attempts").fetchone()
+    finally:
+        conn.close()
+    assert plain is not None and held is not None and rows == 1  # only the held one's
+    expected = {"model": "claude-sonnet-4-5", "endpoint": "up", "key": "…0001",
+                "outcome": "success", "status": 200, "error": None, "latency_ms": 12.3}  # fmt: skip
+    assert plain["attempt_trail"] == [expected | {"waited_ms": 0.0}]
+    assert held["attempt_trail"] == [expected | {"waited_ms": 250.0}]
+    assert plain["ttft_ms"] == 4.0 and plain["key"] == "…0001" and "attempt_ms" not in plain
+
+
 def test_a_version_1_file_is_moved_to_version_2_with_its_trails(tmp_path: Path) -> None:
     from hydrallm.observe.journal_db import ATTEMPT_COLUMNS, REQUEST_COLUMNS
     from hydrallm.observe.journal_query import one
+
+    v1_columns = [c for c in REQUEST_COLUMNS if c != "attempt_ms"]
 
     db = tmp_path / "j.db"
     at = time.time() - 60
@@ -198,7 +235,7 @@ def test_a_version_1_file_is_moved_to_version_2_with_its_trails(tmp_path: Path) 
         conn.executescript(f"""
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
             INSERT INTO meta VALUES ('schema_version', '1');
-            CREATE TABLE requests (rowid INTEGER PRIMARY KEY, {", ".join(REQUEST_COLUMNS)});
+            CREATE TABLE requests (rowid INTEGER PRIMARY KEY, {", ".join(v1_columns)});
             CREATE INDEX requests_time ON requests(time);
             CREATE INDEX requests_id ON requests(id);
             CREATE TABLE attempts ({", ".join(ATTEMPT_COLUMNS)});

@@ -253,7 +253,23 @@ class JournalSink(Sink):
             retries = fallbacks = skips = 0
             key: str | int = -1
             ttft = -1.0
-            if trail:
+            served_ms = -1.0
+            first = trail[0] if trail is not None and len(trail) == 1 else None
+            if (
+                type(first) is AttemptEvent
+                and first.outcome == "success"
+                and not first.waited
+                and first.status == event.status
+                and first.model_id == event.served_by
+                and first.endpoint == event.endpoint
+                and (first.model == event.served_model or first.model == "*")
+            ):
+                # Served by its first try: the request row tells that attempt whole.
+                key = first.key or -1
+                if first.ttft is not None:
+                    ttft = round(first.ttft * 1000, 2)
+                served_ms = round(first.latency * 1000, 2)
+            elif trail:
                 requested = event.requested_model or -1
                 redact = st.redact
                 n = 0
@@ -345,6 +361,7 @@ class JournalSink(Sink):
                 event.session or -1,
                 req_body,
                 resp_body,
+                served_ms,
             )
 
     def _housekeeping(self) -> None:

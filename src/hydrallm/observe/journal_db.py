@@ -10,10 +10,15 @@ Schema (version 2; `meta.schema_version`):
              requested_model, served_model, model_id, endpoint, key, status, attempts,
              retries, fallbacks, skips, recovered, latency_ms, ttft_ms, stream, bytes,
              input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
-             error, session, request_body, response_body)
+             error, session, request_body, response_body, attempt_ms)
     attempts(request, n, model, model_id, endpoint, key, outcome, status, error,
              latency_ms, waited_ms)          -- request = requests.rowid, n = place in
                                              -- the trail; WITHOUT ROWID, keyed by both
+
+Most requests are served by their first try.  Such a request has no attempt row: its one
+attempt is its own row (model, endpoint, key, status, no wait), and `attempt_ms` keeps
+that attempt's latency; the readers show the same trail (`journal_query.one`).  It saves
+the writer a third of its SQLite work.  `attempt_ms` is NULL for every other request.
 
 Every index costs the writer on every row, so there are only the ones a reader needs:
 `requests(time)` (every chart, `--since` and retention read a time range).  `requests.id`
@@ -69,6 +74,7 @@ REQUEST_COLUMNS = [
     "session",
     "request_body",
     "response_body",
+    "attempt_ms",
 ]
 ATTEMPT_COLUMNS = [
     "request",
@@ -92,6 +98,7 @@ CREATE TABLE IF NOT EXISTS {_ATTEMPTS};
 # Version 1 -> 2: the attempts of each request numbered by their place in its trail.
 _MIGRATE_1 = f"""
 DROP INDEX IF EXISTS requests_id;
+ALTER TABLE requests ADD COLUMN attempt_ms;
 ALTER TABLE attempts RENAME TO attempts_v1;
 CREATE TABLE {_ATTEMPTS};
 INSERT INTO attempts SELECT request,
@@ -108,7 +115,7 @@ NULLABLE = frozenset(
     {"requested_model", "served_model", "model_id", "endpoint", "key", "recovered", "error"}
     | {"session", "request_body", "response_body", "model", "status", "ttft_ms"}
     | {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd"}
-    | {"latency_ms", "waited_ms"}
+    | {"latency_ms", "waited_ms", "attempt_ms"}
 )
 
 
