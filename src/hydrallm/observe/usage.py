@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import json.scanner
 from collections.abc import Callable, Mapping
 
 from hydrallm.formats.base import Usage, usage_of
@@ -35,6 +36,8 @@ _KEYS = (b'"usage"', b'"amazon-bedrock-invocationMetrics"')
 # A usage object is small; one split across chunks is held up to this size, never more.
 _CARRY_LIMIT = 16 * 1024
 _DECODER = json.JSONDecoder()
+# The C scanner `raw_decode` wraps (typeshed types its argument as the class itself).
+_SCAN = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
 
 
 def scan(data: bytes) -> tuple[Usage | None, int]:
@@ -144,6 +147,11 @@ def from_body(body: bytes) -> Usage | None:
     """The usage of a whole (non-streaming) body, or of what `usage_slice` kept of one:
     the last usage object in it (every API puts usage after the answer, which may itself
     hold the word as a key), decoded alone."""
+    at = body.rfind(b'"usage"')
+    if at >= 0 and body[at + 7 : at + 9] == b":{":  # compact JSON, the usual case
+        found = usage_of(_read_object(body, at + 8))
+        if found is not None:
+            return found
     for key in _KEYS:
         end = len(body)
         for _ in range(4):  # a later "usage" that is no usage object (a string, null)
@@ -168,8 +176,9 @@ def _object_at(data: bytes, after: int) -> Usage | None:
 def _read_object(data: bytes, brace: int) -> object:
     """The JSON value that starts at `brace`, decoded alone (None: no whole one there)."""
     try:
-        obj, _ = _DECODER.raw_decode(data[brace : brace + _CARRY_LIMIT].decode("utf-8", "replace"))
-    except ValueError:
+        # The C scanner itself (what `raw_decode` wraps, less its Python frame).
+        obj, _ = _SCAN(data[brace : brace + _CARRY_LIMIT].decode("utf-8", "replace"), 0)
+    except (StopIteration, ValueError):
         return None
     return obj
 
