@@ -8,11 +8,7 @@ baseline's figure and the "hydrallm" column the variant's:
 - pool:       a 3-key pool with `[routing] affinity = "session"` vs the usual one key;
 - redis:      `[cluster] redis` (a redis-server started here) vs no cluster;
 - translated: an Anthropic Messages client on an OpenAI-type model (translated both
-              ways) vs the same client on an Anthropic-type model (passed through);
-- journal:    `[journal] enabled = true` vs false, in two fresh processes: more samples
-              for the main run's journal rows (same keys: throughput c16, p99 c1), and
-              the proxy's CPU per request, the steadier figure of what the journal costs
-              on a shared machine (its writer thread runs in the same process).
+              ways) vs the same client on an Anthropic-type model (passed through).
 """
 
 from __future__ import annotations
@@ -181,25 +177,10 @@ def _translated(bench: Bench) -> None:
     )
 
 
-def _journal(bench: Bench) -> None:
-    _start(bench, "hy-journal-off", _config(bench, "hy-journal-off").replace(
-        "enabled = true", "enabled = false"))  # fmt: skip
-    _start(bench, "hy-journal-on", _config(bench, "hy-journal-on"))
-    _measure(
-        bench,
-        "journal",
-        "journal on (baseline: off)",
-        ("hy-journal-off", "hy-journal-on"),
-        "/v1/chat/completions",
-        "small",
-    )
-
-
 VARIANTS: dict[str, Callable[[Bench], None]] = {
     "pool": _pool,
     "redis": _redis,
     "translated": _translated,
-    "journal": _journal,
 }
 
 
