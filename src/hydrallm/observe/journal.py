@@ -34,7 +34,9 @@ from typing import Any
 from hydrallm.config import Config, JournalConfig, Price
 from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, Redactor, RequestEvent, Sink
 from hydrallm.observe.journal_db import (
+    CHUNK,
     INSERT_ATTEMPT,
+    INSERT_CHUNK,
     INSERT_REQUEST,
     LAST_ROWID,
     client_api,
@@ -229,9 +231,14 @@ class JournalSink(Sink):
             # Rowids are given here, under the write lock no other worker holds now, so
             # that attempt rows can name their request without a lookup per row.
             (last,) = db.execute(LAST_ROWID).fetchone()
-            # A generator: sqlite3 lets go of the GIL around each row it stores, so the
-            # event loop waits for at most one row's Python, never a whole batch's.
-            db.executemany(INSERT_REQUEST, self._rows(batch, last, attempts))
+            # CHUNK rows per statement: sqlite3 lets go of the GIL around each statement
+            # it runs, and every hand-over of the GIL between this thread and the event
+            # loop costs both a wake-up; one per row cost more than the row.  The event
+            # loop waits for at most one chunk's Python.
+            rows = self._rows(batch, last, attempts)
+            for _ in range(len(batch) // CHUNK):
+                db.execute(INSERT_CHUNK, [v for _ in range(CHUNK) for v in next(rows)])
+            db.executemany(INSERT_REQUEST, rows)  # the rest
             if attempts:
                 db.executemany(INSERT_ATTEMPT, attempts)
             db.execute("COMMIT")

@@ -127,6 +127,12 @@ INSERT_REQUEST = (
     f"INSERT INTO requests (rowid, {', '.join(REQUEST_COLUMNS)})"
     f" VALUES (?, {_values(REQUEST_COLUMNS)})"
 )
+# Rows written by one statement (see `journal._flush`): 16 x 34 values, far below SQLite's
+# limit of 32766 bound values.
+CHUNK = 16
+INSERT_CHUNK = f"INSERT INTO requests (rowid, {', '.join(REQUEST_COLUMNS)}) VALUES " + ", ".join(
+    [f"(?, {_values(REQUEST_COLUMNS)})"] * CHUNK
+)
 INSERT_ATTEMPT = f"INSERT INTO attempts VALUES ({_values(ATTEMPT_COLUMNS)})"
 LAST_ROWID = "SELECT coalesce(max(rowid), 0) FROM requests"
 # Attempts of requests already deleted (rowids only grow, so "older than the oldest").
