@@ -134,6 +134,129 @@ def ids(db: Path) -> list[str]:
         return [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY rowid")]
 
 
+def test_what_was_not_known_is_null_and_a_trail_keeps_its_order(tmp_path: Path) -> None:
+    # The writer binds "" and -1 for "not known" (cheaper than None in sqlite3); a reader
+    # must still see NULL, and the attempt trail in the order it happened.
+    from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent
+    from hydrallm.observe.journal_query import one
+
+    db = tmp_path / "j.db"
+    sink = JournalSink(JournalConfig(path=str(db)))
+    sink.start()
+    token = CURRENT_REQUEST.set("r-1")
+    try:
+        sink.skipped("default", ["cold-a", "cold-b"])
+        for n, (outcome, status) in enumerate((("connect_error", None), ("success", 200)), 1):
+            sink.attempt(
+                AttemptEvent("default", "default", "m", "up", "*", 0, n, outcome, status,
+                             None if status else "refused", 0.01, None, False, n == 2)
+            )  # fmt: skip
+    finally:
+        CURRENT_REQUEST.reset(token)
+    plain = event(1, time.time())
+    plain.error = None
+    plain.requested_model = "asked-for"
+    sink.request(plain)
+    sink.close()
+    conn = open_readonly(db)
+    try:
+        row = one(conn, "r-1")
+    finally:
+        conn.close()
+    assert row is not None
+    for column in (
+        "key",
+        "recovered",
+        "ttft_ms",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "error",
+        "session",
+        "endpoint",
+    ):
+        assert row[column] is None, column  # fmt: skip
+    assert (row["skips"], row["fallbacks"], row["requested_model"]) == (2, 1, "asked-for")
+    trail = [(t["outcome"], t["model"], t["status"], t["error"]) for t in row["attempt_trail"]]
+    assert trail == [
+        ("skipped_cooldown", None, None, None),
+        ("skipped_cooldown", None, None, None),
+        ("connect_error", "asked-for", None, "refused"),  # "*": the model the client asked for
+        ("success", "asked-for", 200, None),
+    ]
+
+
+def test_a_first_try_success_has_the_same_trail_without_an_attempt_row(tmp_path: Path) -> None:
+    from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent
+    from hydrallm.observe.journal_query import one
+
+    db = tmp_path / "j.db"
+    sink = JournalSink(JournalConfig(path=str(db)))
+    sink.start()
+    for rid, waited in (("plain", 0.0), ("held", 0.25)):  # a wait first: written apart
+        token = CURRENT_REQUEST.set(rid)
+        try:
+            sink.attempt(
+                AttemptEvent("default", "default", "m", "up", "claude-sonnet-4-5", 0, 1,
+                             "success", 200, None, 0.0123, 0.004, False, False, waited=waited,
+                             key="…0001")
+            )  # fmt: skip
+        finally:
+            CURRENT_REQUEST.reset(token)
+        e = event(0, time.time())
+        e.request_id, e.error, e.endpoint = rid, None, "up"
+        sink.request(e)
+    sink.close()
+    conn = open_readonly(db)
+    try:
+        plain, held = one(conn, "plain"), one(conn, "held")
+        (rows,) = conn.execute("SELECT count(*) FROM attempts").fetchone()
+    finally:
+        conn.close()
+    assert plain is not None and held is not None and rows == 1  # only the held one's
+    expected = {"model": "claude-sonnet-4-5", "endpoint": "up", "key": "…0001",
+                "outcome": "success", "status": 200, "error": None, "latency_ms": 12.3}  # fmt: skip
+    assert plain["attempt_trail"] == [expected | {"waited_ms": 0.0}]
+    assert held["attempt_trail"] == [expected | {"waited_ms": 250.0}]
+    assert plain["ttft_ms"] == 4.0 and plain["key"] == "…0001" and "attempt_ms" not in plain
+
+
+def test_a_version_1_file_is_moved_to_version_2_with_its_trails(tmp_path: Path) -> None:
+    from hydrallm.observe.journal_db import ATTEMPT_COLUMNS, REQUEST_COLUMNS
+    from hydrallm.observe.journal_query import one
+
+    v1_columns = [c for c in REQUEST_COLUMNS if c != "attempt_ms"]
+
+    db = tmp_path / "j.db"
+    at = time.time() - 60
+    with sqlite3.connect(db) as conn:  # the version 1 schema, as the first release wrote it
+        conn.executescript(f"""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+            INSERT INTO meta VALUES ('schema_version', '1');
+            CREATE TABLE requests (rowid INTEGER PRIMARY KEY, {", ".join(v1_columns)});
+            CREATE INDEX requests_time ON requests(time);
+            CREATE INDEX requests_id ON requests(id);
+            CREATE TABLE attempts ({", ".join(ATTEMPT_COLUMNS)});
+            CREATE INDEX attempts_request ON attempts(request);
+            INSERT INTO requests (rowid, id, time, status) VALUES (1, 'old-1', {at}, 200);
+            INSERT INTO attempts (request, n, model, outcome) VALUES (1, 0, NULL, 'skipped_cooldown');
+            INSERT INTO attempts (request, n, model, outcome) VALUES (1, 1, 'a', 'status');
+            INSERT INTO attempts (request, n, model, outcome) VALUES (1, 2, 'b', 'success');
+        """)  # fmt: skip
+    fill(db, [event(2, time.time())])
+    conn2 = open_readonly(db)
+    try:
+        old, new = one(conn2, "old-1"), one(conn2, "r-2")
+        (version,) = conn2.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    finally:
+        conn2.close()
+    assert version == "2"
+    assert old is not None and new is not None and new["rowid"] == 2
+    assert [t["outcome"] for t in old["attempt_trail"]] == ["skipped_cooldown", "status", "success"]
+
+
 def test_retention_drops_old_rows_at_startup(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
     now = time.time()

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hydrallm.formats.base import SSEFormat, Usage, int_field, sse_json
+from hydrallm.formats.base import SSEFormat, Usage, sse_json, usage_of
 from hydrallm.formats.frames import Event
 from hydrallm.formats.peek import COMMIT, Failed, StreamKind, Verdict, error_failure, parse_data
 from hydrallm.formats.sse import SSEEvent
 
-__all__ = ["ANTHROPIC_MESSAGES", "AnthropicMessages", "anthropic_event_usage", "anthropic_usage"]
+__all__ = ["ANTHROPIC_MESSAGES", "AnthropicMessages", "anthropic_event_usage"]
 
 _CONTENT = frozenset({"content_block_delta", "content_block_stop", "message_delta", "message_stop"})
 
@@ -54,7 +54,7 @@ class AnthropicMessages(SSEFormat):
         return f"event: error\ndata: {sse_json(body)}\n\n".encode()
 
     def usage_from_body(self, body: Mapping[str, Any]) -> Usage | None:
-        return anthropic_usage(body.get("usage"))
+        return usage_of(body.get("usage"))
 
     def usage_from_event(self, event: Event) -> Usage | None:
         return anthropic_event_usage(event.data) if event.data is not None else None
@@ -65,26 +65,10 @@ def anthropic_event_usage(data: Mapping[str, Any]) -> Usage | None:
     kind = data.get("type")
     if kind == "message_start":
         message = data.get("message")
-        return anthropic_usage(message.get("usage")) if isinstance(message, Mapping) else None
+        return usage_of(message.get("usage")) if isinstance(message, Mapping) else None
     if kind == "message_delta":
-        return anthropic_usage(data.get("usage"))
+        return usage_of(data.get("usage"))
     return None
-
-
-def anthropic_usage(usage: object) -> Usage | None:
-    """An Anthropic ``usage`` object (its ``input_tokens`` already leave out the cache)."""
-    if not isinstance(usage, Mapping):
-        return None
-    read = int_field(usage, "cache_read_input_tokens")
-    write = int_field(usage, "cache_creation_input_tokens")
-    uncached = int_field(usage, "input_tokens")
-    found = Usage(
-        input_tokens=uncached,
-        output_tokens=int_field(usage, "output_tokens"),
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-    )
-    return None if found.empty else found
 
 
 ANTHROPIC_MESSAGES = AnthropicMessages()

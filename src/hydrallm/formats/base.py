@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from hydrallm.config import PrefillFlag
 from hydrallm.formats import frames, prefill, splice
@@ -37,12 +36,23 @@ from hydrallm.formats.splice import Splicer
 from hydrallm.formats.sse import SSEEvent
 from hydrallm.formats.transcript import Transcript
 
-__all__ = ["EventReader", "SSEFormat", "SSEReader", "Usage", "WireFormat", "int_field", "sse_json"]
+__all__ = [
+    "EventReader",
+    "SSEFormat",
+    "SSEReader",
+    "Usage",
+    "WireFormat",
+    "int_field",
+    "sse_json",
+    "usage_of",
+]
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """Tokens one answer used, as the upstream reported them (None: not reported).
+
+    A named tuple, not a frozen dataclass: one is made per answer on the journal's path,
+    and a tuple is built several times faster.
 
     ``input_tokens`` are the input tokens neither read from nor written to the prompt
     cache (Anthropic's and Bedrock's meaning); OpenAI's ``prompt_tokens`` /
@@ -90,6 +100,88 @@ class Usage:
             and self.cache_read_tokens is None
             and self.cache_write_tokens is None
         )
+
+
+def usage_of(obj: object) -> Usage | None:
+    """THE usage reader: one upstream ``usage`` object of any API, recognised by its names;
+    None when it is not one or states no count.  Format modules find the object in their
+    events and bodies; the journal's meter finds it in relayed bytes; key pools read the
+    prompt-cache share from it (`routing.limits.usage_tokens`).  All of them read it here.
+
+    - OpenAI chat: ``prompt_tokens`` (cached included), ``completion_tokens``,
+      ``prompt_tokens_details.cached_tokens``;
+    - OpenAI Responses: ``input_tokens`` (cached included), ``output_tokens``,
+      ``input_tokens_details.cached_tokens``;
+    - Anthropic Messages: ``input_tokens`` (uncached), ``output_tokens``,
+      ``cache_read_input_tokens``, ``cache_creation_input_tokens``;
+    - Bedrock Converse: ``inputTokens`` (uncached), ``outputTokens``,
+      ``cacheReadInputTokens``, ``cacheWriteInputTokens`` (Nova's invoke body: ``...Count``);
+    - Bedrock invocation metrics: ``inputTokenCount``, ``outputTokenCount``,
+      ``cacheReadInputTokenCount``, ``cacheWriteInputTokenCount``;
+    - Gemini ``usageMetadata``: ``promptTokenCount`` (cached included),
+      ``candidatesTokenCount`` + ``thoughtsTokenCount`` (billed as output),
+      ``cachedContentTokenCount``.
+    """
+    if type(obj) is not dict and not isinstance(obj, Mapping):
+        return None
+    get = obj.get
+    if "prompt_tokens" in obj or "completion_tokens" in obj:
+        found = _cached_in(
+            _count(get("prompt_tokens")),
+            _count(get("completion_tokens")),
+            _detail(obj, "prompt_tokens_details"),
+        )
+    elif "input_tokens" in obj or "output_tokens" in obj:
+        cached = _detail(obj, "input_tokens_details")
+        if cached is not None:  # Responses: its input count includes the cached part
+            found = _cached_in(_count(get("input_tokens")), _count(get("output_tokens")), cached)
+        else:
+            found = Usage(
+                _count(get("input_tokens")),
+                _count(get("output_tokens")),
+                _count(get("cache_read_input_tokens")),
+                _count(get("cache_creation_input_tokens")),
+            )
+    elif "inputTokens" in obj or "outputTokens" in obj or "inputTokenCount" in obj:
+        read = _count(get("cacheReadInputTokens"))
+        write = _count(get("cacheWriteInputTokens"))
+        found = Usage(
+            _count(get("inputTokens", get("inputTokenCount"))),
+            _count(get("outputTokens", get("outputTokenCount"))),
+            _count(get("cacheReadInputTokenCount")) if read is None else read,
+            _count(get("cacheWriteInputTokenCount")) if write is None else write,
+        )
+    elif "promptTokenCount" in obj or "candidatesTokenCount" in obj:
+        output = _count(get("candidatesTokenCount"))
+        thoughts = _count(get("thoughtsTokenCount"))
+        if output is not None and thoughts is not None:
+            output += thoughts
+        found = _cached_in(
+            _count(get("promptTokenCount")), output, _count(get("cachedContentTokenCount"))
+        )
+    else:
+        return None
+    return None if found == _NOTHING else found
+
+
+_NOTHING = Usage()
+
+
+def _count(value: object) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def _detail(usage: Mapping[str, Any], name: str) -> int | None:
+    """OpenAI's `cached_tokens`, in the details object `name`."""
+    details = usage.get(name)
+    return _count(details.get("cached_tokens")) if isinstance(details, Mapping) else None
+
+
+def _cached_in(total: int | None, output: int | None, cached: int | None) -> Usage:
+    """An input count that includes the cached part: the rest is `input_tokens`."""
+    if total is not None and cached is not None:
+        total = max(0, total - cached)
+    return Usage(total, output, cached)
 
 
 def int_field(data: Mapping[str, Any], *path: str) -> int | None:

@@ -21,8 +21,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hydrallm.formats.anthropic_messages import anthropic_event_usage, anthropic_usage
-from hydrallm.formats.base import EventReader, Usage, WireFormat, int_field
+from hydrallm.formats.anthropic_messages import anthropic_event_usage
+from hydrallm.formats.base import EventReader, Usage, WireFormat, usage_of
 from hydrallm.formats.eventstream import (
     EventStreamDecoder,
     EventStreamError,
@@ -37,7 +37,6 @@ __all__ = [
     "RETRYABLE_EXCEPTIONS",
     "BedrockEventStream",
     "EventStreamReader",
-    "converse_usage",
 ]
 
 RETRYABLE_EXCEPTIONS = frozenset(
@@ -156,20 +155,17 @@ class BedrockEventStream(WireFormat):
         return encode_message(headers, payload.encode())
 
     def usage_from_body(self, body: Mapping[str, Any]) -> Usage | None:
-        usage = body.get("usage")
-        if isinstance(usage, Mapping) and "input_tokens" in usage:
-            return anthropic_usage(usage)  # InvokeModel of an Anthropic model
-        return converse_usage(usage)
+        return usage_of(body.get("usage"))  # Converse, or InvokeModel of an Anthropic model
 
     def usage_from_event(self, event: Event) -> Usage | None:
         if event.name == "metadata" and event.data is not None:
-            return converse_usage(event.data.get("usage"))
+            return usage_of(event.data.get("usage"))
         inner = _chunk(event)
         if inner is None:
             return None
         metrics = inner.get(_METRICS)
         if isinstance(metrics, Mapping):
-            return _metrics_usage(metrics)
+            return usage_of(metrics)
         return anthropic_event_usage(inner)
 
 
@@ -184,46 +180,6 @@ def _chunk(event: Event) -> dict[str, Any] | None:
         return _object(base64.b64decode(encoded, validate=True))
     except (binascii.Error, ValueError):
         return None
-
-
-def converse_usage(usage: object) -> Usage | None:
-    """A Converse ``usage`` (``inputTokens`` already leave out the cache).
-
-    Nova's InvokeModel body spells the cache fields ``...TokenCount``; both are read.
-    """
-    if not isinstance(usage, Mapping):
-        return None
-    read = _first(usage, "cacheReadInputTokens", "cacheReadInputTokenCount")
-    write = _first(usage, "cacheWriteInputTokens", "cacheWriteInputTokenCount")
-    uncached = int_field(usage, "inputTokens")
-    found = Usage(
-        input_tokens=uncached,
-        output_tokens=int_field(usage, "outputTokens"),
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-    )
-    return None if found.empty else found
-
-
-def _metrics_usage(metrics: Mapping[str, Any]) -> Usage | None:
-    read = int_field(metrics, "cacheReadInputTokenCount")
-    write = int_field(metrics, "cacheWriteInputTokenCount")
-    uncached = int_field(metrics, "inputTokenCount")
-    found = Usage(
-        input_tokens=uncached,
-        output_tokens=int_field(metrics, "outputTokenCount"),
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-    )
-    return None if found.empty else found
-
-
-def _first(data: Mapping[str, Any], *keys: str) -> int | None:
-    for key in keys:
-        value = int_field(data, key)
-        if value is not None:
-            return value
-    return None
 
 
 def _payload_message(payload: bytes) -> str:

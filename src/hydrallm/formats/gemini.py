@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hydrallm.formats.base import SSEReader, Usage, WireFormat, int_field, sse_json
+from hydrallm.formats.base import SSEReader, Usage, WireFormat, sse_json, usage_of
 from hydrallm.formats.frames import Event
 from hydrallm.formats.peek import COMMIT, Codec, Failed, Verdict, parse_data
 from hydrallm.formats.sse import SSEEvent
 
-__all__ = ["GEMINI_SSE", "GeminiSSE", "gemini_usage"]
+__all__ = ["GEMINI_SSE", "GeminiSSE"]
 
 # Gemini's error statuses a retry cannot mend (the request itself is wrong).
 _FINAL = frozenset(
@@ -78,26 +78,10 @@ class GeminiSSE(WireFormat):
         return f"data: {sse_json(body)}\n\n".encode()
 
     def usage_from_body(self, body: Mapping[str, Any]) -> Usage | None:
-        return gemini_usage(body.get("usageMetadata"))
+        return usage_of(body.get("usageMetadata"))
 
     def usage_from_event(self, event: Event) -> Usage | None:
-        return gemini_usage(event.data.get("usageMetadata")) if event.data is not None else None
-
-
-def gemini_usage(usage: object) -> Usage | None:
-    """`usageMetadata` (`promptTokenCount` includes the cached part)."""
-    if not isinstance(usage, Mapping):
-        return None
-    prompt = int_field(usage, "promptTokenCount")
-    cached = int_field(usage, "cachedContentTokenCount")
-    if prompt is not None and cached is not None:
-        prompt = max(0, prompt - cached)
-    output = int_field(usage, "candidatesTokenCount")
-    thoughts = int_field(usage, "thoughtsTokenCount")
-    if output is not None and thoughts is not None:
-        output += thoughts  # billed as output
-    found = Usage(input_tokens=prompt, output_tokens=output, cache_read_tokens=cached)
-    return None if found.empty else found
+        return usage_of(event.data.get("usageMetadata")) if event.data is not None else None
 
 
 GEMINI_SSE = GeminiSSE()

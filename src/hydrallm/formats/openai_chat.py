@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hydrallm.formats.base import SSEFormat, Usage, int_field, sse_json
+from hydrallm.formats.base import SSEFormat, Usage, sse_json, usage_of
 from hydrallm.formats.frames import Event
 from hydrallm.formats.peek import COMMIT, Failed, StreamKind, Verdict, error_failure, parse_data
 from hydrallm.formats.sse import SSEEvent
 
-__all__ = ["OPENAI_CHAT", "OpenAIChat", "openai_usage"]
+__all__ = ["OPENAI_CHAT", "OpenAIChat"]
 
 
 class OpenAIChat(SSEFormat):
@@ -50,32 +50,11 @@ class OpenAIChat(SSEFormat):
         return f"data: {sse_json(body)}\n\n".encode()
 
     def usage_from_body(self, body: Mapping[str, Any]) -> Usage | None:
-        return openai_usage(body.get("usage"))
+        return usage_of(body.get("usage"))
 
     def usage_from_event(self, event: Event) -> Usage | None:
-        return openai_usage(event.data.get("usage")) if event.data is not None else None
-
-
-def openai_usage(
-    usage: object,
-    prompt_key: str = "prompt_tokens",
-    output_key: str = "completion_tokens",
-    details_key: str = "prompt_tokens_details",
-) -> Usage | None:
-    """An OpenAI ``usage`` object: chat completions' names by default, Responses' when
-    given.  Its prompt count includes the cached tokens, counted here as cache reads."""
-    if not isinstance(usage, Mapping):
-        return None
-    prompt = int_field(usage, prompt_key)
-    cached = int_field(usage, details_key, "cached_tokens")
-    if prompt is not None and cached is not None:
-        prompt = max(0, prompt - cached)  # the cached part is counted in cache_read_tokens
-    found = Usage(
-        input_tokens=prompt,
-        output_tokens=int_field(usage, output_key),
-        cache_read_tokens=cached,
-    )
-    return None if found.empty else found
+        # Every chunk says `"usage":null` except the last (with `include_usage`).
+        return usage_of(event.data.get("usage")) if event.data is not None else None
 
 
 OPENAI_CHAT = OpenAIChat()

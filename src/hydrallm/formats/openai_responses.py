@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from hydrallm.formats.base import SSEFormat, Usage, sse_json
+from hydrallm.formats.base import SSEFormat, Usage, sse_json, usage_of
 from hydrallm.formats.frames import Event
-from hydrallm.formats.openai_chat import openai_usage
 from hydrallm.formats.peek import COMMIT, Failed, StreamKind, Verdict, error_failure, parse_data
 from hydrallm.formats.sse import SSEEvent
 
-__all__ = ["OPENAI_RESPONSES", "OpenAIResponses", "responses_usage"]
+__all__ = ["OPENAI_RESPONSES", "OpenAIResponses"]
 
 # Events that only announce what is coming.
 _PREAMBLE = frozenset({"response.created", "response.queued", "response.in_progress"})
@@ -78,18 +77,13 @@ class OpenAIResponses(SSEFormat):
         return f"event: error\ndata: {sse_json(event)}\n\n".encode()
 
     def usage_from_body(self, body: Mapping[str, Any]) -> Usage | None:
-        return responses_usage(body.get("usage"))
+        return usage_of(body.get("usage"))
 
     def usage_from_event(self, event: Event) -> Usage | None:
         if event.data is None or event.type not in _TERMINAL:
             return None
         response = event.data.get("response")
-        return responses_usage(response.get("usage")) if isinstance(response, Mapping) else None
-
-
-def responses_usage(usage: object) -> Usage | None:
-    """A Responses ``usage`` object (``input_tokens`` include the cached ones)."""
-    return openai_usage(usage, "input_tokens", "output_tokens", "input_tokens_details")
+        return usage_of(response.get("usage")) if isinstance(response, Mapping) else None
 
 
 OPENAI_RESPONSES = OpenAIResponses()

@@ -32,7 +32,9 @@ OUTCOME_SQL = (
 )
 # Every request column but the ones a reader never lists: which worker wrote the row, and
 # the debugging bodies (`journal.bodies`).
-LIST_FIELDS = [c for c in REQUEST_COLUMNS if c not in ("worker", "request_body", "response_body")]
+LIST_FIELDS = [
+    c for c in REQUEST_COLUMNS if c not in ("worker", "request_body", "response_body", "attempt_ms")
+]
 TRAIL_FIELDS = ["model", "endpoint", "key", "outcome", "status", "error", "latency_ms", "waited_ms"]
 # name -> (bucket width in seconds, number of buckets)
 WINDOWS = {"hour": (60, 60), "day": (900, 96), "week": (3600, 168)}
@@ -121,10 +123,25 @@ def one(db: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
         if out.get(absent) is None:
             out.pop(absent, None)
     trail = db.execute(
-        f"SELECT {', '.join(TRAIL_FIELDS)} FROM attempts WHERE request = ? ORDER BY n, rowid",
+        f"SELECT {', '.join(TRAIL_FIELDS)} FROM attempts WHERE request = ? ORDER BY n",
         (row["rowid"],),
     ).fetchall()
     out["attempt_trail"] = [dict(t) for t in trail]
+    served_ms = out.pop("attempt_ms", None)
+    if not trail and served_ms is not None:
+        # Served by its first try: that attempt was not written apart (see journal_db).
+        out["attempt_trail"] = [
+            {
+                "model": out["served_model"],
+                "endpoint": out["endpoint"],
+                "key": out["key"],
+                "outcome": "success",
+                "status": out["status"],
+                "error": None,
+                "latency_ms": served_ms,
+                "waited_ms": 0.0,
+            }
+        ]
     return out
 
 

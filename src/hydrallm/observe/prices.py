@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from hydrallm.config import Price
-from hydrallm.observe.usage import Usage
+from hydrallm.formats.base import Usage
 
 _P = Price
 BUILTIN: tuple[tuple[str, Price], ...] = (
@@ -107,17 +107,17 @@ class PriceBook:
 
     def cost(self, model_id: str | None, served: str | None, usage: Usage | None) -> float | None:
         """USD, or None when the price or the usage is not known."""
-        if usage is None or not usage.known:
+        if usage is None or (usage.input_tokens is None and usage.output_tokens is None):
             return None
         price = self.price(model_id, served)
         if price is None:
             return None
         total = 0.0
         for tokens, rate in (
-            (usage.input, price.input),
-            (usage.output, price.output),
-            (usage.cache_read, price.cache_read),
-            (usage.cache_write, price.cache_write),
+            (usage.input_tokens, price.input),
+            (usage.output_tokens, price.output),
+            (usage.cache_read_tokens, price.cache_read),
+            (usage.cache_write_tokens, price.cache_write),
         ):
             if tokens:
                 if rate is None:

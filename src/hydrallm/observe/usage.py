@@ -1,29 +1,20 @@
-"""Token usage, read from what the upstream says about itself; pure functions.
+"""Token usage in the bytes hydrallm relays: where the upstream's usage object is, so that
+it is decoded alone, by the one usage reader (`formats.base.usage_of`, which knows every
+API's names and what `Usage` means).
 
 Every API reports usage in a JSON object under a `"usage"` key (Bedrock's invoke API also
 in `"amazon-bedrock-invocationMetrics"`), in the body of a non-streaming answer and in
-some events of a stream:
+some events of a stream (OpenAI chat: the last chunk, with `include_usage`; Responses:
+`response.completed`; Anthropic: `message_start` and, cumulative, `message_delta`;
+Bedrock: the `metadata` event or the base64-wrapped Anthropic events).
 
-- OpenAI chat: `usage.prompt_tokens` (cached tokens included), `completion_tokens`,
-  `prompt_tokens_details.cached_tokens`; in a stream only in the last chunk, and only
-  with `stream_options.include_usage` (every earlier chunk then says `"usage":null`).
-- OpenAI Responses: `response.usage.input_tokens` (cached included), `output_tokens`,
-  `input_tokens_details.cached_tokens`; in a stream in `response.completed`.
-- Anthropic Messages: `usage.input_tokens` (uncached), `output_tokens`,
-  `cache_read_input_tokens`, `cache_creation_input_tokens`; in a stream in
-  `message_start` and, cumulative, in `message_delta`.
-- Bedrock Converse: `usage.inputTokens`, `outputTokens`, `cacheReadInputTokens`,
-  `cacheWriteInputTokens`; in a stream in the `metadata` event.
-- Bedrock invoke: `amazon-bedrock-invocationMetrics.inputTokenCount`, `outputTokenCount`,
-  `cacheReadInputTokenCount`, `cacheWriteInputTokenCount`.
-
-`Usage.input` is always the *uncached* input, so that input, cache reads and cache writes
-add up to what was sent and each can be priced on its own.
-
-`UsageMeter` is fed the body bytes as they are relayed.  Per chunk it does one substring
+A whole body: `usage_slice` (on the event loop: one `rfind`, a bounded copy) and
+`from_body` (in the journal's writer: only that slice is decoded).  A stream:
+`UsageMeter` is fed the body bytes as they are relayed; per chunk it does one substring
 search for `"usage"` (a C-speed scan; Bedrock streams add one for their base64-wrapped
-events); only a chunk that carries a usage object is decoded, and only that object.  Later figures replace earlier ones field by field, which is right for every
-API above (Anthropic's `message_delta` counts are cumulative).
+events); only a chunk that carries a usage object is decoded, and only that object.
+Later figures replace earlier ones field by field, which is right for every API above
+(Anthropic's `message_delta` counts are cumulative).
 """
 
 from __future__ import annotations
@@ -31,9 +22,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import json.scanner
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+
+from hydrallm.formats.base import Usage, usage_of
+
+__all__ = ["SESSION_HEADERS", "Usage", "UsageMeter", "from_body", "scan", "session_hash"]
 
 # base64 of `{"type":"messag`: a Bedrock invoke stream chunk carrying one of Anthropic's
 # message_start / message_delta / message_stop events (compact JSON, as Bedrock sends).
@@ -42,82 +36,8 @@ _KEYS = (b'"usage"', b'"amazon-bedrock-invocationMetrics"')
 # A usage object is small; one split across chunks is held up to this size, never more.
 _CARRY_LIMIT = 16 * 1024
 _DECODER = json.JSONDecoder()
-
-
-@dataclass(slots=True)
-class Usage:
-    input: int | None = None  # uncached input tokens
-    output: int | None = None
-    cache_read: int | None = None
-    cache_write: int | None = None
-
-    def merge(self, other: Usage) -> None:
-        """Take every figure `other` states (a later event's count wins)."""
-        if other.input is not None:
-            self.input = other.input
-        if other.output is not None:
-            self.output = other.output
-        if other.cache_read is not None:
-            self.cache_read = other.cache_read
-        if other.cache_write is not None:
-            self.cache_write = other.cache_write
-
-    @property
-    def known(self) -> bool:
-        return self.input is not None or self.output is not None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return max(0, int(value))
-
-
-def from_usage_object(obj: object) -> Usage | None:
-    """Normalise one usage object of any API above (None when it is not one)."""
-    if not isinstance(obj, dict):
-        return None
-    u: dict[str, Any] = obj
-    if "prompt_tokens" in u or "completion_tokens" in u:  # OpenAI chat
-        details = u.get("prompt_tokens_details")
-        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
-        prompt = _int(u.get("prompt_tokens"))
-        return Usage(
-            input=None if prompt is None else max(0, prompt - (cached or 0)),
-            output=_int(u.get("completion_tokens")),
-            cache_read=cached,
-        )
-    if "inputTokens" in u or "outputTokens" in u:  # Bedrock Converse
-        return Usage(
-            _int(u.get("inputTokens")),
-            _int(u.get("outputTokens")),
-            _int(u.get("cacheReadInputTokens")),
-            _int(u.get("cacheWriteInputTokens")),
-        )
-    if "inputTokenCount" in u or "outputTokenCount" in u:  # Bedrock invocation metrics
-        return Usage(
-            _int(u.get("inputTokenCount")),
-            _int(u.get("outputTokenCount")),
-            _int(u.get("cacheReadInputTokenCount")),
-            _int(u.get("cacheWriteInputTokenCount")),
-        )
-    if "input_tokens" in u or "output_tokens" in u:
-        details = u.get("input_tokens_details")
-        raw_input = _int(u.get("input_tokens"))
-        if isinstance(details, dict):  # OpenAI Responses: input counts the cached part
-            cached = _int(details.get("cached_tokens"))
-            return Usage(
-                input=None if raw_input is None else max(0, raw_input - (cached or 0)),
-                output=_int(u.get("output_tokens")),
-                cache_read=cached,
-            )
-        return Usage(  # Anthropic Messages: input is already the uncached part
-            raw_input,
-            _int(u.get("output_tokens")),
-            _int(u.get("cache_read_input_tokens")),
-            _int(u.get("cache_creation_input_tokens")),
-        )
-    return None
+# The C scanner `raw_decode` wraps (typeshed types its argument as the class itself).
+_SCAN = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
 
 
 def scan(data: bytes) -> tuple[Usage | None, int]:
@@ -134,18 +54,14 @@ def scan(data: bytes) -> tuple[Usage | None, int]:
             if brace >= len(data):
                 return found, start
             if data[brace] == 0x7B:  # "{"; `null` and anything else carry nothing
-                try:
-                    obj, _ = _DECODER.raw_decode(data[brace:].decode("utf-8", "replace"))
-                except ValueError:
+                obj = _read_object(data, brace)
+                if obj is None:
                     rest = data[brace:]
                     if rest.count(b"{") > rest.count(b"}") and len(rest) < _CARRY_LIMIT:
                         return found, start  # cut by the end of the chunk: wait for more
-                    obj = None  # not JSON we understand
-                usage = from_usage_object(obj)
+                usage = usage_of(obj)
                 if usage is not None:
-                    if found is None:
-                        found = Usage()
-                    found.merge(usage)
+                    found = usage if found is None else found.merged(usage)
             start = data.find(key, brace)
     return found, len(data)
 
@@ -192,9 +108,7 @@ class UsageMeter:
             return
         found, cut = scan(data)
         if found is not None:
-            if self.usage is None:
-                self.usage = Usage()
-            self.usage.merge(found)
+            self.usage = found if self.usage is None else self.usage.merged(found)
         self._carry = data[cut:] if cut < len(data) else b""
         self._tail = b"" if self._carry else data[-8:]
 
@@ -212,9 +126,7 @@ class UsageMeter:
             except ValueError:
                 found = None
             if found is not None:
-                if self.usage is None:
-                    self.usage = Usage()
-                self.usage.merge(found)
+                self.usage = found if self.usage is None else self.usage.merged(found)
             at = chunk.find(_B64_MESSAGE, end)
 
 
@@ -232,9 +144,43 @@ def usage_slice(body: bytes) -> bytes | None:
 
 
 def from_body(body: bytes) -> Usage | None:
-    """The usage of a whole (non-streaming) body."""
-    found, _ = scan(body)
-    return found
+    """The usage of a whole (non-streaming) body, or of what `usage_slice` kept of one:
+    the last usage object in it (every API puts usage after the answer, which may itself
+    hold the word as a key), decoded alone."""
+    at = body.rfind(b'"usage"')
+    if at >= 0 and body[at + 7 : at + 9] == b":{":  # compact JSON, the usual case
+        found = usage_of(_read_object(body, at + 8))
+        if found is not None:
+            return found
+    for key in _KEYS:
+        end = len(body)
+        for _ in range(4):  # a later "usage" that is no usage object (a string, null)
+            at = body.rfind(key, 0, end)
+            if at < 0:
+                break
+            found = _object_at(body, at + len(key))
+            if found is not None:
+                return found
+            end = at
+    return None
+
+
+def _object_at(data: bytes, after: int) -> Usage | None:
+    """The usage object that is the value of the key ending at `after`."""
+    brace = data.find(b"{", after, after + 16)
+    if brace < 0 or data[after:brace].strip(b" \t\r\n:"):
+        return None  # null, or not a value of that key
+    return usage_of(_read_object(data, brace))
+
+
+def _read_object(data: bytes, brace: int) -> object:
+    """The JSON value that starts at `brace`, decoded alone (None: no whole one there)."""
+    try:
+        # The C scanner itself (what `raw_decode` wraps, less its Python frame).
+        obj, _ = _SCAN(data[brace : brace + _CARRY_LIMIT].decode("utf-8", "replace"), 0)
+    except (StopIteration, ValueError):
+        return None
+    return obj
 
 
 # The agents' own session headers (Claude Code, Codex, opencode), most specific first.

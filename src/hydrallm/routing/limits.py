@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Final
 
 from hydrallm.config import Config
+from hydrallm.formats.base import usage_of
 from hydrallm.providers.anthropic import ANTHROPIC_LIMITS, UNIFIED_PREFIX, UNIFIED_WINDOWS
 from hydrallm.providers.bedrock_limits import BEDROCK_LIMITS
 from hydrallm.providers.gemini_limits import (
@@ -325,26 +326,8 @@ def now_wall() -> float:
 
 def usage_tokens(usage: object) -> tuple[int, int] | None:
     """(input tokens in total, of which read from the prompt cache) from a usage object of
-    any of the three APIs; None when it has no input count."""
-    if not isinstance(usage, dict):
+    any API, read by the one usage reader; None when it has no input count."""
+    found = usage_of(usage)
+    if found is None or found.input_tokens is None:
         return None
-
-    def num(value: object) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    if "prompt_tokens" in usage:  # chat completions: prompt_tokens includes cached ones
-        details = usage.get("prompt_tokens_details")
-        cached = num(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        return num(usage["prompt_tokens"]), cached
-    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
-        # Anthropic: input_tokens counts only the uncached part.
-        read = num(usage.get("cache_read_input_tokens"))
-        total = (
-            num(usage.get("input_tokens")) + read + num(usage.get("cache_creation_input_tokens"))
-        )
-        return total, read
-    if "input_tokens" in usage:  # Responses (input_tokens includes cached) or Anthropic
-        details = usage.get("input_tokens_details")
-        cached = num(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        return num(usage["input_tokens"]), cached
-    return None
+    return found.total_input or 0, found.cache_read_tokens or 0
