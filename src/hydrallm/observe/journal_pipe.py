@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import marshal
 import os
-import select
+import selectors
 import sys
 import time
 from collections import deque
@@ -251,12 +251,16 @@ class WriterProcess:
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        readable = [self._rfd] if self._rfd >= 0 else []
-        writable = [] if read or self._wfd < 0 else [self._wfd]
-        r, w, _ = select.select(readable, writable, [], left)
-        if r and not read:
+        # A selector, not select(): a busy proxy's descriptors go past select's 1024.
+        with selectors.DefaultSelector() as sel:
+            if self._rfd >= 0:
+                sel.register(self._rfd, selectors.EVENT_READ)
+            if not read and self._wfd >= 0:
+                sel.register(self._wfd, selectors.EVENT_WRITE)
+            ready = [key.fd for key, _ in sel.select(left)]
+        if self._rfd in ready and not read:
             self._on_replies()
-        return bool(r or w)
+        return bool(ready)
 
     def stop(self, timeout: float = 0.0) -> None:
         """End the process (killed when it is not done within `timeout`) and the pipes."""
