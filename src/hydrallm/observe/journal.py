@@ -1,21 +1,44 @@
 """The request journal: one SQLite row per request and per attempt, written off the hot path.
 
-`JournalSink` is a telemetry `Sink`.  On the event loop it only keeps references: a
-request's attempt and skip events in a list (keyed by the request id the handler puts in
-`CURRENT_REQUEST`) and, when the request ends, its event, that list and the settings in
-one tuple on a bounded deque; no row is built, nothing decoded or formatted there.  One
-writer thread takes what is queued every `FLUSH_S` and writes it in one transaction with
-`executemany` over a generator of rows, so it gives the GIL back between rows; it decodes
-the usage, computes the cost and enforces `retention` and `max_size` (at start and every
-`HOUSEKEEPING_S`).  A full queue drops its oldest rows and counts them (`dropped`, shown
-in the metrics and the status page); a request is never slowed or failed by the journal.
+`JournalSink` is a telemetry `Sink`.  On the event loop it only reads attributes: each
+attempt of a request becomes a small tuple in that request's trail (keyed by the request
+id the handler puts in `CURRENT_REQUEST`), and when the request ends, its event and trail
+become one flat tuple of primitives on a bounded deque; nothing is decoded, formatted,
+priced or redacted there.  Every `FLUSH_S` (and whenever `BATCH_ROWS` are queued) the
+queued tuples are `marshal`led into one message and written, non-blocking, into a pipe to
+the writer process (`journal_writer.py`), which builds the rows, decodes the usage,
+prices and redacts them, writes them in one transaction, and enforces `retention` and
+`max_size` when told to (at start and every `HOUSEKEEPING_S`).
 
-Several worker processes share one file: WAL mode lets readers and one writer work at
-once, and `busy_timeout` makes a worker wait its turn for the write lock instead of
-failing.  Each batch is one short transaction, so the waits are milliseconds.
+Why a process and not a thread: the writer's Python (~20 µs a request) held the GIL that
+the event loop needs, and sqlite3 hands the GIL over around every statement; at c16 on
+two cores that cost the proxy 15-20 % of its throughput.  A process runs on the other
+core and shares nothing with the loop but a pipe.  It is started with `subprocess` (a
+fresh interpreter running `journal_writer.main`), not `multiprocessing`: nothing of the
+proxy is inherited (no event loop, no listening socket, only the two pipes), it works the
+same however hydrallm was started (console script, `-m`, a test runner) where "spawn"
+re-imports the parent's `__main__`, and it needs none of multiprocessing's helpers.  It
+starts at the first flush, a second after `start()`, so `serve` is ready as soon as
+before; a proxy that stops sooner writes its few rows in-process while closing.
 
-If the file cannot be opened or written (corrupt, read-only, disk full), the journal logs
-one line and turns itself off; the proxy goes on serving.
+Measured (this 2-core VM, load generator and upstream on the same cores, one interleaved
+run, medians; journal on vs off): the thread cost 16-22 % of c16 throughput and +1.5-2.1
+ms of c1 p99; the process 16 % and +0.0-0.5 ms.  With the same loop-side work and a
+writer that discards what it reads, the cost is ~7 %; with a sink that does nothing, ~0:
+what remains is the writer's own ~40 µs a request (rows, usage decoding, SQLite) running
+on the other vCPU, which slows the proxy's (shared caches and host) although it never
+takes the proxy's CPU time (SCHED_IDLE).  Cutting the writer's work is what is left.
+
+If the writer falls behind, the pipe and then the deque fill up; a full deque drops its
+oldest rows and counts them (`dropped`, shown in the metrics and the status page): a
+request is never slowed or failed by the journal.
+
+Several worker processes share one file, each with a writer process of its own: WAL mode
+lets readers and one writer work at once, and `busy_timeout` makes a writer wait its turn
+for the write lock instead of failing.  Each batch is one short transaction.
+
+If the file cannot be opened or written (corrupt, read-only, disk full), or the writer
+process dies, the journal logs one line and turns itself off; the proxy goes on serving.
 
 The file itself (schema, connections, limits): `journal_db.py`.
 """
@@ -24,53 +47,29 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from hydrallm.config import Config, JournalConfig, Price
 from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, Redactor, RequestEvent, Sink
-from hydrallm.observe.journal_db import (
-    CHUNK,
-    INSERT_ATTEMPT,
-    INSERT_CHUNK,
-    INSERT_REQUEST,
-    LAST_ROWID,
-    client_api,
-    housekeeping,
-    journal_path,
-    open_for_writing,
-)
-from hydrallm.observe.prices import PriceBook
-from hydrallm.observe.usage import from_body
+from hydrallm.observe.journal_db import journal_path, open_for_writing
+from hydrallm.observe.journal_pipe import WriterProcess, settings_message
 
 __all__ = ["JournalSink", "journal_path"]
 
 QUEUE_LIMIT = 10_000
-# Larger batches less often: one transaction and one wake-up of the writer per second.
+# One message (and one transaction in the writer) per second, or per BATCH_ROWS requests
+# when they come faster: each marshal + write on the loop stays well under a millisecond.
 FLUSH_S = 1.0
+BATCH_ROWS = 256
 HOUSEKEEPING_S = 60.0
 BODY_LIMIT = 64 * 1024
 _PENDING_LIMIT = 10_000
-_SKIPPED = "skipped_cooldown"
-_NO_TOKENS = (-1, -1, -1, -1)  # not reported (NULL)
 
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    """What a row is written with, from the config that served its request."""
-
-    prices: PriceBook
-    model_names: dict[str, str]  # model id -> the name sent upstream
-    redact: Redactor
-
-
-# A finished request as queued: its event, its trail (attempt events, and tuples of the
-# models left out because their circuit was open), the settings it is written with.
-_Queued = tuple[RequestEvent, list[AttemptEvent | tuple[str, ...]] | None, _Settings]
+# A request's trail: one tuple per attempt (see `attempt`), one list per models skipped.
+_Trail = list[tuple[Any, ...] | list[str]]
 
 
 class JournalSink(Sink):
@@ -92,54 +91,99 @@ class JournalSink(Sink):
         self.worker = worker
         # Where a reload's new config is read from (set by the process that runs the sink).
         self.config_source: Callable[[], Config] | None = None
-        # Read by the writer for each row as they were when the request ended.
-        self.settings = _Settings(PriceBook(prices), model_names or {}, Redactor(secrets))
+        self._redact = Redactor(secrets)
+        # Rows name the settings (prices, model names, secrets) they are written with by
+        # generation; the writer receives each generation before the first row naming it.
+        self._generation = 0
         self._report = report or (lambda message: None)
         self._clock = clock
-        self._queue: deque[_Queued] = deque(maxlen=QUEUE_LIMIT)
-        self._pending: dict[str, list[AttemptEvent | tuple[str, ...]]] = {}
+        self._queue: deque[tuple[Any, ...]] = deque(maxlen=QUEUE_LIMIT)
+        self._pending: dict[str, _Trail] = {}
         self.dropped = 0
         self.written = 0
         self.error: str | None = None
         self.enabled = config.enabled
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._db: sqlite3.Connection | None = None
+        self._writer = WriterProcess(self._queue, BATCH_ROWS, self._counted, self._failed)
+        self._settings = settings_message(0, prices, model_names or {}, secrets)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_housekeeping = 0.0
+        self._started = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the file and start the writer thread (a failure disables the journal)."""
+        """Check that the file can be used (a failure disables the journal), and start the
+        writer: at the first flush under a running event loop, at once without one."""
         if not self.enabled:
             return
         try:
-            self._db = open_for_writing(self.path)
-            self._housekeeping()
+            # Opened here, not only in the writer, so that a bad file is reported before
+            # the proxy is ready (and a new file gets its schema now).
+            open_for_writing(self.path).close()
         except (sqlite3.Error, OSError) as exc:
-            self._fail(exc)
+            self._failed(f"{type(exc).__name__}: {exc}")
             return
-        self._thread = threading.Thread(target=self._run, name="hydrallm-journal", daemon=True)
-        self._thread.start()
+        c = self.config
+        self._writer.send(("open", str(self.path), self.worker, c.bodies, c.max_size))
+        self._writer.send(self._settings)
+        self._housekeeping()
+        self._started = True
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._writer.spawn(None)
+            return
+        self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     def close(self) -> None:
-        """Write what is queued and stop the writer."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Write what is queued, let the writer finish (bounded), stop it."""
+        self._stop_timer()
+        if self._started and self.enabled:
+            self._writer.finish()
+        else:
+            self._writer.stop()
+        self._started = False
 
     async def aclose(self) -> None:
+        self._stop_timer()
+        self._writer.detach()  # the loop lets go of the pipes; close() drains them
         await asyncio.to_thread(self.close)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self.enabled:
+            return
+        if self._clock() - self._last_housekeeping >= HOUSEKEEPING_S:
+            self._housekeeping()
+        if not self._writer.spawned:
+            self._writer.spawn(self._loop)
+        self._writer.pump()
+        if self.enabled and self._loop is not None:
+            self._timer = self._loop.call_later(FLUSH_S, self._tick)
+
+    def _housekeeping(self) -> None:
+        self._last_housekeeping = now = self._clock()
+        self._writer.send(("housekeeping", now - self.config.retention))
+
+    def _counted(self, written: int) -> None:
+        self.written += written
+
+    def _failed(self, error: str) -> None:
+        """The file or the writer failed: one log line, the journal off (once)."""
+        if self.error is not None:
+            return
         self.enabled = False
+        self._stop_timer()
         self._queue.clear()
         self._pending.clear()
-        self.error = f"{type(exc).__name__}: {exc}"
-        self._report(f"journal {self.path} disabled: {self.settings.redact(self.error)}")
+        self.error = error
+        self._report(f"journal {self.path} disabled: {self._redact(error)}")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -153,7 +197,7 @@ class JournalSink(Sink):
 
     # --- Sink (event loop: cheap) ----------------------------------------------------------
 
-    def _trail(self) -> list[AttemptEvent | tuple[str, ...]] | None:
+    def _trail(self) -> _Trail | None:
         """The current request's trail so far, started on first use (None: not journaled)."""
         if not self.enabled:
             return None
@@ -172,222 +216,89 @@ class JournalSink(Sink):
     def attempt(self, event: AttemptEvent) -> None:
         trail = self._trail()
         if trail is not None:
-            trail.append(event)
+            a = event
+            trail.append(
+                (
+                    a.model,
+                    a.model_id,
+                    a.endpoint,
+                    a.key,
+                    a.outcome,
+                    a.status,
+                    a.error,
+                    a.latency,
+                    a.waited,
+                    a.ttft,
+                    a.retry,
+                    a.fallback,
+                )
+            )
 
     def skipped(self, listener: str, model_ids: list[str]) -> None:
         trail = self._trail()
         if trail is not None:
-            trail.append(tuple(model_ids))  # a tuple in a trail: models left out
+            trail.append(list(model_ids))  # a list in a trail: models left out
 
     def reload(self, result: str, detail: str) -> None:
-        """A new config serves: its prices, model names and secrets apply from now on
-        (where the file is and its limits stay as they were at start)."""
-        if result == "success" and self.config_source is not None:
+        """A new config serves: its prices, model names and secrets apply to the requests
+        that end from now on (where the file is and its limits stay as they were)."""
+        if (
+            result == "success"
+            and self.config_source is not None
+            and self._started
+            and self.enabled
+        ):
             config = self.config_source()
-            # One object swapped: a row is written with the old settings or the new, whole.
-            self.settings = _Settings(
-                PriceBook(config.prices),
-                {mid: m.model for mid, m in config.models.items()},
-                Redactor(config.secrets),
+            self._redact = Redactor(config.secrets)
+            names = {mid: m.model for mid, m in config.models.items()}
+            self._generation += 1
+            self._writer.send(
+                settings_message(self._generation, config.prices, names, config.secrets)
             )
 
     def request(self, event: RequestEvent) -> None:
-        # The whole of the journal's work on the event loop: two references appended.  The
-        # event is built for every sink anyway; the writer turns it into rows.
+        # The journal's work on the event loop: one flat tuple of what the event holds.
         if not self.enabled:
             return
+        e = event
+        usage = e.usage
+        request_body = response_body = None
+        if self.config.bodies:
+            request_body = _bounded(e.request_body)
+            response_body = _bounded(e.response_body)
         queue = self._queue
         if len(queue) >= QUEUE_LIMIT:
             self.dropped += 1  # the deque's bound lets the oldest go by itself
-        queue.append((event, self._pending.pop(event.request_id, None), self.settings))
-
-    # --- writer thread --------------------------------------------------------------------
-
-    def _run(self) -> None:
-        last_housekeeping = time.monotonic()
-        while True:
-            stopping = self._stop.wait(FLUSH_S)
-            try:
-                self._flush()
-                if time.monotonic() - last_housekeeping >= HOUSEKEEPING_S:
-                    last_housekeeping = time.monotonic()
-                    self._housekeeping()
-            except (sqlite3.Error, OSError) as exc:
-                self._fail(exc)
-                return
-            if stopping:
-                return
-
-    def _flush(self) -> None:
-        db = self._db
-        queue = self._queue
-        if db is None or not queue:
-            return
-        popleft = queue.popleft
-        batch = [popleft() for _ in range(len(queue))]
-        attempts: list[tuple[Any, ...]] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Rowids are given here, under the write lock no other worker holds now, so
-            # that attempt rows can name their request without a lookup per row.
-            (last,) = db.execute(LAST_ROWID).fetchone()
-            # CHUNK rows per statement: sqlite3 lets go of the GIL around each statement
-            # it runs, and every hand-over of the GIL between this thread and the event
-            # loop costs both a wake-up; one per row cost more than the row.  The event
-            # loop waits for at most one chunk's Python.
-            rows = self._rows(batch, last, attempts)
-            for _ in range(len(batch) // CHUNK):
-                db.execute(INSERT_CHUNK, [v for _ in range(CHUNK) for v in next(rows)])
-            db.executemany(INSERT_REQUEST, rows)  # the rest
-            if attempts:
-                db.executemany(INSERT_ATTEMPT, attempts)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self.written += len(batch)
-
-    def _rows(
-        self, batch: list[_Queued], rowid: int, attempts: list[tuple[Any, ...]]
-    ) -> Iterator[tuple[Any, ...]]:
-        """The request rows of `batch` (rowids from `rowid` + 1); their attempt rows are
-        added to `attempts` on the way.  No None in a row: -1 stands for NULL (see
-        `journal_db.NULLABLE`)."""
-        worker = self.worker
-        bodies = self.config.bodies
-        for event, trail, st in batch:
-            rowid += 1
-            retries = fallbacks = skips = 0
-            key: str | int = -1
-            ttft = -1.0
-            served_ms = -1.0
-            first = trail[0] if trail is not None and len(trail) == 1 else None
-            if (
-                type(first) is AttemptEvent
-                and first.outcome == "success"
-                and not first.waited
-                and first.status == event.status
-                and first.model_id == event.served_by
-                and first.endpoint == event.endpoint
-                and (first.model == event.served_model or first.model == "*")
-            ):
-                # Served by its first try: the request row tells that attempt whole.
-                key = first.key or -1
-                if first.ttft is not None:
-                    ttft = round(first.ttft * 1000, 2)
-                served_ms = round(first.latency * 1000, 2)
-            elif trail:
-                requested = event.requested_model or -1
-                redact = st.redact
-                n = 0
-                for a in trail:
-                    if type(a) is tuple:  # models left out: their circuit was open
-                        for skipped in a:
-                            n += 1
-                            attempts.append(
-                                (rowid, n, -1, skipped, -1, -1, _SKIPPED, -1, -1, -1, -1)
-                            )
-                        skips += len(a)
-                        continue
-                    assert isinstance(a, AttemptEvent)
-                    n += 1
-                    retries += a.retry
-                    fallbacks += a.fallback
-                    if a.outcome == "success":
-                        key = a.key or -1
-                        if a.ttft is not None:
-                            ttft = round(a.ttft * 1000, 2)
-                    status = a.status
-                    error = a.error
-                    attempts.append(
-                        (
-                            rowid,
-                            n,
-                            requested if a.model == "*" else a.model,
-                            a.model_id,
-                            a.endpoint,
-                            a.key or -1,
-                            a.outcome,
-                            -1 if status is None else status,
-                            -1 if error is None else redact(error),
-                            round(a.latency * 1000, 2),
-                            round(a.waited * 1000, 2),
-                        )
-                    )
-            usage = event.usage
-            if usage is None and event.usage_raw is not None:
-                usage = from_body(event.usage_raw)
-            served_model = event.served_model
-            model_id = event.served_by
-            if usage is None:
-                tokens: tuple[int, ...] = _NO_TOKENS
-                cost = -1.0
-            else:
-                tokens = (
-                    _number(usage.input_tokens),
-                    _number(usage.output_tokens),
-                    _number(usage.cache_read_tokens),
-                    _number(usage.cache_write_tokens),
-                )
-                found = st.prices.cost(model_id, served_model, usage)
-                cost = -1.0 if found is None else found
-            error = event.error
-            req_body: str | int = -1
-            resp_body: str | int = -1
-            if bodies:
-                req_body = _body(event.request_body, st)
-                resp_body = _body(event.response_body, st)
-            yield (
-                rowid,
-                event.request_id,
-                event.started_at,
-                worker,
-                event.listener,
-                event.route,
-                client_api(event.path),
-                event.method,
-                event.path,
-                event.requested_model or -1,
-                served_model or -1,
-                model_id or -1,
-                event.endpoint or -1,
-                key,
-                event.status,
-                event.attempts,
-                retries,
-                fallbacks,
-                skips,
-                event.recovered or -1,
-                round(event.latency * 1000, 2),
-                ttft,
-                int(event.streamed),
-                event.body_bytes,
-                *tokens,
-                cost,
-                -1 if error is None else st.redact(error),
-                event.session or -1,
-                req_body,
-                resp_body,
-                served_ms,
+        queue.append(
+            (
+                e.request_id,
+                e.started_at,
+                e.listener,
+                e.route,
+                e.method,
+                e.path,
+                e.requested_model,
+                e.served_model,
+                e.served_by,
+                e.endpoint,
+                e.status,
+                e.attempts,
+                e.recovered,
+                e.latency,
+                e.streamed,
+                e.body_bytes,
+                e.usage_raw if usage is None else tuple(usage),
+                e.error,
+                e.session,
+                request_body,
+                response_body,
+                self._generation,
+                self._pending.pop(e.request_id, None),
             )
-
-    def _housekeeping(self) -> None:
-        if self._db is not None:
-            housekeeping(
-                self._db,
-                cutoff=self._clock() - self.config.retention,
-                max_size=self.config.max_size,
-            )
+        )
+        if len(queue) >= BATCH_ROWS:
+            self._writer.pump()
 
 
-def _number(value: int | None) -> int:
-    return -1 if value is None else value
-
-
-def _body(body: bytes | None, st: _Settings) -> str | int:
-    if not body:
-        return -1  # NULL
-    text = body[:BODY_LIMIT].decode("utf-8", "replace")
-    if len(body) > BODY_LIMIT:
-        text += f"… ({len(body)} bytes)"
-    return st.redact(text)
+def _bounded(body: bytes | None) -> tuple[bytes, int] | None:
+    return None if body is None else (body[:BODY_LIMIT], len(body))

@@ -127,7 +127,7 @@ INSERT_REQUEST = (
     f"INSERT INTO requests (rowid, {', '.join(REQUEST_COLUMNS)})"
     f" VALUES (?, {_values(REQUEST_COLUMNS)})"
 )
-# Rows written by one statement (see `journal._flush`): 16 x 34 values, far below SQLite's
+# Rows written by one statement (see `journal_writer.Writer.write`): 16 x 34 values, far below SQLite's
 # limit of 32766 bound values.
 CHUNK = 16
 INSERT_CHUNK = f"INSERT INTO requests (rowid, {', '.join(REQUEST_COLUMNS)}) VALUES " + ", ".join(
@@ -176,8 +176,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     else:
-        # Used by one thread at a time (opened before the writer starts, closed after it
-        # stopped), which sqlite3's same-thread check cannot see.
+        # Used by one thread at a time (the writer process's; or, for a proxy that stops
+        # before it started one, the thread that closes it), which sqlite3's same-thread
+        # check cannot see.
         db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
