@@ -99,7 +99,7 @@ def write_segment(db: Path, rows: int, *, start: int = 0) -> Path:
             batch = []
     if batch:
         spool.append(frame(("rows", batch)))
-    [path] = [p for p in spool_dir(db).iterdir() if p.name.startswith(spool._stamp)]
+    [path] = [p for p in spool_dir(db).glob("*.open")]
     spool.rotate()
     return path.with_suffix(".seg")
 
@@ -145,3 +145,15 @@ def test_a_dead_proxys_open_segment_is_loaded_and_a_torn_last_frame_dropped(
     ingest_pending(db)
     assert ids(db) == [f"r-{i}" for i in range(700)]
     assert list(spool_dir(db).iterdir()) == []
+
+
+def test_a_damaged_segment_is_set_aside_and_the_others_load(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    good = write_segment(db, 50)
+    bad = write_segment(db, 50, start=50)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # inside a frame of rows
+    bad.write_bytes(bytes(data))
+    ingest_pending(db)
+    assert ids(db) == [f"r-{i}" for i in range(50)]
+    assert not good.exists() and bad.with_suffix(".bad").exists()

@@ -79,7 +79,7 @@ class SpoolWriter:
     def __init__(self, directory: Path, header: Callable[[], bytes]) -> None:
         self.directory = directory
         self._header = header  # the settings frame each segment starts with
-        self._stamp = f"{time.time_ns():016x}-{os.getpid()}"
+        self._stamp = ""  # set by the process that first writes (workers are forked)
         self._seq = 0
         self._fd = -1
         self._path: Path | None = None
@@ -107,6 +107,8 @@ class SpoolWriter:
 
     def _open(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self._stamp.endswith(f"-{os.getpid()}"):
+            self._stamp, self._seq = f"{time.time_ns():016x}-{os.getpid()}", 0
         self._seq += 1
         path = self.directory / f"{self._stamp}-{self._seq:08d}{OPEN}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -187,17 +189,25 @@ def _step(writer: Writer, name: str, path: Path, closed: bool) -> tuple[int, boo
                 db.execute("ROLLBACK")
                 return 0, True
         with f:
-            first, start, _ = _frames(f, 1)
-            if not first:  # not even its settings yet
+            try:
+                first, start, _ = _frames(f, 1)
+                if not first:  # not even its settings yet
+                    db.execute("ROLLBACK")
+                    return 0, True
+                writer.use_settings(first[0])
+                offset = start if row is None else int(row[0])
+                f.seek(offset)
+                messages, used, end = _frames(f, STEP_BYTES)
+                rows = [r for m in messages if m[0] == "rows" for r in m[1]]
+                if rows:
+                    writer.insert(rows)
+            except (ValueError, EOFError, TypeError, IndexError, KeyError):
+                # Not what a proxy writes (a damaged disk, another program): nothing of it
+                # is loaded; it is kept aside for a person to look at, out of the way.
                 db.execute("ROLLBACK")
+                os.replace(f.name, Path(f.name).with_suffix(".bad"))
+                db.execute("DELETE FROM spool WHERE name = ?", (name,))
                 return 0, True
-            writer.use_settings(first[0])
-            offset = start if row is None else int(row[0])
-            f.seek(offset)
-            messages, used, end = _frames(f, STEP_BYTES)
-        rows = [r for m in messages if m[0] == "rows" for r in m[1]]
-        if rows:
-            writer.insert(rows)
         finished = end and closed
         if finished:
             os.unlink(f.name)
