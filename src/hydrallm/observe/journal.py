@@ -77,6 +77,7 @@ BATCH_ROWS = 256
 LIGHT = 50  # requests in the last second up to which the writer loads at once
 FORCE_BYTES = 32 << 20  # spooled bytes (~100,000 requests) loaded however busy the proxy
 HOUSEKEEPING_S = 60.0
+LOAD_AT_CLOSE_S = 2.0  # a stopping proxy loads its spool for this long (~80,000 requests)
 BODY_LIMIT = 64 * 1024
 _PENDING_LIMIT = 10_000
 
@@ -150,8 +151,10 @@ class JournalSink(Sink):
         self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     def close(self) -> None:
-        """Spool what is queued, let the writer load it (bounded), stop it.  What it has
-        not loaded by then stays spooled for the next writer or reader."""
+        """Spool what is queued, stop the writer, load the spool here for up to
+        `LOAD_AT_CLOSE_S`; what is not loaded by then stays spooled for the next writer
+        or reader.  Here, not in the writer: at its CPU priority a loaded machine could
+        starve it for seconds, and a stopping proxy serves nobody whose GIL it could take."""
         self._stop_timer()
         if not (self._started and self.enabled):
             self._writer.stop()
@@ -163,12 +166,12 @@ class JournalSink(Sink):
             self._spool.rotate()
         except OSError as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
-        self._writer.send(("ingest",))
-        if not self._writer.finish():
-            self._load_here()
+        self._writer.send(("hold",))  # a writer that is loading stops after its step
+        self._writer.finish()
+        if self.enabled:
+            self._load_here(time.monotonic() + LOAD_AT_CLOSE_S)
 
-    def _load_here(self) -> None:
-        """A proxy stopped before it started the writer: the same work, in this process."""
+    def _load_here(self, deadline: float) -> None:
         from hydrallm.observe.journal_spool import ingest
         from hydrallm.observe.journal_writer import Writer
 
@@ -178,7 +181,12 @@ class JournalSink(Sink):
             self._failed(f"{type(exc).__name__}: {exc}")
             return
         try:
-            ingest(writer, self._spool.directory, written=self._counted)
+            ingest(
+                writer,
+                self._spool.directory,
+                stop=lambda: time.monotonic() > deadline,
+                written=self._counted,
+            )
         except Exception as exc:  # as the writer process reports it
             self._failed(f"{type(exc).__name__}: {exc}")
         finally:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WriterProcess"]
 
-CLOSE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0  # then the writer is killed: it only ever leaves a transaction undone
 PIPE_SIZE = 1 << 20
 # Imports the writer from the same place as the proxy's own hydrallm, whatever sys.path the
 # proxy was given (a test runner's, PYTHONPATH), without putting that place before the
@@ -209,7 +209,7 @@ class WriterProcess:
 
     def finish(self) -> bool:
         """Send what is waiting, tell the writer to finish, wait for it (bounded); False
-        if no writer was started (the caller does its work in-process)."""
+        if no writer was started."""
         self.detach()
         if not self.spawned or self._wfd < 0:
             return False
