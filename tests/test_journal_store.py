@@ -21,6 +21,7 @@ from hydrallm.config import JournalConfig
 from hydrallm.observe.events import RequestEvent
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.journal_query import open_readonly, requests
+from hydrallm.observe.journal_spool import spool_dir
 from hydrallm.testing import FakeUpstream, faults
 from hydrallm.testing.harness import ProxyHarness
 from opshelp import HYDRALLM, ServeProcess, free_port
@@ -58,7 +59,7 @@ model = "second"
 
 
 def file_bytes(db: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+    return b"".join(p.read_bytes() for p in db.parent.rglob(db.name + "*") if p.is_file())
 
 
 async def run_secret_scenario(db: Path, *, bodies: bool) -> bytes:
@@ -77,12 +78,18 @@ async def run_secret_scenario(db: Path, *, bodies: bool) -> bytes:
                     model="x", messages=[{"role": "user", "content": content}], stream=True
                 )
                 _ = [c async for c in stream]
+            # What the proxy spools before the writer loads it (and deletes it) is
+            # scanned too.
+            sink = next(x for x in px.proxy.state.telemetry.sinks if isinstance(x, JournalSink))
+            sink.flush()
+            spooled = b"".join(p.read_bytes() for p in spool_dir(db).iterdir())
+            assert b"second" in spooled  # the served model: the requests are in it
     conn = open_readonly(db)
     try:
         assert len(requests(conn)) == 2  # the rows are there: the scan below means something
     finally:
         conn.close()
-    return file_bytes(db)
+    return file_bytes(db) + spooled
 
 
 async def test_no_secret_and_no_prompt_in_the_file(tmp_path: Path) -> None:
@@ -294,6 +301,25 @@ def test_a_full_queue_drops_the_oldest_rows_and_counts_them(tmp_path: Path) -> N
     for i in range(journal.QUEUE_LIMIT + 5):
         sink.request(event(i, 0.0))
     assert sink.dropped == 5 and sink.status()["dropped"] == 5
+
+
+def test_a_spool_the_writer_cannot_keep_up_with_drops_new_rows_and_counts_them(
+    tmp_path: Path,
+) -> None:
+    from hydrallm.observe import journal
+
+    # No event loop: the writer is asked to load only when the sink closes, so the spool
+    # fills up; it may hold no more than the journal file may (`max_size`).
+    sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db"), max_size=4096))
+    sink.start()
+    n = 4 * journal.BATCH_ROWS
+    for i in range(n):
+        sink.request(event(i, time.time()))
+    assert sink.dropped == n - journal.BATCH_ROWS  # the first batch went past the limit
+    assert sink.status()["dropped"] == sink.dropped
+    sink.close()
+    assert sink.written == journal.BATCH_ROWS and sink.error is None
+    assert ids(tmp_path / "j.db") == [f"r-{i}" for i in range(journal.BATCH_ROWS)]
 
 
 # --- a bad file never breaks a request ------------------------------------------------------

@@ -216,7 +216,6 @@ def make_journal(config: Config, logger: Logger, worker: int) -> JournalSink:
         prices=config.prices,
         secrets=config.secrets,
         worker=worker,
-        model_names={mid: m.model for mid, m in config.models.items()},
         report=report,
     )
     journal.start()

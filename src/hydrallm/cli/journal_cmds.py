@@ -60,7 +60,9 @@ def _path(obj: dict[str, Any], load: Callable[[dict[str, Any]], Any]) -> Path:
 
 def _open(path: Path) -> Any:
     from hydrallm.observe.journal_query import JournalMissing, open_readonly
+    from hydrallm.observe.journal_spool import ingest_pending
 
+    ingest_pending(path)  # what the proxies have spooled and not loaded yet
     try:
         return open_readonly(path)
     except JournalMissing as exc:
@@ -261,7 +263,8 @@ def register(
         from hydrallm.observe.journal_query import one, requests
 
         console = Console(highlight=False, soft_wrap=False)
-        db = _open(_path(obj or {}, load))
+        path = _path(obj or {}, load)
+        db = _open(path)
         if request_id is not None:
             row = one(db, request_id)
             if row is None:
@@ -297,8 +300,11 @@ def register(
         if not rows:
             newest = db.execute("SELECT max(rowid) FROM requests").fetchone()[0]
             last = newest or 0
+        from hydrallm.observe.journal_spool import ingest_pending
+
         while True:
             time.sleep(0.5)
+            ingest_pending(path)
             batch = requests(db, since=cutoff, limit=1000, after=last, **filters)  # type: ignore[arg-type]
             if batch:
                 last = batch[-1]["rowid"]

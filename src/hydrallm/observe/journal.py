@@ -3,39 +3,42 @@
 `JournalSink` is a telemetry `Sink`.  On the event loop it only reads attributes: each
 attempt of a request becomes a small tuple in that request's trail (keyed by the request
 id the handler puts in `CURRENT_REQUEST`), and when the request ends, its event and trail
-become one flat tuple of primitives on a bounded deque; nothing is decoded, formatted,
-priced or redacted there.  Every `FLUSH_S` (and whenever `BATCH_ROWS` are queued) the
-queued tuples are `marshal`led into one message and written, non-blocking, into a pipe to
-the writer process (`journal_writer.py`), which builds the rows, decodes the usage,
-prices and redacts them, writes them in one transaction, and enforces `retention` and
-`max_size` when told to (at start and every `HOUSEKEEPING_S`).
+become one flat tuple of primitives on a bounded deque; nothing is decoded, formatted or
+priced there (an error's text, rare, is redacted there, so that no secret is ever
+written to a file).  Every `FLUSH_S`, and whenever `BATCH_ROWS` are queued, the queued
+tuples are `marshal`led into one frame and appended to the spool (`journal_spool.py`):
+one `write` to a file, about a microsecond a request.
 
-Why a process and not a thread: the writer's Python (~20 µs a request) held the GIL that
-the event loop needs, and sqlite3 hands the GIL over around every statement; at c16 on
-two cores that cost the proxy 15-20 % of its throughput.  A process runs on the other
-core and shares nothing with the loop but a pipe.  It is started with `subprocess` (a
-fresh interpreter running `journal_writer.main`), not `multiprocessing`: nothing of the
-proxy is inherited (no event loop, no listening socket, only the two pipes), it works the
-same however hydrallm was started (console script, `-m`, a test runner) where "spawn"
-re-imports the parent's `__main__`, and it needs none of multiprocessing's helpers.  It
-starts at the first flush, a second after `start()`, so `serve` is ready as soon as
-before; a proxy that stops sooner writes its few rows in-process while closing.
+The rows are built and written into SQLite by the writer process (`journal_writer.py`):
+at once while the proxy is quiet (at most `LIGHT` requests in the last second: a person
+with a coding agent), and while it is busy, only when it becomes quiet again or the spool
+passes `FORCE_BYTES`.  A busy proxy that turns quiet hands the writer its backlog; the
+first request after that says "hold", and the writer stops after the transaction it is
+in.  Anyone who reads the journal (`hydrallm log`, `usage`, the status page's charts)
+loads what is pending first.  So the journal's work runs when the machine has time for
+it, and is never lost: a stopped or killed proxy leaves its segments, which the next
+writer or reader loads.
 
-Measured (this 2-core VM, load generator and upstream on the same cores, one interleaved
-run, medians; journal on vs off): the thread cost 16-22 % of c16 throughput and +1.5-2.1
-ms of c1 p99; the process 16 % and +0.0-0.5 ms.  With the same loop-side work and a
-writer that discards what it reads, the cost is ~7 %; with a sink that does nothing, ~0:
-what remains is the writer's own ~40 µs a request (rows, usage decoding, SQLite) running
-on the other vCPU, which slows the proxy's (shared caches and host) although it never
-takes the proxy's CPU time (SCHED_IDLE).  Cutting the writer's work is what is left.
+Why this shape, by measurement (this 2-core VM, load generator and upstream on the same
+cores, interleaved, medians; journal on vs off): a writer thread in the proxy cost 16-22 %
+of c16 throughput and +1.5-2.1 ms of c1 p99 (its Python held the GIL the event loop
+needs); a writer process fed through a pipe, 16 % and +0.2 ms (its ~30 µs a request on
+the other vCPU still slowed the proxy's: shared caches and host); spooling and loading
+later: see bench/RESULTS.md.  A process, not a thread, loads the spool so that a proxy
+that is quiet but then gets a request never waits for the GIL; it is started with
+`subprocess` (a fresh interpreter running `journal_writer.main`), not `multiprocessing`:
+nothing of the proxy is inherited (no event loop, no listening socket, only two pipes),
+and it starts at the first flush, a second after `start()`, so `serve` is ready as soon
+as before; a proxy that stops sooner loads its few rows in-process while closing.
 
-If the writer falls behind, the pipe and then the deque fill up; a full deque drops its
-oldest rows and counts them (`dropped`, shown in the metrics and the status page): a
-request is never slowed or failed by the journal.
+If the spool holds more than the journal may (`max_size`; the writer has died or cannot
+keep up), new rows are dropped and counted (`dropped`, shown in the metrics and the
+status page): a request is never slowed or failed by the journal.
 
-Several worker processes share one file, each with a writer process of its own: WAL mode
-lets readers and one writer work at once, and `busy_timeout` makes a writer wait its turn
-for the write lock instead of failing.  Each batch is one short transaction.
+Several worker processes share one file, each with a spool segment and a writer of its
+own: WAL mode lets readers and one writer work at once, and `busy_timeout` makes a writer
+wait its turn for the write lock instead of failing.  Each load step is one short
+transaction.
 
 If the file cannot be opened or written (corrupt, read-only, disk full), or the writer
 process dies, the journal logs one line and turns itself off; the proxy goes on serving.
@@ -55,16 +58,26 @@ from typing import Any
 from hydrallm.config import Config, JournalConfig, Price
 from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, Redactor, RequestEvent, Sink
 from hydrallm.observe.journal_db import journal_path, open_for_writing
-from hydrallm.observe.journal_pipe import WriterProcess, settings_message
+from hydrallm.observe.journal_pipe import WriterProcess
+from hydrallm.observe.journal_spool import (
+    SpoolWriter,
+    frame,
+    pending_bytes,
+    settings_message,
+    spool_dir,
+)
 
 __all__ = ["JournalSink", "journal_path"]
 
 QUEUE_LIMIT = 10_000
-# One message (and one transaction in the writer) per second, or per BATCH_ROWS requests
-# when they come faster: each marshal + write on the loop stays well under a millisecond.
+# One frame appended a second, or one per BATCH_ROWS requests when they come faster: each
+# marshal + write on the loop stays well under a millisecond.
 FLUSH_S = 1.0
 BATCH_ROWS = 256
+LIGHT = 50  # requests in the last second up to which the writer loads at once
+FORCE_BYTES = 32 << 20  # spooled bytes (~100,000 requests) loaded however busy the proxy
 HOUSEKEEPING_S = 60.0
+LOAD_AT_CLOSE_S = 2.0  # a stopping proxy loads its spool for this long (~80,000 requests)
 BODY_LIMIT = 64 * 1024
 _PENDING_LIMIT = 10_000
 
@@ -82,7 +95,6 @@ class JournalSink(Sink):
         prices: tuple[tuple[str, Price], ...] = (),
         secrets: frozenset[str] = frozenset(),
         worker: int = 0,
-        model_names: dict[str, str] | None = None,
         report: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -92,9 +104,6 @@ class JournalSink(Sink):
         # Where a reload's new config is read from (set by the process that runs the sink).
         self.config_source: Callable[[], Config] | None = None
         self._redact = Redactor(secrets)
-        # Rows name the settings (prices, model names, secrets) they are written with by
-        # generation; the writer receives each generation before the first row naming it.
-        self._generation = 0
         self._report = report or (lambda message: None)
         self._clock = clock
         self._queue: deque[tuple[Any, ...]] = deque(maxlen=QUEUE_LIMIT)
@@ -103,8 +112,13 @@ class JournalSink(Sink):
         self.written = 0
         self.error: str | None = None
         self.enabled = config.enabled
-        self._writer = WriterProcess(self._queue, BATCH_ROWS, self._counted, self._failed)
-        self._settings = settings_message(0, prices, model_names or {}, secrets)
+        self._writer = WriterProcess(self._replied, self._failed)
+        self._header = frame(settings_message(prices, worker))
+        self._spool = SpoolWriter(spool_dir(self.path), lambda: self._header)
+        self._backlog = 0  # bytes of closed segments the writer has not loaded
+        self._ended = 0  # requests since the last tick
+        self._loading = False  # the writer was asked to load and has not said it is idle
+        self._catching_up = False  # ... a backlog of a busy time: the next request holds it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_housekeeping = 0.0
@@ -125,8 +139,8 @@ class JournalSink(Sink):
             self._failed(f"{type(exc).__name__}: {exc}")
             return
         c = self.config
-        self._writer.send(("open", str(self.path), self.worker, c.bodies, c.max_size))
-        self._writer.send(self._settings)
+        self._writer.send(("open", str(self.path), c.max_size, str(self._spool.directory)))
+        self._backlog = pending_bytes(self._spool.directory)  # a stopped proxy's, if any
         self._housekeeping()
         self._started = True
         try:
@@ -137,13 +151,46 @@ class JournalSink(Sink):
         self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     def close(self) -> None:
-        """Write what is queued, let the writer finish (bounded), stop it."""
+        """Spool what is queued, stop the writer, load the spool here for up to
+        `LOAD_AT_CLOSE_S`; what is not loaded by then stays spooled for the next writer
+        or reader.  Here, not in the writer: at its CPU priority a loaded machine could
+        starve it for seconds, and a stopping proxy serves nobody whose GIL it could take."""
         self._stop_timer()
-        if self._started and self.enabled:
-            self._writer.finish()
-        else:
+        if not (self._started and self.enabled):
             self._writer.stop()
+            self._started = False
+            return
         self._started = False
+        self.flush()
+        try:
+            self._spool.rotate()
+        except OSError as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+        self._writer.send(("hold",))  # a writer that is loading stops after its step
+        self._writer.finish()
+        if self.enabled:
+            self._load_here(time.monotonic() + LOAD_AT_CLOSE_S)
+
+    def _load_here(self, deadline: float) -> None:
+        from hydrallm.observe.journal_spool import ingest
+        from hydrallm.observe.journal_writer import Writer
+
+        try:
+            writer = Writer(str(self.path), self.config.max_size)
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            ingest(
+                writer,
+                self._spool.directory,
+                stop=lambda: time.monotonic() > deadline,
+                written=self._counted,
+            )
+        except Exception as exc:  # as the writer process reports it
+            self._failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            writer.close()
 
     async def aclose(self) -> None:
         self._stop_timer()
@@ -159,13 +206,60 @@ class JournalSink(Sink):
         self._timer = None
         if not self.enabled:
             return
+        ended, self._ended = self._ended, 0
         if self._clock() - self._last_housekeeping >= HOUSEKEEPING_S:
             self._housekeeping()
         if not self._writer.spawned:
             self._writer.spawn(self._loop)
-        self._writer.pump()
+        self.flush()
+        pending = self._spool.size + self._backlog
+        if self.enabled and pending and not self._loading:
+            if ended <= LIGHT:
+                self._load(catch_up=ended > 0 or pending > LIGHT * 1024)
+            elif pending >= FORCE_BYTES:
+                self._load(catch_up=False)
         if self.enabled and self._loop is not None:
             self._timer = self._loop.call_later(FLUSH_S, self._tick)
+
+    def flush(self) -> None:
+        """Append what is queued to the spool, as one frame."""
+        queue = self._queue
+        if not queue or not self.enabled:
+            return
+        if self._spool.size + self._backlog > self.config.max_size:
+            # The writer is far behind (or gone): the spool holds no more than the file may.
+            self.dropped += len(queue)
+            queue.clear()
+            return
+        rows = list(queue)
+        queue.clear()
+        try:
+            self._spool.append(frame(("rows", rows)))
+        except OSError as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+
+    def _load(self, *, catch_up: bool) -> None:
+        """Ask the writer to load everything spooled; `catch_up`: the first request from
+        now on tells it to hold."""
+        try:
+            self._spool.rotate()
+        except OSError as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return
+        self._loading = True
+        self._catching_up = catch_up
+        self._writer.send(("ingest",))
+
+    def _hold(self) -> None:
+        self._catching_up = False
+        self._writer.send(("hold",))
+
+    def _replied(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "written":
+            self.written += message[1]
+        elif message[0] == "idle":
+            self._backlog = message[1]
+            self._loading = self._catching_up = False
 
     def _housekeeping(self) -> None:
         self._last_housekeeping = now = self._clock()
@@ -173,6 +267,20 @@ class JournalSink(Sink):
 
     def _counted(self, written: int) -> None:
         self.written += written
+
+    async def settle(self, timeout: float = 2.0) -> None:
+        """For a reader in this process: spool what is queued and have the writer load
+        it all (waiting up to `timeout`; a writer that cannot keep up leaves the rest)."""
+        if not (self._started and self.enabled):
+            return
+        if not self._writer.spawned:
+            self._writer.spawn(self._loop)
+        self.flush()
+        if not self._loading:
+            self._load(catch_up=False)
+        deadline = time.monotonic() + timeout
+        while self._loading and self.enabled and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _failed(self, error: str) -> None:
         """The file or the writer failed: one log line, the journal off (once)."""
@@ -182,6 +290,11 @@ class JournalSink(Sink):
         self._stop_timer()
         self._queue.clear()
         self._pending.clear()
+        self._loading = self._catching_up = False
+        try:
+            self._spool.rotate()
+        except OSError:
+            pass
         self.error = error
         self._report(f"journal {self.path} disabled: {self._redact(error)}")
 
@@ -190,6 +303,7 @@ class JournalSink(Sink):
             "enabled": self.enabled,
             "path": str(self.path),
             "queued": len(self._queue),
+            "spooled_bytes": self._spool.size + self._backlog,
             "dropped": self.dropped,
             "written": self.written,
             "error": self.error,
@@ -225,7 +339,7 @@ class JournalSink(Sink):
                     a.key,
                     a.outcome,
                     a.status,
-                    a.error,
+                    a.error if a.error is None else self._redact(a.error),
                     a.latency,
                     a.waited,
                     a.ttft,
@@ -240,8 +354,9 @@ class JournalSink(Sink):
             trail.append(list(model_ids))  # a list in a trail: models left out
 
     def reload(self, result: str, detail: str) -> None:
-        """A new config serves: its prices, model names and secrets apply to the requests
-        that end from now on (where the file is and its limits stay as they were)."""
+        """A new config serves: its prices and secrets apply to the requests that end from
+        now on (where the file is and its limits stay as they were).  Its prices start a
+        new spool segment."""
         if (
             result == "success"
             and self.config_source is not None
@@ -249,23 +364,28 @@ class JournalSink(Sink):
             and self.enabled
         ):
             config = self.config_source()
+            self.flush()  # the requests so far, priced as before
+            try:
+                self._spool.rotate()
+            except OSError as exc:
+                self._failed(f"{type(exc).__name__}: {exc}")
+                return
             self._redact = Redactor(config.secrets)
-            names = {mid: m.model for mid, m in config.models.items()}
-            self._generation += 1
-            self._writer.send(
-                settings_message(self._generation, config.prices, names, config.secrets)
-            )
+            self._header = frame(settings_message(config.prices, self.worker))
 
     def request(self, event: RequestEvent) -> None:
         # The journal's work on the event loop: one flat tuple of what the event holds.
         if not self.enabled:
             return
         e = event
+        self._ended += 1
+        if self._catching_up:
+            self._hold()
         usage = e.usage
         request_body = response_body = None
         if self.config.bodies:
-            request_body = _bounded(e.request_body)
-            response_body = _bounded(e.response_body)
+            request_body = self._body(e.request_body)
+            response_body = self._body(e.response_body)
         queue = self._queue
         if len(queue) >= QUEUE_LIMIT:
             self.dropped += 1  # the deque's bound lets the oldest go by itself
@@ -288,17 +408,22 @@ class JournalSink(Sink):
                 e.streamed,
                 e.body_bytes,
                 e.usage_raw if usage is None else tuple(usage),
-                e.error,
+                e.error if e.error is None else self._redact(e.error),
                 e.session,
                 request_body,
                 response_body,
-                self._generation,
                 self._pending.pop(e.request_id, None),
             )
         )
-        if len(queue) >= BATCH_ROWS:
-            self._writer.pump()
+        if len(queue) >= BATCH_ROWS and self._started:
+            self.flush()
 
-
-def _bounded(body: bytes | None) -> tuple[bytes, int] | None:
-    return None if body is None else (body[:BODY_LIMIT], len(body))
+    def _body(self, body: bytes | None) -> str | None:
+        """A body as the proxy sent it (`bodies = true`, for debugging): its first
+        `BODY_LIMIT` bytes, its whole length, every configured secret redacted."""
+        if not body:
+            return None
+        text = body[:BODY_LIMIT].decode("utf-8", "replace")
+        if len(body) > BODY_LIMIT:
+            text += f"… ({len(body)} bytes)"
+        return self._redact(text)

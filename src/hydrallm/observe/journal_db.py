@@ -14,6 +14,8 @@ Schema (version 2; `meta.schema_version`):
     attempts(request, n, model, model_id, endpoint, key, outcome, status, error,
              latency_ms, waited_ms)          -- request = requests.rowid, n = place in
                                              -- the trail; WITHOUT ROWID, keyed by both
+    spool(name, loaded)                      -- how far each spool segment is loaded
+                                             -- (`journal_spool.py`)
 
 Most requests are served by their first try.  Such a request has no attempt row: its one
 attempt is its own row (model, endpoint, key, status, no wait), and `attempt_ms` keeps
@@ -94,6 +96,7 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (rowid INTEGER PRIMARY KEY, {", ".join(REQUEST_COLUMNS)});
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE TABLE IF NOT EXISTS {_ATTEMPTS};
+CREATE TABLE IF NOT EXISTS spool (name TEXT PRIMARY KEY, loaded INTEGER);
 """
 # Version 1 -> 2: the attempts of each request numbered by their place in its trail.
 _MIGRATE_1 = f"""

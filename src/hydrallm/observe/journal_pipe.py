@@ -1,11 +1,11 @@
-"""The proxy's side of the journal's writer process: starting it, feeding it through a
-non-blocking pipe, reading its replies, stopping it (see `journal.py` for why a process,
-`journal_writer.py` for the messages).
+"""The proxy's side of the journal's writer process: starting it, telling it what to do
+through a non-blocking pipe, reading its replies, stopping it (see `journal.py` for why a
+process, `journal_writer.py` for the messages).  Requests do not go through the pipe: they
+are spooled to files (`journal_spool.py`); the pipe carries a few small messages a second.
 
 On the event loop nothing here blocks: a message the pipe cannot take whole stays as the
-one partly written message, and the loop writes the rest when the pipe is writable again;
-meanwhile requests stay on the sink's bounded deque, whose overflow is the journal's
-only way to give.  Closing (off the loop) blocks, bounded by `CLOSE_TIMEOUT_S`.
+one partly written message, and the loop writes the rest when the pipe is writable again.
+Closing (off the loop) blocks, bounded by `CLOSE_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydrallm
-from hydrallm.observe.journal_writer import HEADER, frame, settings_message
+from hydrallm.observe.journal_spool import HEADER, frame
 
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["WriterProcess", "settings_message"]
+__all__ = ["WriterProcess"]
 
-CLOSE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0  # then the writer is killed: it only ever leaves a transaction undone
 PIPE_SIZE = 1 << 20
 # Imports the writer from the same place as the proxy's own hydrallm, whatever sys.path the
 # proxy was given (a test runner's, PYTHONPATH), without putting that place before the
@@ -44,17 +44,11 @@ class WriterProcess:
     """The writer process and the proxy's ends of its two pipes."""
 
     def __init__(
-        self,
-        queue: deque[tuple[Any, ...]],
-        batch: int,
-        counted: Callable[[int], None],
-        failed: Callable[[str], None],
+        self, replied: Callable[[tuple[Any, ...]], None], failed: Callable[[str], None]
     ) -> None:
-        self._queue = queue  # the sink's requests, taken from here in batches
-        self._batch = batch
-        self._counted = counted
+        self._replied = replied  # "written", "idle"
         self._failed = failed
-        self._control: deque[tuple[Any, ...]] = deque()  # messages that go before rows
+        self._control: deque[tuple[Any, ...]] = deque()
         self._partial: memoryview | None = None  # the rest of a message the pipe took part of
         self._process: subprocess.Popen[bytes] | None = None
         self._wfd = self._rfd = -1
@@ -66,6 +60,8 @@ class WriterProcess:
 
     def send(self, message: tuple[Any, ...]) -> None:
         self._control.append(message)
+        if self.spawned:
+            self.pump()
 
     def spawn(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Start the writer; with a loop, replies are read and writes resumed on it."""
@@ -111,22 +107,12 @@ class WriterProcess:
         """Write what is waiting, as far as the pipe takes it without blocking."""
         if self._wfd < 0 or self._waiting:
             return
-        queue = self._queue
         while True:
             partial = self._partial
             if partial is None:
-                if self._control:
-                    partial = memoryview(frame(self._control.popleft()))
-                elif queue:
-                    if len(queue) <= self._batch:
-                        rows = list(queue)
-                        queue.clear()
-                    else:
-                        popleft = queue.popleft
-                        rows = [popleft() for _ in range(self._batch)]
-                    partial = memoryview(frame(("rows", rows)))
-                else:
+                if not self._control:
                     return
+                partial = memoryview(frame(self._control.popleft()))
             try:
                 n = os.write(self._wfd, partial)
             except BlockingIOError:
@@ -171,13 +157,13 @@ class WriterProcess:
                 break
             message = marshal.loads(buf[HEADER.size : HEADER.size + size])
             del buf[: HEADER.size + size]
-            if message[0] == "written":
-                self._counted(message[1])
-            elif message[0] == "failed":
+            if message[0] == "failed":
                 self._fail(message[1])
                 return
-            elif message[0] == "finished":
+            if message[0] == "finished":
                 self._finished = True
+            else:
+                self._replied(message)
 
     def _ended(self) -> None:
         """The writer closed its end: read what it said last; unless it said it failed
@@ -221,29 +207,26 @@ class WriterProcess:
 
     # --- closing (blocking, bounded; off the event loop) --------------------------------
 
-    def finish(self) -> None:
-        """Write everything waiting, tell the writer to finish, wait for it (bounded)."""
+    def finish(self) -> bool:
+        """Send what is waiting, tell the writer to finish, wait for it (bounded); False
+        if no writer was started."""
         self.detach()
-        if not self.spawned:
-            self._write_here()
-            return
+        if not self.spawned or self._wfd < 0:
+            return False
         deadline = time.monotonic() + CLOSE_TIMEOUT_S
-        self._drain(deadline)
-        self.send(("finish",))  # after every row: messages for control go before rows
-        self._drain(deadline)
+        self.send(("finish",))
+        self.pump()
+        while self._wfd >= 0 and (self._partial or self._control):
+            if not self._wait(deadline):
+                break
+            self.pump()
         if self._wfd >= 0:
             os.close(self._wfd)
             self._wfd = -1
         while self._rfd >= 0 and not self._finished and self._wait(deadline, read=True):
             self._on_replies()
         self.stop(max(0.0, deadline - time.monotonic()))
-
-    def _drain(self, deadline: float) -> None:
-        self.pump()
-        while self._wfd >= 0 and (self._partial or self._control or self._queue):
-            if not self._wait(deadline):
-                break
-            self.pump()
+        return True
 
     def _wait(self, deadline: float, *, read: bool = False) -> bool:
         """Until the pipe can be written (or, `read`, a reply read); False at the deadline.
@@ -274,24 +257,3 @@ class WriterProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-    def _write_here(self) -> None:
-        """A proxy stopped before it started the writer: the same work, in this process."""
-        from hydrallm.observe.journal_writer import Writer
-
-        writer: Writer | None = None
-        try:
-            while self._control:
-                message = self._control.popleft()
-                if message[0] == "open":
-                    writer = Writer(*message[1:])
-                elif writer is not None:
-                    writer.apply(message)
-            while writer is not None and self._queue:
-                rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-                self._counted(writer.apply(("rows", rows)))
-        except Exception as exc:  # as the writer process reports it
-            self._failed(f"{type(exc).__name__}: {exc}")
-        finally:
-            if writer is not None:
-                writer.close()

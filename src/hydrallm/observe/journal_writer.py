@@ -1,42 +1,41 @@
 """The journal's writer: turns the proxy's flat request tuples into rows and writes them.
 
+The proxy appends its requests to spool segments (`journal_spool.py`); this loads them.
 It runs in a process of its own (`main`, started by `journal.JournalSink`), so that its
-Python (usage decoding, cost, redaction, building and binding rows: ~20 µs a request)
-runs on another core and never holds the proxy's GIL.  A proxy that stops before it
-started the process (a run shorter than a second) feeds the same `Writer` in-process
-while closing.
+Python (usage decoding, cost, building and binding rows: ~20-30 µs a request) never holds
+the proxy's GIL, and at the lowest CPU priority.  Readers in other processes (`hydrallm
+log`) load pending segments with the same `Writer`.
 
 Messages, both ways: a 4-byte little-endian length, then `marshal` data (only builtin
 types cross: it is ~10x faster than pickle on the proxy's side and cannot run code).
 
-    proxy -> writer  ("open", path, worker, bodies, max_size)       first, once
-                     ("settings", generation, prices, model_names, secrets)
+    proxy -> writer  ("open", path, max_size)                       first, once
                      ("housekeeping", cutoff)                        retention + size
-                     ("rows", [request tuple, ...])                  see `journal.py`
+                     ("ingest",)           load every spooled segment (the proxy is quiet)
+                     ("hold",)             stop loading: the proxy got busy
                      ("finish",)                                     then EOF
-    writer -> proxy  ("written", n) after each transaction; ("failed", "Error: text")
-                     once, then it exits; ("finished",) after "finish".
+    writer -> proxy  ("written", n) after each transaction; ("idle", bytes, held) after
+                     loading; ("failed", "Error: text") once, then it exits;
+                     ("finished",) after "finish".
 
-A row is written with the settings (prices, secrets) of the config that served its
-request: each request tuple names its settings generation, and the writer keeps the
-last few.
+A segment starts with its settings frame ("settings", prices, worker): a row is priced
+with the prices of the config that served its request (a reload starts a new segment).
 """
 
 from __future__ import annotations
 
 import marshal
 import os
+import select
 import signal
 import sqlite3
-import struct
-import sys
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from hydrallm.config import Price
-from hydrallm.observe.events import Redactor
 from hydrallm.observe.journal_db import (
     CHUNK,
     INSERT_ATTEMPT,
@@ -47,97 +46,65 @@ from hydrallm.observe.journal_db import (
     housekeeping,
     open_for_writing,
 )
+from hydrallm.observe.journal_spool import HEADER, frame
 from hydrallm.observe.prices import PriceBook
 from hydrallm.observe.usage import Usage, from_body
 
-HEADER = struct.Struct("<I")
-BODY_LIMIT = 64 * 1024
-_GENERATIONS_KEPT = 8
 _SKIPPED = "skipped_cooldown"
 _NO_TOKENS = (-1, -1, -1, -1)  # not reported (NULL)
 
 
-def frame(message: tuple[Any, ...]) -> bytes:
-    data = marshal.dumps(message)
-    return HEADER.pack(len(data)) + data
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What a row is written with, from the config that served its request."""
+    """What a segment's rows are written with, from the config that served them."""
 
     prices: PriceBook
-    model_names: dict[str, str]  # model id -> the name sent upstream
-    redact: Redactor
-
-
-def settings_message(
-    generation: int,
-    prices: tuple[tuple[str, Price], ...],
-    model_names: dict[str, str],
-    secrets: frozenset[str],
-) -> tuple[Any, ...]:
-    flat = tuple((name, p.input, p.output, p.cache_read, p.cache_write) for name, p in prices)
-    return ("settings", generation, flat, dict(model_names), sorted(secrets))
+    worker: int
 
 
 class Writer:
-    """One open journal file and the settings rows are written with."""
+    """One open journal file and the settings of the segment being loaded."""
 
-    def __init__(self, path: str, worker: int, bodies: bool, max_size: int) -> None:
-        self.worker = worker
-        self.bodies = bodies
+    def __init__(self, path: str, max_size: int = 0) -> None:
         self.max_size = max_size
-        self.settings: dict[int, Settings] = {}
+        self.settings = _DEFAULT
         self.db: sqlite3.Connection = open_for_writing(Path(path))
 
     def close(self) -> None:
         self.db.close()
 
-    def apply(self, message: tuple[Any, ...]) -> int:
-        """Acts on one message from the proxy; returns the requests written."""
-        kind = message[0]
-        if kind == "rows":
-            return self.write(message[1])
-        if kind == "settings":
-            _, generation, prices, model_names, secrets = message
-            self.settings[generation] = Settings(
-                PriceBook(tuple((p[0], Price(*p[1:])) for p in prices)),
-                model_names,
-                Redactor(secrets),
-            )
-            for old in sorted(self.settings)[:-_GENERATIONS_KEPT]:
-                del self.settings[old]
-        elif kind == "housekeeping":
-            housekeeping(self.db, cutoff=message[1], max_size=self.max_size)
-        return 0
+    def use_settings(self, message: tuple[Any, ...]) -> None:
+        _, prices, worker = message
+        self.settings = Settings(PriceBook(tuple((p[0], Price(*p[1:])) for p in prices)), worker)
+
+    def housekeeping(self, cutoff: float) -> None:
+        housekeeping(self.db, cutoff=cutoff, max_size=self.max_size)
 
     def write(self, batch: list[tuple[Any, ...]]) -> int:
-        db = self.db
-        attempts: list[tuple[Any, ...]] = []
-        db.execute("BEGIN IMMEDIATE")
+        """`insert` in a transaction of its own."""
+        self.db.execute("BEGIN IMMEDIATE")
         try:
-            # Rowids are given here, under the write lock no other worker holds now, so
-            # that attempt rows can name their request without a lookup per row.
-            (last,) = db.execute(LAST_ROWID).fetchone()
-            # CHUNK rows per statement: fewer trips through sqlite3's statement machinery.
-            rows = self._rows(batch, last, attempts)
-            for _ in range(len(batch) // CHUNK):
-                db.execute(INSERT_CHUNK, [v for _ in range(CHUNK) for v in next(rows)])
-            db.executemany(INSERT_REQUEST, rows)  # the rest
-            if attempts:
-                db.executemany(INSERT_ATTEMPT, attempts)
-            db.execute("COMMIT")
+            self.insert(batch)
+            self.db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK")
             raise
         return len(batch)
 
-    def _settings(self, generation: int) -> Settings:
-        found = self.settings.get(generation)
-        if found is None:  # older than the generations kept: the oldest kept
-            found = self.settings[min(self.settings)] if self.settings else _DEFAULT
-        return found
+    def insert(self, batch: list[tuple[Any, ...]]) -> None:
+        """Writes `batch`, inside the caller's transaction (`BEGIN IMMEDIATE`)."""
+        db = self.db
+        attempts: list[tuple[Any, ...]] = []
+        # Rowids are given here, under the write lock no other worker holds now, so
+        # that attempt rows can name their request without a lookup per row.
+        (last,) = db.execute(LAST_ROWID).fetchone()
+        # CHUNK rows per statement: fewer trips through sqlite3's statement machinery.
+        rows = self._rows(batch, last, attempts)
+        for _ in range(len(batch) // CHUNK):
+            db.execute(INSERT_CHUNK, [v for _ in range(CHUNK) for v in next(rows)])
+        db.executemany(INSERT_REQUEST, rows)  # the rest
+        if attempts:
+            db.executemany(INSERT_ATTEMPT, attempts)
 
     def _rows(
         self, batch: list[tuple[Any, ...]], rowid: int, attempts: list[tuple[Any, ...]]
@@ -145,10 +112,9 @@ class Writer:
         """The request rows of `batch` (rowids from `rowid` + 1); their attempt rows are
         added to `attempts` on the way.  No None in a row: -1 stands for NULL (see
         `journal_db.NULLABLE`).  The tuples' layout: `journal.JournalSink.request`."""
-        worker = self.worker
-        bodies = self.bodies
-        last_generation = -1
-        st = _DEFAULT
+        st = self.settings
+        worker = st.worker
+        prices = st.prices
         for (
             request_id,
             started_at,
@@ -171,11 +137,8 @@ class Writer:
             session,
             request_body,
             response_body,
-            generation,
             trail,
         ) in batch:
-            if generation != last_generation:  # the same for long runs of rows
-                last_generation, st = generation, self._settings(generation)
             rowid += 1
             retries = fallbacks = skips = 0
             key: str | int = -1
@@ -200,7 +163,6 @@ class Writer:
                 served_ms = round(first[7] * 1000, 2)
             elif trail:
                 requested = requested_model or -1
-                redact = st.redact
                 n = 0
                 for a in trail:
                     if type(a) is list:
@@ -230,7 +192,7 @@ class Writer:
                             a_key or -1,
                             outcome,
                             -1 if a_status is None else a_status,
-                            -1 if a_error is None else redact(a_error),
+                            -1 if a_error is None else a_error,
                             round(a_latency * 1000, 2),
                             round(waited * 1000, 2),
                         )
@@ -250,13 +212,8 @@ class Writer:
                     _number(usage.cache_read_tokens),
                     _number(usage.cache_write_tokens),
                 )
-                found = st.prices.cost(model_id, served_model, usage)
+                found = prices.cost(model_id, served_model, usage)
                 cost = -1.0 if found is None else found
-            req_body: str | int = -1
-            resp_body: str | int = -1
-            if bodies:
-                req_body = _body(request_body, st)
-                resp_body = _body(response_body, st)
             yield (
                 rowid,
                 request_id,
@@ -284,51 +241,67 @@ class Writer:
                 body_bytes,
                 *tokens,
                 cost,
-                -1 if error is None else st.redact(error),
+                -1 if error is None else error,
                 session or -1,
-                req_body,
-                resp_body,
+                request_body or -1,
+                response_body or -1,
                 served_ms,
             )
 
 
-_DEFAULT = Settings(PriceBook(), {}, Redactor(()))
+_DEFAULT = Settings(PriceBook(), 0)
 
 
 def _number(value: int | None) -> int:
     return -1 if value is None else value
 
 
-def _body(body: tuple[bytes, int] | None, st: Settings) -> str | int:
-    """A body as the proxy sent it: its first `BODY_LIMIT` bytes and its whole length."""
-    if not body or not body[0]:
-        return -1  # NULL
-    data, size = body
-    text = data[:BODY_LIMIT].decode("utf-8", "replace")
-    if size > BODY_LIMIT:
-        text += f"… ({size} bytes)"
-    return st.redact(text)
+class Messages:
+    """The proxy's messages from a pipe, read without blocking when asked."""
 
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._ready: deque[tuple[Any, ...]] = deque()
+        self.closed = False
 
-def _read(stream: BinaryIO) -> tuple[Any, ...] | None:
-    header = stream.read(HEADER.size)
-    if len(header) < HEADER.size:
-        return None  # the proxy closed its end (or died)
-    (size,) = HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    message: tuple[Any, ...] = marshal.loads(data)
-    return message
+    def poll(self, timeout: float | None) -> None:
+        """Read what the pipe has (waiting up to `timeout`; None: until something)."""
+        if self.closed or not select.select([self._fd], [], [], timeout)[0]:
+            return
+        data = os.read(self._fd, 1 << 20)
+        if not data:
+            self.closed = True
+            return
+        buf = self._buf
+        buf += data
+        while len(buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buf)
+            if len(buf) < HEADER.size + size:
+                break
+            self._ready.append(marshal.loads(buf[HEADER.size : HEADER.size + size]))
+            del buf[: HEADER.size + size]
+
+    def next(self) -> tuple[Any, ...] | None:
+        """The next message, waiting for it; None when the proxy closed its end."""
+        while not self._ready and not self.closed:
+            self.poll(None)
+        return self._ready.popleft() if self._ready else None
+
+    def holding(self) -> bool:
+        """Without waiting: did the proxy say "hold"?  (Other messages wait their turn.)"""
+        self.poll(0)
+        for i, message in enumerate(self._ready):
+            if message[0] == "hold":
+                del self._ready[i]
+                return True
+        return False
 
 
 def _background() -> None:
     """Runs this process only on a core nothing else wants (Linux's SCHED_IDLE; a low
     priority elsewhere).  As a nice-10 process it still held a core a few milliseconds
-    when a proxy's request woke on a busy two-core machine: +2-5 ms at c1's p99.  The
-    writer catches up in the gaps (measured: no row dropped at c16 with the load
-    generator and the upstream on the same two cores); if it ever cannot, the pipe and
-    then the proxy's deque hold the rows, and a full deque drops and counts them."""
+    when a proxy's request woke on a busy two-core machine: +2-5 ms at c1's p99."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -340,6 +313,8 @@ def _background() -> None:
 
 def main() -> None:
     """The writer process: messages on stdin, replies on stdout (see the docstring)."""
+    from hydrallm.observe.journal_spool import ingest, pending_bytes
+
     # The proxy decides when this ends (it sends "finish" or closes the pipe): a Ctrl-C
     # or a service manager's SIGTERM to the whole group must not lose the last batches.
     for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
@@ -349,7 +324,7 @@ def main() -> None:
     # Nothing else may write into the replies' pipe.
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
-    stream = sys.stdin.buffer
+    messages = Messages(0)
 
     def reply(*message: Any) -> None:
         data = frame(message)
@@ -357,17 +332,28 @@ def main() -> None:
             data = data[os.write(replies, data) :]
 
     writer: Writer | None = None
+    spool: Path | None = None
     try:
-        while (message := _read(stream)) is not None:
-            if message[0] == "open":
-                writer = Writer(*message[1:])
-            elif message[0] == "finish":
+        while (message := messages.next()) is not None:
+            kind = message[0]
+            if kind == "open":
+                _, path, max_size, spool_path = message
+                writer, spool = Writer(path, max_size), Path(spool_path)
+            elif kind == "finish":
                 reply("finished")
                 break
-            elif writer is not None:
-                written = writer.apply(message)
-                if written:
-                    reply("written", written)
+            elif writer is None or spool is None:
+                continue
+            elif kind == "ingest":
+                done = ingest(
+                    writer,
+                    spool,
+                    stop=messages.holding,
+                    written=lambda n: reply("written", n),
+                )
+                reply("idle", pending_bytes(spool), not done)
+            elif kind == "housekeeping":
+                writer.housekeeping(message[1])
     except Exception as exc:  # any: reported to the proxy, which logs one line
         reply("failed", f"{type(exc).__name__}: {exc}")
     finally:

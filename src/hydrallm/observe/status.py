@@ -53,7 +53,7 @@ except `listeners` and `models`, which are in config order)::
          "last_ok": 1700000000.0, "outbox": 0, "dropped": 0,
          "instances": [{"instance", "host", "pid", "worker", "version", "listeners", "seen"}],
          "shared": {"breaker": {"model-id": {"state": "open", "open_ms": 1200, ...}}}}
-      "journal": {"enabled": true, "path": "...", "queued": 0, "dropped": 0, "written": 12,
+      "journal": {"enabled": true, "path": "...", "queued": 0, "spooled_bytes": 0, "dropped": 0, "written": 12,
                   "error": null} | null
     }
 

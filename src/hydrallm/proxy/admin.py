@@ -138,5 +138,6 @@ async def _journal(state: ProxyState, window: str) -> dict[str, object]:
         finally:
             db.close()
 
+    await journal.settle()  # the writer loads what is spooled, so the charts are current
     charts = await asyncio.to_thread(read) if journal.enabled or journal.path.exists() else None
     return {"journal": journal.status(), "charts": charts}

@@ -1,0 +1,159 @@
+"""The journal's spool: requests a proxy appended and no writer has loaded yet are what
+a reader sees (`hydrallm log` loads them first), are loaded exactly once however many
+loaders run at once, and survive a proxy that died."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hydrallm.config import JournalConfig
+from hydrallm.observe import journal
+from hydrallm.observe.events import RequestEvent
+from hydrallm.observe.journal import JournalSink
+from hydrallm.observe.journal_spool import (
+    SpoolWriter,
+    frame,
+    ingest_pending,
+    settings_message,
+    spool_dir,
+)
+from test_journal_store import cli
+
+
+def event(i: int) -> RequestEvent:
+    return RequestEvent(
+        request_id=f"r-{i}",
+        listener="default",
+        route="default",
+        method="POST",
+        path="/v1/chat/completions",
+        served_by="m",
+        attempts=1,
+        status=200,
+        latency=0.25,
+        streamed=False,
+        started_at=time.time(),
+        served_model="gpt-4o-mini",
+    )
+
+
+def ids(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM requests ORDER BY rowid")]
+
+
+def spooling_sink(db: Path) -> JournalSink:
+    """A started sink without an event loop: it spools every `BATCH_ROWS` requests and
+    asks its writer to load only when it closes, as a proxy that stays busy does."""
+    sink = JournalSink(JournalConfig(path=str(db)))
+    sink.start()
+    return sink
+
+
+def log_json(db: Path) -> list[dict[str, object]]:
+    config = db.parent / "c.toml"
+    config.write_text(
+        f'[journal]\npath = "{db}"\n[endpoints.e]\nurl = "http://127.0.0.1:9"\n'
+        '[[models]]\nendpoint = "e"\ntype = "openai"\nmodel = "m"\n'
+    )
+    done = cli("log", "-c", str(config), "--json", "-n", "100000")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_log_shows_what_a_busy_proxy_spooled_and_nothing_is_loaded_twice(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "j.db"
+    sink = spooling_sink(db)
+    try:
+        n = 3 * journal.BATCH_ROWS
+        for i in range(n):
+            sink.request(event(i))
+        assert ids(db) == []  # spooled, not loaded
+        shown = log_json(db)
+        assert sorted(r["id"] for r in shown) == sorted(f"r-{i}" for i in range(n))
+        for i in range(n, n + journal.BATCH_ROWS):  # more after the reader loaded
+            sink.request(event(i))
+    finally:
+        sink.close()  # the writer loads the rest from where the reader stopped
+    assert ids(db) == [f"r-{i}" for i in range(n + journal.BATCH_ROWS)]
+    assert list(spool_dir(db).iterdir()) == []  # closed and loaded: deleted
+
+
+def write_segment(db: Path, rows: int, *, start: int = 0) -> Path:
+    spool = SpoolWriter(spool_dir(db), lambda: frame(settings_message((), 0)))
+    batch = []
+    for i in range(start, start + rows):
+        sink = JournalSink(JournalConfig(path=str(db)))
+        sink.request(event(i))  # the tuple a proxy queues (the sink is not started)
+        batch.append(sink._queue.pop())
+        if len(batch) == 500:
+            spool.append(frame(("rows", batch)))
+            batch = []
+    if batch:
+        spool.append(frame(("rows", batch)))
+    [path] = [p for p in spool_dir(db).glob("*.open")]
+    spool.rotate()
+    return path.with_suffix(".seg")
+
+
+def test_loaders_at_once_load_every_request_exactly_once(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    for k in range(3):
+        write_segment(db, 3000, start=k * 3000)
+    code = (
+        "import sys; from pathlib import Path; "
+        "from hydrallm.observe.journal_spool import ingest_pending; "
+        "ingest_pending(Path(sys.argv[1]))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(db)], env=env) for _ in range(3)]
+    ingest_pending(db)  # and this process too
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    assert sorted(ids(db)) == sorted(f"r-{i}" for i in range(9000))
+    assert list(spool_dir(db).iterdir()) == []
+
+
+def test_a_dead_proxys_open_segment_is_loaded_and_a_torn_last_frame_dropped(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "j.db"
+    path = write_segment(db, 700)
+    # As a proxy killed in the middle of a write leaves it: still `.open`, named after a
+    # process that is gone, its last frame cut short.
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    pid = int(gone.stdout)
+    stamp, _, seq = path.stem.split("-")
+    dead = path.with_name(f"{stamp}-{pid}-{seq}.open")
+    data = path.read_bytes()
+    torn = frame(("rows", [("x",) * 22]))
+    dead.write_bytes(data + torn[: len(torn) // 2])
+    path.unlink()
+    ingest_pending(db)
+    assert ids(db) == [f"r-{i}" for i in range(700)]
+    assert list(spool_dir(db).iterdir()) == []
+
+
+def test_a_damaged_segment_is_set_aside_and_the_others_load(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    good = write_segment(db, 50)
+    bad = write_segment(db, 50, start=50)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # inside a frame of rows
+    bad.write_bytes(bytes(data))
+    ingest_pending(db)
+    assert ids(db) == [f"r-{i}" for i in range(50)]
+    assert not good.exists() and bad.with_suffix(".bad").exists()
