@@ -15,7 +15,7 @@ import httpx2
 import openai
 
 from hydrallm.formats.anthropic_messages import ANTHROPIC_MESSAGES
-from hydrallm.formats.base import Usage
+from hydrallm.formats.base import Usage, usage_of
 from hydrallm.formats.bedrock_eventstream import BEDROCK_EVENTSTREAM
 from hydrallm.formats.eventstream import encode_message
 from hydrallm.formats.openai_chat import OPENAI_CHAT
@@ -472,6 +472,23 @@ def test_malformed_or_absent_usage_is_none_not_an_error() -> None:
     assert BEDROCK_EVENTSTREAM.stream_usage([chunk({"type": "ping"})]) is None
     assert BEDROCK_EVENTSTREAM.stream_usage([frame("chunk", {"bytes": "%%not base64%%"})]) is None
     assert PASSTHROUGH.stream_usage([b'{"prompt_eval_count": 3}\n']) is None
+
+
+def test_prompt_cache_share_of_each_api() -> None:
+    """What key pools count per key and model (input in total, of it read from the
+    cache); a usage with no input count is not counted."""
+    chat = usage_of({"prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 80}})
+    assert chat is not None and (chat.total_input, chat.cache_read_tokens) == (100, 80)
+    anthropic = usage_of(
+        {"input_tokens": 10, "cache_read_input_tokens": 70, "cache_creation_input_tokens": 20}
+    )
+    assert anthropic is not None
+    assert (anthropic.total_input, anthropic.cache_read_tokens) == (100, 70)
+    responses = usage_of({"input_tokens": 50, "input_tokens_details": {"cached_tokens": 25}})
+    assert responses is not None
+    assert (responses.total_input, responses.cache_read_tokens) == (50, 25)
+    output_only = usage_of({"output_tokens": 3})
+    assert output_only is not None and output_only.input_tokens is None
 
 
 def test_usage_merges_field_by_field() -> None:
