@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -20,14 +20,13 @@ from hydrallm.proxy.h1server import H1Server
 from hydrallm.proxy.relay import WRITE_HIGH_WATER, bound_send_queue
 from hydrallm.proxy.wire import (
     BodyTooLarge,
+    Handler,
     Request,
     RequestBodyError,
     Response,
     StreamResponse,
     json_response,
 )
-
-Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
 @asynccontextmanager
