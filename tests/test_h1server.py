@@ -16,11 +16,10 @@ import aiohttp
 import pytest
 
 from hydrallm.observe.events import Logger
-from hydrallm.proxy.h1server import H1Server
+from hydrallm.proxy.h1server import H1Server, Handler
 from hydrallm.proxy.relay import WRITE_HIGH_WATER, bound_send_queue
 from hydrallm.proxy.wire import (
     BodyTooLarge,
-    Handler,
     Request,
     RequestBodyError,
     Response,
