@@ -23,7 +23,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from hydrallm.testing.gemini_schema import validate
-from hydrallm.testing.service import AsyncService
+from hydrallm.testing.service import WebFake
 
 __all__ = [
     "Answer",
@@ -160,7 +160,7 @@ class GeminiRequest:
     body: Any
 
 
-class FakeGemini(AsyncService):
+class FakeGemini(WebFake):
     """Gemini on 127.0.0.1:<random port>: scripted answers and faults, strict validation."""
 
     def __init__(
@@ -179,31 +179,6 @@ class FakeGemini(AsyncService):
         self.requests: list[GeminiRequest] = []
         self.problems: list[str] = []
         self._script: list[Answer | Fault] = []
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        self._runner, self._url = runner, f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("FakeGemini is not started")
-        return self._url
 
     def script(self, *items: Answer | Fault) -> None:
         self._script.extend(items)
