@@ -37,6 +37,33 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
     return parse_config(text, path=None, env=env or {})
 
 
+def one_model_config(
+    upstream: str,
+    port: int,
+    model: str,
+    *,
+    server: str = 'shutdown_timeout = "3s"',
+    extra: str = "",
+) -> str:
+    """One OpenAI-type model named `model` on provider "up", served on listener "main";
+    `server`: the lines of `[server]`; `extra`: more sections."""
+    return f"""
+[server]
+{server}
+[providers.up]
+url = "{upstream}"
+[models.{model}]
+provider = "up"
+type = "openai"
+model = "{model}"
+[[listeners]]
+name = "main"
+port = {port}
+models = ["{model}"]
+{extra}
+"""
+
+
 @asynccontextmanager
 async def running(config: Config) -> AsyncIterator[tuple[Proxy, io.StringIO]]:
     """The proxy started in this process; yields it and its log."""
