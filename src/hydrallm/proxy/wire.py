@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
-    from hydrallm.proxy.h1server import Connection
+    from hydrallm.proxy.h1conn import Connection
 
 __all__ = [
     "INFLATED",
