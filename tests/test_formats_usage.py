@@ -51,19 +51,20 @@ CHAT_USAGE = {
 }
 
 
+# What every chunk of the stream below starts with.
+CHUNK_HEAD = {
+    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+    "object": "chat.completion.chunk",
+    "created": 1741570283,
+    "model": "gpt-4o-2024-08-06",
+    "service_tier": "default",
+    "system_fingerprint": "fp_eb9dce56a8",
+}
+
+
 def chat_chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-    return sse(
-        {
-            "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
-            "object": "chat.completion.chunk",
-            "created": 1741570283,
-            "model": "gpt-4o-2024-08-06",
-            "service_tier": "default",
-            "system_fingerprint": "fp_eb9dce56a8",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            **extra,
-        }
-    )
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return sse({**CHUNK_HEAD, "choices": [choice], **extra})
 
 
 # With stream_options.include_usage every chunk has "usage": null, and one last chunk
@@ -72,18 +73,7 @@ CHAT_STREAM = [
     chat_chunk({"role": "assistant", "content": "", "refusal": None}, None, usage=None),
     chat_chunk({"content": "Hydras"}, None, usage=None),
     chat_chunk({}, "stop", usage=None),
-    sse(
-        {
-            "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
-            "object": "chat.completion.chunk",
-            "created": 1741570283,
-            "model": "gpt-4o-2024-08-06",
-            "service_tier": "default",
-            "system_fingerprint": "fp_eb9dce56a8",
-            "choices": [],
-            "usage": CHAT_USAGE,
-        }
-    ),
+    sse({**CHUNK_HEAD, "choices": [], "usage": CHAT_USAGE}),
     b"data: [DONE]\n\n",
 ]
 
