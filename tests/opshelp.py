@@ -165,3 +165,19 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+@asynccontextmanager
+async def two_workers(tmp_path: Path, text: str) -> AsyncIterator[tuple[ServeProcess, str]]:
+    """`hydrallm serve --workers 2` (from `[server]`) of `text` on a free port, ready;
+    yields the process and its base URL, killed after unless the test stopped it."""
+    port = free_port()
+    path = tmp_path / "config.toml"
+    path.write_text(text + f'[server]\nworkers = 2\nport = {port}\nshutdown_timeout = "2s"\n')
+    proc = ServeProcess(path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await proc.wait_ready(base)
+        yield proc, base
+    finally:
+        proc.kill()
