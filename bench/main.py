@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.peers import Peer, start_litellm, start_portkey
 from bench.procs import Procs, cpu_seconds, free_port, raise_nofile, rss_mb, wait_port
-from bench.variants import run_variants
+from bench.variants import hydrallm_config, run_variants
 
 HERE = Path(__file__).resolve().parent
 TARGETS = ("direct", "passthrough", "hydrallm")
@@ -182,9 +182,7 @@ class Bench:
     ) -> tuple[subprocess.Popen[bytes], int, float]:
         port = free_port()
         config = self.work / f"{name}.toml"
-        config.write_text(
-            _CONFIG.format(port=port, upstream=upstream_port, journal=self.work / f"{name}.db")
-        )
+        config.write_text(hydrallm_config(port, upstream_port, self.work / f"{name}.db"))
         started = time.perf_counter()
         proc = self.procs.spawn(
             name, [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"]
@@ -458,9 +456,7 @@ class Bench:
         p = self.profile
         port = free_port()
         config = self.work / "workers.toml"
-        config.write_text(
-            _CONFIG.format(port=port, upstream=self.upstream_port, journal=self.work / "2w.db")
-        )
+        config.write_text(hydrallm_config(port, self.upstream_port, self.work / "2w.db"))
         proc = self.procs.spawn(
             "hydrallm-2w",
             [
@@ -494,8 +490,7 @@ class Bench:
         p = self.profile
         port = free_port()
         config = self.work / "nojournal.toml"
-        text = _CONFIG.format(port=port, upstream=self.upstream_port, journal="unused.db")
-        config.write_text(text.replace("enabled = true", "enabled = false"))
+        config.write_text(hydrallm_config(port, self.upstream_port, None))
         proc = self.procs.spawn(
             "hydrallm-nojournal",
             [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"],
@@ -583,33 +578,6 @@ class Bench:
             started = time.perf_counter()
             step()
             progress(f"{name}: {time.perf_counter() - started:.1f}s")
-
-
-_CONFIG = """\
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[log]
-level = "warn"
-
-[retry]
-max_cycles = 1
-default_interval = "0s"  # retry at once: the retry row measures the proxy, not a wait
-
-[journal]
-enabled = true
-path = "{journal}"
-
-[endpoints.bench]
-url = "http://127.0.0.1:{upstream}"
-
-[[models]]
-endpoint = "bench"
-type = "openai"
-model = "bench-upstream-model"  # differs from the client's: every body is rewritten
-attempts = 2
-"""
 
 
 async def _read_long_stream(url: str, body: bytes, total: int, part: int) -> tuple[float, float]:

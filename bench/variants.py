@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.procs import cpu_seconds, free_port, wait_port
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 ANTHROPIC_PATH = "/v1/messages"
 
-_BASE = """\
+_CONFIG = """\
 [server]
 host = "127.0.0.1"
 port = {port}
@@ -36,9 +37,10 @@ level = "warn"
 
 [retry]
 max_cycles = 1
+default_interval = "0s"  # retry at once: the retry row measures the proxy, not a wait
 
 [journal]
-enabled = true
+enabled = {journal_on}
 path = "{journal}"
 {extra}
 [endpoints.bench]
@@ -47,21 +49,44 @@ url = "http://127.0.0.1:{upstream}"
 [[models]]
 endpoint = "bench"
 type = "{type}"
-model = "bench-upstream-model"
+model = "bench-upstream-model"  # differs from the client's: every body is rewritten
 attempts = 2
 """
+
+
+def hydrallm_config(
+    port: int | str,
+    upstream: int,
+    journal: Path | None,
+    *,
+    type: str = "openai",
+    keys: str = "",
+    extra: str = "",
+) -> str:
+    """The config of every hydrallm the bench starts (journal None: journal off); a
+    variant differs from it in one way: the model's `type`, the endpoint's `keys`, or
+    `extra` sections."""
+    return _CONFIG.format(
+        port=port,
+        journal_on="false" if journal is None else "true",
+        journal="unused.db" if journal is None else journal,
+        extra=extra,
+        upstream=upstream,
+        keys=keys,
+        type=type,
+    )
 
 
 def _config(
     bench: Bench, name: str, *, type: str = "openai", keys: str = "", extra: str = ""
 ) -> str:
-    return _BASE.format(
-        port="{port}",
-        journal=bench.work / f"{name}.db",
-        extra=extra,
-        upstream=bench.upstream_port,
-        keys=keys,
+    return hydrallm_config(
+        "{port}",
+        bench.upstream_port,
+        bench.work / f"{name}.db",
         type=type,
+        keys=keys,
+        extra=extra,
     )
 
 

@@ -4,17 +4,19 @@ and polling the instances' health."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from opshelp import free_port
+from opshelp import ServeProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -85,29 +87,37 @@ def config_text(
     port: int,
     *,
     redis: str | None,
+    prefix: str | None = None,
     duration: str = "30s",
+    failures: int = 1,
+    keys: tuple[str, str] | None = None,
+    primary_attempts: int | None = None,
     extra: str = "",
 ) -> str:
-    cluster = f'[cluster]\nredis = "{redis}"\nprefix = "t{port}"\n' if redis else ""
+    """Two OpenAI-type models, primary then backup, on listener "main"; a `[cluster]` on
+    `redis` under `prefix` (instances of one group share it; default: this port's own)."""
+    cluster = f'[cluster]\nredis = "{redis}"\nprefix = "{prefix or f"t{port}"}"\n' if redis else ""
+    key_a, key_b = (f'api_key = "{k}"\n' for k in keys) if keys else ("", "")
+    attempts = f"attempts = {primary_attempts}\n" if primary_attempts is not None else ""
     return f"""
 [server]
 shutdown_timeout = "2s"
 [retry]
 max_cycles = 1
 [cooldown]
-failures = 1
+failures = {failures}
 duration = "{duration}"
 max_duration = "60s"
 {cluster}
 [providers.a]
 url = "{primary}"
-[providers.b]
+{key_a}[providers.b]
 url = "{backup}"
-[models.primary]
+{key_b}[models.primary]
 provider = "a"
 type = "openai"
 model = "m"
-[models.backup]
+{attempts}[models.backup]
 provider = "b"
 type = "openai"
 model = "m"
@@ -117,6 +127,29 @@ port = {port}
 models = ["primary", "backup"]
 {extra}
 """
+
+
+@asynccontextmanager
+async def started(
+    tmp_path: Path, texts: list[tuple[int, str]], procs: list[ServeProcess] | None = None
+) -> AsyncIterator[list[str]]:
+    """A `hydrallm serve` process per (port, config text), all ready; yields their base
+    URLs and stops them after (`procs` is filled for a test that kills one itself)."""
+    procs = [] if procs is None else procs
+    try:
+        for i, (_, text) in enumerate(texts):
+            path = tmp_path / f"node{i}.toml"
+            path.write_text(text)
+            procs.append(ServeProcess(path))
+        bases = [f"http://127.0.0.1:{port}" for port, _ in texts]
+        for proc, base in zip(procs, bases, strict=True):
+            await proc.wait_ready(base, timeout=20)
+        yield bases
+    finally:
+        for proc in procs:
+            with contextlib.suppress(AssertionError):
+                await proc.stop()
+            proc.kill()
 
 
 async def health(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:

@@ -37,6 +37,33 @@ def parse(text: str, env: dict[str, str] | None = None) -> Config:
     return parse_config(text, path=None, env=env or {})
 
 
+def one_model_config(
+    upstream: str,
+    port: int,
+    model: str,
+    *,
+    server: str = 'shutdown_timeout = "3s"',
+    extra: str = "",
+) -> str:
+    """One OpenAI-type model named `model` on provider "up", served on listener "main";
+    `server`: the lines of `[server]`; `extra`: more sections."""
+    return f"""
+[server]
+{server}
+[providers.up]
+url = "{upstream}"
+[models.{model}]
+provider = "up"
+type = "openai"
+model = "{model}"
+[[listeners]]
+name = "main"
+port = {port}
+models = ["{model}"]
+{extra}
+"""
+
+
 @asynccontextmanager
 async def running(config: Config) -> AsyncIterator[tuple[Proxy, io.StringIO]]:
     """The proxy started in this process; yields it and its log."""
@@ -138,3 +165,19 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+@asynccontextmanager
+async def two_workers(tmp_path: Path, text: str) -> AsyncIterator[tuple[ServeProcess, str]]:
+    """`hydrallm serve --workers 2` (from `[server]`) of `text` on a free port, ready;
+    yields the process and its base URL, killed after unless the test stopped it."""
+    port = free_port()
+    path = tmp_path / "config.toml"
+    path.write_text(text + f'[server]\nworkers = 2\nport = {port}\nshutdown_timeout = "2s"\n')
+    proc = ServeProcess(path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await proc.wait_ready(base)
+        yield proc, base
+    finally:
+        proc.kill()

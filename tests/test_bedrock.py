@@ -107,7 +107,9 @@ async def fake() -> AsyncIterator[FakeBedrock]:
         yield server
 
 
-def _client(url: str) -> Any:
+def boto_client(url: str) -> Any:
+    """A boto3 bedrock-runtime client on `url` with dummy credentials (the proxy signs) and
+    no retries of its own."""
     return boto3.client(
         "bedrock-runtime",
         region_name="us-east-1",
@@ -127,7 +129,7 @@ async def _in_thread(fn: Callable[[], Any]) -> Any:
 
 
 def _invoke(url: str, model: str = CLIENT_MODEL) -> dict[str, Any]:
-    response = _client(url).invoke_model(modelId=model, body=_body())
+    response = boto_client(url).invoke_model(modelId=model, body=_body())
     return {
         "json": json.loads(response["body"].read()),
         "headers": response["ResponseMetadata"]["HTTPHeaders"],
@@ -135,7 +137,9 @@ def _invoke(url: str, model: str = CLIENT_MODEL) -> dict[str, Any]:
 
 
 def _invoke_stream_text(url: str) -> str:
-    response = _client(url).invoke_model_with_response_stream(modelId=CLIENT_MODEL, body=_body())
+    response = boto_client(url).invoke_model_with_response_stream(
+        modelId=CLIENT_MODEL, body=_body()
+    )
     pieces = []
     for event in response["body"]:
         data = json.loads(event["chunk"]["bytes"])
@@ -167,7 +171,9 @@ async def test_invoke_model_rewrites_the_path_and_keeps_the_body(fake: FakeBedro
 async def test_converse(fake: FakeBedrock) -> None:
     async with running(fake) as proxy:
         result = await _in_thread(
-            lambda: _client(proxy.url).converse(modelId=CLIENT_MODEL, messages=_converse_messages())
+            lambda: boto_client(proxy.url).converse(
+                modelId=CLIENT_MODEL, messages=_converse_messages()
+            )
         )
     assert result["output"]["message"]["content"][0]["text"] == CANONICAL_TEXT
     assert result["stopReason"] == "end_turn"
@@ -185,7 +191,9 @@ async def test_invoke_model_with_response_stream(fake: FakeBedrock) -> None:
 
 async def test_converse_stream_every_event_parses(fake: FakeBedrock) -> None:
     def run(url: str) -> list[dict[str, Any]]:
-        response = _client(url).converse_stream(modelId=CLIENT_MODEL, messages=_converse_messages())
+        response = boto_client(url).converse_stream(
+            modelId=CLIENT_MODEL, messages=_converse_messages()
+        )
         return list(response["stream"])
 
     async with running(fake) as proxy:
@@ -203,7 +211,7 @@ async def test_converse_stream_every_event_parses(fake: FakeBedrock) -> None:
 
 async def test_count_tokens(fake: FakeBedrock) -> None:
     def run(url: str) -> dict[str, Any]:
-        client = _client(url)
+        client = boto_client(url)
         if not hasattr(client, "count_tokens"):
             pytest.skip("this botocore has no count_tokens")
         result: dict[str, Any] = client.count_tokens(

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from clusterhelp import REDIS_SERVER, RedisServer, config_text, health, wait_for
+from clusterhelp import REDIS_SERVER, RedisServer, config_text, health, started, wait_for
 from hydrallm.testing import FakeUpstream, faults
 from opshelp import ServeProcess, chat, free_port, parse, post_chat, running, url
 from test_statuspage import HAVE_CHROMIUM, chromium
@@ -35,28 +35,16 @@ async def instances(
     backup: str,
     redis: str | None,
     procs: list[ServeProcess] | None = None,
-    **kw: str,
+    duration: str = "30s",
 ) -> AsyncIterator[list[str]]:
-    procs = [] if procs is None else procs
-    bases: list[str] = []
-    prefix_port = free_port()  # one prefix for the whole group
-    try:
-        for i in range(count):
-            port = free_port()
-            text = config_text(primary, backup, port, redis=redis, **kw)
-            text = text.replace(f'prefix = "t{port}"', f'prefix = "t{prefix_port}"')
-            path = tmp_path / f"node{i}.toml"
-            path.write_text(text)
-            procs.append(ServeProcess(path))
-            bases.append(f"http://127.0.0.1:{port}")
-        for proc, base in zip(procs, bases, strict=True):
-            await proc.wait_ready(base, timeout=20)
+    prefix = f"t{free_port()}"  # one prefix for the whole group
+    ports = [free_port() for _ in range(count)]
+    texts = [
+        (p, config_text(primary, backup, p, redis=redis, prefix=prefix, duration=duration))
+        for p in ports
+    ]
+    async with started(tmp_path, texts, procs) as bases:
         yield bases
-    finally:
-        for proc in procs:
-            with contextlib.suppress(AssertionError):
-                await proc.stop()
-            proc.kill()
 
 
 async def states(session: aiohttp.ClientSession, bases: list[str], model: str) -> list[str]:

@@ -3,15 +3,13 @@ redis-server, and between `--workers` without Redis (issue 18)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from clusterhelp import REDIS_SERVER, RedisServer, health, wait_for
+from clusterhelp import REDIS_SERVER, RedisServer, config_text, health, started, wait_for
 from hydrallm.testing import FakeUpstream, faults
 from hydrallm.testing.limits import LimitedUpstream
 from opshelp import ServeProcess, chat, free_port, post_chat
@@ -50,60 +48,6 @@ name = "main"
 port = {port}
 models = ["main"]
 """
-
-
-def affinity_config(primary: str, backup: str, port: int, redis: str, prefix: str) -> str:
-    return f"""
-[server]
-shutdown_timeout = "2s"
-[retry]
-max_cycles = 1
-[routing]
-affinity = "session"
-[cooldown]
-failures = 100
-[cluster]
-redis = "{redis}"
-prefix = "{prefix}"
-[providers.a]
-url = "{primary}"
-api_key = "{A}"
-[providers.b]
-url = "{backup}"
-api_key = "{B}"
-[models.primary]
-provider = "a"
-type = "openai"
-model = "m"
-attempts = 1
-[models.backup]
-provider = "b"
-type = "openai"
-model = "m"
-[[listeners]]
-name = "main"
-port = {port}
-models = ["primary", "backup"]
-"""
-
-
-@contextlib.asynccontextmanager
-async def started(tmp_path: Path, texts: list[tuple[int, str]]) -> AsyncIterator[list[str]]:
-    procs: list[ServeProcess] = []
-    try:
-        for i, (_, text) in enumerate(texts):
-            path = tmp_path / f"node{i}.toml"
-            path.write_text(text)
-            procs.append(ServeProcess(path))
-        bases = [f"http://127.0.0.1:{port}" for port, _ in texts]
-        for proc, base in zip(procs, bases, strict=True):
-            await proc.wait_ready(base, timeout=20)
-        yield bases
-    finally:
-        for proc in procs:
-            with contextlib.suppress(AssertionError):
-                await proc.stop()
-            proc.kill()
 
 
 def key_state(doc: dict[str, Any], label: str) -> str | None:
@@ -171,7 +115,20 @@ async def test_a_session_keeps_its_fallback_model_on_another_instance(
     prefix = f"a{free_port()}"
     async with FakeUpstream(name="a") as a, FakeUpstream(name="b") as b:
         texts = [
-            (p, affinity_config(a.url, b.url, p, redis_server.url, prefix))
+            (
+                p,
+                config_text(
+                    a.url,
+                    b.url,
+                    p,
+                    redis=redis_server.url,
+                    prefix=prefix,
+                    failures=100,
+                    keys=(A, B),
+                    primary_attempts=1,
+                    extra='[routing]\naffinity = "session"',
+                ),
+            )
             for p in (free_port(), free_port(), free_port())
         ]
         async with started(tmp_path, texts) as bases, aiohttp.ClientSession() as s:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from clusterhelp import REDIS_SERVER, RedisServer, config_text
 from hydrallm.cli.statusview import render_status
-from hydrallm.config import CooldownConfig, ModelConfig
+from hydrallm.config import CooldownConfig
 from hydrallm.config.cluster import masked_url
 from hydrallm.errors import ConfigError
 from hydrallm.routing import shared as shared_mod
@@ -27,18 +27,7 @@ from hydrallm.routing.limits import Budget, Limit, Policy
 from hydrallm.routing.limits import Kind as LimitKind
 from hydrallm.routing.shared import Kind, SharedState
 from opshelp import HYDRALLM, free_port, parse
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def models(*ids: str) -> list[ModelConfig]:
-    return [ModelConfig(id=i, endpoint="e", type="openai", model=i) for i in ids]
+from test_cooldown import Clock, models
 
 
 def received(into: list[tuple[str, dict | None, float]]) -> Kind:

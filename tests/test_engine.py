@@ -34,6 +34,22 @@ JSON_CT = [("Content-Type", "application/json")]
 SSE_CT = [("Content-Type", "text/event-stream")]
 
 
+def chat_request(model: str = "client-model", *, stream: bool = False) -> ClientRequest:
+    """A client's chat completions request "hi" for `model`, as the handler passes it on."""
+    body = json.dumps(
+        {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    return ClientRequest(
+        method="POST",
+        path="/v1/chat/completions",
+        query="",
+        headers=(("Content-Type", "application/json"),),
+        body=body,
+        json=parse_body(body),
+        streaming=stream,
+    )
+
+
 @dataclass
 class World:
     """A clock that only moves when the engine sleeps."""
@@ -102,18 +118,7 @@ class Harness:
         self.chain = list(cfg.models.values())
 
     async def run(self, *, stream: bool = False, model: str = "client-model") -> Committed | Final:
-        body = json.dumps(
-            {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
-        ).encode()
-        request = ClientRequest(
-            method="POST",
-            path="/v1/chat/completions",
-            query="",
-            headers=(("Content-Type", "application/json"),),
-            body=body,
-            json=parse_body(body),
-            streaming=stream,
-        )
+        request = chat_request(model, stream=stream)
         return await self.engine.run(request, self.chain, Labels("l", "default", "openai"))
 
     def logs(self) -> str:

@@ -15,7 +15,7 @@ import httpx2
 import openai
 
 from hydrallm.formats.anthropic_messages import ANTHROPIC_MESSAGES
-from hydrallm.formats.base import Usage
+from hydrallm.formats.base import Usage, usage_of
 from hydrallm.formats.bedrock_eventstream import BEDROCK_EVENTSTREAM
 from hydrallm.formats.eventstream import encode_message
 from hydrallm.formats.openai_chat import OPENAI_CHAT
@@ -51,19 +51,20 @@ CHAT_USAGE = {
 }
 
 
+# What every chunk of the stream below starts with.
+CHUNK_HEAD = {
+    "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+    "object": "chat.completion.chunk",
+    "created": 1741570283,
+    "model": "gpt-4o-2024-08-06",
+    "service_tier": "default",
+    "system_fingerprint": "fp_eb9dce56a8",
+}
+
+
 def chat_chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-    return sse(
-        {
-            "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
-            "object": "chat.completion.chunk",
-            "created": 1741570283,
-            "model": "gpt-4o-2024-08-06",
-            "service_tier": "default",
-            "system_fingerprint": "fp_eb9dce56a8",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            **extra,
-        }
-    )
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return sse({**CHUNK_HEAD, "choices": [choice], **extra})
 
 
 # With stream_options.include_usage every chunk has "usage": null, and one last chunk
@@ -72,18 +73,7 @@ CHAT_STREAM = [
     chat_chunk({"role": "assistant", "content": "", "refusal": None}, None, usage=None),
     chat_chunk({"content": "Hydras"}, None, usage=None),
     chat_chunk({}, "stop", usage=None),
-    sse(
-        {
-            "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
-            "object": "chat.completion.chunk",
-            "created": 1741570283,
-            "model": "gpt-4o-2024-08-06",
-            "service_tier": "default",
-            "system_fingerprint": "fp_eb9dce56a8",
-            "choices": [],
-            "usage": CHAT_USAGE,
-        }
-    ),
+    sse({**CHUNK_HEAD, "choices": [], "usage": CHAT_USAGE}),
     b"data: [DONE]\n\n",
 ]
 
@@ -472,6 +462,23 @@ def test_malformed_or_absent_usage_is_none_not_an_error() -> None:
     assert BEDROCK_EVENTSTREAM.stream_usage([chunk({"type": "ping"})]) is None
     assert BEDROCK_EVENTSTREAM.stream_usage([frame("chunk", {"bytes": "%%not base64%%"})]) is None
     assert PASSTHROUGH.stream_usage([b'{"prompt_eval_count": 3}\n']) is None
+
+
+def test_prompt_cache_share_of_each_api() -> None:
+    """What key pools count per key and model (input in total, of it read from the
+    cache); a usage with no input count is not counted."""
+    chat = usage_of({"prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 80}})
+    assert chat is not None and (chat.total_input, chat.cache_read_tokens) == (100, 80)
+    anthropic = usage_of(
+        {"input_tokens": 10, "cache_read_input_tokens": 70, "cache_creation_input_tokens": 20}
+    )
+    assert anthropic is not None
+    assert (anthropic.total_input, anthropic.cache_read_tokens) == (100, 70)
+    responses = usage_of({"input_tokens": 50, "input_tokens_details": {"cached_tokens": 25}})
+    assert responses is not None
+    assert (responses.total_input, responses.cache_read_tokens) == (50, 25)
+    output_only = usage_of({"output_tokens": 3})
+    assert output_only is not None and output_only.input_tokens is None
 
 
 def test_usage_merges_field_by_field() -> None:

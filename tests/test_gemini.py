@@ -123,6 +123,52 @@ async def test_the_fake_refuses_like_gemini() -> None:
         assert len(fake.problems) == 4
 
 
+PREFILLED = {
+    "contents": [
+        {"role": "user", "parts": [{"text": "Say hello."}]},
+        {"role": "model", "parts": [{"text": "Hello from"}]},
+    ]
+}
+UNLESS = (
+    "Requests ending with a model turn are not supported unless the last part is a "
+    "function response."
+)
+SHORT = "Requests ending with a model turn are not supported."
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("gemini-3.6-flash", UNLESS),
+        ("gemini-3.5-flash-lite", UNLESS),
+        ("gemini-3.7-flash", SHORT),
+        ("gemini-3.8-flash", SHORT),
+        ("gemini-2.5-flash", None),
+        ("gemini-3.5-flash", None),
+        ("gemini-3.1-flash-lite", None),
+    ],
+)
+async def test_the_fake_continues_or_refuses_a_trailing_model_turn_as_each_version(
+    model: str, message: str | None
+) -> None:
+    """Gemini's own 400 for a prefill on the versions that refuse one (3.6 Flash and
+    3.5 Flash-Lite with the "unless" clause, 3.7 and 3.8 Flash without); the others go on
+    from the model's turn, which their answer leaves out."""
+    async with FakeGemini(key="k") as fake:
+        url = fake.url + f"/v1beta/models/{model}:generateContent"
+        status, _, raw = await post(url, PREFILLED, {"x-goog-api-key": "k"})
+        assert fake.prefills == ["Hello from"]
+        if message is None:
+            assert status == 200
+            [part] = json.loads(raw)["candidates"][0]["content"]["parts"]
+            assert part == {"text": " the fake Gemini."}
+        else:
+            assert (status, json.loads(raw)) == (
+                400,
+                {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}},
+            )
+
+
 async def test_the_fake_answers_json_sse_and_array_streams() -> None:
     async with FakeGemini(key="k") as fake:
         base = fake.url + "/v1beta/models/m:"

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 
 from hydrallm.observe.events import Logger
-from hydrallm.proxy.h1server import H1Server
+from hydrallm.proxy.h1server import H1Server, Handler
 from hydrallm.proxy.relay import WRITE_HIGH_WATER, bound_send_queue
 from hydrallm.proxy.wire import (
     BodyTooLarge,
@@ -26,8 +26,6 @@ from hydrallm.proxy.wire import (
     StreamResponse,
     json_response,
 )
-
-Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ import aiohttp
 from hydrallm.observe.journal import JournalSink
 from hydrallm.testing import FakeUpstream
 from hydrallm.testing.harness import ProxyHarness
-from opshelp import ServeProcess, free_port
+from opshelp import two_workers
 from test_journal import chat, config, rows
 
 
@@ -132,28 +132,17 @@ async def test_a_reload_gives_the_running_writer_new_prices(tmp_path: Path) -> N
 
 async def test_workers_writers_stop_with_the_server(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    async with FakeUpstream() as up:
-        path = tmp_path / "config.toml"
-        path.write_text(
-            config(db, up.url) + f'[server]\nworkers = 2\nport = {port}\nshutdown_timeout = "2s"\n'
-        )
-        proc = ServeProcess(path)
-        try:
-            await proc.wait_ready(base)
-            connector = aiohttp.TCPConnector(force_close=True)
-            async with aiohttp.ClientSession(connector=connector) as s:
-                for _ in range(40):
-                    body = {"model": "m0", "messages": [{"role": "user", "content": "hi"}]}
-                    async with s.post(base + "/v1/chat/completions", json=body) as r:
-                        assert r.status == 200
-            # One writer per worker, each started by its first flush.
-            await until(lambda: len(writers(proc.proc.pid)) == 2)
-            pids = writers(proc.proc.pid)
-            assert await proc.stop() == 0
-        finally:
-            proc.kill()
+    async with FakeUpstream() as up, two_workers(tmp_path, config(db, up.url)) as (proc, base):
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            for _ in range(40):
+                body = {"model": "m0", "messages": [{"role": "user", "content": "hi"}]}
+                async with s.post(base + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200
+        # One writer per worker, each started by its first flush.
+        await until(lambda: len(writers(proc.proc.pid)) == 2)
+        pids = writers(proc.proc.pid)
+        assert await proc.stop() == 0
     assert not any(alive(p) for p in pids)
     assert len(rows(db)) == 40
     assert " journal " not in proc.log()

@@ -24,7 +24,7 @@ from hydrallm.observe.journal_query import open_readonly, requests
 from hydrallm.observe.journal_spool import spool_dir
 from hydrallm.testing import FakeUpstream, faults
 from hydrallm.testing.harness import ProxyHarness
-from opshelp import HYDRALLM, ServeProcess, free_port
+from opshelp import HYDRALLM, two_workers
 
 PROMPT = "PROMPT-CANARY-7f3a the launch codes are in the drawer"
 UPSTREAM_KEY = "sk-upstream-secret-abcdef123456"
@@ -409,31 +409,19 @@ async def test_a_file_that_turns_read_only_mid_run(tmp_path: Path) -> None:
 
 async def test_two_worker_processes_write_into_one_file(tmp_path: Path) -> None:
     db = tmp_path / "j.db"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    async with FakeUpstream() as up:
-        path = tmp_path / "config.toml"
-        path.write_text(
-            one_model(db, up.url)
-            + f'[server]\nworkers = 2\nport = {port}\nshutdown_timeout = "2s"\n'
-        )
-        proc = ServeProcess(path)
-        try:
-            await proc.wait_ready(base)
-            connector = aiohttp.TCPConnector(force_close=True, limit=16)
-            async with aiohttp.ClientSession(connector=connector) as s:
+    async with FakeUpstream() as up, two_workers(tmp_path, one_model(db, up.url)) as (proc, base):
+        connector = aiohttp.TCPConnector(force_close=True, limit=16)
+        async with aiohttp.ClientSession(connector=connector) as s:
 
-                async def one(i: int) -> str:
-                    body = {"model": "m", "messages": [], "stream": i % 2 == 0}
-                    async with s.post(base + "/v1/chat/completions", json=body) as r:
-                        await r.read()
-                        assert r.status == 200
-                        return r.headers["x-hydrallm-request-id"]
+            async def one(i: int) -> str:
+                body = {"model": "m", "messages": [], "stream": i % 2 == 0}
+                async with s.post(base + "/v1/chat/completions", json=body) as r:
+                    await r.read()
+                    assert r.status == 200
+                    return r.headers["x-hydrallm-request-id"]
 
-                sent = await asyncio.gather(*(one(i) for i in range(200)))
-            assert await proc.stop() == 0
-        finally:
-            proc.kill()
+            sent = await asyncio.gather(*(one(i) for i in range(200)))
+        assert await proc.stop() == 0
     conn = open_readonly(db)
     try:
         got = conn.execute("SELECT id, worker FROM requests").fetchall()

@@ -20,9 +20,9 @@ from hydrallm.observe.prices import PriceBook
 from hydrallm.observe.usage import Usage, UsageMeter, from_body
 from hydrallm.testing.bedrock import FakeBedrock
 from hydrallm.testing.harness import ProxyHarness
-from hydrallm.testing.service import AsyncService
+from hydrallm.testing.service import WebFake
 from test_bedrock import KEY, SECRET, aws_env  # noqa: F401 (an autouse fixture)
-from test_bedrock import _client as bedrock_client
+from test_bedrock import boto_client as bedrock_client
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -230,37 +230,21 @@ def test_prices_builtin_configured_and_unknown() -> None:
 # --- end to end --------------------------------------------------------------------------
 
 
-class RecordedUpstream(AsyncService):
+class RecordedUpstream(WebFake):
     """Answers every request with recorded chunks (as they would come off the wire)."""
 
     def __init__(self, chunks: list[bytes], content_type: str) -> None:
         self.chunks = chunks
         self.content_type = content_type
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def start(self) -> None:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            await request.read()
-            resp = web.StreamResponse(headers={"Content-Type": self.content_type})
-            await resp.prepare(request)
-            for chunk in self.chunks:
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": self.content_type})
+        await resp.prepare(request)
+        for chunk in self.chunks:
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
 
 
 def config(db: Path, url: str, kind: str, model: str, extra: str = "") -> str:

@@ -7,13 +7,11 @@ import asyncio
 import json
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
-
 from hydrallm.testing import CANONICAL_TEXT
 from hydrallm.testing import bedrock as fakes
 from hydrallm.testing.bedrock import FakeBedrock
 from hydrallm.testing.harness import ProxyHarness
+from test_bedrock import boto_client
 
 K1, S1 = "AKIDPOOLFIRST0001", "first-pool-secret-value"
 K2, S2 = "AKIDPOOLSECOND002", "second-pool-secret-value"
@@ -46,15 +44,7 @@ model = "anthropic.claude-pool"
 
 
 def invoke(url: str) -> dict[str, Any]:
-    client = boto3.client(
-        "bedrock-runtime",
-        region_name="us-east-1",
-        endpoint_url=url,
-        aws_access_key_id="AKIDCLIENTDUMMY",
-        aws_secret_access_key="client-dummy-secret",
-        config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"}),
-    )
-    response = client.invoke_model(modelId="x", body=json.dumps(BODY).encode())
+    response = boto_client(url).invoke_model(modelId="x", body=json.dumps(BODY).encode())
     answer: dict[str, Any] = json.loads(response["body"].read())
     return answer
 

@@ -27,10 +27,15 @@ def config(
     *,
     kind: str = "openai",
     keys: str = '["$KEY_A", "$KEY_B"]',
-    strategy: str = "fill-first",
+    strategy: str | None = "fill-first",
+    attempts: int | None = 2,
     second: str | None = None,
     extra: str = "",
 ) -> str:
+    """Model "main" on the key pool of endpoint "team"; `second`: a model "spare" after it
+    (None for `strategy` or `attempts`: the default)."""
+    strategy_line = f'key_strategy = "{strategy}"\n' if strategy is not None else ""
+    attempts_line = f"attempts = {attempts}\n" if attempts is not None else ""
     text = f"""
 [retry]
 default_interval = "10ms"
@@ -40,15 +45,13 @@ max_cycles = 1
 [endpoints.team]
 url = "{url}"
 api_keys = {keys}
-key_strategy = "{strategy}"
-
+{strategy_line}
 [[models]]
 name = "main"
 endpoint = "team"
 type = "{kind}"
 model = "m1"
-attempts = 2
-"""
+{attempts_line}"""
     if second is not None:
         text += f"""
 [endpoints.spare]

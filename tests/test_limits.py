@@ -18,7 +18,6 @@ from hydrallm.routing.limits import (
     classify,
     parse_duration,
     seconds_until,
-    usage_tokens,
 )
 from hydrallm.testing import limits as sig
 from hydrallm.testing.faults import Fault, overloaded
@@ -172,20 +171,6 @@ def test_budget_of_a_success_reads_zero_remaining_until_reset() -> None:
     anthropic = sig.anthropic_budget(0, 50, NOW + 30)
     assert budget(anthropic.get, NOW).empty_for == pytest.approx(30)
     assert budget({}.get, NOW).empty_for is None
-
-
-def test_usage_tokens_of_each_api() -> None:
-    chat = {"prompt_tokens": 100, "prompt_tokens_details": {"cached_tokens": 80}}
-    assert usage_tokens(chat) == (100, 80)
-    anthropic = {
-        "input_tokens": 10,
-        "cache_read_input_tokens": 70,
-        "cache_creation_input_tokens": 20,
-    }
-    assert usage_tokens(anthropic) == (100, 70)
-    responses = {"input_tokens": 50, "input_tokens_details": {"cached_tokens": 25}}
-    assert usage_tokens(responses) == (50, 25)
-    assert usage_tokens({"output_tokens": 3}) is None
 
 
 def test_subscription_utilization_is_the_remaining_share() -> None:

@@ -7,6 +7,7 @@ import gzip as gzip_mod
 import json
 import time
 import zlib
+from typing import Any
 
 import aiohttp
 import anthropic
@@ -495,22 +496,27 @@ async def test_the_standard_proxy_variables_are_honoured(monkeypatch: pytest.Mon
         assert len(proxy.requests) == 1
 
 
+def gzip_stream(s: aiohttp.ClientSession, px: ProxyHarness) -> Any:
+    """A streamed chat request from a client that accepts gzip (and does not inflate)."""
+    payload = {"model": "x", "stream": True}
+    headers = {"Accept-Encoding": "gzip"}
+    return s.post(px.url() + "/v1/chat/completions", json=payload, headers=headers)
+
+
 async def test_a_gzip_compressed_stream_is_peeked_through_and_relayed_as_sent() -> None:
     # Providers behind CDNs may compress event streams when the client accepts gzip.
     async with (
         FakeUpstream(default=faults.gzip()) as up,
         ProxyHarness(openai_config((up.url, "m", 2))) as px,
     ):
-        async with aiohttp.ClientSession(auto_decompress=False) as s:
-            payload = {"model": "x", "stream": True}
-            headers = {"Accept-Encoding": "gzip"}
-            async with s.post(
-                px.url() + "/v1/chat/completions", json=payload, headers=headers
-            ) as r:
-                assert r.status == 200
-                assert r.headers["Content-Encoding"] == "gzip"
-                assert r.headers["x-hydrallm-attempts"] == "1"
-                raw = await r.read()
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as s,
+            gzip_stream(s, px) as r,
+        ):
+            assert r.status == 200
+            assert r.headers["Content-Encoding"] == "gzip"
+            assert r.headers["x-hydrallm-attempts"] == "1"
+            raw = await r.read()
         text = zlib.decompressobj(wbits=47).decompress(raw).decode()
         chunks = [
             json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
@@ -530,15 +536,13 @@ async def test_a_compressed_stream_that_breaks_is_cut_not_padded_with_plain_text
         FakeUpstream(default=broken) as up,
         ProxyHarness(openai_config((up.url, "m", 1))) as px,
     ):
-        async with aiohttp.ClientSession(auto_decompress=False) as s:
-            payload = {"model": "x", "stream": True}
-            headers = {"Accept-Encoding": "gzip"}
-            async with s.post(
-                px.url() + "/v1/chat/completions", json=payload, headers=headers
-            ) as r:
-                assert r.status == 200
-                with pytest.raises(aiohttp.ClientPayloadError):
-                    await r.read()  # a transport-level error, never a clean end
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as s,
+            gzip_stream(s, px) as r,
+        ):
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()  # a transport-level error, never a clean end
 
 
 async def test_a_stream_in_another_format_is_relayed_as_it_comes() -> None:

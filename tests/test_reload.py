@@ -14,25 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, slow_chunks
 from hydrallm.testing import status as fault_status
-from opshelp import ServeProcess, chat, free_port, post_chat
-
-
-def config_text(upstream: str, port: int, model: str, extra: str = "") -> str:
-    return f"""
-[server]
-shutdown_timeout = "3s"
-[providers.up]
-url = "{upstream}"
-[models.{model}]
-provider = "up"
-type = "openai"
-model = "{model}"
-[[listeners]]
-name = "main"
-port = {port}
-models = ["{model}"]
-{extra}
-"""
+from opshelp import ServeProcess, chat, free_port, one_model_config, post_chat
 
 
 def write(path: Path, text: str) -> None:
@@ -73,12 +55,12 @@ async def test_sighup_reloads_and_a_bad_file_is_kept_out(
     a, b = fakes
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = await start(tmp_path, config_text(a.url, port, "model-a"), port)
+    proc = await start(tmp_path, one_model_config(a.url, port, "model-a"), port)
     try:
         assert await served_by(base) == "model-a"
 
         # Invalid: the listener names a model that does not exist, and a bad duration.
-        bad = config_text(b.url, port, "model-b").replace(
+        bad = one_model_config(b.url, port, "model-b").replace(
             'models = ["model-b"]', 'models = ["nope"]'
         )
         write(proc.config_path, bad.replace('"3s"', '"soon"'))
@@ -90,7 +72,7 @@ async def test_sighup_reloads_and_a_bad_file_is_kept_out(
         assert any("soon" in line for line in rejected)
         assert await served_by(base) == "model-a"  # still the old config
 
-        write(proc.config_path, config_text(b.url, port, "model-b"))
+        write(proc.config_path, one_model_config(b.url, port, "model-b"))
         proc.signal(signal.SIGHUP)
         await proc.wait_log("reloaded")
         assert await served_by(base) == "model-b"
@@ -123,23 +105,23 @@ async def test_a_file_change_reloads_adds_moves_and_removes_listeners(
     a, b = fakes
     port, second, moved = free_port(), free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = await start(tmp_path, config_text(a.url, port, "model-a"), port)
+    proc = await start(tmp_path, one_model_config(a.url, port, "model-a"), port)
     try:
         extra = f'[[listeners]]\nname = "second"\nport = {second}\nmodels = ["model-b"]\n'
-        write(proc.config_path, config_text(b.url, port, "model-b", extra))
+        write(proc.config_path, one_model_config(b.url, port, "model-b", extra=extra))
         await proc.wait_log("reloaded")
         assert 'reload reason="file changed"' in proc.log()
         assert await served_by(base) == "model-b"
         assert await served_by(f"http://127.0.0.1:{second}") == "model-b"
 
         extra = f'[[listeners]]\nname = "second"\nport = {moved}\nmodels = ["model-b"]\n'
-        write(proc.config_path, config_text(b.url, port, "model-b", extra))
+        write(proc.config_path, one_model_config(b.url, port, "model-b", extra=extra))
         await proc.wait_log("reloaded", count=2)
         assert await served_by(f"http://127.0.0.1:{moved}") == "model-b"
         with pytest.raises(aiohttp.ClientConnectionError):
             await served_by(f"http://127.0.0.1:{second}")
 
-        write(proc.config_path, config_text(a.url, port, "model-a"))
+        write(proc.config_path, one_model_config(a.url, port, "model-a"))
         await proc.wait_log("reloaded", count=3)
         with pytest.raises(aiohttp.ClientConnectionError):
             await served_by(f"http://127.0.0.1:{moved}")
@@ -155,7 +137,7 @@ async def test_a_stream_in_flight_survives_a_reload_to_another_chain(
     a, b = fakes
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = await start(tmp_path, config_text(a.url, port, "model-a"), port)
+    proc = await start(tmp_path, one_model_config(a.url, port, "model-a"), port)
     try:
         a.script(slow_chunks(0.05))  # about 1.5 s of stream
         async with (
@@ -167,7 +149,7 @@ async def test_a_stream_in_flight_survives_a_reload_to_another_chain(
             assert resp.status == 200
             assert resp.headers["x-hydrallm-model"] == "model-a"
             received = [await resp.content.readany()]
-            write(proc.config_path, config_text(b.url, port, "model-b"))
+            write(proc.config_path, one_model_config(b.url, port, "model-b"))
             proc.signal(signal.SIGHUP)
             await proc.wait_log("reloaded")
             # New requests go to the new chain while the old stream is still running.
@@ -194,7 +176,7 @@ async def test_reload_keeps_cooldown_for_unchanged_models(
     a, _ = fakes
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    text = config_text(a.url, port, "model-a").replace(
+    text = one_model_config(a.url, port, "model-a").replace(
         "[providers.up]",
         '[cooldown]\nfailures = 1\nduration = "60s"\n[retry]\nmax_cycles = 1\n[providers.up]',
     )

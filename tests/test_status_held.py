@@ -9,15 +9,14 @@ import io
 import json
 
 from hydrallm.config.load import parse_config
-from hydrallm.formats.body import parse_body
 from hydrallm.observe.events import Logger, Telemetry
 from hydrallm.providers import provider_for
-from hydrallm.providers.base import ClientRequest
 from hydrallm.proxy.engine import Engine, Labels
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.holds import Holds
 from hydrallm.routing.keys import KeyPools
 from hydrallm.testing.mock import MockRequest, MockResponse, MockTransport
+from test_engine import chat_request
 
 WALL = 1_700_000_000.0
 CONFIG = """
@@ -84,16 +83,7 @@ async def test_a_held_request_is_listed_while_it_waits_and_dropped_when_cancelle
         wall=lambda: WALL,
         holds=holds,
     )
-    body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    request = ClientRequest(
-        method="POST",
-        path="/v1/chat/completions",
-        query="",
-        headers=(("Content-Type", "application/json"),),
-        body=body,
-        json=parse_body(body),
-        streaming=False,
-    )
+    request = chat_request("x")
     task = asyncio.create_task(
         engine.run(request, list(config.models.values()), Labels("l", "default", "openai"))
     )

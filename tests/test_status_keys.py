@@ -26,6 +26,7 @@ from hydrallm.testing import CANONICAL_TEXT
 from hydrallm.testing.faults import Fault
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.limits import LimitedUpstream
+from test_keys_e2e import config
 
 HYDRALLM = str(Path(sys.executable).with_name("hydrallm"))
 KEYS = {
@@ -39,22 +40,8 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 def pool_config(url: str, *, kind: str = "openai", keys: str, extra: str = "") -> str:
-    return f"""
-[retry]
-default_interval = "10ms"
-max_cycles = 1
-{extra}
-
-[endpoints.team]
-url = "{url}"
-api_keys = {keys}
-
-[[models]]
-name = "main"
-endpoint = "team"
-type = "{kind}"
-model = "m1"
-"""
+    """The pool with the default key strategy and attempts."""
+    return config(url, kind=kind, keys=keys, strategy=None, attempts=None, extra=extra)
 
 
 def cached_answer(prompt: int, cached: int) -> Fault:

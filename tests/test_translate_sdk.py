@@ -22,39 +22,30 @@ from hydrallm.formats.translate import Untranslatable, client_api_for_path, tran
 from hydrallm.testing import CANONICAL_TEXT, FakeUpstream, faults
 from hydrallm.testing import gemini as g
 from hydrallm.testing.gemini import FakeGemini
+from hydrallm.testing.service import WebFake
 
 KEY = "gemini-secret-key"
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n fake image bytes").decode()
 TOOL_ARGS = {"city": "Paris"}
 
 
-class Relay:
+class Relay(WebFake):
     """Client API in, `upstream` API out, translated both ways."""
 
     def __init__(self, upstream: str, url: str) -> None:
         self.upstream = upstream
         self.upstream_url = url
         self.skipped: list[str] = []
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self.url = ""
 
-    async def __aenter__(self) -> Relay:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+    async def start(self) -> None:
+        await super().start()
         self._session = aiohttp.ClientSession()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._session is not None and self._runner is not None
-        await self._session.close()
-        await self._runner.cleanup()
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await super().close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         client = client_api_for_path(request.path)

@@ -14,25 +14,10 @@ import aiohttp
 import pytest
 
 from hydrallm.testing import FakeUpstream
-from opshelp import HYDRALLM, ServeProcess, chat, free_port, post_chat
+from opshelp import HYDRALLM, ServeProcess, chat, free_port, one_model_config, post_chat
 
-
-def config_text(upstream: str, port: int, model: str) -> str:
-    return f"""
-[server]
-shutdown_timeout = "2s"
-workers = 2
-[providers.up]
-url = "{upstream}"
-[models.{model}]
-provider = "up"
-type = "openai"
-model = "{model}"
-[[listeners]]
-name = "main"
-port = {port}
-models = ["{model}"]
-"""
+# The [server] lines of every config here: two worker processes.
+SERVER = 'shutdown_timeout = "2s"\nworkers = 2'
 
 
 def alive(pid: int) -> bool:
@@ -63,7 +48,7 @@ async def test_two_workers_serve_reload_together_and_stop_cleanly(tmp_path: Path
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         path = tmp_path / "config.toml"
-        path.write_text(config_text(a.url, port, "model-a"))
+        path.write_text(one_model_config(a.url, port, "model-a", server=SERVER))
         proc = ServeProcess(path)
         try:
             await proc.wait_ready(base)
@@ -77,7 +62,7 @@ async def test_two_workers_serve_reload_together_and_stop_cleanly(tmp_path: Path
 
             # SIGHUP to the parent reaches every worker.
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(config_text(b.url, port, "model-b"))
+            tmp.write_text(one_model_config(b.url, port, "model-b", server=SERVER))
             os.replace(tmp, path)
             proc.signal(signal.SIGHUP)
             await proc.wait_log("reloaded", count=2)
@@ -109,7 +94,7 @@ def test_a_port_in_use_stops_every_worker_with_exit_1(tmp_path: Path, form: list
         holder.listen()
         port = holder.getsockname()[1]
         path = tmp_path / "config.toml"
-        path.write_text(config_text("http://127.0.0.1:9", port, "m"))
+        path.write_text(one_model_config("http://127.0.0.1:9", port, "m", server=SERVER))
         result = subprocess.run(
             [HYDRALLM, *form, "-c", str(path)],
             capture_output=True,

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from hydrallm.app.cluster import start_cluster
 from hydrallm.app.reload import Reloader
 from hydrallm.app.runtime import ProxyState, build_runtime
-from hydrallm.cli.describe import exposure_warnings
 from hydrallm.config import Config, ListenerConfig
+from hydrallm.config.exposure import exposure_warnings
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger, Sink, Telemetry
 from hydrallm.observe.journal import JournalSink

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hydrallm.app.runtime import build_runtime
-from hydrallm.cli.describe import exposure_warnings
 from hydrallm.config import Config, ListenerConfig
+from hydrallm.config.exposure import exposure_warnings
 from hydrallm.errors import ConfigError, StartupError
 from hydrallm.observe.events import LEVELS, Redactor
 

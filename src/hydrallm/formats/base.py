@@ -106,7 +106,7 @@ def usage_of(obj: object) -> Usage | None:
     """THE usage reader: one upstream ``usage`` object of any API, recognised by its names;
     None when it is not one or states no count.  Format modules find the object in their
     events and bodies; the journal's meter finds it in relayed bytes; key pools read the
-    prompt-cache share from it (`routing.limits.usage_tokens`).  All of them read it here.
+    prompt-cache share from it (`routing.pooling`).  All of them read it here.
 
     - OpenAI chat: ``prompt_tokens`` (cached included), ``completion_tokens``,
       ``prompt_tokens_details.cached_tokens``;

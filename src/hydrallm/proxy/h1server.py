@@ -29,17 +29,16 @@ Protections (what aiohttp gave us, and what connguard.py added to it):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from socket import socket
 from typing import Any, Protocol
 
 from hydrallm.proxy.h1conn import Connection
 from hydrallm.proxy.h1head import DateCache
-from hydrallm.proxy.wire import Request, Response, StreamResponse
+from hydrallm.proxy.wire import Handler
 
 __all__ = ["Connection", "H1Server", "Handler"]
 
-Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 # Called with the peer address ("host:port", or "-") when a slow head is cut with a 408.
 OnTimeout = Callable[[str], None]
 

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.formats.body import BodyError, looks_like_json, parse_body, parse_strict
@@ -29,14 +29,13 @@ from hydrallm.proxy.upstream import message_headers
 from hydrallm.proxy.wire import (
     INFLATED,
     BodyTooLarge,
+    Handler,
     Request,
     RequestBodyError,
     Response,
     StreamResponse,
     json_response,
 )
-
-Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 _NO_CONTROLS = dict.fromkeys([*range(32), 127])
 _JSON_START = frozenset(b"{ \t\r\n")

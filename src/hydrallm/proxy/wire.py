@@ -15,17 +15,18 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
-    from hydrallm.proxy.h1server import Connection
+    from hydrallm.proxy.h1conn import Connection
 
 __all__ = [
     "INFLATED",
     "BodyTooLarge",
+    "Handler",
     "Request",
     "RequestBodyError",
     "Response",
@@ -299,6 +300,10 @@ def json_response(payload: object, status: int = 200) -> Response:
         body=json.dumps(payload).encode(),
         content_type="application/json; charset=utf-8",
     )
+
+
+# What a listener serves: the server calls it once per request.
+Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
 # --- request body codings -----------------------------------------------------------------

@@ -20,7 +20,6 @@ from enum import Enum
 from typing import Final
 
 from hydrallm.config import Config
-from hydrallm.formats.base import usage_of
 from hydrallm.providers.anthropic import ANTHROPIC_LIMITS, UNIFIED_PREFIX, UNIFIED_WINDOWS
 from hydrallm.providers.bedrock_limits import BEDROCK_LIMITS
 from hydrallm.providers.gemini_limits import (
@@ -319,15 +318,3 @@ def _wait_in_message(message: str) -> float | None:
 
 def now_wall() -> float:
     return datetime.now(UTC).timestamp()
-
-
-# --------------------------------------------------------------------------- usage
-
-
-def usage_tokens(usage: object) -> tuple[int, int] | None:
-    """(input tokens in total, of which read from the prompt cache) from a usage object of
-    any API, read by the one usage reader; None when it has no input count."""
-    found = usage_of(usage)
-    if found is None or found.input_tokens is None:
-        return None
-    return found.total_input or 0, found.cache_read_tokens or 0

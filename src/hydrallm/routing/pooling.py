@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from hydrallm.config import AwsCredential, EndpointConfig, ModelConfig
+from hydrallm.formats.base import Usage, usage_of
 from hydrallm.providers.base import ClientRequest
 from hydrallm.routing.affinity import Affinity, Session, preferred_order, session_of_request
 from hydrallm.routing.keys import (
@@ -31,7 +32,7 @@ from hydrallm.routing.keys import (
     hold_for,
     retry_after_seconds,
 )
-from hydrallm.routing.limits import budget, classify, usage_tokens
+from hydrallm.routing.limits import budget, classify
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class RequestKeys:
         if found is None and len(chunks) > 1:
             found = _usage_in(chunks[0])
         if found is not None:
-            pool.record_usage(key, model.id, *found)
+            pool.record_usage(key, model.id, found.total_input or 0, found.cache_read_tokens or 0)
 
     def earliest_reset(self, chain: Iterable[ModelConfig]) -> float | None:
         return self.pools.earliest_reset(dict.fromkeys(m.endpoint for m in chain))
@@ -207,9 +208,10 @@ def with_retry_after(headers: list[tuple[str, str]], wait: float) -> list[tuple[
 _DECODER = json.JSONDecoder()
 
 
-def _usage_in(head: bytes) -> tuple[int, int] | None:
-    """The first `"usage": {...}` object in the bytes, decoded alone (not the whole body:
-    an answer can be large, and this runs on every answer of a pooled endpoint)."""
+def _usage_in(head: bytes) -> Usage | None:
+    """The first `"usage": {...}` object in the bytes that states an input count, decoded
+    alone (not the whole body: an answer can be large, and this runs on every answer of a
+    pooled endpoint) and read by the one usage reader."""
     at = head.find(b'"usage"')
     if at < 0:
         return None
@@ -223,8 +225,8 @@ def _usage_in(head: bytes) -> tuple[int, int] | None:
                 usage, _ = _DECODER.raw_decode(text, start)
             except ValueError:
                 usage = None
-            found = usage_tokens(usage)
-            if found is not None:
+            found = usage_of(usage)
+            if found is not None and found.input_tokens is not None:
                 return found
         at = text.find('"usage"', at + 7)
     return None

@@ -33,7 +33,7 @@ from hydrallm.formats.eventstream import encode_message
 from hydrallm.testing.answers import CANONICAL_TEXT, AnswerSpec, Api, json_answer, split_text
 from hydrallm.testing.answers import stream_answer as _stream_answer
 from hydrallm.testing.prefill_rules import assistant_prefill, default_behaviour, refusal
-from hydrallm.testing.service import AsyncService
+from hydrallm.testing.service import WebFake
 
 __all__ = [
     "BedrockFault",
@@ -129,8 +129,11 @@ class BedrockRequest:
         return json.loads(self.body)
 
 
-class FakeBedrock(AsyncService):
+class FakeBedrock(WebFake):
     """An aiohttp Bedrock runtime on 127.0.0.1:<random port>."""
+
+    # Its handlers never wait (no hang or stall fault), so one runs to its end as it always did.
+    _cancel_on_disconnect = False
 
     def __init__(
         self,
@@ -151,30 +154,6 @@ class FakeBedrock(AsyncService):
         self.requests: list[BedrockRequest] = []
         self.prefills: list[str] = []  # the assistant prefills received, in order
         self._script: list[BedrockFault] = []
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        self._runner = runner
-        self._url = f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("FakeBedrock is not started")
-        return self._url
 
     def script(self, *faults: BedrockFault) -> None:
         """The next requests get these answers, in order; then normal answers."""

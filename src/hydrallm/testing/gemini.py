@@ -23,7 +23,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from hydrallm.testing.gemini_schema import validate
-from hydrallm.testing.service import AsyncService
+from hydrallm.testing.service import WebFake
 
 __all__ = [
     "Answer",
@@ -35,6 +35,7 @@ __all__ = [
     "cut_stream",
     "error_in_stream",
     "internal",
+    "prefill_refusal",
     "quota_exhausted",
     "rate_limited",
     "unavailable",
@@ -43,13 +44,23 @@ __all__ = [
 ]
 
 # Prefill (a request ending in a model turn): Gemini 2.5 Flash, 3.5 Flash and Flash-Lite up
-# to 3.1 continue it literally; 3.6 Flash and 3.5 Flash-Lite refuse it with this 400
-# (shared provider-behaviour notes, "Prefill").  Later versions are taken to refuse too.
-PREFILL_REFUSAL = (
+# to 3.1 continue it literally; 3.6 Flash and 3.5 Flash-Lite refuse it with a 400
+# INVALID_ARGUMENT (shared provider-behaviour notes, "Prefill"; LibreChat-AI/agents PR #323)
+# and later versions too, in the message's first sentence only (gemini-3.7-flash and
+# gemini-3.8-flash in anomalyco/opencode issues #45359 and #47034).
+PREFILL_REFUSAL = "Requests ending with a model turn are not supported."
+PREFILL_REFUSAL_UNLESS = (
     "Requests ending with a model turn are not supported unless the last part is a "
     "function response."
 )
 _REFUSES_PREFILL = re.compile(r"gemini-(?:3\.(?:[6-9]|\d\d)|[4-9])|gemini-3\.5-flash-lite")
+_SAYS_UNLESS = re.compile(r"gemini-3\.6(?!\d)|gemini-3\.5-flash-lite")
+
+
+def prefill_refusal(model: str) -> str:
+    """The message of the 400 `model` refuses a trailing model turn with."""
+    return PREFILL_REFUSAL_UNLESS if _SAYS_UNLESS.search(model) else PREFILL_REFUSAL
+
 
 _PATH = re.compile(
     r"/v1beta/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)"
@@ -160,7 +171,7 @@ class GeminiRequest:
     body: Any
 
 
-class FakeGemini(AsyncService):
+class FakeGemini(WebFake):
     """Gemini on 127.0.0.1:<random port>: scripted answers and faults, strict validation."""
 
     def __init__(
@@ -179,31 +190,6 @@ class FakeGemini(AsyncService):
         self.requests: list[GeminiRequest] = []
         self.problems: list[str] = []
         self._script: list[Answer | Fault] = []
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        self._runner, self._url = runner, f"http://{host}:{port}"
-
-    async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("FakeGemini is not started")
-        return self._url
 
     def script(self, *items: Answer | Fault) -> None:
         self._script.extend(items)
@@ -258,9 +244,8 @@ class FakeGemini(AsyncService):
                 refuses = _REFUSES_PREFILL.search(match.group("model"))
                 behaviour = "refuse" if refuses else "continue"
             if behaviour == "refuse":
-                return web.json_response(
-                    _error(400, "INVALID_ARGUMENT", PREFILL_REFUSAL), status=400
-                )
+                message = prefill_refusal(match.group("model"))
+                return web.json_response(_error(400, "INVALID_ARGUMENT", message), status=400)
         item = self._script.pop(0) if self._script else self.default
         if isinstance(item, Fault) and item.kind == "status":
             return web.json_response(item.body, status=item.status)

@@ -197,49 +197,36 @@ def zai_concurrency() -> Fault:
     return _fault("zai_1302", 429, body)
 
 
-def gemini_throttle(delay: float) -> Fault:
+def _gemini_quota(kind: str, violation: dict[str, str], *details: dict[str, str]) -> Fault:
+    """Gemini's 429 RESOURCE_EXHAUSTED: the quota that ran out, and any further details."""
+    quota = {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]}
     body = {
         "error": {
             "code": 429,
             "message": "You exceeded your current quota, please check your plan and billing"
             " details.",
             "status": "RESOURCE_EXHAUSTED",
-            "details": [
-                {
-                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                    "violations": [
-                        {
-                            "quotaMetric": "generativelanguage.googleapis.com/"
-                            "generate_content_free_tier_requests",
-                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
-                        }
-                    ],
-                },
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay:g}s"},
-            ],
+            "details": [quota, *details],
         }
     }
-    return _fault("gemini_throttle", 429, body)
+    return _fault(kind, 429, body)
+
+
+def gemini_throttle(delay: float) -> Fault:
+    return _gemini_quota(
+        "gemini_throttle",
+        {
+            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+        },
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{delay:g}s"},
+    )
 
 
 def gemini_daily() -> Fault:
-    body = {
-        "error": {
-            "code": 429,
-            "message": "You exceeded your current quota, please check your plan and billing"
-            " details.",
-            "status": "RESOURCE_EXHAUSTED",
-            "details": [
-                {
-                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                    "violations": [
-                        {"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}
-                    ],
-                }
-            ],
-        }
-    }
-    return _fault("gemini_daily", 429, body)
+    return _gemini_quota(
+        "gemini_daily", {"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}
+    )
 
 
 def _bedrock(kind: str, code: int, name: str, message: str) -> Fault:

@@ -48,7 +48,7 @@ from hydrallm.testing.answers import (
 )
 from hydrallm.testing.exchange import Exchange, RecordedRequest, Sink
 from hydrallm.testing.faults import FailureMix, Fault, Reset
-from hydrallm.testing.service import AsyncService
+from hydrallm.testing.service import WebFake
 from hydrallm.testing.wire import fresh_call, sample_text
 
 __all__ = ["FakeUpstream", "RecordedRequest", "sample_text"]
@@ -56,7 +56,7 @@ __all__ = ["FakeUpstream", "RecordedRequest", "sample_text"]
 _ANTHROPIC_APIS = (Api.MESSAGES, Api.COUNT_TOKENS)
 
 
-class FakeUpstream(AsyncService):
+class FakeUpstream(WebFake):
     """An aiohttp server on 127.0.0.1:<random port> answering as an LLM provider.
 
     Each request takes the next fault queued with `script()`; when the script is
@@ -97,29 +97,11 @@ class FakeUpstream(AsyncService):
         self._port = port
         self._rng = random.Random(rng_seed)
         self._script: deque[Fault] = deque()
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._abort_seen = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Listen on `host:port` (port 0: a free one); `url` is valid afterwards."""
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # handler_cancellation: a client that goes away cancels its handler, which
-        # is how `hang()` ends and how `aborted` is counted.
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        self._runner = runner
-        self._url = f"http://{host}:{port}"
 
     async def close(self) -> None:
         """Drop every connection at once and stop listening."""
@@ -133,13 +115,6 @@ class FakeUpstream(AsyncService):
                 if connection.transport is not None:
                     connection.transport.abort()
         await runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        """`http://127.0.0.1:PORT`, without a trailing slash."""
-        if self._url is None:
-            raise RuntimeError("FakeUpstream is not started")
-        return self._url
 
     # --- control and observation -------------------------------------------------------
 
