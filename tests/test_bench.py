@@ -41,7 +41,7 @@ def test_bench_smoke_runs_and_reports(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # a hang guard: on a busy 2-core machine the smoke run takes ~2 min
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| figure" in proc.stdout
