@@ -66,6 +66,17 @@ NOT_FOR_SERVE: tuple[str, ...] = (
     "hydrallm.observe.journal_query",  # loaded by the first status-page chart
     "statistics",
     "email",
+    # Cross-family translation: loaded at the first request a chain translates (the config
+    # here has one family; `formats.translate` itself, the path tests, is light).
+    "hydrallm.formats.translate.translator",
+    "hydrallm.formats.translate.ir",
+    "hydrallm.formats.translate.errors",
+    "hydrallm.formats.translate.anthropic",
+    "hydrallm.formats.translate.chat",
+    "hydrallm.formats.translate.gemini",
+    "hydrallm.formats.translate.responses",
+    "hydrallm.formats.translate.bedrock",
+    "mimetypes",
 )
 
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
