@@ -79,6 +79,11 @@ NOT_FOR_SERVE: tuple[str, ...] = (
     "mimetypes",
     "hydrallm.observe.snapshot",  # the status views: loaded by the first scrape or status read
     "encodings.idna",  # the listen address goes to the loop as bytes (no IDNA codec)
+    # Shared state: only with [cluster] redis or --workers.
+    "hydrallm.app.cluster",
+    "hydrallm.app.workers",
+    "hydrallm.app.workershare",
+    "hydrallm.routing.shared",
 )
 
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")

@@ -30,12 +30,12 @@ from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.holds import Holds
 from hydrallm.routing.keys import KIND as KEY_KIND
 from hydrallm.routing.keys import KeyPools
-from hydrallm.routing.shared import Sharer
 
 if TYPE_CHECKING:
     from hydrallm.app.cluster import ClusterLink
     from hydrallm.observe.snapshot import Generation, KeyPoolView
     from hydrallm.proxy.upstream import Response, Transport
+    from hydrallm.routing.shared import Sharer
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,6 @@ import sys
 from collections.abc import Callable
 
 from hydrallm.app.lifecycle import Proxy, bind_message, install_uvloop, port_is_free, serve
-from hydrallm.app.workers import Supervisor, balanced_reuse_port, bind_shared, can_fork
-from hydrallm.app.workershare import Hub
 from hydrallm.config import Config
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger
@@ -30,15 +28,30 @@ def run_server(
     `on_listening` is called once the proxy listens (with workers: before they start).
     """
     count = workers if workers is not None else config.server.workers
-    if count > 1 and not can_fork():
-        Logger(config.log.level).warn(
-            "workers", problem="worker processes need fork(); running a single process"
-        )
-        count = 1
+    if count > 1:
+        from hydrallm.app.workers import can_fork
+
+        if not can_fork():
+            Logger(config.log.level).warn(
+                "workers", problem="worker processes need fork(); running a single process"
+            )
+            count = 1
     if count <= 1:
         ready = None if on_listening is None else (lambda _: on_listening())
         _serve_here(config, 0, None, False, reload_config, tagged=False, ready=ready)
         return
+    _run_workers(config, count, reload_config, on_listening)
+
+
+def _run_workers(
+    config: Config,
+    count: int,
+    reload_config: Callable[[], Config] | None,
+    on_listening: Callable[[], None] | None,
+) -> None:
+    # The supervisor's code (and the state the workers share) loads only for workers.
+    from hydrallm.app.workers import Supervisor, balanced_reuse_port, bind_shared
+    from hydrallm.app.workershare import Hub
 
     reuse = balanced_reuse_port() and all(lc.port != 0 for lc in config.listeners)
     sockets: dict[str, socket.socket] | None = None
