@@ -677,7 +677,7 @@ def evaluate(figs: dict[str, Figure]) -> list[Target]:
             check(f"{name}: throughput / baseline c16", cost, ">= 0.97", lambda v: v >= 0.97)
         )
     out.append(check("--help (ms)", get("help_ms", "hydrallm"), "<= 150", lambda v: v <= 150))
-    out.append(check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 400", lambda v: v <= 400))
+    out.append(check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 300", lambda v: v <= 300))
     return out
 
 

@@ -66,6 +66,24 @@ NOT_FOR_SERVE: tuple[str, ...] = (
     "hydrallm.observe.journal_query",  # loaded by the first status-page chart
     "statistics",
     "email",
+    # Cross-family translation: loaded at the first request a chain translates (the config
+    # here has one family; `formats.translate` itself, the path tests, is light).
+    "hydrallm.formats.translate.translator",
+    "hydrallm.formats.translate.ir",
+    "hydrallm.formats.translate.errors",
+    "hydrallm.formats.translate.anthropic",
+    "hydrallm.formats.translate.chat",
+    "hydrallm.formats.translate.gemini",
+    "hydrallm.formats.translate.responses",
+    "hydrallm.formats.translate.bedrock",
+    "mimetypes",
+    "hydrallm.observe.snapshot",  # the status views: loaded by the first scrape or status read
+    "encodings.idna",  # the listen address goes to the loop as bytes (no IDNA codec)
+    # Shared state: only with [cluster] redis or --workers.
+    "hydrallm.app.cluster",
+    "hydrallm.app.workers",
+    "hydrallm.app.workershare",
+    "hydrallm.routing.shared",
 )
 
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
@@ -209,3 +227,61 @@ def test_what_loads_on_first_use_still_answers_right(tmp_path: Path) -> None:
     families = {f.name for f in text_string_to_metric_families(text)}
     assert {"hydrallm_requests", "hydrallm_circuit_state", "hydrallm_worker_info"} <= families
     assert b'"models"' in status
+
+
+# Run in a fresh interpreter through the console script's entry point: once the port
+# accepts, wait (bounded) for the collector to be on, say so, and stop the server.
+_COLLECTOR_PROBE = """
+import gc, os, signal, socket, sys, threading, time
+from hydrallm.cli import main
+
+port = int(sys.argv[1])
+
+def probe():
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.005)
+    deadline = time.monotonic() + 10
+    while not gc.isenabled() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("collector", "on" if gc.isenabled() else "off", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=probe, daemon=True).start()
+main(["serve", "-c", sys.argv[2]])
+"""
+
+
+def test_a_started_proxy_collects_garbage_again(tmp_path: Path) -> None:
+    """Starting runs without the cyclic garbage collector (it would find nothing to free);
+    a proxy that stayed without it would grow with every request that leaves a cycle."""
+    config, port = _config(tmp_path, journal=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _COLLECTOR_PROBE, str(port), str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert "collector on" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_serve_that_fails_leaves_the_collector_on(tmp_path: Path) -> None:
+    """`serve` called in a process that goes on (an embedding, a test runner): a config
+    error still ends with the collector on."""
+    import gc
+
+    from click.testing import CliRunner
+
+    from hydrallm.cli.main import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nport = 0\n")
+    assert gc.isenabled()
+    result = CliRunner().invoke(main, ["serve", "-c", str(bad)])
+    assert result.exit_code == 1, result.output
+    assert "port 0 is out of range" in result.output
+    assert gc.isenabled()

@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from hydrallm.app.cluster import start_cluster
 from hydrallm.app.reload import Reloader
 from hydrallm.app.runtime import ProxyState, build_runtime
 from hydrallm.config import Config, ListenerConfig
@@ -191,7 +190,12 @@ async def start(
             sink.config_source = lambda: state.current.config  # prices etc. follow reloads
     proxy = Proxy(state, reuse_port=reuse_port, fixed_sockets=sockets is not None)
     try:
-        state.cluster = start_cluster(state, hub)
+        # The cluster's code (and the shared-state records) loads only with something to
+        # share state through: Redis, or the supervisor of `--workers` (`start_cluster`).
+        if config.cluster.redis is not None or hub is not None:
+            from hydrallm.app.cluster import start_cluster
+
+            state.cluster = start_cluster(state, hub)
         for lc in config.listeners:
             await proxy.start_listener(lc, sockets.get(lc.name) if sockets else None)
     except BaseException:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from hydrallm.config import ApiType, Config, ListenerConfig, ModelConfig
 from hydrallm.observe.events import Telemetry
 from hydrallm.observe.journal import JournalSink
-from hydrallm.observe.snapshot import Generation, KeyPoolView, configured
 from hydrallm.providers import Provider, provider_for
 from hydrallm.proxy.engine import Engine
 from hydrallm.proxy.recovery import RecoveryMemory
@@ -31,11 +30,12 @@ from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.holds import Holds
 from hydrallm.routing.keys import KIND as KEY_KIND
 from hydrallm.routing.keys import KeyPools
-from hydrallm.routing.shared import Sharer
 
 if TYPE_CHECKING:
     from hydrallm.app.cluster import ClusterLink
+    from hydrallm.observe.snapshot import Generation, KeyPoolView
     from hydrallm.proxy.upstream import Response, Transport
+    from hydrallm.routing.shared import Sharer
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +202,9 @@ class ProxyState:
     # --- observe.snapshot.ProcessView: what metrics and status.json read --------------
 
     def generation(self) -> Generation:
+        # The views' types load at the first status read or scrape, not at startup.
+        from hydrallm.observe.snapshot import configured
+
         return configured(self.current.config, self.current.generation)
 
     def circuit(self, model_id: str) -> tuple[str, float]:

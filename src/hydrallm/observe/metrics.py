@@ -43,10 +43,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
-from hydrallm.observe.snapshot import ProcessView
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+    from hydrallm.observe.snapshot import ProcessView
 
 __all__ = ["MetricsSink", "content_type"]
 

@@ -73,11 +73,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydrallm import __version__
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
-from hydrallm.observe.snapshot import ProcessView
+
+if TYPE_CHECKING:
+    from hydrallm.observe.snapshot import ProcessView
 
 WINDOW_S = 300.0
 _BUCKETS = 60

@@ -22,12 +22,12 @@ from hydrallm import __version__
 from hydrallm.observe.events import Sink
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.metrics import MetricsSink, content_type
-from hydrallm.observe.snapshot import ProcessView
 from hydrallm.observe.status import StatusSink
 from hydrallm.proxy.wire import Request, Response, json_response
 
 if TYPE_CHECKING:
     from hydrallm.app.runtime import ProxyState
+    from hydrallm.observe.snapshot import ProcessView
 
 PREFIX = "/_hydrallm"
 

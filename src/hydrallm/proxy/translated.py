@@ -15,7 +15,7 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -25,22 +25,23 @@ from hydrallm.formats.body import parse_body
 from hydrallm.formats.peek import StreamKind
 from hydrallm.formats.prefill import auto_prefill, prefill_body
 from hydrallm.formats.sse import SSEError
+
+# Only the path and family tests and the exceptions: the translators load at the first
+# translation (imported where they are used), so a one-family proxy never loads them.
 from hydrallm.formats.translate import (
     BadRequest,
     ClientApi,
     MalformedUpstream,
     Untranslatable,
-    anthropic,
-    bedrock,
     client_api_for_path,
-    gemini,
-    translator_for,
     upstream_api,
 )
-from hydrallm.formats.translate.errors import ClientError
-from hydrallm.formats.translate.errors import UpstreamError as StreamedError
 from hydrallm.providers.base import CREDENTIAL_HEADERS, ClientRequest
 from hydrallm.proxy.upstream import Response, read_body
+
+if TYPE_CHECKING:
+    from hydrallm.formats.translate.errors import ClientError
+    from hydrallm.formats.translate.errors import UpstreamError as StreamedError
 
 # Client headers that belong to the client's API family: meaningless (or refused) upstream
 # on another family, e.g. Claude Code's `anthropic-beta` on an OpenAI-compatible endpoint.
@@ -198,6 +199,8 @@ def translation_for(
         return None
     if kind is None:
         raise RequestNotPossible(f"a {model.type} model cannot serve the {client} API")
+    from hydrallm.formats.translate.translator import translator_for
+
     translator = translator_for(client, kind)
     try:
         body = json.loads(request.body) if request.body else {}
@@ -240,6 +243,8 @@ def _prefilled(kind: str, body: object, text: str, flag: PrefillFlag) -> bytes |
     if not isinstance(body, dict):
         return None
     if kind == "gemini":
+        from hydrallm.formats.translate import gemini
+
         out = gemini.prefill_body(body, text)
         return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
     return prefill_body(_PREFILL_KINDS[kind], body, text, flag)
@@ -258,6 +263,8 @@ def without_foreign_thinking(request: ClientRequest) -> ClientRequest:
         body = json.loads(raw)
     except ValueError:
         return request
+    from hydrallm.formats.translate import anthropic
+
     if not isinstance(body, dict) or not anthropic.strip_unsigned_thinking(body):
         return request
     fixed = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -266,6 +273,8 @@ def without_foreign_thinking(request: ClientRequest) -> ClientRequest:
 
 def _on_bedrock(request: ClientRequest, model_name: str) -> Translated:
     """Anthropic Messages as InvokeModel(WithResponseStream) on Bedrock."""
+    from hydrallm.formats.translate import bedrock
+
     try:
         path, raw, stream = bedrock.request(json.loads(request.body or b"{}"), model_name)
     except (BadRequest, ValueError) as exc:

@@ -21,9 +21,10 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from hydrallm.routing.shared import Record, SharedState
+if TYPE_CHECKING:
+    from hydrallm.routing.shared import Record, SharedState
 
 KIND: Final = "affinity"
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hydrallm.config import CooldownConfig, ModelConfig
-from hydrallm.routing.shared import CLAIM_PREFIX, Record, SharedState
+
+if TYPE_CHECKING:
+    from hydrallm.routing.shared import Record, SharedState
 
 State = Literal["closed", "open", "half-open"]
 StateListener = Callable[[str, State, float], None]  # model id, new state, seconds open
@@ -102,7 +104,7 @@ class Breakers:
         """In a cluster, only the holder of the model's probe slot probes it."""
         if self.shared is None:
             return True
-        return self.shared.may(CLAIM_PREFIX + model_id, max(c.duration, 1.0))
+        return self.shared.may(_probe_slot(model_id), max(c.duration, 1.0))
 
     def release(self, model_id: str) -> None:
         """A request that was admitted as a half-open probe ended without asking the model
@@ -176,7 +178,7 @@ class Breakers:
             return
         record, ttl = self._record(c, self._clock())
         shared.publish(KIND, model_id, record, ttl)
-        shared.release(CLAIM_PREFIX + model_id)
+        shared.release(_probe_slot(model_id))
 
     def _share_failures(self, model_id: str, count: int) -> None:
         """The run of consecutive failures, counted across instances: each adopts the
@@ -228,7 +230,7 @@ class Breakers:
             c2.duration = 0.0
             self._set(model_id, c2, "closed")
         if self.shared is not None:
-            self.shared.forget_claim(CLAIM_PREFIX + model_id)
+            self.shared.forget_claim(_probe_slot(model_id))
 
     def _set(self, model_id: str, c: _Circuit, state: State) -> None:
         if c.state == state and state != "open":
@@ -248,3 +250,11 @@ class Breakers:
             c = self._circuits.setdefault(model_id, _Circuit())
         if c.state == "closed":
             c.failures = max(c.failures, count) if count > 0 else 0
+
+
+def _probe_slot(model_id: str) -> str:
+    """The model's half-open probe slot in the shared store (asked only in a cluster, so
+    the shared-state module loads with one, not at every start)."""
+    from hydrallm.routing.shared import CLAIM_PREFIX
+
+    return CLAIM_PREFIX + model_id

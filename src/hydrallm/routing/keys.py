@@ -23,13 +23,15 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from hydrallm.config import AwsCredential, Config, EndpointConfig, KeyStrategy
 from hydrallm.providers.base import Provider
 from hydrallm.routing.keyshare import KIND, SharedKeys, merged_sleep, record_of, share_names
 from hydrallm.routing.limits import Budget, Kind, Limit, Policy
-from hydrallm.routing.shared import Record, SharedState
+
+if TYPE_CHECKING:
+    from hydrallm.routing.shared import Record, SharedState
 
 KeyState = Literal["ready", "throttled", "exhausted", "invalid"]
 STATE_VALUES: Final[Mapping[KeyState, int]] = {

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from hydrallm.config import AwsCredential
-from hydrallm.routing.shared import Record, SharedState
 
 if TYPE_CHECKING:
     from hydrallm.routing.keys import KeyPools
+    from hydrallm.routing.shared import Record, SharedState
 
 KIND: Final = "key"
 # A sleep's record lives as long as the sleep, so the store forgets it when the key wakes.

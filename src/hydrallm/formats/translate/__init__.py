@@ -10,35 +10,33 @@
 
 One `Translator` serves one request: it keeps what the answer's translation needs to
 know about the request (whether the client wants reasoning, stream usage, ...).
+
+This module holds only what routing asks of every request (which API a path speaks, how a
+model serves it) and the exceptions: the translators themselves (`translator.py`, the IR,
+each family's converters) load when first asked for, as `translator_for` here, so a proxy
+whose chains stay within one family never loads them (issue 19: start within 300 ms).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+import importlib
+from typing import TYPE_CHECKING, Any, Literal
 
-from hydrallm.formats.sse import SSEDecoder, SSEEvent
-from hydrallm.formats.translate import (
-    anthropic,
-    anthropic_stream,
-    chat,
-    chat_stream,
-    gemini,
-    ir,
-    responses,
-)
-from hydrallm.formats.translate.errors import (
-    ClientError,
-    UpstreamError,
-    client_error,
-    read_error,
-    retry_delay,
-)
-from hydrallm.formats.translate.ir import BadRequest, Json, Untranslatable
+if TYPE_CHECKING:
+    from hydrallm.formats.translate.errors import (
+        ClientError,
+        UpstreamError,
+        read_error,
+        retry_delay,
+    )
+    from hydrallm.formats.translate.translator import (
+        StreamTranslator,
+        Translator,
+        UpstreamCall,
+        translator_for,
+    )
 
+Json = dict[str, Any]
 ClientApi = Literal["anthropic", "chat", "responses"]
 UpstreamApi = Literal["anthropic", "chat", "gemini"]
 CLIENT_APIS: tuple[ClientApi, ...] = ("anthropic", "chat", "responses")
@@ -50,6 +48,7 @@ __all__ = [
     "BadRequest",
     "ClientApi",
     "ClientError",
+    "Json",
     "MalformedUpstream",
     "StreamTranslator",
     "Translator",
@@ -64,28 +63,39 @@ __all__ = [
     "upstream_api",
 ]
 
+# Names loaded at their first use (PEP 562 `__getattr__`), by the module that defines them.
+_LAZY = {
+    "ClientError": "errors",
+    "UpstreamError": "errors",
+    "read_error": "errors",
+    "retry_delay": "errors",
+    "StreamTranslator": "translator",
+    "Translator": "translator",
+    "UpstreamCall": "translator",
+    "translator_for": "translator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+class Untranslatable(Exception):
+    """The request uses a feature the target family lacks and that changes the answer.
+
+    The engine skips the model for this request and logs `str(exc)`.
+    """
+
+
+class BadRequest(ValueError):
+    """The client's body is malformed for its own API (answered 400 in its format)."""
+
 
 class MalformedUpstream(ValueError):
     """The upstream's 2xx answer or stream event is not shaped as its API's."""
-
-
-class _Decoder(Protocol):
-    def feed(self, event: SSEEvent) -> list[ir.Event]: ...
-    def close(self) -> list[ir.Event]: ...
-
-
-class _Encoder(Protocol):
-    def encode(self, event: ir.Event) -> bytes: ...
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamCall:
-    """What to send: POST `path` (and `query`, "" for none) with JSON `body`."""
-
-    path: str
-    query: str
-    body: Json
-    stream: bool
 
 
 def client_api_for_path(path: str) -> ClientApi | None:
@@ -98,167 +108,6 @@ def client_api_for_path(path: str) -> ClientApi | None:
     if bare.endswith("/responses"):
         return "responses"
     return None
-
-
-_READ = {
-    "anthropic": anthropic.parse_request,
-    "chat": chat.parse_request,
-    "responses": responses.parse_request,
-}
-_WRITE = {
-    "anthropic": anthropic.build_request,
-    "chat": chat.build_request,
-    "gemini": gemini.build_request,
-}
-_PARSE = {
-    "anthropic": anthropic.parse_response,
-    "chat": chat.parse_response,
-    "gemini": gemini.parse_response,
-}
-_ANSWER = {
-    "anthropic": anthropic.build_response,
-    "chat": chat.build_response,
-    "responses": responses.build_response,
-}
-
-
-class StreamTranslator:
-    """Upstream SSE bytes in, client SSE bytes out, chunk by chunk."""
-
-    def __init__(self, decoder: _Decoder, encoder: _Encoder) -> None:
-        self._sse = SSEDecoder()
-        self._decoder = decoder
-        self._encoder = encoder
-        self.finished = False  # the client got its terminal event
-        self.error: UpstreamError | None = None  # an in-stream error the upstream sent
-
-    def _emit(self, events: list[ir.Event]) -> bytes:
-        out = bytearray()
-        for event in events:
-            if self.finished or self.error is not None:
-                break
-            if isinstance(event, ir.StreamError):
-                self.error = UpstreamError(event.status, event.message)
-            out += self._encoder.encode(event)
-            if isinstance(event, ir.Finish):
-                self.finished = True
-        return bytes(out)
-
-    def feed(self, data: bytes) -> bytes:
-        """Client bytes for these upstream bytes (often b"" until an event completes).
-
-        Raises `formats.sse.SSEError` on an event larger than 1 MiB, `MalformedUpstream`
-        on an event of the right JSON but the wrong shape (both ValueErrors): the
-        stream is broken, as if cut.
-        """
-        out = bytearray()
-        for event in self._sse.feed(data):
-            out += self._emit(self._read(event))
-        return bytes(out)
-
-    def _read(self, event: SSEEvent) -> list[ir.Event]:
-        try:
-            return self._decoder.feed(event)
-        except (AttributeError, TypeError, KeyError, ValueError) as exc:
-            raise MalformedUpstream(f"unreadable upstream stream event ({exc})") from exc
-
-    def close(self) -> bytes:
-        """The upstream ended: the last bytes.  `finished` False afterwards means cut."""
-        out = bytearray()
-        for event in self._sse.flush():
-            out += self._emit(self._read(event))
-        return bytes(out + self._emit(self._decoder.close()))
-
-
-class Translator:
-    """One request's translation from client API `client` to upstream API `upstream`."""
-
-    def __init__(
-        self, client: ClientApi, upstream: UpstreamApi, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.client = client
-        self.upstream = upstream
-        self._clock = clock  # dates the answer (`created`, `created_at`)
-        self._request: ir.Request | None = None
-
-    def request(self, body: Json, model: str) -> UpstreamCall:
-        """The upstream call for the client's body, asking for `model`.
-
-        Raises `Untranslatable` (skip this model) or `BadRequest` (answer 400).
-        """
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
-        try:
-            request = _READ[self.client](body)
-            request.model = model
-            out = _WRITE[self.upstream](request)
-        except (BadRequest, Untranslatable):
-            raise
-        except (AttributeError, TypeError, KeyError, ValueError) as exc:
-            # A field of the wrong type somewhere the client's API would refuse too.
-            raise BadRequest(f"malformed request body ({type(exc).__name__}: {exc})") from exc
-        request.created = int(self._clock())
-        self._request = request
-        if self.upstream == "gemini":
-            path, query = gemini.path(model, request.stream)
-        elif self.upstream == "anthropic":
-            path, query = "/v1/messages", ""
-        else:
-            path, query = "/v1/chat/completions", ""
-        return UpstreamCall(path, query, out, request.stream)
-
-    @property
-    def parsed(self) -> ir.Request:
-        if self._request is None:
-            raise RuntimeError("Translator.request() must be called first")
-        return self._request
-
-    def response(self, body: bytes | Json) -> bytes:
-        """A 2xx JSON answer of the upstream, as the client's API answers.
-
-        Raises `MalformedUpstream` (a ValueError) when it is not such an answer.
-        """
-        data = json.loads(body) if isinstance(body, (bytes, str)) else body
-        if not isinstance(data, dict):
-            raise MalformedUpstream("the upstream answer is not a JSON object")
-        try:
-            answer = _ANSWER[self.client](_PARSE[self.upstream](data), self.parsed)
-        except (AttributeError, TypeError, KeyError, ValueError) as exc:
-            raise MalformedUpstream(f"unreadable upstream answer ({exc})") from exc
-        return ir.dumps(answer).encode()
-
-    def stream(self) -> StreamTranslator:
-        """A translator for the upstream's 2xx SSE stream."""
-        decoder: _Decoder
-        if self.upstream == "anthropic":
-            decoder = anthropic_stream.Decoder()
-        elif self.upstream == "chat":
-            decoder = chat_stream.Decoder()
-        else:
-            decoder = gemini.Decoder()
-        encoder: _Encoder
-        if self.client == "anthropic":
-            encoder = anthropic_stream.Encoder(self.parsed)
-        elif self.client == "chat":
-            encoder = chat_stream.Encoder(self.parsed)
-        else:
-            encoder = responses.Encoder(self.parsed)
-        return StreamTranslator(decoder, encoder)
-
-    def error(self, status: int, body: bytes) -> ClientError:
-        """A non-2xx upstream answer, in the client's error format (status kept)."""
-        return client_error(self.client, read_error(status, body))
-
-
-def translator_for(
-    client: ClientApi, upstream: UpstreamApi, clock: Callable[[], float] = time.time
-) -> Translator:
-    """The translator for one request; same-family pairs are passed through, not here."""
-    if client not in CLIENT_APIS or upstream not in UPSTREAM_APIS:
-        raise ValueError(f"no translation from {client!r} to {upstream!r}")
-    if client == upstream:
-        raise ValueError(f"{client!r} to {upstream!r} is a pass-through, not a translation")
-    return Translator(client, upstream, clock)
 
 
 def upstream_api(

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-Json = dict[str, Any]
+# Defined with the package (loaded on every start) and named here as ever.
+from hydrallm.formats.translate import BadRequest as BadRequest
+from hydrallm.formats.translate import Json as Json
+from hydrallm.formats.translate import Untranslatable as Untranslatable
+
 Stop = Literal["end", "length", "tool", "stop_sequence", "filter"]
 Effort = Literal["minimal", "low", "medium", "high"]
-
-
-class Untranslatable(Exception):
-    """The request uses a feature the target family lacks and that changes the answer.
-
-    The engine skips the model for this request and logs `str(exc)`.
-    """
-
-
-class BadRequest(ValueError):
-    """The client's body is malformed for its own API (answered 400 in its format)."""
 
 
 @dataclass(slots=True)
