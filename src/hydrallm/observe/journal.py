@@ -132,23 +132,40 @@ class JournalSink(Sink):
         if not self.enabled:
             return
         try:
-            # Opened here, not only in the writer, so that a bad file is reported before
-            # the proxy is ready (and a new file gets its schema now).
-            open_for_writing(self.path).close()
-        except (sqlite3.Error, OSError) as exc:
-            self._failed(f"{type(exc).__name__}: {exc}")
-            return
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            problem = self._check_file()
+            if problem is not None:
+                self._failed(problem)
+                return
         c = self.config
         self._writer.send(("open", str(self.path), c.max_size, str(self._spool.directory)))
         self._backlog = pending_bytes(self._spool.directory)  # a stopped proxy's, if any
         self._housekeeping()
         self._started = True
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if self._loop is None:
             self._writer.spawn(None)
             return
+        # Checked beside the rest of the startup, not before it: creating a journal costs
+        # tens of milliseconds of disk syncs.  A bad file is still reported once, a moment
+        # after the proxy is ready, and the journal turned off; no request waits for it.
+        checked = self._loop.run_in_executor(None, self._check_file)
+        checked.add_done_callback(self._checked)
         self._timer = self._loop.call_later(FLUSH_S, self._tick)
+
+    def _check_file(self) -> str | None:
+        try:
+            # Opened here, not only in the writer, so that a bad file is reported at once
+            # (and a new file gets its schema now).
+            open_for_writing(self.path).close()
+        except (sqlite3.Error, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _checked(self, future: asyncio.Future[str | None]) -> None:
+        problem = None if future.cancelled() else future.result()
+        if problem is not None:
+            self._failed(problem)
 
     def close(self) -> None:
         """Spool what is queued, stop the writer, load the spool here for up to

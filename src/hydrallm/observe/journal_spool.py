@@ -138,7 +138,7 @@ def _segments(directory: Path) -> list[tuple[str, Path, bool]]:
     """(name, path, closed) of every segment, oldest process first."""
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except FileNotFoundError:
+    except OSError:  # none yet, or not a directory: the writer reports what is wrong
         return []
     found = []
     for entry in entries:
