@@ -1,3 +1,3 @@
-from hydrallm.cli.main import main
+from hydrallm.launch import run
 
-main()
+run()

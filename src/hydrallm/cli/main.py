@@ -83,13 +83,9 @@ def fail(message: str, code: int = 1) -> None:
 
 def load(obj: dict[str, Any]) -> Any:
     """Load the config named by the flags / environment, with the flags applied."""
-    from hydrallm.config.load import apply_overrides, load_config, resolve_config_path
+    from hydrallm.launch import load as load_config
 
-    path = resolve_config_path(obj.get("config_path"), os.environ)
-    config = load_config(path, os.environ)
-    return apply_overrides(
-        config, host=obj.get("host"), port=obj.get("port"), log_level=obj.get("log_level")
-    )
+    return load_config(obj)
 
 
 def handle_errors(func: F) -> F:
@@ -141,23 +137,11 @@ def main(ctx: click.Context, workers: int | None = None) -> None:
 @handle_errors
 def serve(obj: dict[str, Any], workers: int | None = None) -> None:
     """Start the proxy server."""
-    import gc
+    # `hydrallm serve` with plain flags does not come here: `hydrallm.launch` serves it
+    # without loading click.  Both end in the same function.
+    from hydrallm.launch import serve as serve_here
 
-    # Starting makes what lives as long as the process (modules, classes, the config) and
-    # frees next to nothing: the collector's passes over it would find no garbage.  It is
-    # on again once the proxy listens (or, whatever happens, when this returns).
-    gc.disable()
-    try:
-        from hydrallm.app.serve import run_server
-
-        if workers is None:
-            workers = (obj or {}).get("workers")
-        config = load(obj or {})
-        run_server(
-            config, workers=workers, reload_config=lambda: load(obj or {}), on_listening=gc.enable
-        )
-    finally:
-        gc.enable()
+    serve_here(obj or {}, workers)
 
 
 @main.command()
