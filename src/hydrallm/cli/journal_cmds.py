@@ -293,6 +293,9 @@ def register(
         emit(rows)
         if not follow:
             return
+        from hydrallm.cli.interrupt import ctrl_c_stops
+
+        ctrl_c_stops()
         last = max((r["rowid"] for r in rows), default=0)
         if not rows:
             newest = db.execute("SELECT max(rowid) FROM requests").fetchone()[0]
