@@ -290,12 +290,13 @@ def register(
             elif batch:
                 console.print(_log_table(batch))
 
+        if follow:
+            from hydrallm.cli.interrupt import ctrl_c_stops
+
+            ctrl_c_stops()  # before the first row: once a row is out, Ctrl-C works
         emit(rows)
         if not follow:
             return
-        from hydrallm.cli.interrupt import ctrl_c_stops
-
-        ctrl_c_stops()
         last = max((r["rowid"] for r in rows), default=0)
         if not rows:
             newest = db.execute("SELECT max(rowid) FROM requests").fetchone()[0]
