@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -550,3 +552,38 @@ async def test_log_follow_prints_new_requests(tmp_path: Path) -> None:
             finally:
                 follower.terminate()
                 await follower.wait()
+
+
+async def test_log_follow_ends_on_ctrl_c_even_when_started_with_sigint_ignored(
+    tmp_path: Path,
+) -> None:
+    # A background job of a non-interactive shell inherits SIGINT ignored (Python keeps
+    # it); `log --follow`, which ends only by Ctrl-C or a signal, once followed on through.
+    db = tmp_path / "j.db"
+    async with FakeUpstream() as up:
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(one_model(db, up.url))
+        async with ProxyHarness(cfg.read_text()) as px, aiohttp.ClientSession() as s:
+            body = {"model": "first", "messages": []}
+            async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200
+            await asyncio.sleep(0.6)  # the writer's turn
+            env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+            ignored = (
+                "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "os.execv(sys.argv[1], sys.argv[1:])"
+            )
+            follower = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", ignored, HYDRALLM, "log", "--follow", "--json",
+                "-c", str(cfg), stdout=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            try:
+                assert follower.stdout is not None
+                first = await asyncio.wait_for(follower.stdout.readline(), 20)
+                assert json.loads(first)["requested_model"] == "first"
+                follower.send_signal(signal.SIGINT)
+                assert await asyncio.wait_for(follower.wait(), 30) == 130
+            finally:
+                if follower.returncode is None:
+                    follower.kill()
+                    await follower.wait()

@@ -293,6 +293,10 @@ def register(
             elif batch:
                 console.print(_log_table(batch))
 
+        if follow:
+            from hydrallm.cli.interrupt import ctrl_c_stops
+
+            ctrl_c_stops()  # before the first row: once a row is out, Ctrl-C works
         emit(rows)
         if not follow:
             return

@@ -359,6 +359,7 @@ def status(obj: dict[str, Any], url: str | None, watch: bool, requests_: int) ->
     from rich.live import Live
     from rich.text import Text
 
+    from hydrallm.cli.interrupt import ctrl_c_stops
     from hydrallm.cli.statusview import StatusUnavailable, fetch_status, render_status
 
     target = _status_url(obj or {}, url)
@@ -366,6 +367,7 @@ def status(obj: dict[str, Any], url: str | None, watch: bool, requests_: int) ->
     if not watch:
         console.print(render_status(fetch_status(target), target, requests=requests_))
         return
+    ctrl_c_stops()
 
     def view() -> Any:
         try:

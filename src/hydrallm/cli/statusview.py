@@ -7,6 +7,7 @@ picks the address of the configured listener.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -47,11 +48,21 @@ def default_url(config: Config | None) -> str:
 
 
 def fetch_status(url: str, *, timeout: float = 3.0) -> dict[str, Any]:
-    """GET `<url>/_hydrallm/status.json` and decode it."""
+    """GET `<url>/_hydrallm/status.json` and decode it, all within `timeout` seconds.
+
+    The socket timeout alone bounds each read, not the answer: a proxy that trickles its
+    bytes would hold `--watch` on one frame for as long as it keeps trickling.
+    """
     target = url.rstrip("/") + "/_hydrallm/status.json"
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(target, timeout=timeout) as response:
-            raw = response.read()
+            chunks: list[bytes] = []
+            while chunk := response.read1(65536):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise StatusUnavailable(f"{target} did not answer within {timeout:g} s")
+            raw = b"".join(chunks)
     except urllib.error.HTTPError as exc:
         raise StatusUnavailable(
             f"{target} answered HTTP {exc.code}; is this a hydrallm proxy?"
@@ -61,6 +72,10 @@ def fetch_status(url: str, *, timeout: float = 3.0) -> dict[str, Any]:
         raise StatusUnavailable(
             f"cannot reach hydrallm at {url}: {reason}"
             " (is it running? pass --url to name another address)"
+        ) from exc
+    except http.client.HTTPException as exc:  # not HTTP at all, or cut short
+        raise StatusUnavailable(
+            f"{target} did not answer HTTP ({type(exc).__name__}); is this a hydrallm proxy?"
         ) from exc
     try:
         doc = json.loads(raw)
