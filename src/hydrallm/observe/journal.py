@@ -204,6 +204,9 @@ class JournalSink(Sink):
                 stop=lambda: time.monotonic() > deadline,
                 written=self._counted,
             )
+            # Retention and the size limit hold after what was just loaded (and even if
+            # the writer, at its priority, never got to them on a busy machine).
+            writer.housekeeping(self._clock() - self.config.retention)
         except Exception as exc:  # as the writer process reports it
             self._failed(f"{type(exc).__name__}: {exc}")
         finally:
