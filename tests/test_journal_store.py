@@ -312,7 +312,7 @@ def test_a_spool_the_writer_cannot_keep_up_with_drops_new_rows_and_counts_them(
 
     # No event loop: the writer is asked to load only when the sink closes, so the spool
     # fills up; it may hold no more than the journal file may (`max_size`).
-    sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db"), max_size=4096))
+    sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db"), max_size=64 * 1024))
     sink.start()
     n = 4 * journal.BATCH_ROWS
     for i in range(n):
