@@ -7,7 +7,8 @@ Anthropic model, an OpenAI chat model and a Gemini model; the client is the offi
 behave as their providers do with a prefill (Claude 4.5 continues one unless thinking is
 on, Claude 4.6 refuses it, OpenAI answers anew unless flagged; Gemini is never offered
 one under `auto`).  The client gets one coherent answer with the ids it first saw, or the
-honest give-up: never two answers glued together.
+honest give-up: never two answers glued together.  Tool arguments are a JSON value: spelled
+alike or otherwise (spaces, `\\uXXXX`), the same value is finished; another value gives up.
 """
 
 from __future__ import annotations
@@ -231,15 +232,87 @@ async def test_a_tool_call_cut_midway_is_finished_by_gemini_when_it_spells_it_al
     assert "recovered=restart" in recovery_line(logs)
 
 
+def assert_args(got: Seen, api: str, value: dict[str, Any]) -> None:
+    """The client's concatenated arguments and its SDK's accumulated call both carry
+    `value`, the fallback's call (Anthropic's accumulator parses them itself)."""
+    assert json.loads(got.tool_args) == value
+    assert got.final_inputs == [value]
+    if api != "messages":
+        assert got.final_args == [got.tool_args]  # Responses `.done` / chat accumulator
+
+
 @pytest.mark.parametrize("broken", ["anthropic", "chat"])
 @pytest.mark.parametrize("api", APIS)
-async def test_arguments_gemini_spells_otherwise_end_in_the_honest_give_up(
+async def test_arguments_gemini_spells_otherwise_are_finished_in_the_clients_spelling(
     api: str, broken: str
 ) -> None:
     # The client has `{"city": "Pa` (with a space); Gemini's arguments read back as
-    # `{"city":"Paris"}`.  Splicing them would join two answers' halves: refused.
+    # `{"city":"Paris"}`: the same value, spelled otherwise.  Re-spelled the client's
+    # way, the rest goes out: one call, under the id the client first saw.
     first = Member(broken, fake_for(broken, "primary", "tool"), model_for(broken))
     second = Member("gemini", fake_for("gemini", "fallback", "tool"), model_for("gemini"))
+    break_on(first.fake, "cut", "tool", 2, SPACED)
+    async with chain(first, second) as px:
+        got = await ask(px.url(), api)
+        logs = px.logs()
+    assert_coherent(got, api, "tool")
+    assert got.tool_args == SPACED.arguments  # the spelling the client began with
+    assert_args(got, api, ARGS)
+    assert "primary" in got.call_ids[0]
+    assert "recovered=restart" in recovery_line(logs)
+    assert isinstance(second.fake, FakeGemini) and len(second.fake.requests) == 1
+
+
+@pytest.mark.parametrize(("broken", "healthy"), [("anthropic", "chat"), ("chat", "anthropic")])
+@pytest.mark.parametrize("api", APIS)
+async def test_a_call_restarted_on_a_family_that_spells_it_otherwise_is_finished(
+    api: str, broken: str, healthy: str
+) -> None:
+    # The broken model spelled its arguments compactly, the healthy one spaced
+    # (`json.dumps`' default, as Anthropic's partial_json): the client's spelling wins.
+    first = Member(broken, fake_for(broken, "primary", "tool"), model_for(broken))
+    second = Member(healthy, fake_for(healthy, "fallback", "tool"), model_for(healthy))
+    break_on(first.fake, "cut", "tool", 2, COMPACT)
+    async with chain(first, second) as px:
+        got = await ask(px.url(), api)
+        logs = px.logs()
+    assert_coherent(got, api, "tool")
+    assert got.tool_args == COMPACT.arguments
+    assert_args(got, api, ARGS)
+    assert "primary" in got.call_ids[0]
+    assert "recovered=restart" in recovery_line(logs)
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_non_ascii_arguments_escaped_on_one_side_and_raw_on_the_other_are_finished(
+    api: str,
+) -> None:
+    # The client has `{"city": "Orl\u0` (json.dumps escapes é); Gemini's call reads back
+    # with a raw `é`.  The rest goes out escaped, as the client's began.
+    value = {"city": "Orléans"}
+    escaped = ToolCall(arguments=json.dumps(value))
+    first = Member("chat", fake_for("chat", "primary", "tool"), model_for("chat"))
+    fake = FakeGemini(key=GEMINI_KEY, default=g.Answer(text="", calls=(("get_weather", value),)))
+    second = Member("gemini", fake, model_for("gemini"))
+    break_on(first.fake, "cut", "tool", 2, escaped)
+    async with chain(first, second) as px:
+        got = await ask(px.url(), api)
+    assert got.error is None, got.error
+    assert "\\u00e9" in got.tool_args[:20]  # what the client had before the break
+    assert got.tool_args == escaped.arguments
+    assert_args(got, api, value)
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_fallback_that_calls_with_other_arguments_ends_in_the_honest_give_up(
+    api: str,
+) -> None:
+    # Spelled otherwise AND another value (Lyon, not Paris): no spelling reproduces what
+    # the client has, so nothing of the fallback's call is glued on.
+    first = Member("anthropic", fake_for("anthropic", "primary", "tool"), CONTINUES)
+    other = {"city": "Lyon"}
+    fake = FakeGemini(key=GEMINI_KEY, default=g.Answer(text="", calls=(("get_weather", other),)))
+    second = Member("gemini", fake, model_for("gemini"))
     break_on(first.fake, "cut", "tool", 2, SPACED)
     async with chain(first, second) as px:
         got = await ask(px.url(), api)
@@ -247,7 +320,7 @@ async def test_arguments_gemini_spells_otherwise_end_in_the_honest_give_up(
     assert_clean_error(got, SPACED.arguments)
     assert got.tool_args == '{"city": "Pa'
     assert "gave_up" in logs
-    assert isinstance(second.fake, FakeGemini) and len(second.fake.requests) == 1
+    assert len(fake.requests) == 1
 
 
 @pytest.mark.parametrize(("broken", "healthy"), [("anthropic", "chat"), ("chat", "anthropic")])
