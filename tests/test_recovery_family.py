@@ -23,11 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from hydrallm.formats.midstream import Mismatch, Transcript, make_splicer
-from hydrallm.formats.peek import StreamKind
 from hydrallm.testing import (
     CANONICAL_TEXT,
     FakeUpstream,
@@ -38,12 +34,10 @@ from hydrallm.testing import (
     split_text,
 )
 from hydrallm.testing import gemini as g
-from hydrallm.testing.answers import AnswerSpec, Api, stream_answer
 from hydrallm.testing.bedrock import FakeBedrock
 from hydrallm.testing.gemini import FakeGemini
 from hydrallm.testing.harness import ProxyHarness
 from hydrallm.testing.upstream import sample_text
-from hydrallm.testing.wire import Stream
 from recoveryhelp import APIS, Seen, ask, assert_clean_error, warm_sdks
 
 FAMILIES = ["anthropic", "chat", "gemini"]
@@ -576,67 +570,3 @@ async def test_a_responses_client_crosses_between_native_responses_and_other_fam
     assert f"recovered={mode}" in recovery_line(logs)
     if content == "tool":
         assert "primary" in got.call_ids[0]
-
-
-# The splicers alone (no proxy): every cut of a call spelled one way, finished by the same
-# value spelled another way, read back by a fresh transcript as the client would.
-SPELLINGS = [
-    {"separators": (", ", ": "), "ensure_ascii": True},  # json.dumps' default: Anthropic
-    {"separators": (",", ":"), "ensure_ascii": False},  # OpenAI, Gemini read back
-    {"separators": (",", ":"), "ensure_ascii": True},
-    {"separators": (", ", ": "), "ensure_ascii": False},
-]
-KINDS = {Api.CHAT: StreamKind.OPENAI_CHAT, Api.RESPONSES: StreamKind.OPENAI_RESPONSES}
-KINDS[Api.MESSAGES] = StreamKind.ANTHROPIC
-
-
-def call_stream(api: Api, arguments: str, name: str) -> Stream:
-    spec = AnswerSpec(model="m", answer_id=name, tool_call=ToolCall(arguments=arguments))
-    return stream_answer(api, spec)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    api=st.sampled_from(list(KINDS)),
-    had=st.sampled_from(SPELLINGS),
-    then=st.sampled_from(SPELLINGS),
-    value=st.dictionaries(st.sampled_from(["city", "unit", "note"]), st.text(max_size=8)),
-    n=st.integers(min_value=0, max_value=3),
-    size=st.integers(min_value=1, max_value=300),
-)
-def test_a_call_spelled_otherwise_is_finished_in_the_clients_spelling(
-    api: Api, had: dict[str, Any], then: dict[str, Any], value: dict[str, str], n: int, size: int
-) -> None:
-    client = Transcript(KINDS[api])
-    first = call_stream(api, json.dumps(value, **had), "a")
-    got = b"".join(first.head + first.content[:n])
-    client.feed(got)
-    splicer = make_splicer(client, None)
-    rest = b"".join(call_stream(api, json.dumps(value, **then), "b").events())
-    for i in range(0, len(rest), size):
-        got += splicer.feed(rest[i : i + size])
-    got += splicer.eof()
-    fresh = Transcript(KINDS[api])
-    fresh.feed(got)
-    [call] = [b for b in fresh.blocks if b.kind == "tool"]
-    assert json.loads(call.text) == value
-    # The client's spelling, unless its part so far fits another one as well.
-    assert call.text.startswith(client.blocks[0].text)
-    assert fresh.finished and fresh.done
-    if api is Api.RESPONSES:  # `.done` and the final response repeat the streamed text
-        events = [json.loads(ln[6:]) for ln in got.decode().splitlines() if ln[:6] == "data: "]
-        done = [e["arguments"] for e in events if e["type"].endswith("arguments.done")]
-        assert done == [call.text]
-        assert events[-1]["response"]["output"][0]["arguments"] == call.text
-
-
-@pytest.mark.parametrize("api", list(KINDS))
-def test_a_call_with_another_value_is_never_spliced(api: Api) -> None:
-    client = Transcript(KINDS[api])
-    first = call_stream(api, json.dumps({"city": "Paris"}), "a")
-    client.feed(b"".join(first.head + first.content[:2]))
-    other = b"".join(call_stream(api, '{"city":"Lyon"}', "b").events())
-    splicer = make_splicer(client, None)
-    with pytest.raises(Mismatch):
-        assert splicer.feed(other) == b""  # nothing of it went out before the difference
-        splicer.eof()

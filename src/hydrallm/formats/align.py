@@ -7,14 +7,14 @@ client's text raises `Mismatch` (text from two answers is never glued together).
 Tool-call arguments are the one exception: they are a JSON value, and families spell
 the same value differently (Anthropic's `partial_json` is spaced like `json.dumps`,
 OpenAI and Gemini send compact JSON; non-ASCII is raw or `\\uXXXX`).  A tool block that
-departs is held until it closes (`settle`), then its value is re-spelled the way the
-client's partial arguments are spelled; only a value that differs raises `Mismatch`.
+departs is held until it closes (`settle`), then re-spelled (`respell`: spelling only,
+tokens kept) the way the client's partial arguments are spelled; arguments that are
+not strict JSON, or another value, raise `Mismatch`.
 """
 
 from __future__ import annotations
 
-import json
-
+from hydrallm.formats.respell import respell
 from hydrallm.formats.transcript import TEXT, TOOL, Block
 
 __all__ = ["Aligner", "Mismatch", "covers"]
@@ -247,33 +247,3 @@ class Aligner:
 
 def other_before(order: list[object], a: object, b: object) -> bool:
     return order.index(a) < order.index(b)
-
-
-# The spellings of a JSON value the families use: `json.dumps`' default (Anthropic's
-# `partial_json`) and compact (OpenAI, Gemini), with non-ASCII escaped or raw.
-_SPELLINGS = (
-    ((", ", ": "), False),
-    ((",", ":"), False),
-    ((", ", ": "), True),
-    ((",", ":"), True),
-)
-
-
-def respell(text: str, have: str, *, whole: bool = False) -> str | None:
-    """`text`'s JSON value spelled so that it starts with `have` (equals it when `whole`),
-    or None: `text` is not JSON, or no spelling of its value reproduces `have`."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    for separators, ascii_only in _SPELLINGS:
-        spelled = json.dumps(value, separators=separators, ensure_ascii=ascii_only)
-        if spelled == have if whole else spelled.startswith(have):
-            return spelled
-    if whole:
-        # The client has it all already: the same value however spelled is no change.
-        try:
-            return have if json.loads(have) == value else None
-        except ValueError:
-            return None
-    return None
