@@ -273,6 +273,8 @@ def test_a_restarted_call_is_finished_in_the_clients_spelling_or_given_up(
         done = [e["arguments"] for e in sent_events if e["type"].endswith("arguments.done")]
         assert done == [text]
         assert sent_events[-1]["response"]["output"][0]["arguments"] == text
+        # Every event of the call names the item the client knows.
+        assert {e["item_id"] for e in sent_events if "item_id" in e} == {"fc_a"}
     if api is Api.CHAT:  # the SDK joins the fragments: the same text
         pieces = [
             c["function"].get("arguments") or ""
