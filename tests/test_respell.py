@@ -360,3 +360,53 @@ def test_an_event_whose_json_carries_a_unicode_line_break_is_read_whole(char: st
     for ending in ("\n", "\r\n"):
         event = parse_event(raw.replace("\n", ending).encode())
         assert event.data == body
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None, id_: str = "c") -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    body = {"id": id_, "object": "chat.completion.chunk", "choices": [choice]}
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+def chat_calls(calls: list[str], cut: int | None = None, finish: bool = False) -> bytes:
+    """Chat chunks of one call per arguments text (the last cut at `cut`)."""
+    out = chat_chunk({"role": "assistant", "content": ""})
+    for i, args in enumerate(calls):
+        head = {"index": i, "id": f"call_{i}", "type": "function"}
+        out += chat_chunk({"tool_calls": [{**head, "function": {"name": "w", "arguments": ""}}]})
+        for piece in (args[:5], args[5:cut] if i == len(calls) - 1 and cut else args[5:]):
+            out += chat_chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+    return out + (chat_chunk({}, "tool_calls") + b"data: [DONE]\n\n" if finish else b"")
+
+
+@pytest.mark.parametrize("second", [{"city": "Lyon é"}, {"city": "Nice"}])
+def test_two_chat_calls_spelled_otherwise_are_each_finished_or_given_up(
+    second: dict[str, str],
+) -> None:
+    # Chat has no block stop: a held call is settled when the next one opens, the last
+    # when the answer finishes.  The client has call 0 whole and call 1 in part.
+    first = {"city": "Paris", "n": Num("1.0")}
+    spaced = [write(Obj(tuple(first.items())), USED[0]), json.dumps({"city": "Lyon é"})]
+    sent = chat_calls(spaced, cut=12)
+    client = Transcript(StreamKind.OPENAI_CHAT)
+    client.feed(sent)
+    compact = [
+        write(Obj(tuple(first.items())), USED[1]),
+        write(Obj(tuple(second.items())), USED[1]),
+    ]
+    splicer = make_splicer(client, None)
+    got = b""
+    try:
+        for byte in range(len(rest := chat_calls(compact, finish=True))):
+            got += splicer.feed(rest[byte : byte + 1])
+    except Mismatch:
+        assert second == {"city": "Nice"}  # call 1 is another value: nothing of it goes
+        fresh = Transcript(StreamKind.OPENAI_CHAT)
+        fresh.feed(sent + got)
+        assert [b.text for b in fresh.blocks] == [spaced[0], spaced[1][:12]]
+        return
+    fresh = Transcript(StreamKind.OPENAI_CHAT)
+    fresh.feed(sent + got)
+    # Spaced as the client's began; `é` raw, as its part (`{"city": "Ly`) does not say.
+    assert [b.text for b in fresh.blocks] == [spaced[0], json.dumps(second, ensure_ascii=False)]
+    assert fresh.finished
