@@ -9,11 +9,13 @@ what the SDK's own accumulator made of the whole answer, and the error it raised
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
 import openai
+from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from hydrallm.testing import FakeUpstream
 
@@ -35,6 +37,10 @@ class Seen:
     finish_reason: str | None = None  # the last one: stop_reason, finish_reason, status
     final_text: str | None = None  # get_final_message() / get_final_response() text
     final_call_ids: list[str] = field(default_factory=list)
+    # The accumulator's calls: arguments as text (chat, Responses) and as values (all
+    # three; Anthropic's accumulator parses `partial_json` itself).
+    final_args: list[str] = field(default_factory=list)
+    final_inputs: list[Any] = field(default_factory=list)
     answer_ids: set[str] = field(default_factory=set)  # message / chunk / response ids
     usage: Any = None
     sequence: list[int] = field(default_factory=list)  # Responses sequence numbers
@@ -105,6 +111,7 @@ async def _messages(
     got.usage = final.usage
     got.final_text = "".join(b.text for b in final.content if b.type == "text")
     got.final_call_ids = [b.id for b in final.content if b.type == "tool_use"]
+    got.final_inputs = [b.input for b in final.content if b.type == "tool_use"]
 
 
 async def _responses(
@@ -138,6 +145,8 @@ async def _responses(
     got.usage = response.usage
     got.final_text = response.output_text
     got.final_call_ids = [i.call_id for i in response.output if i.type == "function_call"]
+    got.final_args = [i.arguments for i in response.output if i.type == "function_call"]
+    got.final_inputs = [_value(a) for a in got.final_args]
     summaries = [p.text for i in response.output if i.type == "reasoning" for p in i.summary]
     assert "".join(summaries) == got.thinking  # the final response agrees with the deltas
 
@@ -151,7 +160,9 @@ async def _chat(url: str, got: Seen, messages: list[dict[str, Any]], extra: dict
             stream_options={"include_usage": True},
             **extra,
         )
+        state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
         async for chunk in chunks:
+            state.handle_chunk(chunk)
             got.answer_ids.add(chunk.id)
             if chunk.usage is not None:
                 got.usage = chunk.usage
@@ -169,6 +180,17 @@ async def _chat(url: str, got: Seen, messages: list[dict[str, Any]], extra: dict
                     got.tool_args += (call.function.arguments or "") if call.function else ""
     got.final_text = got.text
     got.final_call_ids = got.call_ids
+    final = state.get_final_completion()
+    calls = final.choices[0].message.tool_calls or [] if final.choices else []
+    got.final_args = [c.function.arguments for c in calls if c.type == "function"]
+    got.final_inputs = [_value(a) for a in got.final_args]
+
+
+def _value(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
 
 
 def assert_clean_error(got: Seen, *answers: str) -> None:

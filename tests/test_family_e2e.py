@@ -103,6 +103,15 @@ WEATHER_SCHEMA = {
 }
 
 
+async def final(api: Any, stream: bool, kwargs: dict[str, Any], accumulated: str) -> Any:
+    """The SDK's whole answer (`client.messages` or `client.responses`): the non-streaming
+    one, or what the stream's `accumulated` method (`get_final_…`) made of its events."""
+    if not stream:
+        return await api.create(**kwargs)
+    async with api.stream(**kwargs) as events:
+        return await getattr(events, accumulated)()
+
+
 async def ask_anthropic(run: Running, stream: bool, tools: bool) -> dict[str, Any]:
     """What the user's program reads: the text and the tool call, via the SDK."""
     kwargs: dict[str, Any] = {
@@ -116,11 +125,7 @@ async def ask_anthropic(run: Running, stream: bool, tools: bool) -> dict[str, An
             {"name": "get_weather", "description": "Weather", "input_schema": WEATHER_SCHEMA}
         ]
     async with run.anthropic() as client:
-        if stream:
-            async with client.messages.stream(**kwargs) as s:
-                message = await s.get_final_message()
-        else:
-            message = await client.messages.create(**kwargs)
+        message = await final(client.messages, stream, kwargs, "get_final_message")
     text = "".join(b.text for b in message.content if b.type == "text")
     calls = [(b.name, b.input) for b in message.content if b.type == "tool_use"]
     return {"text": text, "calls": calls, "stop": message.stop_reason}
@@ -184,11 +189,7 @@ async def ask_responses(run: Running, stream: bool, tools: bool) -> dict[str, An
             {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA}
         ]
     async with run.openai() as client:
-        if stream:
-            async with client.responses.stream(**kwargs) as s:
-                response = await s.get_final_response()
-        else:
-            response = await client.responses.create(**kwargs)
+        response = await final(client.responses, stream, kwargs, "get_final_response")
     calls = [
         (item.name, json.loads(item.arguments))
         for item in response.output

@@ -7,7 +7,8 @@ Anthropic model, an OpenAI chat model and a Gemini model; the client is the offi
 behave as their providers do with a prefill (Claude 4.5 continues one unless thinking is
 on, Claude 4.6 refuses it, OpenAI answers anew unless flagged; Gemini is never offered
 one under `auto`).  The client gets one coherent answer with the ids it first saw, or the
-honest give-up: never two answers glued together.
+honest give-up: never two answers glued together.  Tool arguments are a JSON value: spelled
+alike or otherwise (spaces, `\\uXXXX`), the same value is finished; another value gives up.
 """
 
 from __future__ import annotations
@@ -84,11 +85,17 @@ def config(*members: Member) -> str:
 def fake_for(family: str, name: str, content: str, **options: Any) -> FakeUpstream | FakeGemini:
     """A healthy fake of `family` that answers `content` as the others do."""
     if family == "gemini":
-        calls = (("get_weather", ARGS),) if content == "tool" else ()
-        text = "" if content == "tool" else CANONICAL_TEXT
-        return FakeGemini(key=GEMINI_KEY, default=g.Answer(text=text, calls=calls))
+        if content == "tool":
+            return gemini_calling(ARGS).fake
+        return FakeGemini(key=GEMINI_KEY, default=g.Answer(text=CANONICAL_TEXT))
     default = CALL if content == "tool" else faults.ok()
     return FakeUpstream(name=name, default=default, **options)
+
+
+def gemini_calling(args: dict[str, Any]) -> Member:
+    """A healthy Gemini entry whose answer is one call with `args`."""
+    answer = g.Answer(text="", calls=(("get_weather", args),))
+    return Member("gemini", FakeGemini(key=GEMINI_KEY, default=answer), model_for("gemini"))
 
 
 def model_for(family: str) -> str:
@@ -134,6 +141,20 @@ async def chain(*members: Member) -> AsyncIterator[ProxyHarness]:
             assert m.fake.problems == [], m.fake.problems
 
 
+def member(family: str, name: str, content: str, model: str = "", **options: Any) -> Member:
+    """A healthy chain entry of `family` (its usual model unless named) that answers
+    `content`."""
+    fake = fake_for(family, name, content, **options)
+    return Member(family, fake, model or model_for(family))
+
+
+async def run(api: str, *members: Member, **extra: Any) -> tuple[Seen, str]:
+    """The chain asked once through `api`'s SDK: what the client read, and the logs."""
+    async with chain(*members) as px:
+        got = await ask(px.url(), api, **extra)
+        return got, px.logs()
+
+
 @pytest.fixture(autouse=True)
 async def warm() -> None:
     await warm_sdks()
@@ -169,12 +190,10 @@ def assert_coherent(got: Seen, api: str, content: str) -> None:
 async def test_a_text_answer_broken_on_one_family_is_finished_on_another(
     api: str, broken: str, healthy: str, brk: str
 ) -> None:
-    first = Member(broken, fake_for(broken, "primary", "text"), model_for(broken))
-    second = Member(healthy, fake_for(healthy, "fallback", "text"), model_for(healthy))
+    first = member(broken, "primary", "text")
+    second = member(healthy, "fallback", "text")
     break_on(first.fake, brk, "text", CUT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), api)
-        logs = px.logs()
+    got, logs = await run(api, first, second)
     assert_coherent(got, api, "text")
     line = recovery_line(logs)
     assert f"recovered={expected_mode(healthy)}" in line
@@ -195,12 +214,10 @@ async def test_a_tool_call_cut_midway_is_restarted_on_another_family_with_its_id
 ) -> None:
     # Half the call's arguments are out; the other family's restart repeats them and the
     # client reads one call, under the id it first saw, with valid JSON arguments.
-    first = Member(broken, fake_for(broken, "primary", "tool"), model_for(broken))
-    second = Member(healthy, fake_for(healthy, "fallback", "tool"), model_for(healthy))
+    first = member(broken, "primary", "tool")
+    second = member(healthy, "fallback", "tool")
     break_on(first.fake, brk, "tool", 1)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), api)
-        logs = px.logs()
+    got, logs = await run(api, first, second)
     assert_coherent(got, api, "tool")
     assert "primary" in got.call_ids[0]  # the broken model's name for the call
     assert "recovered=restart" in recovery_line(logs)
@@ -213,37 +230,77 @@ COMPACT = ToolCall(arguments=json.dumps(ARGS, separators=(",", ":")))
 SPACED = ToolCall(arguments=json.dumps(ARGS))
 
 
-@pytest.mark.parametrize("broken", ["anthropic", "chat"])
+def assert_args(got: Seen, api: str, value: dict[str, Any]) -> None:
+    """The client's concatenated arguments and its SDK's accumulated call both carry
+    `value`, the fallback's call (Anthropic's accumulator parses them itself)."""
+    assert json.loads(got.tool_args) == value
+    assert got.final_inputs == [value]
+    if api != "messages":
+        assert got.final_args == [got.tool_args]  # Responses `.done` / chat accumulator
+
+
+# (broken, healthy, the broken model's spelling): Gemini and OpenAI read back compact,
+# Anthropic's partial_json (and the chat fake, json.dumps' default) spaced.
+RESPELT = [
+    *[
+        (broken, "gemini", spelled)
+        for broken in ("anthropic", "chat")
+        for spelled in (COMPACT, SPACED)
+    ],
+    ("anthropic", "chat", COMPACT),
+    ("chat", "anthropic", COMPACT),
+]
+
+
+@pytest.mark.parametrize(("broken", "healthy", "spelled"), RESPELT)
 @pytest.mark.parametrize("api", APIS)
-async def test_a_tool_call_cut_midway_is_finished_by_gemini_when_it_spells_it_alike(
-    api: str, broken: str
+async def test_a_tool_call_cut_midway_is_finished_in_the_clients_spelling(
+    api: str, broken: str, healthy: str, spelled: ToolCall
 ) -> None:
-    # Gemini sends its call whole; read back, its arguments repeat what the client has
-    # (`{"city":"Pa`) and go on: one call, under the id the client first saw.
-    first = Member(broken, fake_for(broken, "primary", "tool"), model_for(broken))
-    second = Member("gemini", fake_for("gemini", "fallback", "tool"), model_for("gemini"))
-    break_on(first.fake, "cut", "tool", 2, COMPACT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), api)
-        logs = px.logs()
+    # The client has half a call, `{"city":"Pa` or `{"city": "Pa`; the healthy model's
+    # restart spells it alike (it goes on) or otherwise (the same value, re-spelled the
+    # client's way; Gemini sends its call whole).  Either way one call goes out, under
+    # the id the client first saw, in the spelling the client began with.
+    first = member(broken, "primary", "tool")
+    second = member(healthy, "fallback", "tool")
+    break_on(first.fake, "cut", "tool", 2, spelled)
+    got, logs = await run(api, first, second)
     assert_coherent(got, api, "tool")
+    assert got.tool_args == spelled.arguments
+    assert_args(got, api, ARGS)
     assert "primary" in got.call_ids[0]
     assert "recovered=restart" in recovery_line(logs)
+    assert len(second.fake.requests) == 1
 
 
-@pytest.mark.parametrize("broken", ["anthropic", "chat"])
 @pytest.mark.parametrize("api", APIS)
-async def test_arguments_gemini_spells_otherwise_end_in_the_honest_give_up(
-    api: str, broken: str
+async def test_non_ascii_arguments_escaped_on_one_side_and_raw_on_the_other_are_finished(
+    api: str,
 ) -> None:
-    # The client has `{"city": "Pa` (with a space); Gemini's arguments read back as
-    # `{"city":"Paris"}`.  Splicing them would join two answers' halves: refused.
-    first = Member(broken, fake_for(broken, "primary", "tool"), model_for(broken))
-    second = Member("gemini", fake_for("gemini", "fallback", "tool"), model_for("gemini"))
+    # The client has `{"city": "Orl\u0` (json.dumps escapes é); Gemini's call reads back
+    # with a raw `é`.  The rest goes out escaped, as the client's began.
+    value = {"city": "Orléans"}
+    escaped = ToolCall(arguments=json.dumps(value))
+    first = member("chat", "primary", "tool")
+    second = gemini_calling(value)
+    break_on(first.fake, "cut", "tool", 2, escaped)
+    got, _ = await run(api, first, second)
+    assert got.error is None, got.error
+    assert "\\u00e9" in got.tool_args[:20]  # what the client had before the break
+    assert got.tool_args == escaped.arguments
+    assert_args(got, api, value)
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_a_fallback_that_calls_with_other_arguments_ends_in_the_honest_give_up(
+    api: str,
+) -> None:
+    # Spelled otherwise AND another value (Lyon, not Paris): no spelling reproduces what
+    # the client has, so nothing of the fallback's call is glued on.
+    first = member("anthropic", "primary", "tool", CONTINUES)
+    second = gemini_calling({"city": "Lyon"})
     break_on(first.fake, "cut", "tool", 2, SPACED)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), api)
-        logs = px.logs()
+    got, logs = await run(api, first, second)
     assert_clean_error(got, SPACED.arguments)
     assert got.tool_args == '{"city": "Pa'
     assert "gave_up" in logs
@@ -258,13 +315,11 @@ async def test_another_familys_different_answer_is_never_glued_on(
     # The healthy model samples another answer (same opening, another middle).  A restart
     # cannot reproduce what the client has: the plain-words give-up, nothing appended.
     cut = len(split_text(CANONICAL_TEXT)) - 3  # past the point where samples part
-    first = Member(broken, fake_for(broken, "primary", "text"), model_for(broken))
+    first = member(broken, "primary", "text")
     model = REFUSES if healthy == "anthropic" else model_for(healthy)
-    second = Member(healthy, fake_for(healthy, "fallback", "text", vary=True), model)
+    second = member(healthy, "fallback", "text", model, vary=True)
     break_on(first.fake, "cut", "text", cut)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), api)
-        logs = px.logs()
+    got, logs = await run(api, first, second)
     assert_clean_error(got, CANONICAL_TEXT)
     assert "sample" not in got.text
     assert "gave_up" in logs
@@ -272,8 +327,8 @@ async def test_another_familys_different_answer_is_never_glued_on(
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
 async def test_a_claude_that_refuses_prefill_is_restarted_and_remembered(api: str) -> None:
-    first = Member("chat", fake_for("chat", "primary", "text"), "gpt-5.2")
-    second = Member("anthropic", fake_for("anthropic", "fallback", "text"), REFUSES)
+    first = member("chat", "primary", "text")
+    second = member("anthropic", "fallback", "text", REFUSES)
     assert isinstance(first.fake, FakeUpstream) and isinstance(second.fake, FakeUpstream)
     first.fake.script(faults.reset_mid_stream(CUT), faults.reset_mid_stream(CUT))
     async with chain(first, second) as px:
@@ -291,11 +346,10 @@ async def test_a_claude_that_refuses_prefill_is_restarted_and_remembered(api: st
 
 
 async def test_a_prefill_to_claude_is_in_anthropics_terms() -> None:
-    first = Member("chat", fake_for("chat", "primary", "text"), "gpt-5.2")
-    second = Member("anthropic", fake_for("anthropic", "fallback", "text"), CONTINUES)
+    first = member("chat", "primary", "text")
+    second = member("anthropic", "fallback", "text", CONTINUES)
     break_on(first.fake, "cut", "text", CUT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), "chat")
+    got, _ = await run("chat", first, second)
     assert_coherent(got, "chat", "text")
     assert isinstance(second.fake, FakeUpstream)
     sent = second.fake.requests[-1].json()
@@ -307,12 +361,10 @@ async def test_a_prefill_to_claude_is_in_anthropics_terms() -> None:
 
 async def test_a_chat_client_asking_for_reasoning_is_not_offered_a_prefill_on_claude() -> None:
     # The translated request enables thinking: Claude would refuse a prefill (400).
-    first = Member("chat", fake_for("chat", "primary", "text"), "gpt-5.2")
-    second = Member("anthropic", fake_for("anthropic", "fallback", "text"), CONTINUES)
+    first = member("chat", "primary", "text")
+    second = member("anthropic", "fallback", "text", CONTINUES)
     break_on(first.fake, "cut", "text", CUT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), "chat", reasoning_effort="low")
-        logs = px.logs()
+    got, logs = await run("chat", first, second, reasoning_effort="low")
     assert_coherent(got, "chat", "text")
     assert isinstance(second.fake, FakeUpstream) and second.fake.prefills == []
     assert second.fake.requests[-1].json()["thinking"]["type"] == "enabled"
@@ -323,7 +375,7 @@ async def test_a_chat_client_asking_for_reasoning_is_not_offered_a_prefill_on_cl
 async def test_a_chat_target_with_its_continuation_flag_continues_an_anthropic_answer(
     flag: str,
 ) -> None:
-    first = Member("anthropic", fake_for("anthropic", "primary", "text"), REFUSES)
+    first = member("anthropic", "primary", "text", REFUSES)
     second = Member(
         "chat",
         fake_for("chat", "fallback", "text"),
@@ -331,9 +383,7 @@ async def test_a_chat_target_with_its_continuation_flag_continues_an_anthropic_a
         endpoint=f'prefill_flag = "{flag}"',
     )
     break_on(first.fake, "cut", "text", CUT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), "messages")
-        logs = px.logs()
+    got, logs = await run("messages", first, second)
     assert_coherent(got, "messages", "text")
     assert "recovered=prefill" in recovery_line(logs)
     assert isinstance(second.fake, FakeUpstream)
@@ -356,11 +406,10 @@ HISTORY = [
 
 @pytest.mark.parametrize("healthy", ["chat", "gemini"])
 async def test_signed_thinking_is_never_replayed_to_another_family(healthy: str) -> None:
-    first = Member("anthropic", fake_for("anthropic", "primary", "text"), REFUSES)
-    second = Member(healthy, fake_for(healthy, "fallback", "text"), model_for(healthy))
+    first = member("anthropic", "primary", "text", REFUSES)
+    second = member(healthy, "fallback", "text")
     break_on(first.fake, "cut", "text", CUT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), "messages", messages=HISTORY)
+    got, _ = await run("messages", first, second, messages=HISTORY)
     assert_coherent(got, "messages", "text")
     if isinstance(second.fake, FakeUpstream):
         sent = second.fake.requests[-1].body
@@ -371,8 +420,8 @@ async def test_signed_thinking_is_never_replayed_to_another_family(healthy: str)
 
 
 async def test_a_cross_family_recovery_is_counted_and_shown() -> None:
-    first = Member("gemini", fake_for("gemini", "primary", "text"), "gemini-2.5-flash")
-    second = Member("anthropic", fake_for("anthropic", "fallback", "text"), REFUSES)
+    first = member("gemini", "primary", "text")
+    second = member("anthropic", "fallback", "text", REFUSES)
     break_on(first.fake, "cut", "text", CUT)
     async with chain(first, second) as px:
         got = await ask(px.url(), "responses")
@@ -396,11 +445,10 @@ async def test_a_cross_family_recovery_is_counted_and_shown() -> None:
 async def test_the_differing_sample_of_a_continuing_claude_is_its_own_continuation() -> None:
     # A prefill that continues is spliced where the client's text stops, whatever the
     # model would have said had it started anew: one answer, its opening the client's.
-    first = Member("chat", fake_for("chat", "primary", "text"), "gpt-5.2")
-    second = Member("anthropic", fake_for("anthropic", "fallback", "text", vary=True), CONTINUES)
+    first = member("chat", "primary", "text")
+    second = member("anthropic", "fallback", "text", CONTINUES, vary=True)
     break_on(first.fake, "cut", "text", CUT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), "responses")
+    got, _ = await run("responses", first, second)
     assert got.error is None and (got.starts, got.finishes) == (1, 1)
     sample = sample_text(CANONICAL_TEXT, CONTINUES, 1)
     assert isinstance(second.fake, FakeUpstream)
@@ -459,12 +507,10 @@ async def test_anthropic_direct_broken_is_finished_by_claude_on_bedrock(
 async def test_prefill_yes_on_gemini_is_a_trailing_model_turn(
     api: str, model: str, mode: str
 ) -> None:
-    first = Member("chat", fake_for("chat", "primary", "text"), "gpt-5.2")
+    first = member("chat", "primary", "text")
     second = Member("gemini", fake_for("gemini", "fallback", "text"), model, 'prefill = "yes"')
     break_on(first.fake, "cut", "text", CUT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), api)
-        logs = px.logs()
+    got, logs = await run(api, first, second)
     assert_coherent(got, api, "text")
     assert f"recovered={mode}" in recovery_line(logs)
     assert isinstance(second.fake, FakeGemini)
@@ -486,12 +532,10 @@ async def test_a_responses_client_crosses_between_native_responses_and_other_fam
     broken: str, healthy: str, content: str
 ) -> None:
     # Codex's case: native Responses on one side of the break, a translation on the other.
-    first = Member(broken, fake_for(broken, "primary", content), model_for(broken))
-    second = Member(healthy, fake_for(healthy, "fallback", content), model_for(healthy))
+    first = member(broken, "primary", content)
+    second = member(healthy, "fallback", content)
     break_on(first.fake, "error_event", content, 1 if content == "tool" else CUT, COMPACT)
-    async with chain(first, second) as px:
-        got = await ask(px.url(), "responses")
-        logs = px.logs()
+    got, logs = await run("responses", first, second)
     assert_coherent(got, "responses", content)
     mode = "restart" if content == "tool" else expected_mode(healthy)  # a call: no prefill
     assert f"recovered={mode}" in recovery_line(logs)

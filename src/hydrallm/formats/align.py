@@ -3,10 +3,18 @@
 The splicers (`splice`) feed every block piece of a continuation here: what the client
 has is matched, only what is new comes back, and anything that departs from the
 client's text raises `Mismatch` (text from two answers is never glued together).
+
+Tool-call arguments are the one exception: they are a JSON value, and families spell
+the same value differently (Anthropic's `partial_json` is spaced like `json.dumps`,
+OpenAI and Gemini send compact JSON; non-ASCII is raw or `\\uXXXX`).  A tool block that
+departs is held until it closes (`settle`), then re-spelled (`respell`: spelling only,
+tokens kept) the way the client's partial arguments are spelled; arguments that are
+not strict JSON, or another value, raise `Mismatch`.
 """
 
 from __future__ import annotations
 
+from hydrallm.formats.respell import respell
 from hydrallm.formats.transcript import TEXT, TOOL, Block
 
 __all__ = ["Aligner", "Mismatch", "covers"]
@@ -30,7 +38,17 @@ class _Slot:
     restart that replays a long answer costs linear time.
     """
 
-    __slots__ = ("_pieces", "emitted", "expected", "given", "length", "started", "stopped")
+    __slots__ = (
+        "_pieces",
+        "emitted",
+        "expected",
+        "given",
+        "held",
+        "length",
+        "respelled",
+        "started",
+        "stopped",
+    )
 
     def __init__(self, expected: Block | None, given: str = "") -> None:
         self.expected = expected  # what the client has at this key (None: a new block)
@@ -40,6 +58,10 @@ class _Slot:
         self.emitted = 0  # length of the block's text the client has, once beyond `expected`
         self.started = False
         self.stopped = False
+        # A tool block whose argument text departed from the client's: held until it
+        # closes, then `respelled` is its whole text in the client's spelling.
+        self.held = False
+        self.respelled: str | None = None
 
     @property
     def seen(self) -> str:
@@ -57,8 +79,10 @@ class _Slot:
             self.length += len(piece)
 
     def covered(self) -> bool:
-        if self.expected is None:
+        if self.expected is None or self.respelled is not None:
             return True
+        if self.held:
+            return False
         want = self.expected
         if self.length < want.length and not want.text[self.length :].isspace():
             return False
@@ -111,17 +135,19 @@ class Aligner:
         slot.add(piece)
         if want is None:
             return piece
+        if slot.held:
+            return ""  # settled when the block closes
         have_length = want.length
         end = start + len(piece)
         if start < have_length:
             have = want.text
             overlap = min(end, have_length) - start
             if have[start : start + overlap] != piece[:overlap]:
-                raise Mismatch(f"block {key!r} differs from what the client has")
+                return self._depart(key, slot)
         if end <= have_length:
             return ""
         if want.closed:
-            raise Mismatch(f"block {key!r} differs from what the client has")
+            return self._depart(key, slot)
         for other in self._expected:
             if (
                 other != key
@@ -132,6 +158,41 @@ class Aligner:
         out = piece[max(have_length, slot.emitted) - start :]
         slot.emitted = end
         return out
+
+    def _depart(self, key: object, slot: _Slot) -> str:
+        """The continuation's text leaves the client's: the end of a text block, or (for
+        tool arguments, which may only be spelled otherwise) held until `settle`."""
+        want = slot.expected
+        if want is None or want.kind != TOOL or slot.given or slot.emitted:
+            raise Mismatch(f"block {key!r} differs from what the client has")
+        slot.held = True
+        return ""
+
+    def settle(self, key: object) -> str:
+        """The continuation closes a block: for held tool arguments, what the client must
+        still get so that its text is the continuation's value in the client's spelling
+        ("" for any other block).  Call before `stop`; raises `Mismatch` when the value
+        differs."""
+        slot = self._slots.get(key)
+        if slot is None or slot.respelled is not None:
+            return ""
+        want = slot.expected
+        if want is None or want.kind != TOOL or slot.given or slot.emitted:
+            return ""
+        if not slot.held and slot.covered():
+            return ""
+        # Either held, or ended short of the client's text (`{` against no arguments).
+        spelled = respell(slot.seen or "{}", want.text, whole=want.closed)
+        if spelled is None:
+            raise Mismatch(f"block {key!r} calls the tool with other arguments")
+        slot.held = False
+        slot.respelled = spelled
+        slot.emitted = len(spelled)
+        return spelled[want.length :]
+
+    def held(self) -> list[object]:
+        """Keys of the blocks held for a re-spelling, in the client's order."""
+        return [k for k in self._expected if self._slots[k].held]
 
     def passed(self, key: object) -> bool:
         """Is the client past this block's known part (new deltas of other types may go)?"""
@@ -146,6 +207,10 @@ class Aligner:
         slot.stopped = True
         if want is None:
             return True
+        if slot.held:
+            raise Mismatch(f"block {key!r} closed before its arguments were settled")
+        if slot.respelled is not None:
+            return not want.closed
         if want.closed:
             if slot.length != want.length:
                 raise Mismatch(f"block {key!r} ended differently")
@@ -172,6 +237,8 @@ class Aligner:
         slot = self.slot(key)
         if slot.expected is None:
             return slot.seen
+        if slot.respelled is not None:
+            return slot.respelled
         have = slot.expected.text
         if slot.length <= len(have):
             return have

@@ -15,6 +15,7 @@ from hydrallm.formats.peek import StreamKind
 
 # An event ends at a blank line.  Upstreams use one line-ending style per stream.
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,12 @@ def parse_event(raw: bytes) -> Event:
     """Parse the raw bytes of one event (comments and unknown fields ignored)."""
     name: str | None = None
     data: list[str] = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    decoded = raw.decode("utf-8", errors="replace")
+    # SSE lines end at CR, LF or CRLF only: `str.splitlines` would also cut at U+0085,
+    # U+2028 and U+2029, which JSON carries raw inside strings (a tool argument holding
+    # one was parsed as two broken lines).
+    lines = decoded.split("\n") if "\r" not in decoded else _LINE_END.split(decoded)
+    for line in lines:
         if not line or line.startswith(":"):
             continue
         field, _, value = line.partition(":")
@@ -190,4 +196,10 @@ def encode(data: dict[str, Any], name: str | None = None) -> bytes:
     """One SSE event with a JSON payload."""
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     head = f"event: {name}\n" if name else ""
-    return f"{head}data: {payload}\n\n".encode()
+    try:
+        return f"{head}data: {payload}\n\n".encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (an upstream may send one as a `\\ud800` escape) has no UTF-8:
+        # escaped, it reaches the client as it came, where raw it would end the stream.
+        payload = json.dumps(data, separators=(",", ":"))
+        return f"{head}data: {payload}\n\n".encode()

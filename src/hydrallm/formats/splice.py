@@ -106,7 +106,9 @@ class AnthropicSplicer(Splicer):
             field = next(f for f in ("text", "partial_json", "thinking") if f in delta)
             return _anthropic_delta(index, {**delta, field: out})
         if kind == "content_block_stop" and isinstance(index, int):
-            return event.raw if al.stop(index) else b""
+            rest = al.settle(index)  # held tool arguments, in the client's spelling
+            head = _anthropic_delta(index, {"type": "input_json_delta", "partial_json": rest})
+            return (head if rest else b"") + (event.raw if al.stop(index) else b"")
         if kind == "message_delta":
             al.finish()
             self.finished = True
@@ -157,17 +159,41 @@ class ChatSplicer(Splicer):
                 if text:
                     out[field] = text
         calls = delta.get("tool_calls")
+        finish = choice.get("finish_reason")
+        # Chat has no block stop: a call ends when the next one opens or the answer
+        # finishes; held arguments go out then, in a chunk of their own.
+        settled = b""
+        if finish is not None or (
+            isinstance(calls, list)
+            and any(isinstance(c, dict) and not self._opened(c) for c in calls)
+        ):
+            settled = self._settle(data)
         if isinstance(calls, list):
             new_calls = [c for c in (self._call(call) for call in calls) if c is not None]
             if new_calls:
                 out["tool_calls"] = new_calls
-        finish = choice.get("finish_reason")
         if finish is not None:
             al.finish()
             self.finished = True
         if not out and finish is None:
+            return settled
+        return settled + encode({**data, "choices": [{**choice, "delta": out}]})
+
+    def _opened(self, call: dict[str, Any]) -> bool:
+        return self.aligner.slot((TOOL, call.get("index", 0))).started
+
+    def _settle(self, data: dict[str, Any]) -> bytes:
+        """A chunk with the rest of every held call's arguments (b"" when none is held)."""
+        rest = [
+            {"index": key[1], "function": {"arguments": piece}}
+            for key in self.aligner.held()
+            if isinstance(key, tuple) and (piece := self.aligner.settle(key))
+        ]
+        if not rest:
             return b""
-        return encode({**data, "choices": [{**choice, "delta": out}]})
+        chunk = {k: v for k, v in data.items() if k != "usage"}
+        delta = {"tool_calls": rest}
+        return encode({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
 
     def _call(self, call: object) -> dict[str, Any] | None:
         if not isinstance(call, dict):
@@ -234,14 +260,16 @@ class ResponsesSplicer(Splicer):
             out = al.delta(index, piece if isinstance(piece, str) else "")
             return self._emit({**data, "delta": out}, name) if out else b""
         if name == "response.output_item.done" and isinstance(index, int):
+            head = self._settle(index, data)
             if not al.stop(index):
-                return b""
+                return head
             item = data.get("item")
             item = item if isinstance(item, dict) else {}
-            return self._emit({**data, "item": self._item(index, item)}, name)
+            return head + self._emit({**data, "item": self._item(index, item)}, name)
         if name.endswith(".done") and isinstance(index, int):
+            head = self._settle(index, data)
             if known is not None and known.closed:
-                return b""
+                return head
             if not al.slot(index).covered():
                 raise Mismatch(f"item {index} ended before what the client has")
             text = al.client_text(index)
@@ -252,7 +280,7 @@ class ResponsesSplicer(Splicer):
             part = data.get("part")
             if isinstance(part, dict) and "text" in part:
                 data = {**data, "part": {**part, "text": text}}
-            return self._emit(data, name)
+            return head + self._emit(data, name)
         if name in _RESPONSES_FINAL:
             al.finish()
             self.finished = True
@@ -270,6 +298,19 @@ class ResponsesSplicer(Splicer):
                 data = {**data, "response": response}
             return self._emit(data, name)
         return self._emit(data, name) if al.caught_up() else b""
+
+    def _settle(self, index: int, data: dict[str, Any]) -> bytes:
+        """The rest of held arguments as an arguments delta, before the item's `.done`."""
+        rest = self.aligner.settle(index)
+        if not rest:
+            return b""
+        delta = {
+            "type": "response.function_call_arguments.delta",
+            "item_id": data.get("item_id") or (data.get("item") or {}).get("id"),
+            "output_index": index,
+            "delta": rest,
+        }
+        return self._emit(delta, "response.function_call_arguments.delta")
 
     def _item(self, index: int, item: dict[str, Any]) -> dict[str, Any]:
         """An output item as the client knows it: its id, its whole text."""

@@ -326,7 +326,7 @@ def _invoke_frames(spec: AnswerSpec) -> list[bytes]:
     """Anthropic stream events, each base64-wrapped in a `chunk` event, as Bedrock sends."""
     frames = []
     for sse in _stream_answer(Api.MESSAGES, spec).events():
-        data = next(line[6:] for line in sse.decode().splitlines() if line.startswith("data: "))
+        data = next(line[6:] for line in sse.decode().split("\n") if line.startswith("data: "))
         frames.append(_event("chunk", {"bytes": base64.b64encode(data.encode()).decode()}))
     return frames
 
