@@ -82,7 +82,7 @@ BODY_LIMIT = 64 * 1024
 _PENDING_LIMIT = 10_000
 
 # A request's trail: one tuple per attempt (see `attempt`), one list per models skipped.
-_Trail = list[tuple[Any, ...] | list[str]]
+_Trail = list[tuple[Any, ...]]
 
 
 class JournalSink(Sink):
@@ -371,7 +371,7 @@ class JournalSink(Sink):
     def skipped(self, listener: str, model_ids: list[str]) -> None:
         trail = self._trail()
         if trail is not None:
-            trail.append(list(model_ids))  # a list in a trail: models left out
+            trail.append((None, tuple(model_ids)))  # (None, ids): models left out
 
     def reload(self, result: str, detail: str) -> None:
         """A new config serves: its prices and secrets apply to the requests that end from
@@ -432,7 +432,7 @@ class JournalSink(Sink):
                 e.session,
                 request_body,
                 response_body,
-                self._pending.pop(e.request_id, None),
+                _frozen(self._pending.pop(e.request_id, None)),
             )
         )
         if len(queue) >= BATCH_ROWS and self._started:
@@ -447,3 +447,11 @@ class JournalSink(Sink):
         if len(body) > BODY_LIMIT:
             text += f"… ({len(body)} bytes)"
         return self._redact(text)
+
+
+def _frozen(trail: _Trail | None) -> tuple[tuple[Any, ...], ...] | None:
+    """The trail as a tuple: a queued row then holds only immutable values, which the
+    garbage collector stops tracking at its first pass.  Rows that stayed tracked were
+    promoted, a few thousand objects a second at c16, and made the collector's full passes
+    over the whole process come every few seconds."""
+    return None if trail is None else tuple(trail)

@@ -146,9 +146,10 @@ class Writer:
             served_ms = -1.0
             first = trail[0] if trail is not None and len(trail) == 1 else None
             # An attempt: (model, model_id, endpoint, key, outcome, status, error, latency,
-            # waited, ttft, retry, fallback); a list: models left out (circuit open).
+            # waited, ttft, retry, fallback); (None, ids): models left out (circuit open).
             if (
-                type(first) is tuple
+                first is not None
+                and first[0] is not None
                 and first[4] == "success"
                 and not first[8]
                 and first[5] == status
@@ -165,13 +166,13 @@ class Writer:
                 requested = requested_model or -1
                 n = 0
                 for a in trail:
-                    if type(a) is list:
-                        for skipped in a:
+                    if a[0] is None:
+                        for skipped in a[1]:
                             n += 1
                             attempts.append(
                                 (rowid, n, -1, skipped, -1, -1, _SKIPPED, -1, -1, -1, -1)
                             )
-                        skips += len(a)
+                        skips += len(a[1])
                         continue
                     model, a_id, a_endpoint, a_key, outcome, a_status, a_error = a[:7]
                     a_latency, waited, a_ttft, retry, fallback = a[7:]
