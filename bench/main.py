@@ -690,6 +690,59 @@ def evaluate(figs: dict[str, Figure]) -> list[Target]:
         )
     out.append(check("--help (ms)", get("help_ms", "hydrallm"), "<= 150", lambda v: v <= 150))
     out.append(check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 300", lambda v: v <= 300))
+    out.extend(issue19(get))
+    return out
+
+
+def issue19(get: Callable[[str, str], float | None]) -> list[Target]:
+    """Issue 19's goals, as it states them (ratios and differences against the same run's
+    pass-through or direct figures)."""
+
+    def check(name: str, value: float | None, limit: str, ok: Callable[[float], bool]) -> Target:
+        return Target(f"issue 19: {name}", value, limit, None if value is None else ok(value))
+
+    out = [
+        check(
+            "CPU per stream c64 / pass-through",
+            _ratio(get("stream_cpu_c64", "hydrallm"), get("stream_cpu_c64", "passthrough")),
+            "<= 1.1",
+            lambda v: v <= 1.1,
+        ),
+        check(
+            "stream TTFB p50 c64 - pass-through (ms)",
+            _diff(get("stream_ttfb_c64", "hydrallm"), get("stream_ttfb_c64", "passthrough")),
+            "<= 1",
+            lambda v: v <= 1,
+        ),
+    ]
+    for c in (16, 64):
+        out.append(
+            check(
+                f"throughput c{c} / pass-through",
+                _ratio(get(f"rps_c{c}", "hydrallm"), get(f"rps_c{c}", "passthrough")),
+                ">= 1.0",
+                lambda v: v >= 1.0,
+            )
+        )
+    out += [
+        check(
+            "added p99 c1, vs direct (ms)",
+            _diff(get("p99_c1", "hydrallm"), get("p99_c1", "direct")),
+            "<= 0.5",
+            lambda v: v <= 0.5,
+        ),
+        check("RSS idle (MB)", get("rss_idle", "hydrallm"), "<= 50", lambda v: v <= 50),
+        check(
+            "RSS 1,000 streams (MB)", get("streams_rss", "hydrallm"), "<= 100", lambda v: v <= 100
+        ),
+        check(
+            "100 MB stream last / first MB/s (constant)",
+            _ratio(get("long_last", "hydrallm"), get("long_first", "hydrallm")),
+            ">= 0.8",
+            lambda v: v >= 0.8,
+        ),
+        check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 300", lambda v: v <= 300),
+    ]
     return out
 
 
