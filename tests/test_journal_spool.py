@@ -24,23 +24,11 @@ from hydrallm.observe.journal_spool import (
     spool_dir,
 )
 from test_journal_store import cli
+from test_journal_store import event as store_event
 
 
 def event(i: int) -> RequestEvent:
-    return RequestEvent(
-        request_id=f"r-{i}",
-        listener="default",
-        route="default",
-        method="POST",
-        path="/v1/chat/completions",
-        served_by="m",
-        attempts=1,
-        status=200,
-        latency=0.25,
-        streamed=False,
-        started_at=time.time(),
-        served_model="gpt-4o-mini",
-    )
+    return store_event(i, time.time())
 
 
 def ids(db: Path) -> list[str]:

@@ -11,7 +11,6 @@ Closing (off the loop) blocks, bounded by `CLOSE_TIMEOUT_S`.
 from __future__ import annotations
 
 import asyncio
-import marshal
 import os
 import selectors
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydrallm
-from hydrallm.observe.journal_spool import HEADER, frame
+from hydrallm.observe.journal_spool import frame, unframe
 
 if TYPE_CHECKING:
     import subprocess
@@ -149,14 +148,8 @@ class WriterProcess:
         self._take(data)
 
     def _take(self, data: bytes) -> None:
-        buf = self._replies
-        buf += data
-        while len(buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buf)
-            if len(buf) < HEADER.size + size:
-                break
-            message = marshal.loads(buf[HEADER.size : HEADER.size + size])
-            del buf[: HEADER.size + size]
+        self._replies += data
+        for message in unframe(self._replies):
             if message[0] == "failed":
                 self._fail(message[1])
                 return

@@ -50,6 +50,7 @@ __all__ = [
     "pending_bytes",
     "settings_message",
     "spool_dir",
+    "unframe",
 ]
 
 HEADER = struct.Struct("<I")
@@ -60,6 +61,18 @@ OPEN, CLOSED = ".open", ".seg"
 def frame(message: tuple[Any, ...]) -> bytes:
     data = marshal.dumps(message)
     return HEADER.pack(len(data)) + data
+
+
+def unframe(buf: bytearray) -> list[Any]:
+    """The whole messages at the start of `buf`, taken out of it (a partial one stays)."""
+    messages = []
+    while len(buf) >= HEADER.size:
+        (size,) = HEADER.unpack_from(buf)
+        if len(buf) < HEADER.size + size:
+            break
+        messages.append(marshal.loads(buf[HEADER.size : HEADER.size + size]))
+        del buf[: HEADER.size + size]
+    return messages
 
 
 def settings_message(prices: tuple[tuple[str, Price], ...], worker: int) -> tuple[Any, ...]:

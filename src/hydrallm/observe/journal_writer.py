@@ -24,7 +24,6 @@ with the prices of the config that served its request (a reload starts a new seg
 
 from __future__ import annotations
 
-import marshal
 import os
 import select
 import signal
@@ -46,7 +45,7 @@ from hydrallm.observe.journal_db import (
     housekeeping,
     open_for_writing,
 )
-from hydrallm.observe.journal_spool import HEADER, frame
+from hydrallm.observe.journal_spool import frame, unframe
 from hydrallm.observe.prices import PriceBook
 from hydrallm.observe.usage import Usage, from_body
 
@@ -274,14 +273,8 @@ class Messages:
         if not data:
             self.closed = True
             return
-        buf = self._buf
-        buf += data
-        while len(buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(buf)
-            if len(buf) < HEADER.size + size:
-                break
-            self._ready.append(marshal.loads(buf[HEADER.size : HEADER.size + size]))
-            del buf[: HEADER.size + size]
+        self._buf += data
+        self._ready.extend(unframe(self._buf))
 
     def next(self) -> tuple[Any, ...] | None:
         """The next message, waiting for it; None when the proxy closed its end."""
