@@ -440,12 +440,21 @@ async def test_two_worker_processes_write_into_one_file(tmp_path: Path) -> None:
 # --- the commands ---------------------------------------------------------------------------
 
 
+def cli_env() -> dict[str, str]:
+    """The environment a user's `hydrallm log` runs in: none of the test's HYDRALLM_*."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
-    env["COLUMNS"] = "200"
+    env = {**cli_env(), "COLUMNS": "200"}
     return subprocess.run(
         [HYDRALLM, *args], capture_output=True, text=True, timeout=60, env=env, check=False
     )
+
+
+async def ask(s: aiohttp.ClientSession, url: str, model: str) -> None:
+    async with s.post(url + "/v1/chat/completions", json={"model": model, "messages": []}) as r:
+        assert r.status == 200
 
 
 async def test_log_and_usage_commands(tmp_path: Path) -> None:
@@ -535,11 +544,9 @@ async def test_log_follow_prints_new_requests(tmp_path: Path) -> None:
         cfg = tmp_path / "config.toml"
         cfg.write_text(one_model(db, up.url))
         async with ProxyHarness(cfg.read_text()) as px, aiohttp.ClientSession() as s:
-            body = {"model": "first", "messages": []}
-            async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
-                assert r.status == 200
+            await ask(s, px.url(), "first")
             await asyncio.sleep(0.6)  # the writer's turn
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+            env = cli_env()
             follower = await asyncio.create_subprocess_exec(
                 HYDRALLM, "log", "--follow", "--json", "-c", str(cfg),
                 stdout=asyncio.subprocess.PIPE, env=env,
@@ -548,9 +555,7 @@ async def test_log_follow_prints_new_requests(tmp_path: Path) -> None:
                 assert follower.stdout is not None
                 first = await asyncio.wait_for(follower.stdout.readline(), 20)
                 assert json.loads(first)["requested_model"] == "first"
-                body = {"model": "second", "messages": []}
-                async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
-                    assert r.status == 200
+                await ask(s, px.url(), "second")
                 second = await asyncio.wait_for(follower.stdout.readline(), 20)
                 assert json.loads(second)["requested_model"] == "second"
             finally:
@@ -568,11 +573,9 @@ async def test_log_follow_ends_on_ctrl_c_even_when_started_with_sigint_ignored(
         cfg = tmp_path / "config.toml"
         cfg.write_text(one_model(db, up.url))
         async with ProxyHarness(cfg.read_text()) as px, aiohttp.ClientSession() as s:
-            body = {"model": "first", "messages": []}
-            async with s.post(px.url() + "/v1/chat/completions", json=body) as r:
-                assert r.status == 200
+            await ask(s, px.url(), "first")
             await asyncio.sleep(0.6)  # the writer's turn
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+            env = cli_env()
             ignored = (
                 "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                 "os.execv(sys.argv[1], sys.argv[1:])"
