@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -538,7 +540,13 @@ async def test_log_and_usage_commands(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "yesterday" in bad.stderr
 
 
-async def test_log_follow_prints_new_requests(tmp_path: Path) -> None:
+@asynccontextmanager
+async def following(
+    tmp_path: Path, *launcher: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Callable[[str], Awaitable[None]]]]:
+    """A proxy that served one request ("first"), and `hydrallm log --follow --json`
+    started (through `launcher`, if given) once that request's row was shown; yields the
+    follower and a way to send the next request.  The follower is stopped after."""
     db = tmp_path / "j.db"
     async with FakeUpstream() as up:
         cfg = tmp_path / "config.toml"
@@ -546,21 +554,27 @@ async def test_log_follow_prints_new_requests(tmp_path: Path) -> None:
         async with ProxyHarness(cfg.read_text()) as px, aiohttp.ClientSession() as s:
             await ask(s, px.url(), "first")
             await asyncio.sleep(0.6)  # the writer's turn
-            env = cli_env()
             follower = await asyncio.create_subprocess_exec(
-                HYDRALLM, "log", "--follow", "--json", "-c", str(cfg),
-                stdout=asyncio.subprocess.PIPE, env=env,
+                *launcher, HYDRALLM, "log", "--follow", "--json", "-c", str(cfg),
+                stdout=asyncio.subprocess.PIPE, env=cli_env(),
             )  # fmt: skip
             try:
                 assert follower.stdout is not None
                 first = await asyncio.wait_for(follower.stdout.readline(), 20)
                 assert json.loads(first)["requested_model"] == "first"
-                await ask(s, px.url(), "second")
-                second = await asyncio.wait_for(follower.stdout.readline(), 20)
-                assert json.loads(second)["requested_model"] == "second"
+                yield follower, lambda model: ask(s, px.url(), model)
             finally:
-                follower.terminate()
-                await follower.wait()
+                if follower.returncode is None:
+                    follower.kill()
+                    await follower.wait()
+
+
+async def test_log_follow_prints_new_requests(tmp_path: Path) -> None:
+    async with following(tmp_path) as (follower, send):
+        assert follower.stdout is not None
+        await send("second")
+        second = await asyncio.wait_for(follower.stdout.readline(), 20)
+        assert json.loads(second)["requested_model"] == "second"
 
 
 async def test_log_follow_ends_on_ctrl_c_even_when_started_with_sigint_ignored(
@@ -568,29 +582,10 @@ async def test_log_follow_ends_on_ctrl_c_even_when_started_with_sigint_ignored(
 ) -> None:
     # A background job of a non-interactive shell inherits SIGINT ignored (Python keeps
     # it); `log --follow`, which ends only by Ctrl-C or a signal, once followed on through.
-    db = tmp_path / "j.db"
-    async with FakeUpstream() as up:
-        cfg = tmp_path / "config.toml"
-        cfg.write_text(one_model(db, up.url))
-        async with ProxyHarness(cfg.read_text()) as px, aiohttp.ClientSession() as s:
-            await ask(s, px.url(), "first")
-            await asyncio.sleep(0.6)  # the writer's turn
-            env = cli_env()
-            ignored = (
-                "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                "os.execv(sys.argv[1], sys.argv[1:])"
-            )
-            follower = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", ignored, HYDRALLM, "log", "--follow", "--json",
-                "-c", str(cfg), stdout=asyncio.subprocess.PIPE, env=env,
-            )  # fmt: skip
-            try:
-                assert follower.stdout is not None
-                first = await asyncio.wait_for(follower.stdout.readline(), 20)
-                assert json.loads(first)["requested_model"] == "first"
-                follower.send_signal(signal.SIGINT)
-                assert await asyncio.wait_for(follower.wait(), 30) == 130
-            finally:
-                if follower.returncode is None:
-                    follower.kill()
-                    await follower.wait()
+    ignored = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    async with following(tmp_path, sys.executable, "-c", ignored) as (follower, _):
+        follower.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(follower.wait(), 30) == 130
