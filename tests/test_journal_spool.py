@@ -77,16 +77,13 @@ def test_log_shows_what_a_busy_proxy_spooled_and_nothing_is_loaded_twice(
 
 def write_segment(db: Path, rows: int, *, start: int = 0) -> Path:
     spool = SpoolWriter(spool_dir(db), lambda: frame(settings_message((), 0)))
-    batch = []
+    sink = JournalSink(JournalConfig(path=str(db)))  # not started: it only queues
     for i in range(start, start + rows):
-        sink = JournalSink(JournalConfig(path=str(db)))
-        sink.request(event(i))  # the tuple a proxy queues (the sink is not started)
-        batch.append(sink._queue.pop())
-        if len(batch) == 500:
-            spool.append(frame(("rows", batch)))
-            batch = []
-    if batch:
-        spool.append(frame(("rows", batch)))
+        sink.request(event(i))
+        if len(sink._queue) == 500:
+            spool.append(frame(sink._take()))  # the frame a proxy spools
+    if sink._queue:
+        spool.append(frame(sink._take()))
     [path] = [p for p in spool_dir(db).glob("*.open")]
     spool.rotate()
     return path.with_suffix(".seg")

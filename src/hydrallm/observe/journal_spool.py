@@ -33,7 +33,7 @@ import marshal
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -186,6 +186,66 @@ def _frames(f: BinaryIO, limit: int) -> tuple[list[Any], int, bool]:
     return messages, used, False
 
 
+def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    """The request tuples of a spooled message, in the layout `Writer._rows` reads.
+
+    "batch" (`JournalSink._take`): what many requests share (listener, route, method,
+    path, requested model, served model, model id, endpoint) once, as `shapes`; each row
+    names its shape, and a request served by its first try carries only that attempt's
+    (key, ttft, latency).  "rows": the same tuples in full (spools of earlier versions)."""
+    kind = message[0]
+    if kind == "rows":
+        yield from message[1]
+    elif kind == "batch":
+        shapes = message[1]
+        for (
+            request_id,
+            started_at,
+            at,
+            status,
+            attempts,
+            recovered,
+            latency,
+            streamed,
+            body_bytes,
+            usage,
+            error,
+            session,
+            request_body,
+            response_body,
+            trail,
+        ) in message[2]:
+            listener, route, method, path, requested, served_model, model_id, endpoint = shapes[at]
+            if trail is not None and not isinstance(trail[0], tuple):
+                key, ttft, attempt_latency = trail
+                first = (served_model, model_id, endpoint, key, "success", status, None)
+                trail = ((*first, attempt_latency, 0.0, ttft, False, False),)
+            yield (
+                request_id,
+                started_at,
+                listener,
+                route,
+                method,
+                path,
+                requested,
+                served_model,
+                model_id,
+                endpoint,
+                status,
+                attempts,
+                recovered,
+                latency,
+                streamed,
+                body_bytes,
+                usage,
+                error,
+                session,
+                request_body,
+                response_body,
+                trail,
+            )
+
+
 def _step(writer: Writer, name: str, path: Path, closed: bool) -> tuple[int, bool]:
     """Loads the next frames of one segment in one transaction: (requests, finished)."""
     db = writer.db
@@ -211,7 +271,7 @@ def _step(writer: Writer, name: str, path: Path, closed: bool) -> tuple[int, boo
                 offset = start if row is None else int(row[0])
                 f.seek(offset)
                 messages, used, end = _frames(f, STEP_BYTES)
-                rows = [r for m in messages if m[0] == "rows" for r in m[1]]
+                rows = [r for m in messages for r in rows_of(m)]
                 if rows:
                     writer.insert(rows)
             except (ValueError, EOFError, TypeError, IndexError, KeyError):

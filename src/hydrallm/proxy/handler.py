@@ -73,6 +73,7 @@ class _Exchange:
         "engine",
         "listener",
         "meter",
+        "metered",
         "path",
         "provider",
         "request",
@@ -107,6 +108,7 @@ class _Exchange:
         self.provider: Provider = engine.providers[self.api_type]
         self.request_id = state.next_request_id()
         self.route = "default"
+        self.metered = False  # a sink reads usage: a stream gets a meter, a body a slice
         self.meter: UsageMeter | None = None
         self.body: bytes | None = None  # journal.bodies only
         self.requested: str | None = None
@@ -189,7 +191,7 @@ class _Exchange:
         self.requested = self.provider.requested_model(client_request)
         self.route, chain = listener.resolve(self.requested)
         if self.state.telemetry.wants_usage:
-            self.meter = UsageMeter()
+            self.metered = True
             self.session = session_hash(request.headers)
             if self.engine.config.journal.bodies:
                 self.body = body
@@ -295,10 +297,9 @@ class _Exchange:
             hooks = make_recovery(engine, client_request, committed, name, state.recovery)
             recovery = hooks.recovery
             observe = hooks.observe
-            meter = self.meter
-            if meter is not None:
+            if self.metered:
                 # Usage is read from the relayed bytes (only events that carry it are parsed).
-                meter.bedrock = committed.model.type == "bedrock"
+                meter = self.meter = UsageMeter(bedrock=committed.model.type == "bedrock")
                 observe = meter.feed if observe is None else meter.chain(observe)
             # Registered so that shutdown can end it cleanly once the grace period is over.
             state.live.add(upstream)
@@ -393,9 +394,10 @@ class _Exchange:
         model_name, endpoint, body = served
         meter = self.meter
         usage = size = raw = None
-        if meter is not None:
+        if self.metered:
             if body is None:
-                usage, size = meter.usage, meter.size
+                if meter is not None:
+                    usage, size = meter.usage, meter.size
             else:  # decoded by the journal's writer thread, not here
                 raw, size = usage_slice(body), len(body)
         self.state.telemetry.request(
