@@ -197,53 +197,18 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     if kind == "rows":
         yield from message[1]
     elif kind == "batch":
+        # A batch row: (request_id, started_at, shape, status, attempts, recovered, latency,
+        # streamed, body_bytes, usage, error, session, request_body, response_body, trail).
         shapes = message[1]
-        for (
-            request_id,
-            started_at,
-            at,
-            status,
-            attempts,
-            recovered,
-            latency,
-            streamed,
-            body_bytes,
-            usage,
-            error,
-            session,
-            request_body,
-            response_body,
-            trail,
-        ) in message[2]:
-            listener, route, method, path, requested, served_model, model_id, endpoint = shapes[at]
+        for row in message[2]:
+            shape = shapes[row[2]]
+            trail = row[14]
             if trail is not None and not isinstance(trail[0], tuple):
                 key, ttft, attempt_latency = trail
-                first = (served_model, model_id, endpoint, key, "success", status, None)
+                served_model, model_id, endpoint = shape[5:]
+                first = (served_model, model_id, endpoint, key, "success", row[3], None)
                 trail = ((*first, attempt_latency, 0.0, ttft, False, False),)
-            yield (
-                request_id,
-                started_at,
-                listener,
-                route,
-                method,
-                path,
-                requested,
-                served_model,
-                model_id,
-                endpoint,
-                status,
-                attempts,
-                recovered,
-                latency,
-                streamed,
-                body_bytes,
-                usage,
-                error,
-                session,
-                request_body,
-                response_body,
-                trail,
-            )
+            yield (*row[:2], *shape, *row[3:14], trail)
 
 
 def _step(writer: Writer, name: str, path: Path, closed: bool) -> tuple[int, bool]:
