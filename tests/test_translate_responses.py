@@ -475,3 +475,35 @@ def test_a_chat_stream_ended_by_done_without_a_finish_reason_is_a_whole_answer()
     cut.feed(f"data: {json.dumps(chunk)}\n\n".encode())
     cut.close()
     assert not cut.finished
+
+
+@pytest.mark.parametrize("client", ["anthropic", "chat", "responses"])
+def test_a_lone_surrogate_escape_from_the_upstream_reaches_the_client_as_that_escape(
+    client: Any,
+) -> None:
+    # JSON may carry a lone surrogate as an escape; Python decodes it to a str with no
+    # UTF-8.  Raw, the answer failed to encode (a 502 for an answer that was fine).
+    text = "odd \ud83d end"
+    answer = {
+        "candidates": [
+            {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}
+        ]
+    }
+    whole = translator_for(client, "gemini")
+    whole.request(REQUESTS[client], "g")
+    body = whole.response(json.dumps(answer).encode())
+    assert b"\\ud83d" in body
+    got = json.loads(body)
+    shown = {
+        "anthropic": lambda: got["content"][-1]["text"],
+        "chat": lambda: got["choices"][0]["message"]["content"],
+        "responses": lambda: got["output"][-1]["content"][0]["text"],
+    }[client]()
+    assert shown == text
+    streamed = translator_for(client, "gemini")
+    streamed.request(REQUESTS[client] | {"stream": True}, "g")
+    stream = streamed.stream()
+    out = stream.feed(sse_lines([(None, answer)])) + stream.close()
+    assert stream.finished and stream.error is None
+    assert b"\\ud83d" in out
+    out.decode("utf-8")  # every byte of it is UTF-8

@@ -194,12 +194,18 @@ def maybe_error(kind: StreamKind, raw: bytes) -> bool:
 
 def encode(data: dict[str, Any], name: str | None = None) -> bytes:
     """One SSE event with a JSON payload."""
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     head = f"event: {name}\n" if name else ""
-    try:
-        return f"{head}data: {payload}\n\n".encode()
-    except UnicodeEncodeError:
-        # A lone surrogate (an upstream may send one as a `\\ud800` escape) has no UTF-8:
-        # escaped, it reaches the client as it came, where raw it would end the stream.
-        payload = json.dumps(data, separators=(",", ":"))
-        return f"{head}data: {payload}\n\n".encode()
+    return b"%sdata: %s\n\n" % (head.encode(), json_bytes(data))
+
+
+def json_bytes(value: object) -> bytes:
+    """Compact JSON as UTF-8, non-ASCII text as it is.  A lone surrogate (JSON may carry
+    one as a `\\ud800` escape; Python decodes it to a str that has no UTF-8) goes out as
+    that escape again, where raw it would fail the answer."""
+    return utf8(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def utf8(json_text: str) -> bytes:
+    """JSON text as UTF-8: a lone surrogate, which can only be inside a string there,
+    written as its `\\uXXXX` escape (the same JSON value)."""
+    return json_text.encode("utf-8", "backslashreplace")

@@ -4,10 +4,10 @@ answered anew."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from hydrallm.config import PrefillFlag
+from hydrallm.formats.frames import json_bytes
 from hydrallm.formats.peek import StreamKind
 from hydrallm.formats.transcript import TEXT, Transcript
 
@@ -51,7 +51,7 @@ def prefill_body(
             out["continue_final_message"] = True
             out["add_generation_prompt"] = False
         out["messages"] = appended
-    return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
+    return json_bytes(out)
 
 
 def _append(messages: list[Any], text: str, *, responses: bool) -> list[Any]:

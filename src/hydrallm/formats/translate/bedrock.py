@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from hydrallm.formats.eventstream import EventStreamDecoder, EventStreamError, Message
+from hydrallm.formats.frames import json_bytes
 from hydrallm.formats.translate.errors import (
     ClientError,
     UpstreamError,
@@ -61,7 +62,7 @@ def request(body: Json, model: str) -> tuple[str, bytes, bool]:
     out.update((k, v) for k, v in body.items() if k in KEPT)
     action = "invoke-with-response-stream" if stream else "invoke"
     path = f"/model/{quote(model, safe='')}/{action}"
-    return path, json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode(), stream
+    return path, json_bytes(out), stream
 
 
 def error(status: int, body: bytes) -> ClientError:
@@ -113,7 +114,7 @@ class BedrockStream:
 
 
 def anthropic_dumps(event: Json) -> bytes:
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    return json_bytes(event)
 
 
 class BedrockTranslator:

@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from hydrallm.formats.frames import utf8
 from hydrallm.formats.translate import anthropic, chat
 from hydrallm.formats.translate.ir import dumps
 
@@ -73,4 +74,4 @@ def client_error(client: str, error: UpstreamError) -> ClientError:
     headers: tuple[tuple[str, str], ...] = ()
     if error.retry_after is not None:
         headers = (("Retry-After", str(max(math.ceil(error.retry_after), 0))),)
-    return ClientError(status, headers, dumps(payload).encode())
+    return ClientError(status, headers, utf8(dumps(payload)))

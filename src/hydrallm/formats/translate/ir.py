@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hydrallm.formats.frames import utf8
+
 # Defined with the package (loaded on every start) and named here as ever.
 from hydrallm.formats.translate import BadRequest as BadRequest
 from hydrallm.formats.translate import Json as Json
@@ -271,7 +273,7 @@ def sse(data: object, event: str | None = None) -> bytes:
     """One server-sent event; JSON escapes newlines, so `data` stays on one line."""
     text = data if isinstance(data, str) else dumps(data)
     head = f"event: {event}\n" if event is not None else ""
-    return f"{head}data: {text}\n\n".encode()
+    return utf8(f"{head}data: {text}\n\n")
 
 
 def texts(parts: list[Text | Image]) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from hydrallm.formats.frames import utf8
 from hydrallm.formats.sse import SSEDecoder, SSEEvent
 from hydrallm.formats.translate import (
     CLIENT_APIS,
@@ -183,7 +184,7 @@ class Translator:
             answer = _ANSWER[self.client](_PARSE[self.upstream](data), self.parsed)
         except (AttributeError, TypeError, KeyError, ValueError) as exc:
             raise MalformedUpstream(f"unreadable upstream answer ({exc})") from exc
-        return ir.dumps(answer).encode()
+        return utf8(ir.dumps(answer))
 
     def stream(self) -> StreamTranslator:
         """A translator for the upstream's 2xx SSE stream."""
