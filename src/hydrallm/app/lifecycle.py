@@ -15,12 +15,13 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hydrallm.app.reload import Reloader
 from hydrallm.app.runtime import ProxyState, build_runtime
 from hydrallm.config import Config, ListenerConfig
 from hydrallm.config.exposure import exposure_warnings
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger, Sink, Telemetry
 from hydrallm.observe.journal import JournalSink

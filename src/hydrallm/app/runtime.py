@@ -14,10 +14,11 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from hydrallm.config import ApiType, Config, ListenerConfig, ModelConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.observe.events import Telemetry
 from hydrallm.observe.journal import JournalSink
 from hydrallm.providers import Provider, provider_for

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,6 +46,7 @@ from hydrallm.config.tables import (
     suggestion,
     url_secrets,
 )
+from hydrallm.dataclass import dataclass
 
 DEFAULT_LISTENER: Final = "default"
 

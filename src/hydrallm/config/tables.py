@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from hydrallm.config import units
+from hydrallm.dataclass import dataclass
 
 ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _T = TypeVar("_T")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.translate import anthropic, chat
 from hydrallm.formats.translate.ir import dumps
 

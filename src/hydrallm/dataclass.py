@@ -1,0 +1,220 @@
+"""`dataclass`: the standard library's, made without compiling five methods of six.
+
+`hydrallm serve` defines ~65 dataclasses before it listens, and on Python 3.11/3.12 the
+standard `dataclasses.dataclass` writes the source of each generated method (`__init__`,
+`__repr__`, `__eq__`, `__hash__`, a frozen class's `__setattr__` / `__delattr__`) and
+compiles it with one `exec` apiece: ~300 compilations, a quarter of the instructions
+to ready.  Here only `__init__` is compiled (by the standard library's own code, so its
+signature, defaults, factories and `__post_init__` are the standard ones); the other
+methods are closures over the field names, with the same results: the same tuples
+compared and hashed, the same repr text, the same errors for a frozen class (even 3.11's
+TypeError for a new attribute on a frozen slotted one).  Fields, `replace`, `asdict`,
+`__match_args__` and `__dataclass_params__` are the standard ones.
+
+A class this does not cover (ordering, `unsafe_hash`, dataclass bases) and every class
+on Python 3.13+ (whose dataclasses compile once a class) gets the standard decorator.
+Type checkers see `dataclasses.dataclass` itself.  `tests/test_dataclass.py` compares
+the two on every shape the code uses.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses as _dc
+import inspect
+import sys
+from collections.abc import Callable
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["dataclass"]
+
+FAST = (3, 11) <= sys.version_info < (3, 13)
+
+
+def _dataclass(
+    cls: type | None = None,
+    /,
+    *,
+    init: bool = True,
+    repr: bool = True,
+    eq: bool = True,
+    order: bool = False,
+    unsafe_hash: bool = False,
+    frozen: bool = False,
+    match_args: bool = True,
+    kw_only: bool = False,
+    slots: bool = False,
+    weakref_slot: bool = False,
+) -> Any:
+    def wrap(cls: type) -> type:
+        if not FAST or order or unsafe_hash or _has_dataclass_base(cls):
+            return _dc.dataclass(
+                cls,
+                init=init,
+                repr=repr,
+                eq=eq,
+                order=order,
+                unsafe_hash=unsafe_hash,
+                frozen=frozen,
+                match_args=match_args,
+                kw_only=kw_only,
+                slots=slots,
+                weakref_slot=weakref_slot,
+            )
+        return _process(cls, init, repr, eq, frozen, match_args, kw_only, slots, weakref_slot)
+
+    return wrap if cls is None else wrap(cls)
+
+
+def _has_dataclass_base(cls: type) -> bool:
+    return any(hasattr(b, "__dataclass_fields__") for b in cls.__mro__[1:])
+
+
+def _process(
+    cls: type,
+    init: bool,
+    repr: bool,
+    eq: bool,
+    frozen: bool,
+    match_args: bool,
+    kw_only: bool,
+    slots: bool,
+    weakref_slot: bool,
+) -> type:
+    # The standard decorator collects the fields, checks them, sets `__match_args__` and
+    # the slots; it is kept from generating methods (and from the docstring, which needs
+    # `__init__`: a placeholder it leaves alone, replaced below).
+    needs_doc = not cls.__doc__
+    if needs_doc:
+        cls.__doc__ = "-"
+    user = cls
+    class_hash = cls.__dict__.get("__hash__", _dc.MISSING)
+    explicit_hash = not (
+        class_hash is _dc.MISSING or (class_hash is None and "__eq__" in cls.__dict__)
+    )
+    cls = _dc.dataclass(
+        cls,
+        init=False,
+        repr=False,
+        eq=False,
+        frozen=False,
+        match_args=match_args,
+        kw_only=kw_only,
+        slots=slots,
+        weakref_slot=weakref_slot,
+    )
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    params.init, params.repr, params.eq, params.frozen = init, repr, eq, frozen
+    fields: dict[str, Any] = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    module = sys.modules.get(cls.__module__)
+    globals_ = module.__dict__ if module is not None else {}
+    if init:
+        all_init = [f for f in fields.values() if f._field_type in (_dc._FIELD, _dc._FIELD_INITVAR)]  # type: ignore[attr-defined]
+        std, kw = _dc._fields_in_init_order(all_init)  # type: ignore[attr-defined]
+        self_name = "__dataclass_self__" if "self" in fields else "self"
+        has_post_init = hasattr(cls, "__post_init__")
+        fn = _dc._init_fn(all_init, std, kw, frozen, has_post_init, self_name, globals_, slots)  # type: ignore[attr-defined]
+        _set(cls, "__init__", fn)
+    names = [f.name for f in fields.values() if f._field_type is _dc._FIELD]  # type: ignore[attr-defined]
+    field_list = [fields[n] for n in names]
+    if repr:
+        _set(cls, "__repr__", _dc._recursive_repr(_repr([f.name for f in field_list if f.repr])))  # type: ignore[attr-defined]
+    if eq:
+        _set(cls, "__eq__", _eq(_tuple_of([f.name for f in field_list if f.compare])))
+    if frozen:
+        if slots:
+            # As the standard decorator does for a frozen slotted class (pickling).
+            for name, method in (
+                ("__getstate__", _dc._dataclass_getstate),  # type: ignore[attr-defined]
+                ("__setstate__", _dc._dataclass_setstate),  # type: ignore[attr-defined]
+            ):
+                if name not in cls.__dict__:
+                    setattr(cls, name, method)
+        # The standard methods name the class as it was before the slots were added.
+        for fn in _frozen(user, frozenset(names)):
+            if _set(cls, fn.__name__, fn):
+                raise TypeError(f"Cannot overwrite attribute {fn.__name__} in class {cls.__name__}")
+    if eq and not explicit_hash:
+        if frozen:
+            hashed = [f.name for f in field_list if (f.compare if f.hash is None else f.hash)]
+            cls.__hash__ = _hash(_tuple_of(hashed), cls)  # type: ignore[assignment]
+        else:
+            cls.__hash__ = None  # type: ignore[assignment]
+    if needs_doc:
+        try:
+            text_sig = str(inspect.signature(cls)).replace(" -> None", "")
+        except (TypeError, ValueError):
+            text_sig = ""
+        cls.__doc__ = cls.__name__ + text_sig
+    abc.update_abstractmethods(cls)
+    return cls
+
+
+def _set(cls: type, name: str, fn: Any) -> bool:
+    """Set a generated method unless the class defines its own (then True)."""
+    if name in cls.__dict__:
+        return True
+    fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
+    fn.__module__ = cls.__module__
+    setattr(cls, name, fn)
+    return False
+
+
+def _tuple_of(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """The tuple `(obj.a, obj.b, ...)`, as the standard methods build it."""
+    if not names:
+        return lambda obj: ()
+    if len(names) == 1:
+        get = attrgetter(names[0])
+        return lambda obj: (get(obj),)
+    return attrgetter(*names)
+
+
+def _repr(names: list[str]) -> Callable[[Any], str]:
+    def __repr__(self: Any) -> str:
+        inner = ", ".join([f"{n}={getattr(self, n)!r}" for n in names])
+        return f"{self.__class__.__qualname__}({inner})"
+
+    return __repr__
+
+
+def _eq(key: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any, Any], Any]:
+    def __eq__(self: Any, other: Any) -> Any:
+        if other.__class__ is self.__class__:
+            return key(self) == key(other)
+        return NotImplemented
+
+    return __eq__
+
+
+def _hash(key: Callable[[Any], tuple[Any, ...]], cls: type) -> Callable[[Any], int]:
+    def __hash__(self: Any) -> int:
+        return hash(key(self))
+
+    __hash__.__qualname__ = f"{cls.__qualname__}.__hash__"
+    __hash__.__module__ = cls.__module__
+    return __hash__
+
+
+def _frozen(cls: type, names: frozenset[str]) -> tuple[Callable[..., None], ...]:
+    error = _dc.FrozenInstanceError
+    owner: type[Any] = cls
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if type(self) is cls or name in names:
+            raise error(f"cannot assign to field {name!r}")
+        super(owner, self).__setattr__(name, value)
+
+    def __delattr__(self: Any, name: str) -> None:
+        if type(self) is cls or name in names:
+            raise error(f"cannot delete field {name!r}")
+        super(owner, self).__delattr__(name)
+
+    return __setattr__, __delattr__
+
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as dataclass
+else:
+    dataclass = _dataclass
