@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import inspect
 import pickle
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, field
@@ -255,12 +256,86 @@ def test_an_undefinable_class_is_refused_alike() -> None:
 
 
 def test_the_fast_path_is_taken_where_it_applies() -> None:
-    """On 3.11/3.12 the covered shapes compile one method (no `__repr__` of its own
-    source): the point of the module.  Elsewhere it is the standard decorator."""
+    """On 3.11/3.12 the covered shapes compile no method but `__init__` (no `__repr__` of
+    its own source): the point of the module.  Elsewhere it is the standard decorator."""
     cls = SHAPES["fast"]["FrozenSlots"]
     closure = cls.__repr__.__wrapped__
     if fastmod.FAST:
         assert closure.__code__.co_filename == fastmod.__file__
-        assert cls.__init__.__code__.co_filename == "<string>"
     else:
         assert closure.__code__.co_filename == "<string>"
+
+
+PROBE = '''
+from __future__ import annotations
+from dataclasses import field
+from hydrallm.dataclass import dataclass
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """Documented: compiled when first used."""
+    x: int
+    y: int = 0
+    tags: list[str] = field(default_factory=list)
+
+@dataclass(slots=True)
+class Undocumented:
+    a: int = 1
+'''
+
+
+def _fresh_module() -> types.ModuleType:
+    """A module of classes defined just now (none instantiated yet)."""
+    module = types.ModuleType("hydrallm_lazy_probe")
+    sys.modules[module.__name__] = module
+    try:
+        exec(PROBE, module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    return module
+
+
+@pytest.mark.skipif(not fastmod.FAST, reason="the standard decorator compiles at once")
+def test_init_is_compiled_at_first_use_or_when_asked() -> None:
+    module = _fresh_module()
+    point = module.Point
+    stub = point.__dict__["__init__"]
+    assert stub.__code__.co_filename == fastmod.__file__  # not compiled yet
+    assert point.__init__.__qualname__ == "Point.__init__"
+    # The docstring the decorator writes (the signature) is written without compiling.
+    undocumented = module.Undocumented
+    assert undocumented.__doc__ == "Undocumented(a: 'int' = 1)"
+    assert undocumented.__dict__["__init__"].__code__.co_filename == fastmod.__file__
+
+    p = point(1, tags=["a"])  # the first call compiles, installs, and initialises
+    assert (p.x, p.y, p.tags) == (1, 0, ["a"])
+    compiled = point.__dict__["__init__"]
+    assert compiled is not stub
+    assert compiled.__code__.co_filename == "<string>"
+    assert compiled.__qualname__ == "Point.__init__"
+    assert point(2) == point(2, 0, [])
+    assert point.__dict__["__init__"] is compiled  # once
+    signature = "(x: 'int', y: 'int' = 0, tags: 'list[str]' = <factory>) -> None"
+    assert str(inspect.signature(point)) == signature
+    with pytest.raises(TypeError, match=r"Point.__init__\(\) missing 1 required positional"):
+        point()
+
+    again = _fresh_module()
+    assert fastmod.build_pending([again]) == 2
+    assert again.Point.__dict__["__init__"].__code__.co_filename == "<string>"
+    assert again.Undocumented.__dict__["__init__"].__code__.co_filename == "<string>"
+    assert fastmod.build_pending([again]) == 0
+    assert again.Point(3).y == 0
+
+
+@pytest.mark.skipif(not fastmod.FAST, reason="the standard decorator compiles at once")
+def test_a_stub_inherited_by_a_plain_subclass_installs_on_its_class() -> None:
+    module = _fresh_module()
+
+    class Sub(module.Point):  # type: ignore[misc, name-defined]
+        __slots__ = ()
+
+    s = Sub(5, 6)
+    assert (s.x, s.y, type(s)) == (5, 6, Sub)
+    assert "__init__" not in Sub.__dict__
+    assert module.Point.__dict__["__init__"].__code__.co_filename == "<string>"

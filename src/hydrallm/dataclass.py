@@ -23,11 +23,12 @@ import abc
 import dataclasses as _dc
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import attrgetter
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["dataclass"]
+__all__ = ["build_pending", "dataclass"]
 
 FAST = (3, 11) <= sys.version_info < (3, 13)
 
@@ -114,8 +115,14 @@ def _process(
         std, kw = _dc._fields_in_init_order(all_init)  # type: ignore[attr-defined]
         self_name = "__dataclass_self__" if "self" in fields else "self"
         has_post_init = hasattr(cls, "__post_init__")
-        fn = _dc._init_fn(all_init, std, kw, frozen, has_post_init, self_name, globals_, slots)  # type: ignore[attr-defined]
-        _set(cls, "__init__", fn)
+        _check_defaults(std)
+
+        def build() -> Callable[..., None]:
+            fn = _dc._init_fn(all_init, std, kw, frozen, has_post_init, self_name, globals_, slots)  # type: ignore[attr-defined]
+            return fn  # type: ignore[no-any-return]
+
+        # Compiled when first called (or by `build_pending`).
+        _set(cls, "__init__", _lazy_init(cls, build))
     names = [f.name for f in fields.values() if f._field_type is _dc._FIELD]  # type: ignore[attr-defined]
     field_list = [fields[n] for n in names]
     if repr:
@@ -142,13 +149,93 @@ def _process(
         else:
             cls.__hash__ = None  # type: ignore[assignment]
     if needs_doc:
-        try:
-            text_sig = str(inspect.signature(cls)).replace(" -> None", "")
-        except (TypeError, ValueError):
-            text_sig = ""
+        if init and _plain_construction(cls):
+            # What `inspect.signature` says of the `__init__` not compiled yet.
+            text_sig = _signature_text(std, kw)
+        else:
+            try:
+                text_sig = str(inspect.signature(cls)).replace(" -> None", "")
+            except (TypeError, ValueError):
+                text_sig = ""
         cls.__doc__ = cls.__name__ + text_sig
     abc.update_abstractmethods(cls)
     return cls
+
+
+def _plain_construction(cls: type) -> bool:
+    """Whether `cls(...)` is its generated `__init__` alone (no `__new__`, no metaclass
+    `__call__`), which is what its signature then shows."""
+    return (
+        getattr(cls.__dict__.get("__init__"), "__dataclass_build__", None) is not None
+        and cls.__new__ is object.__new__  # type: ignore[comparison-overlap]
+        and type(cls).__call__ is type.__call__
+    )
+
+
+def _signature_text(std: tuple[Any, ...], kw: tuple[Any, ...]) -> str:
+    """`str(inspect.signature(cls))` for the generated `__init__`, " -> None" removed as
+    the standard decorator removes it."""
+    params = [_param_text(f) for f in std]
+    if kw:
+        params += ["*", *(_param_text(f) for f in kw)]
+    return f"({', '.join(params)}) -> None".replace(" -> None", "")
+
+
+def _param_text(f: Any) -> str:
+    text = f"{f.name}: {inspect.formatannotation(f.type)}"
+    if f.default is not _dc.MISSING:
+        return f"{text} = {f.default!r}"
+    if f.default_factory is not _dc.MISSING:
+        return f"{text} = {_dc._HAS_DEFAULT_FACTORY!r}"  # type: ignore[attr-defined]
+    return text
+
+
+def _check_defaults(std: tuple[Any, ...]) -> None:
+    """The standard decorator's check (made when it compiles `__init__`, here at once)."""
+    seen_default = False
+    for f in std:
+        if f.init:
+            if not (f.default is _dc.MISSING and f.default_factory is _dc.MISSING):
+                seen_default = True
+            elif seen_default:
+                raise TypeError(f"non-default argument {f.name!r} follows default argument")
+
+
+def _lazy_init(cls: type, build: Callable[[], Callable[..., None]]) -> Callable[..., None]:
+    """An `__init__` that puts the compiled one in its place, then calls it."""
+    qualname = f"{cls.__qualname__}.__init__"  # as the standard one is named: at definition
+
+    def __init__(self: Any, /, *args: Any, **kwargs: Any) -> None:  # (a field may be `self`)
+        _install(cls, __init__)(self, *args, **kwargs)
+
+    __init__.__dataclass_build__ = (build, qualname)  # type: ignore[attr-defined]
+    return __init__
+
+
+def _install(cls: Any, stub: Any) -> Callable[..., None]:
+    build, qualname = stub.__dataclass_build__
+    current: Callable[..., None] = cls.__dict__["__init__"]
+    if current is not stub:
+        return current  # installed meanwhile (by another thread, or `build_pending`)
+    fn: Callable[..., None] = build()
+    fn.__qualname__ = qualname
+    fn.__module__ = cls.__module__
+    cls.__init__ = fn
+    return fn
+
+
+def build_pending(modules: Iterable[ModuleType]) -> int:
+    """Compile the `__init__` of every class of `modules` not yet instantiated: the work
+    left for after a start, so that the first requests find them ready.  The number."""
+    built = 0
+    for module in modules:
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                init = value.__dict__.get("__init__")
+                if hasattr(init, "__dataclass_build__"):
+                    _install(value, init)
+                    built += 1
+    return built
 
 
 def _set(cls: type, name: str, fn: Any) -> bool:
