@@ -197,6 +197,12 @@ def _observe(tag: str, name: str) -> dict[str, Any]:
             for m in ("__init__", "__repr__", "__eq__", "__setattr__", "__delattr__", "__hash__")
             if callable(cls.__dict__.get(m))
         },
+        "init": (
+            cls.__init__.__annotations__,
+            cls.__init__.__defaults__,
+            cls.__init__.__kwdefaults__,
+            cls.__init__.__code__.co_varnames[: cls.__init__.__code__.co_argcount],
+        ),
         "dict_keys": sorted(k for k in cls.__dict__ if k not in ("__doc__",)),
         "bad_args": _outcome(lambda: cls(*args, 1, 2, 3, **kwargs)),
         "missing_args": _outcome(lambda: cls()),

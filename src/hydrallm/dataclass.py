@@ -118,8 +118,7 @@ def _process(
         _check_defaults(std)
 
         def build() -> Callable[..., None]:
-            fn = _dc._init_fn(all_init, std, kw, frozen, has_post_init, self_name, globals_, slots)  # type: ignore[attr-defined]
-            return fn  # type: ignore[no-any-return]
+            return _init_fn(all_init, std, kw, frozen, has_post_init, self_name, globals_, slots)
 
         # Compiled when first called (or by `build_pending`).
         _set(cls, "__init__", _lazy_init(cls, build))
@@ -188,6 +187,73 @@ def _param_text(f: Any) -> str:
     if f.default_factory is not _dc.MISSING:
         return f"{text} = {_dc._HAS_DEFAULT_FACTORY!r}"  # type: ignore[attr-defined]
     return text
+
+
+def _init_fn(
+    fields: list[Any],
+    std: tuple[Any, ...],
+    kw: tuple[Any, ...],
+    frozen: bool,
+    has_post_init: bool,
+    self_name: str,
+    globals_: dict[str, Any],
+    slots: bool,
+) -> Callable[..., None]:
+    """The standard `__init__`: the same parameters, defaults, annotations, assignments
+    and `__post_init__` call, from a third less source (parsing is most of the cost):
+    the defaults and annotations are set on the function instead of being compiled."""
+    missing = _dc.MISSING
+    locals_: dict[str, Any] = {
+        "__dataclass_setattr__": object.__setattr__,
+        "__dataclass_HAS_DEFAULT_FACTORY__": _dc._HAS_DEFAULT_FACTORY,  # type: ignore[attr-defined]
+    }
+    lines = []
+    for f in fields:
+        default = f"__dataclass_dflt_{f.name}__"
+        if f.default_factory is not missing:
+            locals_[default] = f.default_factory
+            value = (
+                f"{default}() if {f.name} is __dataclass_HAS_DEFAULT_FACTORY__ else {f.name}"
+                if f.init
+                else f"{default}()"
+            )
+        elif f.init:
+            value = f.name
+        elif slots and f.default is not missing:
+            locals_[default] = f.default  # (a slotted class keeps no default of its own)
+            value = default
+        else:
+            continue  # read from the class attribute
+        if f._field_type is _dc._FIELD_INITVAR:  # type: ignore[attr-defined]
+            continue
+        if frozen:
+            lines.append(f"__dataclass_setattr__({self_name},{f.name!r},{value})")
+        else:
+            lines.append(f"{self_name}.{f.name}={value}")
+    if has_post_init:
+        initvars = ",".join(f.name for f in fields if f._field_type is _dc._FIELD_INITVAR)  # type: ignore[attr-defined]
+        lines.append(f"{self_name}.__post_init__({initvars})")
+    params = [self_name, *(f.name for f in std)]
+    if kw:
+        params += ["*", *(f.name for f in kw)]
+    body = "".join(f"  {line}\n" for line in lines or ["pass"])
+    text = f"def __create_fn__({', '.join(locals_)}):\n def __init__({','.join(params)}):\n{body} return __init__"
+    ns: dict[str, Any] = {}
+    exec(text, globals_, ns)
+    fn: Any = ns["__create_fn__"](**locals_)
+    fn.__defaults__ = tuple(_default(f) for f in std if _has_default(f)) or None
+    fn.__kwdefaults__ = {f.name: _default(f) for f in kw if _has_default(f)} or None
+    fn.__annotations__ = {**{f.name: f.type for f in (*std, *kw)}, "return": None}
+    return fn  # type: ignore[no-any-return]
+
+
+def _has_default(f: Any) -> bool:
+    return f.default is not _dc.MISSING or f.default_factory is not _dc.MISSING
+
+
+def _default(f: Any) -> Any:
+    """A parameter's default: the field's, or the marker of a default factory."""
+    return f.default if f.default is not _dc.MISSING else _dc._HAS_DEFAULT_FACTORY  # type: ignore[attr-defined]
 
 
 def _check_defaults(std: tuple[Any, ...]) -> None:
