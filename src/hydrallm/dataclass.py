@@ -3,13 +3,15 @@
 `hydrallm serve` defines ~65 dataclasses before it listens, and on Python 3.11/3.12 the
 standard `dataclasses.dataclass` writes the source of each generated method (`__init__`,
 `__repr__`, `__eq__`, `__hash__`, a frozen class's `__setattr__` / `__delattr__`) and
-compiles it with one `exec` apiece: ~300 compilations, a quarter of the instructions
-to ready.  Here only `__init__` is compiled (by the standard library's own code, so its
-signature, defaults, factories and `__post_init__` are the standard ones); the other
-methods are closures over the field names, with the same results: the same tuples
-compared and hashed, the same repr text, the same errors for a frozen class (even 3.11's
-TypeError for a new attribute on a frozen slotted one).  Fields, `replace`, `asdict`,
-`__match_args__` and `__dataclass_params__` are the standard ones.
+compiles it with one `exec` apiece: ~300 compilations, a fifth of the instructions to
+ready.  Here the standard decorator still collects and checks the fields and adds the
+slots; `__repr__`, `__eq__`, `__hash__` and the frozen methods are closures over the field
+names with the same results (the same tuples compared and hashed, the same repr text, the
+same errors, even 3.11's TypeError for a new attribute on a frozen slotted class); and
+`__init__` is compiled when the class is first instantiated (or by `build_pending`, which
+`serve` runs once it listens), from shorter source than the standard one but with the
+same parameters, defaults, annotations and effects.  Until then a class's `__init__` is
+a stub taking `(self, /, *args, **kwargs)`: only `inspect.signature` can tell.
 
 A class this does not cover (ordering, `unsafe_hash`, dataclass bases) and every class
 on Python 3.13+ (whose dataclasses compile once a class) gets the standard decorator.
