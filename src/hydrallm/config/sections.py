@@ -129,7 +129,8 @@ LISTENER_KEYS = (
     "routes",
 )
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warn", "error")
-TOML_POSITION = re.compile(r"^(.*) \(at (line \d+, column \d+|end of document)\)$")
+# A pattern (compiled by `re` at its first use: only a TOML error needs it).
+TOML_POSITION = r"^(.*) \(at (line \d+, column \d+|end of document)\)$"
 SUPPORTED = ", ".join(API_TYPES)
 
 LogLevel = Literal["debug", "info", "warn", "error"]
