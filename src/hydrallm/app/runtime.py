@@ -7,7 +7,6 @@ started on the old one keep their reference and finish on it.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import itertools
 import os
 import random
@@ -95,6 +94,8 @@ def sharers(runtime: Runtime) -> dict[str, Sharer]:
 
 def compile_listener(config: Config, listener: ListenerConfig) -> ListenerRuntime:
     chain = config.chain(listener.models)
+    if listener.routes:
+        import fnmatch  # (loaded only for a listener with routes)
     routes = tuple(
         CompiledRoute(
             r.pattern,
