@@ -273,6 +273,57 @@ def test_a_started_proxy_collects_garbage_again(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
+# Once the port accepts, wait (bounded) until no dataclass of the loaded modules still has
+# its `__init__` to compile, say how many are left, and stop the server.
+_PENDING_PROBE = """
+import os, signal, socket, sys, threading, time
+from hydrallm.launch import run
+
+port = int(sys.argv[1])
+
+def pending():
+    left = []
+    for name, module in list(sys.modules.items()):
+        if name.startswith("hydrallm."):
+            for value in list(vars(module).values()):
+                init = value.__dict__.get("__init__") if isinstance(value, type) else None
+                if hasattr(init, "__dataclass_build__"):
+                    left.append(f"{name}.{value.__qualname__}")
+    return left
+
+def probe():
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.005)
+    deadline = time.monotonic() + 10
+    while pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("pending", pending(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=probe, daemon=True).start()
+run(["serve", "-c", sys.argv[2]])
+"""
+
+
+def test_a_started_proxy_compiles_what_it_left_for_later(tmp_path: Path) -> None:
+    """`hydrallm.dataclass` compiles a dataclass's `__init__` at its first use so that the
+    proxy listens sooner; once it listens, it compiles the rest (one module a turn of the
+    loop), so that the first requests do not pay for it."""
+    config, port = _config(tmp_path, journal=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PENDING_PROBE, str(port), str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert "pending []" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0, out.stderr
+
+
 def test_a_serve_that_fails_leaves_the_collector_on(tmp_path: Path) -> None:
     """`serve` called in a process that goes on (an embedding, a test runner): a config
     error still ends with the collector on."""

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+
+# `typing` costs ~10 M instructions: loaded later (asyncio needs it) while the cyclic
+# collector is off (see `serve`), not here.  Type checkers take this name as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["load", "run", "serve", "serve_args"]
 

@@ -15,12 +15,13 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hydrallm.app.reload import Reloader
 from hydrallm.app.runtime import ProxyState, build_runtime
 from hydrallm.config import Config, ListenerConfig
 from hydrallm.config.exposure import exposure_warnings
+from hydrallm.dataclass import build_pending, dataclass
 from hydrallm.errors import StartupError
 from hydrallm.observe.events import Logger, Sink, Telemetry
 from hydrallm.observe.journal import JournalSink
@@ -296,6 +297,7 @@ async def serve(
     log_startup(proxy)
     if ready is not None:
         ready(proxy)
+    finish_start(loop)
     try:
         await proxy.stop_event.wait()
         logger.info(
@@ -309,6 +311,21 @@ async def serve(
         await proxy.close()
         logger.info("stopped")
         logger.flush()
+
+
+def finish_start(loop: asyncio.AbstractEventLoop) -> None:
+    """Once listening, compile the `__init__` of the dataclasses no request has used yet
+    (`hydrallm.dataclass` leaves them for later so that the proxy listens sooner): one
+    module a turn of the loop, so that a request arriving meanwhile waits for one at most."""
+    modules = iter([m for n, m in list(sys.modules.items()) if n.startswith("hydrallm.")])
+
+    def step() -> None:
+        module = next(modules, None)
+        if module is not None:
+            build_pending((module,))
+            loop.call_soon(step)
+
+    loop.call_soon(step)
 
 
 def _default_loader(path: str | None) -> Callable[[], Config] | None:

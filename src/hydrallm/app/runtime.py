@@ -7,17 +7,17 @@ started on the old one keep their reference and finish on it.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import itertools
 import os
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 from hydrallm.config import ApiType, Config, ListenerConfig, ModelConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.observe.events import Telemetry
 from hydrallm.observe.journal import JournalSink
 from hydrallm.providers import Provider, provider_for
@@ -94,6 +94,8 @@ def sharers(runtime: Runtime) -> dict[str, Sharer]:
 
 def compile_listener(config: Config, listener: ListenerConfig) -> ListenerRuntime:
     chain = config.chain(listener.models)
+    if listener.routes:
+        import fnmatch  # (loaded only for a listener with routes)
     routes = tuple(
         CompiledRoute(
             r.pattern,

@@ -17,7 +17,7 @@ import signal
 import socket
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -28,6 +28,7 @@ from hydrallm.cli.demo_keys import pool_table, run_pool_demo
 from hydrallm.cli.demo_workload import Outcome, WorkloadResult, run_workload
 from hydrallm.config import Config
 from hydrallm.config.load import parse_config
+from hydrallm.dataclass import dataclass
 from hydrallm.observe.events import AttemptEvent, Logger, Sink
 from hydrallm.observe.metrics import MetricsSink
 from hydrallm.observe.status import StatusSink

@@ -6,7 +6,6 @@ noticing.  The same workload straight at the provider with that one key fails fr
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +13,7 @@ from rich.table import Table
 from hydrallm.app.lifecycle import start
 from hydrallm.cli.demo_workload import WorkloadResult, run_workload
 from hydrallm.config.load import parse_config
+from hydrallm.dataclass import dataclass
 from hydrallm.observe.events import Logger
 from hydrallm.routing.keys import KeyPool
 from hydrallm.testing.harness import with_free_ports

@@ -15,11 +15,12 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import aiohttp
 
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.sse import SSEDecoder, SSEError
 from hydrallm.testing import CANONICAL_TEXT
 

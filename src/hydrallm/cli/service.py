@@ -19,10 +19,10 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import HydraError
 
 __all__ = [

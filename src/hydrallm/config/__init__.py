@@ -9,8 +9,10 @@ are already applied, so the hot path never looks anything up twice.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
+
+from hydrallm.dataclass import dataclass
 
 ApiType = Literal["openai", "anthropic", "bedrock", "gemini"]
 API_TYPES: tuple[ApiType, ...] = ("openai", "anthropic", "bedrock", "gemini")

@@ -18,7 +18,9 @@ from hydrallm.config import ClusterConfig
 from hydrallm.config.tables import Table, or_default, shown
 
 CLUSTER_KEYS = ("redis", "prefix", "password")
-_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# Patterns of rare paths stay source text: `re` compiles (and caches) one at its first use,
+# not every start.
+_PREFIX = r"[A-Za-z0-9_.:-]{1,64}"
 
 
 def cluster_section(t: Table) -> ClusterConfig:
@@ -26,7 +28,7 @@ def cluster_section(t: Table) -> ClusterConfig:
     url = t.string("redis", secret=False) or None
     password = t.string("password", secret=True) or None
     prefix = or_default(t.string("prefix"), d.prefix)
-    if not _PREFIX.fullmatch(prefix):
+    if not re.fullmatch(_PREFIX, prefix):
         t.report.problem(
             f"{t.where('prefix')}: {shown(prefix)} must be 1 to 64 letters, digits or _ . : -"
         )

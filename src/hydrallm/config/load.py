@@ -184,7 +184,7 @@ def _decode(text: str, path: str | None) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = TOML_POSITION.match(str(exc))
+        match = re.match(TOML_POSITION, str(exc))
         if match:
             problem = f"{name}: TOML syntax error at {match.group(2)}: {match.group(1)}"
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,6 +46,7 @@ from hydrallm.config.tables import (
     suggestion,
     url_secrets,
 )
+from hydrallm.dataclass import dataclass
 
 DEFAULT_LISTENER: Final = "default"
 
@@ -128,7 +129,8 @@ LISTENER_KEYS = (
     "routes",
 )
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warn", "error")
-TOML_POSITION = re.compile(r"^(.*) \(at (line \d+, column \d+|end of document)\)$")
+# A pattern (compiled by `re` at its first use: only a TOML error needs it).
+TOML_POSITION = r"^(.*) \(at (line \d+, column \d+|end of document)\)$"
 SUPPORTED = ", ".join(API_TYPES)
 
 LogLevel = Literal["debug", "info", "warn", "error"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from hydrallm.config import units
+from hydrallm.dataclass import dataclass
 
 ENV_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _T = TypeVar("_T")
@@ -97,7 +98,8 @@ def unset_consequence(key: str) -> str:
 
 # --------------------------------------------------------------------------- reading tables
 
-_HEADER_UNSAFE = re.compile(r"[\r\n\x00]")
+# Compiled by `re` at its first use (only a secret is checked): not every start.
+_HEADER_UNSAFE = r"[\r\n\x00]"
 MISSING: Final = object()
 
 
@@ -179,7 +181,7 @@ class Table:
         if not isinstance(value, str):
             self._wrong(key, "a string", value)
             return None
-        if secret and _HEADER_UNSAFE.search(value):
+        if secret and re.search(_HEADER_UNSAFE, value):
             # Keys go into HTTP headers: a line break there would inject a header.
             self.report.problem(
                 f"{self.where(key)}: contains a line break or NUL, which cannot go into an HTTP header"
@@ -276,7 +278,7 @@ class Table:
             resolved = self.report.resolve(item, self.place, key)
             if resolved is None:
                 continue
-            if secret and _HEADER_UNSAFE.search(resolved):
+            if secret and re.search(_HEADER_UNSAFE, resolved):
                 self.report.problem(
                     f"{self.where(key)}: contains a line break or NUL, which cannot go into an HTTP header"
                 )

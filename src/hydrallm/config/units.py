@@ -36,7 +36,8 @@ _SIZE_UNITS: tuple[tuple[str, int], ...] = (
     ("gib", 1024**3),
     ("tib", 1024**4),
 )
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)")
+# Compiled by `re` at its first use (a size written as text): not every start.
+_SIZE = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)"
 _SIZE_HINT = 'use a number of bytes or a value such as "512KiB", "100MiB" or "1MB"'
 
 
@@ -123,7 +124,7 @@ def parse_size(value: str | int) -> int:
     text = value.strip()
     if text.startswith("-"):
         raise ValueError(f"invalid size {show_value(value)}: must not be negative")
-    match = _SIZE.fullmatch(text)
+    match = re.fullmatch(_SIZE, text)
     units = dict(_SIZE_UNITS)
     if match is None or match.group(2).lower() not in {*units, ""}:
         raise ValueError(f"invalid size {show_value(value)}: {_SIZE_HINT}")

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from json.decoder import JSONDecodeError
 from typing import Any
+
+from hydrallm.dataclass import dataclass
 
 
 def _reject_constant(name: str) -> Any:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from hydrallm.dataclass import dataclass
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",

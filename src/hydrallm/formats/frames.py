@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.peek import StreamKind
 
 # An event ends at a blank line.  Upstreams use one line-ending style per stream.

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.eventstream import EventStreamDecoder, EventStreamError, Message
 from hydrallm.formats.sse import SSEDecoder, SSEError, SSEEvent
 

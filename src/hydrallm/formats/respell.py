@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import NoReturn
+
+from hydrallm.dataclass import dataclass
 
 __all__ = ["respell"]
 

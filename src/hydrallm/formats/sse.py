@@ -9,7 +9,7 @@ character split across chunks is reassembled; invalid UTF-8 becomes U+FFFD.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from hydrallm.dataclass import dataclass
 
 __all__ = ["DEFAULT_MAX_SIZE", "SSEDecoder", "SSEError", "SSEEvent"]
 

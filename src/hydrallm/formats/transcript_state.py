@@ -17,9 +17,10 @@ the proxy uses, defers that reading (see there).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.frames import Event, EventSplitter, parse_event
 from hydrallm.formats.peek import StreamKind
 

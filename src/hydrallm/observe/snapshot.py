@@ -14,10 +14,10 @@ need neither the process state nor the compiled runtime.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hydrallm.config import Config
+from hydrallm.dataclass import dataclass
 
 __all__ = [
     "ClusterView",

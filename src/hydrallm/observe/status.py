@@ -72,10 +72,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from hydrallm import __version__
+from hydrallm.dataclass import dataclass
 from hydrallm.observe.events import AttemptEvent, RequestEvent, Sink
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +22,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from hydrallm.config import EndpointConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import RequestNotPossible
 
 SERVICE = "bedrock"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from hydrallm.config import Config, EndpointConfig, ModelConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.body import JsonBody
 from hydrallm.observe.events import Telemetry
 from hydrallm.providers.urls import join

@@ -6,8 +6,9 @@ each value are cited where the table is defined and summed up in docs/configurat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from hydrallm.dataclass import dataclass
 
 ResetFormat = Literal["duration", "rfc3339", "epoch"]
 

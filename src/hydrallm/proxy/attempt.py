@@ -16,9 +16,9 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from hydrallm.config import ApiType, Config, ModelConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import (
     ProtocolError,
     RequestNotPossible,

@@ -16,9 +16,10 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hydrallm.config import Config, ModelConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import UpstreamError, UpstreamTimeout
 from hydrallm.observe.events import Telemetry
 from hydrallm.providers.base import ClientRequest, Provider

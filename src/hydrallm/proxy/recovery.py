@@ -43,10 +43,11 @@ import dataclasses
 import enum
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from hydrallm.config import ModelConfig, PrefillFlag
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.body import parse_body
 from hydrallm.formats.frames import EventTooLong

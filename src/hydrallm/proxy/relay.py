@@ -14,8 +14,8 @@ import functools
 import gc
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import UpstreamError
 from hydrallm.formats.sse import DEFAULT_MAX_SIZE as MAX_LINE
 from hydrallm.proxy.engine import Committed

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from hydrallm.config import ApiType, ModelConfig, PrefillFlag
+from hydrallm.dataclass import dataclass
 from hydrallm.errors import ProtocolError, RequestNotPossible, StreamFailure
 from hydrallm.formats.body import parse_body
 from hydrallm.formats.peek import StreamKind

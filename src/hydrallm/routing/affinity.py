@@ -20,8 +20,9 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
+
+from hydrallm.dataclass import dataclass
 
 if TYPE_CHECKING:
     from hydrallm.routing.shared import Record, SharedState

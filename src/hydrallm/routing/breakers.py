@@ -18,10 +18,10 @@ and a half-open model is probed only by the instance that holds its probe slot.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from hydrallm.config import CooldownConfig, ModelConfig
+from hydrallm.dataclass import dataclass
 
 if TYPE_CHECKING:
     from hydrallm.routing.shared import Record, SharedState

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Final, Literal
 
 from hydrallm.config import AwsCredential, Config, EndpointConfig, KeyStrategy
+from hydrallm.dataclass import dataclass
 from hydrallm.providers.base import Provider
 from hydrallm.routing.keyshare import KIND, SharedKeys, merged_sleep, record_of, share_names
 from hydrallm.routing.limits import Budget, Kind, Limit, Policy

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from enum import Enum
 from typing import Final
 
 from hydrallm.config import Config
+from hydrallm.dataclass import dataclass
 from hydrallm.providers.anthropic import ANTHROPIC_LIMITS, UNIFIED_PREFIX, UNIFIED_WINDOWS
 from hydrallm.providers.bedrock_limits import BEDROCK_LIMITS
 from hydrallm.providers.gemini_limits import (

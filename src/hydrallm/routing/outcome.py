@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 
 from hydrallm.config import RetryConfig
+from hydrallm.dataclass import dataclass
 
 
 class Action(Enum):

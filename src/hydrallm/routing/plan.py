@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from hydrallm.config import ModelConfig, RetryConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.routing.outcome import Action
 
 # What the last attempt's outcome asks of the plan: RETRY (another try of the same model is

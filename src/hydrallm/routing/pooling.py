@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from hydrallm.config import AwsCredential, EndpointConfig, ModelConfig
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.base import Usage, usage_of
 from hydrallm.providers.base import ClientRequest
 from hydrallm.routing.affinity import Affinity, Session, preferred_order, session_of_request

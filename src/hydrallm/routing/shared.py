@@ -29,8 +29,10 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
+
+from hydrallm.dataclass import dataclass
 
 Record = dict[str, Any]
 # (name, record or None when removed, age of the record in seconds)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 
+<<<<<<< HEAD
 from hydrallm.formats.frames import utf8
+=======
+from hydrallm.dataclass import dataclass
+>>>>>>> ready2
 from hydrallm.formats.translate import anthropic, chat
 from hydrallm.formats.translate.ir import dumps
 

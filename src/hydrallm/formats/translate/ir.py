@@ -8,9 +8,10 @@ Only what has a counterpart in another family is kept; the rest is dropped on re
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.frames import utf8
 
 # Defined with the package (loaded on every start) and named here as ever.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from hydrallm.dataclass import dataclass
 from hydrallm.formats.frames import utf8
 from hydrallm.formats.sse import SSEDecoder, SSEEvent
 from hydrallm.formats.translate import (
