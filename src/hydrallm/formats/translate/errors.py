@@ -6,11 +6,8 @@ import json
 import math
 import re
 
-<<<<<<< HEAD
-from hydrallm.formats.frames import utf8
-=======
 from hydrallm.dataclass import dataclass
->>>>>>> ready2
+from hydrallm.formats.frames import utf8
 from hydrallm.formats.translate import anthropic, chat
 from hydrallm.formats.translate.ir import dumps
 
