@@ -14,8 +14,9 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
+
+from hydrallm.dataclass import dataclass
 
 if TYPE_CHECKING:
     from hydrallm.observe.usage import Usage

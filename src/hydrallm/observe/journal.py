@@ -52,7 +52,6 @@ The file itself (schema, connections, limits): `journal_db.py`.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -159,6 +158,8 @@ class JournalSink(Sink):
         self._timer = self._loop.call_later(FLUSH_S, self._tick)
 
     def _check_file(self) -> str | None:
+        import sqlite3
+
         try:
             # Opened here, not only in the writer, so that a bad file is reported at once
             # (and a new file gets its schema now).
@@ -194,6 +195,8 @@ class JournalSink(Sink):
             self._load_here(time.monotonic() + LOAD_AT_CLOSE_S)
 
     def _load_here(self, deadline: float) -> None:
+        import sqlite3
+
         from hydrallm.observe.journal_spool import ingest
         from hydrallm.observe.journal_writer import Writer
 

@@ -34,11 +34,14 @@ moved to version 2 when opened for writing.
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydrallm.config import JournalConfig
+
+if TYPE_CHECKING:
+    import sqlite3
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
@@ -175,6 +178,8 @@ def client_api(path: str) -> str:
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    import sqlite3  # not before the proxy is ready: sqlite3 (and datetime) cost ~5 ms
+
     """A connection set up for sharing the file between processes."""
     if readonly:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
@@ -218,6 +223,8 @@ def _set_up(db: sqlite3.Connection) -> None:
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = None if row is None else int(row[0])
     if version is not None and version > SCHEMA_VERSION:
+        import sqlite3
+
         raise sqlite3.DatabaseError(
             f"journal schema version {version} is newer than this hydrallm ({SCHEMA_VERSION})"
         )
