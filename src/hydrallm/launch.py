@@ -93,7 +93,9 @@ def serve(obj: dict[str, Any], workers: int | None = None) -> None:
 
     # Starting makes what lives as long as the process (modules, classes, the config) and
     # frees next to nothing: the collector's passes over it would find no garbage.  It is
-    # on again once the proxy listens (or, whatever happens, when this returns).
+    # on again once the proxy listens (or, whatever happens, when this returns), with what
+    # starting made frozen out of its view: under load its full passes then walk only what
+    # requests made (c16: ~25k objects, 33 ms a pass every ~10 s, before; ~2k after).
     gc.disable()
     try:
         from hydrallm.app.serve import run_server
@@ -101,9 +103,18 @@ def serve(obj: dict[str, Any], workers: int | None = None) -> None:
         if workers is None:
             workers = obj.get("workers")
         config = load(obj)
-        run_server(config, workers=workers, reload_config=lambda: load(obj), on_listening=gc.enable)
+        run_server(
+            config, workers=workers, reload_config=lambda: load(obj), on_listening=_listening
+        )
     finally:
         gc.enable()
+
+
+def _listening() -> None:
+    import gc
+
+    gc.freeze()
+    gc.enable()
 
 
 def run(args: list[str] | None = None) -> None:

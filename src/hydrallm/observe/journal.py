@@ -83,6 +83,9 @@ LOAD_AT_CLOSE_S = 2.0  # a stopping proxy loads its spool for this long (~80,000
 BODY_LIMIT = 64 * 1024
 _PENDING_LIMIT = 10_000
 
+# A step of a request: an attempt, or (None, ids): models left out (circuit open).
+_Step = AttemptEvent | tuple[None, tuple[str, ...]]
+
 
 class JournalSink(Sink):
     wants_usage = True
@@ -108,9 +111,11 @@ class JournalSink(Sink):
         # The events of ended requests and of their attempts, as the loop reported them:
         # made into rows only when they are spooled (`_take`), in one pass over the batch.
         self._queue: deque[RequestEvent] = deque(maxlen=QUEUE_LIMIT)
-        self._steps: list[tuple[str | None, AttemptEvent | tuple[None, tuple[str, ...]]]] = []
-        # Trails of requests that had not ended when their attempts were taken.
-        self._pending: dict[str, list[AttemptEvent | tuple[None, tuple[str, ...]]]] = {}
+        # Each request's steps by request id: its one attempt (the usual case), or a list.
+        # No container is made per request for it: what the loop holds until a batch is
+        # spooled makes the collector run (each held container counts toward its next
+        # pass, and one held across a pass is promoted).
+        self._pending: dict[str, _Step | list[_Step]] = {}
         self.dropped = 0
         self.written = 0
         self.error: str | None = None
@@ -279,14 +284,6 @@ class JournalSink(Sink):
         the spool.
         """
         pending = self._pending
-        for rid, step in self._steps:
-            if rid is not None:  # None: not a request the handler numbered
-                known = pending.get(rid)
-                if known is None:
-                    pending[rid] = [step]
-                else:
-                    known.append(step)
-        self._steps.clear()
         redact = self._redact
         bodies = self.config.bodies
         shapes: dict[tuple[Any, ...], int] = {}
@@ -307,11 +304,12 @@ class JournalSink(Sink):
                 at = shapes[shape] = len(shapes)
             steps = pending.pop(e.request_id, None)
             trail: tuple[Any, ...] | None = None
-            if steps is not None:
-                a = steps[0]
+            if isinstance(steps, list):
+                trail = tuple([self._step(x) for x in steps])
+            elif steps is not None:
+                a = steps
                 if (
-                    len(steps) == 1
-                    and not isinstance(a, tuple)
+                    not isinstance(a, tuple)
                     and a.outcome == "success"
                     and a.error is None
                     and not a.waited
@@ -324,7 +322,7 @@ class JournalSink(Sink):
                 ):
                     trail = (a.key, a.ttft, a.latency)  # served by its first try
                 else:
-                    trail = tuple([self._step(x) for x in steps])
+                    trail = (self._step(a),)
             usage = e.usage
             rows.append(
                 (
@@ -352,7 +350,7 @@ class JournalSink(Sink):
             del pending[next(iter(pending))]
         return ("batch", list(shapes), rows)
 
-    def _step(self, step: AttemptEvent | tuple[None, tuple[str, ...]]) -> tuple[Any, ...]:
+    def _step(self, step: _Step) -> tuple[Any, ...]:
         """One step of a trail: (model, model_id, endpoint, key, outcome, status, error,
         latency, waited, ttft, retry, fallback), or (None, ids): models left out."""
         if isinstance(step, tuple):
@@ -424,7 +422,6 @@ class JournalSink(Sink):
         self.enabled = False
         self._stop_timer()
         self._queue.clear()
-        self._steps.clear()
         self._pending.clear()
         self._loading = self._catching_up = False
         try:
@@ -449,11 +446,24 @@ class JournalSink(Sink):
 
     def attempt(self, event: AttemptEvent) -> None:
         if self.enabled:
-            self._steps.append((CURRENT_REQUEST.get(), event))
+            self._add(event)
 
     def skipped(self, listener: str, model_ids: list[str]) -> None:
         if self.enabled:
-            self._steps.append((CURRENT_REQUEST.get(), (None, tuple(model_ids))))
+            self._add((None, tuple(model_ids)))
+
+    def _add(self, step: _Step) -> None:
+        rid = CURRENT_REQUEST.get()
+        if rid is None:
+            return  # not a request the handler numbered
+        pending = self._pending
+        known = pending.get(rid)
+        if known is None:
+            pending[rid] = step
+        elif isinstance(known, list):
+            known.append(step)
+        else:
+            pending[rid] = [known, step]
 
     def reload(self, result: str, detail: str) -> None:
         """A new config serves: its prices and secrets apply to the requests that end from
