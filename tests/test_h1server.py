@@ -96,6 +96,22 @@ async def test_keep_alive_over_aiohttp_client_and_http_1_0() -> None:
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in answer
 
 
+async def test_keep_alive_times_from_the_last_answer_not_the_first() -> None:
+    # Requests 0.2 s apart with a 0.3 s keep-alive: the connection outlives the first idle
+    # period's deadline because it was busy again; idle longer than 0.3 s, it is closed.
+    async with serving(echo, keepalive=0.3) as (_s, port, _log):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in range(4):
+                writer.write(b"GET /k%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                assert (await reader.readuntil(b"b''")).startswith(b"HTTP/1.1 200 OK")
+                await asyncio.sleep(0.2)
+            async with asyncio.timeout(2.0):
+                assert await reader.read() == b""  # closed, idle past the keep-alive time
+        finally:
+            writer.close()
+
+
 @pytest.mark.parametrize(
     ("head", "problem"),
     [
