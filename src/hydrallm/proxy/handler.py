@@ -174,17 +174,16 @@ class _Exchange:
             elif body[0] in _JSON_START:
                 parsed = parse_body(body)
         headers, accept = _forwarded_headers(request.headers.items(), strip_auth)
-        client_request = ClientRequest(
-            method=request.method,
-            path=path,
-            query=query,
-            headers=headers,
-            body=body,
-            json=parsed,
-            streaming=(parsed is not None and parsed.stream)
+        streaming = (
+            (parsed is not None and parsed.stream)
             or "text/event-stream" in accept
             or "/stream" in path
-            or "-stream" in path,
+            or "-stream" in path
+        )
+        # Positional, in field order (keyword arguments cost ~0.5 µs more per request):
+        # method, path, query, headers, body, json, streaming.
+        client_request = ClientRequest(
+            request.method, path, query, headers, body, parsed, streaming
         )
         self.requested = self.provider.requested_model(client_request)
         self.route, chain = listener.resolve(self.requested)
@@ -501,7 +500,10 @@ def _tags(model: str | None, endpoint: str | None, attempts: int) -> list[tuple[
     tags: list[tuple[str, str]] = []
     if model is not None:
         # A "*" model is the client's own string: no CR/LF/NUL may reach a header line.
-        tags.append(("x-hydrallm-model", model.translate(_NO_CONTROLS)))
+        # (isprintable first: translate with a table costs ~2 µs even when nothing changes.)
+        tags.append(
+            ("x-hydrallm-model", model if model.isprintable() else model.translate(_NO_CONTROLS))
+        )
     if endpoint is not None:
         tags.append(("x-hydrallm-endpoint", endpoint))
     tags.append(("x-hydrallm-attempts", str(attempts)))
