@@ -149,6 +149,35 @@ async def test_bad_request_bytes_get_400_with_a_message_never_a_traceback(
     assert "Traceback" not in log.getvalue()
 
 
+async def test_request_headers_reach_the_handler_as_sent_less_trailing_blanks() -> None:
+    # Decoded in one piece (h1head.request_headers): every name and value must come out
+    # as it went in, in order, repeats kept, trailing blanks cut, odd bytes kept.
+    seen: list[tuple[list[tuple[str, str]], list[str]]] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append((list(request.headers.items()), request.names))
+        return Response()
+
+    async with serving(handler) as (_s, port, _log):
+        answer = await exchange(
+            port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: a b \t\r\nX-Rep: 1\r\nx-rep: 2\r\n"
+            b"X-Empty:\r\nX-Bytes: \xc3\xa9\xff\r\nConnection: close\r\n\r\n",
+        )
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:100]
+    ((items, names),) = seen
+    assert items == [
+        ("Host", "x"),
+        ("X-Pad", "a b"),
+        ("X-Rep", "1"),
+        ("x-rep", "2"),
+        ("X-Empty", ""),
+        ("X-Bytes", "é\udcff"),
+        ("Connection", "close"),
+    ]
+    assert names == ["host", "x-pad", "x-rep", "x-rep", "x-empty", "x-bytes", "connection"]
+
+
 async def test_a_broken_chunked_body_fails_the_read_and_the_client_gets_400() -> None:
     seen: list[str] = []
 

@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 from json.decoder import JSONDecodeError
+from json.encoder import encode_basestring_ascii as _ENCODE_STRING
 from typing import Any
 
 
@@ -58,28 +59,24 @@ class JsonBody:
         Splices bytes, not text: for a 1 MiB body this saves ~1.2 ms over rebuilding the
         string and encoding it again.
         """
-        encoded = json.dumps(model).encode()
+        encoded = _ENCODE_STRING(model).encode()  # what json.dumps(model) gives
         raw = self.raw
+        # Character and byte offsets agree for ASCII bodies (the common case); otherwise
+        # only the prefix is encoded, which is short when `model` comes early.
+        text = self.text if len(self.text) != len(raw) else None
         if not self.model_spans:
-            at = self._byte_offset(self.close_at)
+            at = self.close_at if text is None else len(text[: self.close_at].encode())
             sep = b"" if self.empty else b","
             return b"".join((raw[:at], sep, b'"model":', encoded, raw[at:]))
         parts: list[bytes] = []
         pos = 0
         for start, end in self.model_spans:
-            b_start, b_end = self._byte_offset(start), self._byte_offset(end)
-            parts.append(raw[pos:b_start])
-            parts.append(encoded)
-            pos = b_end
+            if text is not None:
+                start, end = len(text[:start].encode()), len(text[:end].encode())
+            parts += (raw[pos:start], encoded)
+            pos = end
         parts.append(raw[pos:])
         return b"".join(parts)
-
-    def _byte_offset(self, index: int) -> int:
-        # Character and byte offsets agree for ASCII bodies (the common case); otherwise
-        # encode only the prefix, which is short when `model` comes early.
-        if len(self.text) == len(self.raw):
-            return index
-        return len(self.text[:index].encode("utf-8"))
 
 
 class BodyError(ValueError):

@@ -41,7 +41,7 @@ from hydrallm.proxy.translated import (
     translation_for,
     without_foreign_thinking,
 )
-from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
+from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body, take_whole
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.keys import Step
 from hydrallm.routing.outcome import Action, StatusDecision, classify_status
@@ -157,7 +157,6 @@ class AttemptRunner:
         labels: Labels,
         deadline: float | None,
         fallback: bool,
-        *,
         identity: bool = False,
         keyed: RequestKeys | None = None,
         chosen: Chosen | None = None,
@@ -303,7 +302,12 @@ class AttemptRunner:
                 )
                 prefix: list[bytes] = []
                 complete = False
-                if fmt is None:
+                arrived = take_whole(response, PRECOMMIT_BODY_LIMIT) if fmt is None else None
+                if arrived is not None:
+                    complete = True  # all of it came with the head
+                    if arrived:
+                        prefix.append(arrived)
+                elif fmt is None:
                     phase = "body"
                     size = 0
                     while size < PRECOMMIT_BODY_LIMIT:

@@ -46,10 +46,19 @@ class Guard:
             raise RuntimeError("deadline guards must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        if self._key < 0:
+        key = self._key
+        if key < 0:
             self._fire()
             return self
-        self._bucket = self._owner._join(self)
+        owner = self._owner  # joins its grain's set (inline: one call less per guard)
+        bucket = owner._buckets.get(key)
+        if bucket is None:
+            bucket = owner._buckets[key] = set()
+            # The timer must never be later than the earliest grain that holds a guard.
+            if owner._timer is None or key < owner._timer_at:
+                owner._arm(key)
+        bucket.add(self)
+        self._bucket = bucket
         return self
 
     def __exit__(
@@ -58,9 +67,15 @@ class Guard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._bucket is not None:
-            self._owner._leave(self)
+        bucket = self._bucket
+        if bucket is not None:
+            # Leaves its set (still the one filed under its grain: _expire unsets _bucket
+            # of the guards it takes out).  The timer stays: cancelling and making one per
+            # request costs more than a timer that may fire once with nothing to do.
             self._bucket = None
+            bucket.discard(self)
+            if not bucket:
+                del self._owner._buckets[self._key]
         if self.expired and exc_type is asyncio.CancelledError:
             assert self._task is not None
             # Our own cancellation: turn it into TimeoutError.  If someone else also
@@ -91,28 +106,6 @@ class Deadlines:
     def pending(self) -> int:
         """How many guards are waiting (for tests and leak checks)."""
         return sum(len(b) for b in self._buckets.values())
-
-    def _join(self, guard: Guard) -> set[Guard]:
-        key = guard._key
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = set()
-            # The timer must never be later than the earliest grain that holds a guard.
-            if self._timer is None or key < self._timer_at:
-                self._arm(key)
-        bucket.add(guard)
-        return bucket
-
-    def _leave(self, guard: Guard) -> None:
-        key = guard._key
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            return
-        bucket.discard(guard)
-        if not bucket:
-            # The timer stays: cancelling and making one per request costs more than a
-            # timer that may fire once with nothing to do.
-            del self._buckets[key]
 
     def _arm(self, key: int) -> None:
         if self._timer is not None:

@@ -73,7 +73,7 @@ class Connection(ResponseWriter):
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[bytes] = []  # names and values alternating
         self._head_size = 0
         self._in_head = False
         self._began = 0.0
@@ -161,14 +161,14 @@ class Connection(ResponseWriter):
     def on_header(self, name: bytes, value: bytes) -> None:
         # Kept raw: checked and decoded together when the head is complete (the bytes of
         # a head are bounded by MAX_HEAD meanwhile).
-        self._headers.append((name, value))
+        self._headers += (name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_timer()
         parser = self.parser
         version = parser.get_http_version()
-        headers = request_headers(self._headers, version)
+        headers, names = request_headers(self._headers, version)
         request = Request(
             self,
             parser.get_method().decode("ascii"),
@@ -177,6 +177,7 @@ class Connection(ResponseWriter):
             version,
             parser.should_keep_alive(),
             self._began,
+            names,
         )
         self._current = request
         if self._serving is None:

@@ -14,7 +14,10 @@ import json
 import time
 from collections.abc import Iterable
 
+from multidict import CIMultiDictProxy
+
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
+from hydrallm.config import ApiType
 from hydrallm.formats.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
 from hydrallm.observe.usage import UsageMeter, session_hash, usage_slice
@@ -45,6 +48,10 @@ _REWRITTEN = frozenset({"openai", "anthropic"})
 
 def make_handler(state: ProxyState, listener_name: str) -> Handler:
     """The request handler of one listener."""
+    # Paths that passed check_path, with the client's API type they speak (by the listener's
+    # API type too): an agent sends the same few paths all day, and checking and classifying
+    # each costs a few µs.  Bounded: a client may send any number of distinct paths.
+    checked: dict[tuple[str, str], ApiType] = {}
 
     async def handle(request: Request) -> Response | StreamResponse:
         runtime = state.current
@@ -58,7 +65,17 @@ def make_handler(state: ProxyState, listener_name: str) -> Handler:
         listener = runtime.listeners.get(listener_name)
         if listener is None:
             return _plain_error(503, "this listener is shutting down")
-        exchange = _Exchange(state, runtime.engine, listener, request, path)
+        known = checked.get((path, listener.api_type))
+        exchange = _Exchange(state, runtime.engine, listener, request, path, known)
+        if known is None:
+            try:
+                check_path(path)
+            except UnsafePath as exc:
+                exchange.unsafe = str(exc)
+            else:
+                if len(checked) >= 1024:
+                    checked.clear()
+                checked[(path, listener.api_type)] = exchange.api_type
         return await exchange.proxy(query)
 
     return handle
@@ -83,6 +100,7 @@ class _Exchange:
         "started",
         "state",
         "trim",
+        "unsafe",
         "wall",
     )
 
@@ -93,6 +111,7 @@ class _Exchange:
         listener: ListenerRuntime,
         request: Request,
         path: str,
+        api_type: ApiType | None = None,
     ) -> None:
         self.started = time.monotonic()
         self.wall = time.time()
@@ -103,7 +122,7 @@ class _Exchange:
         self.path = path
         # The client's API (by its path) decides which provider reads the requested model
         # and whose error format the client gets: a chain may start with another family.
-        self.api_type = client_type(path, listener.api_type)
+        self.api_type = api_type if api_type is not None else client_type(path, listener.api_type)
         self.provider: Provider = engine.providers[self.api_type]
         self.request_id = state.next_request_id()
         self.route = "default"
@@ -112,6 +131,7 @@ class _Exchange:
         self.requested: str | None = None
         self.session: str | None = None
         self.trim = False  # a client left mid-stream: return freed memory when idle
+        self.unsafe: str | None = None  # why check_path refused the path
 
     # --- the steps -----------------------------------------------------------------------
 
@@ -123,10 +143,8 @@ class _Exchange:
             ok, strip_auth = _auth_ok(listener, request)
             if not ok:
                 return self.refuse(401, "missing or invalid proxy key", "authentication_error")
-        try:
-            check_path(path)
-        except UnsafePath as exc:
-            return self.refuse(400, str(exc), "invalid_request_error")
+        if self.unsafe is not None:
+            return self.refuse(400, self.unsafe, "invalid_request_error")
         encoding = request.headers.get("Content-Encoding")
         if encoding is not None and not _readable_encoding(encoding):
             return self.refuse(
@@ -137,20 +155,23 @@ class _Exchange:
             )
         limit = self.engine.config.server.max_body_size
         # Content-Length counts compressed bytes; the limit applies after inflation too
-        # (counted as the body is read).
-        length = request.content_length
-        if length is not None and length > limit:
+        # (counted as the body is read).  (The parser checked its digits.)
+        length = request.headers.get("Content-Length")
+        if length is not None and int(length) > limit:
             return self.too_large(limit)
         try:
-            if not request.body_complete:
-                expect = request.headers.get("Expect")
-                if expect is not None and expect.lower() == "100-continue":
-                    # The client waits for this before sending its body (curl does for large
-                    # bodies); auth, path and size were checked first, so a refusal is sent
-                    # instead of asking for a body that would be thrown away.
-                    request.send_continue()
-            # read_timeout bounds head and body together, from the head's first byte.
-            body = await request.read_body(limit, request.began + listener.config.read_timeout)
+            body = request.body_now(limit)  # all of it here and plain: no read loop
+            if body is None:
+                if not request.body_complete:
+                    expect = request.headers.get("Expect")
+                    if expect is not None and expect.lower() == "100-continue":
+                        # The client waits for this before sending its body (curl does for
+                        # large bodies); auth, path and size were checked first, so a refusal
+                        # is sent instead of asking for a body that would be thrown away.
+                        request.send_continue()
+                # read_timeout bounds head and body together, from the head's first byte.
+                deadline = request.began + listener.config.read_timeout
+                body = await request.read_body(limit, deadline)
         except BodyTooLarge:
             return self.too_large(limit)
         except TimeoutError:
@@ -162,8 +183,9 @@ class _Exchange:
             return self.refuse(400, str(exc), "invalid_request_error")
         parsed = None
         if body:
-            if self.api_type in _REWRITTEN and looks_like_json(
-                body, request.headers.get("Content-Type", "")
+            content_type = request.headers.get("Content-Type", "")
+            if self.api_type in _REWRITTEN and (
+                content_type == "application/json" or looks_like_json(body, content_type)
             ):
                 # A body a lenient upstream parser would read but we could not would carry
                 # the client's model to the provider unrewritten: refuse it.
@@ -173,7 +195,7 @@ class _Exchange:
                     return self.refuse(400, str(exc), "invalid_request_error")
             elif body[0] in _JSON_START:
                 parsed = parse_body(body)
-        headers, accept = _forwarded_headers(request.headers.items(), strip_auth)
+        headers, accept = _forwarded_headers(request.headers, request.names, strip_auth)
         streaming = (
             (parsed is not None and parsed.stream)
             or "text/event-stream" in accept
@@ -185,7 +207,12 @@ class _Exchange:
         client_request = ClientRequest(
             request.method, path, query, headers, body, parsed, streaming
         )
-        self.requested = self.provider.requested_model(client_request)
+        provider = self.provider
+        if type(provider).requested_model is Provider.requested_model:
+            # The base's: the body's model (read directly, three calls less).
+            self.requested = parsed.requested_model if parsed is not None else None
+        else:
+            self.requested = provider.requested_model(client_request)
         self.route, chain = listener.resolve(self.requested)
         if self.state.telemetry.wants_usage:
             self.meter = UsageMeter()
@@ -458,38 +485,35 @@ def _readable_encoding(value: str) -> bool:
     return (value.isascii() and value.lower() in INFLATED) or value.strip().lower() == "identity"
 
 
-def _connection_tokens(items: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """Header names the client's `Connection:` headers nominate as hop-by-hop."""
+def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    """Header names the client's `Connection:` header values nominate as hop-by-hop."""
     names: set[str] = set()
-    for k, v in items:
-        if k.lower() == "connection":
-            names.update(t.strip().lower() for t in v.split(",") if t.strip())
+    for v in values:
+        names.update(t.strip().lower() for t in v.split(",") if t.strip())
     return frozenset(names)
 
 
+# Never forwarded: hop-by-hop, and Content-Encoding (the body was inflated when read).
+_DROPPED = HOP_BY_HOP | {"content-encoding"}
+
+
 def _forwarded_headers(
-    items: Iterable[tuple[str, str]], strip: frozenset[tuple[str, str]]
+    headers: CIMultiDictProxy[str], names: list[str], strip: frozenset[tuple[str, str]]
 ) -> tuple[tuple[tuple[str, str], ...], str]:
     """The client's headers less hop-by-hop ones (fixed, and those its `Connection:` names,
     RFC 9110 §7.6.1), the proxy key wherever it was presented, and `Content-Encoding`
-    (the body was inflated when read); also its Accept."""
-    items = tuple(items)
-    nominated = _connection_tokens(items)
-    kept: list[tuple[str, str]] = []
-    has_encoding = False
+    (the body was inflated when read); also its (last) Accept.  `names` are the header
+    names in lower case, in order: no header is lower-cased here again."""
+    drop = _DROPPED
+    if "Connection" in headers:
+        drop = drop | _connection_tokens(headers.getall("Connection"))
+    kept = [pair for pair, name in zip(headers.items(), names, strict=True) if name not in drop]
+    if strip:
+        kept = [(k, v) for k, v in kept if (k.lower(), v) not in strip]
     accept = ""
-    for k, v in items:
-        lower = k.lower()
-        if lower in HOP_BY_HOP or lower in nominated or lower == "content-encoding":
-            continue
-        if strip and (lower, v) in strip:
-            continue
-        if lower == "accept-encoding":
-            has_encoding = True
-        elif lower == "accept":
-            accept = v
-        kept.append((k, v))
-    if not has_encoding:
+    if "Accept" in headers and "accept" not in drop:
+        accept = headers.getall("Accept")[-1]
+    if "Accept-Encoding" not in headers or "accept-encoding" in drop:
         # The upstream client does not decompress; ask for what the client can read.
         kept.append(("Accept-Encoding", "identity"))
     return tuple(kept), accept
