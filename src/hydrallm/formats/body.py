@@ -129,7 +129,7 @@ def parse_strict(raw: bytes, *, unique_model: bool = True) -> JsonBody:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BodyError(f"the JSON body is not valid UTF-8 (byte {exc.start})") from None
-    i = 0 if text.startswith("{") else _skip_ws(text, 0)
+    i = 0 if text[:1] == "{" else _skip_ws(text, 0)
     if i >= len(text) or text[i] != "{":
         raise BodyError("the body is not a JSON object")
     body = _one_scan(text, i, raw)
@@ -179,19 +179,20 @@ def _one_scan(s: str, i: int, raw: bytes) -> JsonBody | None:
         return JsonBody(s, (), close_at, not members, None, stream, raw)
     if "\\u" in s or s.count('"model"') != 1:
         return None
+    # The document is valid: a colon and a value follow the key (indexing cannot fail).
     at = s.index('"model"') + 7
-    if s.startswith(":", at):
+    if s[at] == ":":
         at += 1
     else:
         at = _COLON_RE.match(s, at).end()  # type: ignore[union-attr]
-    if s.startswith(_WS_START, at):
+    if s[at] in _WS:
         at = _WS_RE.match(s, at).end()  # type: ignore[union-attr]
     value = members["model"]
-    if isinstance(value, str) and s.startswith(f'"{value}"', at):
-        stop = at + len(value) + 2  # as written, no escape in it
+    requested = value if isinstance(value, str) else None
+    if requested is not None and s.startswith(f'"{requested}"', at):
+        stop = at + len(requested) + 2  # as written, no escape in it
     else:
         stop = _SCAN(s, at)[1]
-    requested = value if isinstance(value, str) else None
     return JsonBody(s, ((at, stop),), close_at, False, requested, stream, raw)
 
 

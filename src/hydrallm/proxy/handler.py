@@ -521,17 +521,15 @@ def _forwarded_headers(
 
 def _tags(model: str | None, endpoint: str | None, attempts: int) -> list[tuple[str, str]]:
     """The x-hydrallm-* headers every response carries."""
-    tags: list[tuple[str, str]] = []
-    if model is not None:
-        # A "*" model is the client's own string: no CR/LF/NUL may reach a header line.
-        # (isprintable first: translate with a table costs ~2 µs even when nothing changes.)
-        tags.append(
-            ("x-hydrallm-model", model if model.isprintable() else model.translate(_NO_CONTROLS))
-        )
-    if endpoint is not None:
-        tags.append(("x-hydrallm-endpoint", endpoint))
-    tags.append(("x-hydrallm-attempts", str(attempts)))
-    return tags
+    count = ("x-hydrallm-attempts", str(attempts))
+    if model is None:
+        return [("x-hydrallm-endpoint", endpoint), count] if endpoint is not None else [count]
+    # A "*" model is the client's own string: no CR/LF/NUL may reach a header line.
+    # (isprintable first: translate with a table costs ~2 µs even when nothing changes.)
+    shown = ("x-hydrallm-model", model if model.isprintable() else model.translate(_NO_CONTROLS))
+    if endpoint is None:
+        return [shown, count]
+    return [shown, ("x-hydrallm-endpoint", endpoint), count]
 
 
 def _plain_error(status: int, message: str) -> Response:
