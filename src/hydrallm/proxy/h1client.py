@@ -182,7 +182,10 @@ class LeanTransport:
         conn.active = False
         conn.reused = True
         conn.idle_since = self.loop.time()
-        self._idle.setdefault(conn.key, []).append(conn)
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_at(conn.idle_since + self._keepalive, self._sweep)
 

@@ -100,7 +100,9 @@ def request_headers(fields: list[bytes], version: str) -> tuple[CIMultiDict[str]
     if " \n" in text or "\t\n" in text or text[-1] in " \t":
         # llhttp strips the whitespace before a value, not after it (RFC 9110 §5.5).
         parts[1::2] = [v.rstrip(" \t") for v in parts[1::2]]
-    headers = CIMultiDict(zip(parts[::2], parts[1::2], strict=True))
+    # From a list: multidict builds from one faster than from an iterator.  (Names and
+    # values alternate by construction: no strict check needed.)
+    headers = CIMultiDict(list(zip(parts[::2], parts[1::2], strict=False)))
     lowered = text.lower().split("\n")[::2]
     names = set(lowered)
     if version != "1.0" and "host" not in names:

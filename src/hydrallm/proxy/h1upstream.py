@@ -174,7 +174,8 @@ class Conn(asyncio.Protocol):
         if raw:
             text = joined.decode("utf-8", "surrogateescape")
             parts = text.split("\n")
-            pairs = list(zip(parts[::2], parts[1::2], strict=True))
+            # (Names and values alternate by construction: no strict check needed.)
+            pairs = list(zip(parts[::2], parts[1::2], strict=False))
             lowered = text.lower().split("\n")[::2]
             self.headers = CIMultiDictProxy(CIMultiDict(pairs))
             self.message = [
