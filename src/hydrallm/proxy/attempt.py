@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from hydrallm.config import ApiType, Config, ModelConfig
 from hydrallm.errors import (
@@ -179,7 +180,9 @@ class AttemptRunner:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
             # Another API family than the client's: the request is translated (issue 16).
             # A same-family model gets None and the byte-exact pass-through.
-            translated = translation_for(request, model, lambda: self.model_name(model, request))
+            # (partial, not a lambda: a closure would make cells of these locals for the
+            # whole of this function)
+            translated = translation_for(request, model, partial(self.model_name, model, request))
             upstream = request if translated is None else translated.request
             if translated is None and self._mixed and model.type == "anthropic":
                 upstream = without_foreign_thinking(request)
@@ -293,13 +296,18 @@ class AttemptRunner:
                     response = await translate_answer(response, translated)
                     get = response.headers.get
                     content_type = get("Content-Type", "")
-                fmt = select_format(
-                    content_type,
-                    api=model.type if translated is None else translated.client_format_api,
-                    path=request.path,
-                    streaming=request.streaming,
-                    encoding=get("Content-Encoding", ""),
-                )
+                if not request.streaming and (
+                    content_type == "application/json" or content_type[:17] == "application/json;"
+                ):
+                    fmt = None  # select_format's own first answer, without the call
+                else:
+                    fmt = select_format(
+                        content_type,
+                        api=model.type if translated is None else translated.client_format_api,
+                        path=request.path,
+                        streaming=request.streaming,
+                        encoding=get("Content-Encoding", ""),
+                    )
                 prefix: list[bytes] = []
                 complete = False
                 arrived = take_whole(response, PRECOMMIT_BODY_LIMIT) if fmt is None else None
@@ -353,7 +361,7 @@ class AttemptRunner:
             return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut, label)
         if isinstance(response, TranslatedResponse):
             response.committed = True
-        if complete:
+        if complete and arrived is None:  # (take_whole released it already)
             response.release()
         if keyed is not None and chosen is not None:  # look-ahead, affinity, cache reads
             keyed.answered(chosen, response.status, response.headers.get, b"")
