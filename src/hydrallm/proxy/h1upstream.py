@@ -119,7 +119,17 @@ class Conn(asyncio.Protocol):
         elif self.size > HIGH_WATER and not self.paused and not self.closed:
             self.paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
-        self.wake()
+        # wake(), inline: this runs once per piece of every answer (streams too).
+        waiter = self.head_waiter
+        if waiter is not None and (self.head_done or self.error is not None):
+            self.head_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        waiter = self.body_waiter
+        if waiter is not None and (self.chunks or self.complete or self.error is not None):
+            self.body_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
