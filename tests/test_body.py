@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hydrallm.formats.body import parse_body
+from hydrallm.formats.body import BodyError, _walk_object, parse_body, parse_strict
 
 json_scalars = (
     st.none()
@@ -128,3 +129,63 @@ def test_any_json_value_is_object_or_untouched(value: object) -> None:
     raw = json.dumps(value).encode()
     body = parse_body(raw)
     assert (body is not None) == isinstance(value, dict)
+
+
+def test_model_spelled_with_escapes_is_found_and_nested_ones_are_kept() -> None:
+    # The text search of the one-scan path would find the nested "model"; the top-level key
+    # is spelled with a \\u escape, so the body must go the member-by-member way.
+    raw = b'{"messages":[{"model":"keep"}],"mod\\u0065l":"x","note":"a \\"model\\" b"}'
+    body = parse_strict(raw)
+    assert body.requested_model == "x"
+    out = json.loads(body.with_model("y"))
+    assert out == {"messages": [{"model": "keep"}], "model": "y", "note": 'a "model" b'}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"a","mod\\u0065l":"b"}',  # the same key twice, spelled two ways
+        b'{"model":"a","x":{"y":1},"model":"b"}',
+    ],
+)
+def test_a_repeated_top_level_model_is_refused_however_spelled(raw: bytes) -> None:
+    with pytest.raises(BodyError, match="more than one top-level"):
+        parse_strict(raw)
+
+
+_PIECES = st.sampled_from(
+    [
+        '"model":"m1"',
+        '"model" : "m2"',
+        '"mod\\u0065l":"m3"',
+        '"model":{"model":"n"}',
+        '"model":7',
+        '"stream":true',
+        '"stream":false',
+        '"messages":[{"role":"user","content":"say \\"model\\""}]',
+        '"x":"model"',
+        '"meta":{"model":"nested"}',
+        '"s":"\\u00e9\\n"',
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=5), st.sampled_from(["", " ", "\n  "]))
+def test_one_scan_and_the_member_walk_agree(pieces: list[str], pad: str) -> None:
+    # parse_strict takes a one-scan shortcut when it can; it must say exactly what the walk
+    # over the members says, refusals included.
+    text = "{" + pad + ("," + pad).join(pieces) + pad + "}"
+    raw = text.encode()
+    try:
+        walked = _walk_object(text, 1, raw)
+    except BodyError:
+        with pytest.raises(BodyError):
+            parse_strict(raw)
+        return
+    if len(walked.model_spans) > 1:
+        with pytest.raises(BodyError, match="more than one top-level"):
+            parse_strict(raw)
+        assert parse_body(raw) == walked
+        return
+    assert parse_strict(raw) == walked

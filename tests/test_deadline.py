@@ -75,3 +75,37 @@ async def test_zero_or_negative_delay_times_out_at_once() -> None:
     with pytest.raises(TimeoutError):
         with d.guard(0):
             await asyncio.sleep(0.5)
+
+
+async def test_an_earlier_deadline_after_a_later_one_fires_in_time() -> None:
+    # The one timer is armed for the later guard first; the earlier one must re-arm it.
+    d = Deadlines()
+
+    async def long() -> None:
+        with d.guard(5.0):
+            await asyncio.sleep(0.3)
+
+    task = asyncio.create_task(long())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        with d.guard(0.05):
+            await asyncio.sleep(1)
+    assert time.monotonic() - started < 0.05 + GRAIN + 0.1
+    await task
+    assert d.pending == 0
+
+
+async def test_a_guard_that_ended_leaves_the_timer_to_the_ones_still_waiting() -> None:
+    # The timer armed for the first (ended) guard fires with nothing due and must be
+    # re-armed for the second, which then times out on time.
+    d = Deadlines()
+    with d.guard(0.03):
+        await asyncio.sleep(0)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        with d.guard(0.08):
+            await asyncio.sleep(1)
+    took = time.monotonic() - started
+    assert 0.08 <= took < 0.08 + GRAIN + 0.1
+    assert d.pending == 0

@@ -22,7 +22,7 @@ from multidict import CIMultiDictProxy
 from hydrallm.errors import ConnectError, ProtocolError
 from hydrallm.proxy.h1client import LeanTransport
 from hydrallm.proxy.h1upstream import HIGH_WATER
-from hydrallm.proxy.upstream import Response, read_body
+from hydrallm.proxy.upstream import Response, message_headers, read_body
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -500,6 +500,63 @@ async def test_broken_heads_are_protocol_errors(reply: bytes, error: str) -> Non
             await t.send("GET", url, [], b"")
         assert str(caught.value).startswith(error)
         assert t.pool_counts() == (0, 0)
+
+
+async def test_response_headers_arrive_as_sent_and_the_message_drops_hop_by_hop() -> None:
+    # The head is decoded in one piece (h1upstream): names and values must come out as
+    # they went in, in order, repeats kept, odd bytes kept, an interim head's left behind.
+    reply = (
+        b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n"
+        b"X-Pad: a \r\nX-Bytes: \xc3\xa9\xff\r\nx-rep: 1\r\nX-Rep: 2\r\nX-Empty:\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+
+    async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(play) as (_, url), client() as t:
+        response = await t.send("GET", url, [], b"")
+        message = [
+            ("Content-Type", "text/plain"),
+            ("X-Pad", "a "),
+            ("X-Bytes", "é\udcff"),
+            ("x-rep", "1"),
+            ("X-Rep", "2"),
+            ("X-Empty", ""),
+        ]
+        assert list(response.headers.items()) == [
+            message[0],
+            ("Connection", "keep-alive"),
+            *message[1:],
+            ("Content-Length", "2"),
+        ]
+        assert message_headers(response) == message
+        assert await body_of(response) == b"ok"
+
+
+@pytest.mark.parametrize("interim", [b"", b"HTTP/1.1 103 Early Hints\r\n"])
+async def test_an_upstream_header_line_over_8190_bytes_is_refused(interim: bytes) -> None:
+    def head(size: int) -> bytes:
+        return b"X-Big: " + b"a" * (size - 5) + b"\r\n"  # name and value: `size` bytes
+
+    async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for size in (8190, 8191):
+            await read_request(reader)
+            if interim:
+                writer.write(interim + head(size) + b"\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n" + (b"" if interim else head(size)))
+            writer.write(b"Content-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_server(play) as (_, url), client() as t:
+        response = await t.send("GET", url, [], b"")
+        assert response.status == 200 and await body_of(response) == b""
+        with pytest.raises(ProtocolError, match="a header over 8190 bytes"):
+            await t.send("GET", url, [], b"")
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,22 @@ async def test_keep_alive_over_aiohttp_client_and_http_1_0() -> None:
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in answer
 
 
+async def test_keep_alive_times_from_the_last_answer_not_the_first() -> None:
+    # Requests 0.2 s apart with a 0.3 s keep-alive: the connection outlives the first idle
+    # period's deadline because it was busy again; idle longer than 0.3 s, it is closed.
+    async with serving(echo, keepalive=0.3) as (_s, port, _log):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in range(4):
+                writer.write(b"GET /k%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+                assert (await reader.readuntil(b"b''")).startswith(b"HTTP/1.1 200 OK")
+                await asyncio.sleep(0.2)
+            async with asyncio.timeout(2.0):
+                assert await reader.read() == b""  # closed, idle past the keep-alive time
+        finally:
+            writer.close()
+
+
 @pytest.mark.parametrize(
     ("head", "problem"),
     [
@@ -131,6 +147,35 @@ async def test_bad_request_bytes_get_400_with_a_message_never_a_traceback(
     lines = [x for x in log.getvalue().splitlines() if "client_error" in x]
     assert len(lines) == 1 and "status=400" in lines[0] and "peer=127.0.0.1" in lines[0]
     assert "Traceback" not in log.getvalue()
+
+
+async def test_request_headers_reach_the_handler_as_sent_less_trailing_blanks() -> None:
+    # Decoded in one piece (h1head.request_headers): every name and value must come out
+    # as it went in, in order, repeats kept, trailing blanks cut, odd bytes kept.
+    seen: list[tuple[list[tuple[str, str]], list[str]]] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append((list(request.headers.items()), request.names))
+        return Response()
+
+    async with serving(handler) as (_s, port, _log):
+        answer = await exchange(
+            port,
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: a b \t\r\nX-Rep: 1\r\nx-rep: 2\r\n"
+            b"X-Empty:\r\nX-Bytes: \xc3\xa9\xff\r\nConnection: close\r\n\r\n",
+        )
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:100]
+    ((items, names),) = seen
+    assert items == [
+        ("Host", "x"),
+        ("X-Pad", "a b"),
+        ("X-Rep", "1"),
+        ("x-rep", "2"),
+        ("X-Empty", ""),
+        ("X-Bytes", "é\udcff"),
+        ("Connection", "close"),
+    ]
+    assert names == ["host", "x-pad", "x-rep", "x-rep", "x-empty", "x-bytes", "connection"]
 
 
 async def test_a_broken_chunked_body_fails_the_read_and_the_client_gets_400() -> None:

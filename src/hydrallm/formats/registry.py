@@ -69,6 +69,10 @@ def select_format(
     or any answer to a streaming request), or one compressed beyond what the peek can
     read, is `PASSTHROUGH`: relayed from its first byte instead of buffered as a body.
     """
+    if not streaming and (
+        content_type == "application/json" or content_type[:17] == "application/json;"
+    ):
+        return None  # the common whole answer, without the general parse below
     media = media_type(content_type)
     found = _claim(media, api, path)
     if found is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 from hydrallm.config import ApiType, Config, ModelConfig
 from hydrallm.dataclass import dataclass
@@ -41,7 +42,7 @@ from hydrallm.proxy.translated import (
     translation_for,
     without_foreign_thinking,
 )
-from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body
+from hydrallm.proxy.upstream import Response, Transport, message_headers, read_body, take_whole
 from hydrallm.routing.breakers import Breakers
 from hydrallm.routing.keys import Step
 from hydrallm.routing.outcome import Action, StatusDecision, classify_status
@@ -157,7 +158,6 @@ class AttemptRunner:
         labels: Labels,
         deadline: float | None,
         fallback: bool,
-        *,
         identity: bool = False,
         keyed: RequestKeys | None = None,
         chosen: Chosen | None = None,
@@ -180,7 +180,9 @@ class AttemptRunner:
                 raise RequestNotPossible('the request names no model to forward for model "*"')
             # Another API family than the client's: the request is translated (issue 16).
             # A same-family model gets None and the byte-exact pass-through.
-            translated = translation_for(request, model, lambda: self.model_name(model, request))
+            # (partial, not a lambda: a closure would make cells of these locals for the
+            # whole of this function)
+            translated = translation_for(request, model, partial(self.model_name, model, request))
             upstream = request if translated is None else translated.request
             if translated is None and self._mixed and model.type == "anthropic":
                 upstream = without_foreign_thinking(request)
@@ -294,16 +296,26 @@ class AttemptRunner:
                     response = await translate_answer(response, translated)
                     get = response.headers.get
                     content_type = get("Content-Type", "")
-                fmt = select_format(
-                    content_type,
-                    api=model.type if translated is None else translated.client_format_api,
-                    path=request.path,
-                    streaming=request.streaming,
-                    encoding=get("Content-Encoding", ""),
-                )
+                if not request.streaming and (
+                    content_type == "application/json" or content_type[:17] == "application/json;"
+                ):
+                    fmt = None  # select_format's own first answer, without the call
+                else:
+                    fmt = select_format(
+                        content_type,
+                        api=model.type if translated is None else translated.client_format_api,
+                        path=request.path,
+                        streaming=request.streaming,
+                        encoding=get("Content-Encoding", ""),
+                    )
                 prefix: list[bytes] = []
                 complete = False
-                if fmt is None:
+                arrived = take_whole(response, PRECOMMIT_BODY_LIMIT) if fmt is None else None
+                if arrived is not None:
+                    complete = True  # all of it came with the head
+                    if arrived:
+                        prefix.append(arrived)
+                elif fmt is None:
                     phase = "body"
                     size = 0
                     while size < PRECOMMIT_BODY_LIMIT:
@@ -349,7 +361,7 @@ class AttemptRunner:
             return self._outcome(exc, attempt, labels, sent, fallback, phase, budget_cut, label)
         if isinstance(response, TranslatedResponse):
             response.committed = True
-        if complete:
+        if complete and arrived is None:  # (take_whole released it already)
             response.release()
         if keyed is not None and chosen is not None:  # look-ahead, affinity, cache reads
             keyed.answered(chosen, response.status, response.headers.get, b"")
@@ -362,18 +374,19 @@ class AttemptRunner:
         if complete or fmt is None:
             self.breakers.success(model.id)
         # A stream counts as a success only when it ends well: `stream_ended` says so.
+        # Positional, in field order (keyword arguments cost ~0.5 µs more per request).
         return Committed(
-            response=response,
-            prefix=prefix,
-            complete=complete,
-            format=fmt,
-            model=model,
-            model_name=outgoing.model_label,
-            attempts=attempt.number,
-            chain=(),
-            attempt=attempt,
-            labels=labels,
-            deadline=deadline,
+            response,
+            prefix,
+            complete,
+            fmt,
+            model,
+            outgoing.model_label,
+            attempt.number,
+            (),
+            attempt,
+            labels,
+            deadline,
         )
 
     def _refused(

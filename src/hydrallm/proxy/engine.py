@@ -70,7 +70,11 @@ class Engine:
     ) -> Committed | Final:
         retry = self.config.retry
         # Per-request key choice; "session" affinity starts on the session's model.
-        keyed = for_request(self.keys, self.affinity, request, self.wall)
+        keyed = (
+            for_request(self.keys, self.affinity, request, self.wall)
+            if self.keys is not None
+            else None
+        )
         if keyed is not None:
             chain = keyed.session_chain(chain)
         last_key: int | None = None
@@ -120,15 +124,17 @@ class Engine:
                 last_key = chosen.key.index if chosen.key is not None else None
             fallback = prev_index is not None and attempt.index != prev_index
             prev_index = attempt.index
+            # Positional (identity=False, keyed, chosen): keyword arguments cost more.
             result = await self.attempts.run(
-                request, attempt, labels, deadline, fallback, keyed=keyed, chosen=chosen
+                request, attempt, labels, deadline, fallback, False, keyed, chosen
             )
             if not isinstance(result, Outcome):
                 if isinstance(result, Committed):
                     result.chain = plan_chain
-                if not self.breakers.quiet:
-                    for later in plan_chain[attempt.index + 1 :]:
-                        self.breakers.release(later.id)
+                later = attempt.index + 1
+                if later < len(plan_chain) and not self.breakers.quiet:
+                    for model in plan_chain[later:]:
+                        self.breakers.release(model.id)
                 return result
             last_model = attempt.model
             last_name = self.attempts.model_name(attempt.model, request)

@@ -32,7 +32,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 class _Origin:
     """What one `scheme://[userinfo@]host[:port]` prefix means, parsed once."""
 
-    __slots__ = ("auth", "host", "host_header", "key", "port", "proxy", "tls")
+    __slots__ = ("auth", "host", "host_header", "host_line", "key", "port", "proxy", "tls")
 
     def __init__(self, origin: str, proxies: EnvProxies) -> None:
         parts = urlsplit(origin)
@@ -48,6 +48,7 @@ class _Origin:
         self.tls = scheme == "https"
         shown = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = shown if self.port == default else f"{shown}:{self.port}"
+        self.host_line = f"Host: {self.host_header}\r\n"
         self.key = (scheme, self.host, self.port)
         self.auth: str | None = None
         if parts.username is not None or parts.password is not None:
@@ -75,6 +76,7 @@ class LeanTransport:
         self._connect_timeout = connect_timeout
         self._ssl = ssl_context  # the system's trust store, made on first https use
         self._origins: dict[str, _Origin] = {}
+        self._targets: dict[str, tuple[_Origin, str]] = {}  # url -> (its origin, target)
         self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, str, int]]]] = {}
         self._idle: dict[tuple[str, str, int], list[Conn]] = {}
         self._busy: set[Conn] = set()
@@ -85,25 +87,14 @@ class LeanTransport:
         self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
     ) -> Response:
         """`headers` must not hold Host or Content-Length (callers drop hop-by-hop ones)."""
-        start = url.find("://") + 3
-        cut = url.find("/", start)
-        query = url.find("?", start)
-        if cut < 0 or 0 <= query < cut:
-            cut = query if query >= 0 else len(url)
-        prefix = url[:cut]
-        origin = self._origins.get(prefix)
-        if origin is None:
-            origin = _Origin(prefix, self._proxies)
-            if len(self._origins) >= 256:
-                self._origins.clear()
-            self._origins[prefix] = origin
+        split = self._targets.get(url)
+        if split is None:
+            split = self._split(url)
+        origin, target = split
         if origin.proxy is not None:
             if self._fallback is None:
                 self._fallback = AiohttpTransport(env=self._env)
             return await self._fallback.send(method, url, headers, body)
-        target = url[cut:]
-        if not target or target[0] == "?":
-            target = "/" + target
         listed = headers if isinstance(headers, list) else list(headers)
         if origin.auth is not None:
             if any(k.lower() == "authorization" for k, _ in listed):
@@ -118,40 +109,56 @@ class LeanTransport:
             raise ProtocolError("upstream error: a request header contains a line break")
         length = f"Content-Length: {len(body)}\r\n" if body or method not in ("GET", "HEAD") else ""
         sep = "\r\n" if listed else ""
-        head = (
-            f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n{block}{sep}{length}\r\n"
-        )
+        head = f"{method} {target} HTTP/1.1\r\n{origin.host_line}{block}{sep}{length}\r\n"
         data = head.encode() + body if body else head.encode()
+        head_only = method == "HEAD"
         conn = self._acquire(origin.key)
-        if conn is not None:
-            response = await self._exchange(conn, data, method == "HEAD")
-            if response is not None:
-                return response
-        conn = await self._connect(origin)
-        response = await self._exchange(conn, data, method == "HEAD")
-        assert response is not None
-        return response
+        # The exchange, inline (a coroutine per request costs more than these lines): send,
+        # then read the head; a pooled connection the server closed while it sat idle is
+        # replaced by a fresh one, once.
+        while True:
+            if conn is None:
+                conn = await self._connect(origin)
+            conn.reset(head_only)
+            conn.active = True
+            self._busy.add(conn)
+            waiter = conn.head_waiter = self.loop.create_future()
+            conn.transport.write(data)  # type: ignore[union-attr]
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                conn.abort()
+                self._busy.discard(conn)
+                raise
+            if conn.error is None:
+                return LeanResponse(conn)
+            self._busy.discard(conn)
+            conn.abort()
+            if not conn.reused or conn.got_bytes:
+                raise conn.error
+            conn = None  # stale: once more, on a fresh connection
 
-    async def _exchange(self, conn: Conn, data: bytes, head: bool) -> LeanResponse | None:
-        """Send and read the head; None when a reused connection was stale (retry)."""
-        conn.reset(head)
-        conn.active = True
-        self._busy.add(conn)
-        waiter = conn.head_waiter = self.loop.create_future()
-        conn.transport.write(data)  # type: ignore[union-attr]
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            conn.abort()
-            self._busy.discard(conn)
-            raise
-        if conn.error is not None:
-            self._busy.discard(conn)
-            conn.abort()
-            if conn.reused and not conn.got_bytes:
-                return None  # the server closed it while idle: once more, on a fresh one
-            raise conn.error
-        return LeanResponse(conn)
+    def _split(self, url: str) -> tuple[_Origin, str]:
+        """The origin of `url` and its request target, parsed once per URL."""
+        start = url.find("://") + 3
+        cut = url.find("/", start)
+        query = url.find("?", start)
+        if cut < 0 or 0 <= query < cut:
+            cut = query if query >= 0 else len(url)
+        prefix = url[:cut]
+        origin = self._origins.get(prefix)
+        if origin is None:
+            origin = _Origin(prefix, self._proxies)
+            if len(self._origins) >= 256:
+                self._origins.clear()
+            self._origins[prefix] = origin
+        target = url[cut:]
+        if not target or target[0] == "?":
+            target = "/" + target
+        if len(self._targets) >= 1024:  # URLs with the clients' query strings: bounded
+            self._targets.clear()
+        split = self._targets[url] = (origin, target)
+        return split
 
     def _acquire(self, key: tuple[str, str, int]) -> Conn | None:
         idle = self._idle.get(key)
@@ -175,7 +182,10 @@ class LeanTransport:
         conn.active = False
         conn.reused = True
         conn.idle_since = self.loop.time()
-        self._idle.setdefault(conn.key, []).append(conn)
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
         if self._sweeper is None:
             self._sweeper = self.loop.call_at(conn.idle_since + self._keepalive, self._sweep)
 

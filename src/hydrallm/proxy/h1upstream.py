@@ -21,6 +21,18 @@ from hydrallm.errors import ProtocolError, UpstreamError
 HIGH_WATER = 32 * 1024
 MAX_HEAD = 64 * 1024  # an upstream head larger than this is refused
 MAX_FIELD = 8190  # one header line (aiohttp's limit)
+# Response headers that describe the upstream connection, not the message.
+RESPONSE_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "upgrade",
+        "trailer",
+        "proxy-connection",
+    }
+)
 
 
 class Pool(Protocol):
@@ -48,7 +60,7 @@ class Conn(asyncio.Protocol):
     __slots__ = (
         "active", "body_waiter", "chunks", "closed", "complete", "error", "got_bytes", "head_bytes",
         "head_done", "head_waiter", "headers", "idle_since", "interim", "keep_alive", "key",
-        "loop", "no_body", "parser", "paused", "pool", "raw", "reason", "reused", "size",
+        "loop", "message", "no_body", "parser", "paused", "pool", "raw", "reason", "reused", "size",
         "status", "transport",
     )  # fmt: skip
 
@@ -74,8 +86,9 @@ class Conn(asyncio.Protocol):
         self.keep_alive = True
         self.status = 0
         self.reason = ""
-        self.raw: list[tuple[str, str]] = []
+        self.raw: list[bytes] = []  # header names and values alternating, as received
         self.headers: CIMultiDictProxy[str] | None = None
+        self.message: list[tuple[str, str]] = []  # the headers less RESPONSE_HOP_BY_HOP
         self.chunks: list[bytes] = []
         self.size = 0
         self.paused = False
@@ -106,7 +119,17 @@ class Conn(asyncio.Protocol):
         elif self.size > HIGH_WATER and not self.paused and not self.closed:
             self.paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
-        self.wake()
+        # wake(), inline: this runs once per piece of every answer (streams too).
+        waiter = self.head_waiter
+        if waiter is not None and (self.head_done or self.error is not None):
+            self.head_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        waiter = self.body_waiter
+        if waiter is not None and (self.chunks or self.complete or self.error is not None):
+            self.body_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -139,20 +162,40 @@ class Conn(asyncio.Protocol):
         self.reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_FIELD:
-            self.fail(ProtocolError(f"invalid upstream response: a header over {MAX_FIELD} bytes"))
-            raise _Stop
-        self.raw.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        # Kept raw, checked and decoded together when the head is complete.
+        self.raw += (name, value)
 
     def on_headers_complete(self) -> None:
+        raw = self.raw
+        # One piece: llhttp lets no CR or LF into a name or value and only token characters
+        # into a name, so the fields joined by LF decode and split back exactly.
+        joined = b"\n".join(raw)
+        if len(joined) > MAX_FIELD:  # one of them may be that long
+            for i in range(0, len(raw), 2):
+                if len(raw[i]) + len(raw[i + 1]) > MAX_FIELD:
+                    message = f"invalid upstream response: a header over {MAX_FIELD} bytes"
+                    self.fail(ProtocolError(message))
+                    raise _Stop
         status = self.parser.get_status_code()
         if status < 200:  # 1xx: an interim answer; the real one follows
             self.interim = True
             return
         self.status = status
-        self.headers = CIMultiDictProxy(CIMultiDict(self.raw))
+        if raw:
+            text = joined.decode("utf-8", "surrogateescape")
+            parts = text.split("\n")
+            # (Names and values alternate by construction: no strict check needed.)
+            pairs = list(zip(parts[::2], parts[1::2], strict=False))
+            lowered = text.lower().split("\n")[::2]
+            self.headers = CIMultiDictProxy(CIMultiDict(pairs))
+            self.message = [
+                pair
+                for pair, name in zip(pairs, lowered, strict=True)
+                if name not in RESPONSE_HOP_BY_HOP
+            ]
+        else:
+            self.headers = CIMultiDictProxy(CIMultiDict())
+            self.message = []
         self.head_done = True
         if self.no_body:  # HEAD: llhttp cannot be told; the connection is not reused
             self.complete = True
@@ -201,7 +244,7 @@ class Conn(asyncio.Protocol):
 
 
 class LeanResponse:
-    __slots__ = ("_conn", "headers", "reason", "status")
+    __slots__ = ("_conn", "headers", "message", "reason", "status")
 
     def __init__(self, conn: Conn) -> None:
         self._conn: Conn | None = conn
@@ -209,6 +252,7 @@ class LeanResponse:
         self.reason = conn.reason
         assert conn.headers is not None
         self.headers = conn.headers
+        self.message = conn.message  # see upstream.message_headers
 
     async def read_chunk(self) -> bytes:
         """What has arrived of the body (all pieces joined); b"" at its end."""
@@ -239,6 +283,19 @@ class LeanResponse:
                 self.abort()
                 raise
         return b""
+
+    def take_whole(self, limit: int) -> bytes | None:
+        """The whole body, when all of it has arrived and it is under `limit` bytes (then
+        the connection goes back to the pool); else None and nothing is taken."""
+        conn = self._conn
+        if conn is None or not conn.complete or conn.size >= limit:
+            return None
+        chunks = conn.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        conn.chunks = []
+        conn.size = 0
+        self.release()
+        return data
 
     def release(self) -> None:
         """Back to the pool when the whole body arrived (read or not), else closed."""

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from yarl import URL
 
 from hydrallm.errors import ConnectError, ProtocolError, UpstreamError
+from hydrallm.proxy.h1upstream import RESPONSE_HOP_BY_HOP, LeanResponse
 
 
 class Response(Protocol):
@@ -46,23 +47,19 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-# Response headers that describe the upstream connection, not the message.
-RESPONSE_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "upgrade",
-        "trailer",
-        "proxy-connection",
-    }
-)
-
-
 def message_headers(response: Response) -> list[tuple[str, str]]:
-    """The response's headers less the ones about the upstream connection."""
+    """The response's headers less the ones about the upstream connection (a new list)."""
+    if type(response) is LeanResponse:
+        return response.message[:]  # sorted out while its head was parsed
     return [(k, v) for k, v in response.headers.items() if k.lower() not in RESPONSE_HOP_BY_HOP]
+
+
+def take_whole(response: Response, limit: int) -> bytes | None:
+    """The whole body at once when it has all arrived and is under `limit` bytes (no
+    await, no read loop: a LeanTransport answer that came in one piece), else None."""
+    if type(response) is LeanResponse:
+        return response.take_whole(limit)
+    return None
 
 
 async def read_body(response: Response, limit: int) -> bytes:

@@ -57,15 +57,16 @@ class Request:
 
     __slots__ = (
         "_buffered",
-        "_complete",
         "_conn",
         "_error",
         "_parts",
         "_waiter",
         "began",
+        "body_complete",
         "headers",
         "keep_alive",
         "method",
+        "names",
         "raw_path",
         "version",
     )
@@ -79,6 +80,7 @@ class Request:
         version: str,
         keep_alive: bool,
         began: float,
+        names: list[str] | None = None,
     ) -> None:
         self._conn = conn
         self.method = method
@@ -89,9 +91,13 @@ class Request:
         # Loop time of the first byte of this request's head: read_timeout bounds head and
         # body together (DECISIONS.md).
         self.began = began
+        # The header names in lower case, in the order of `headers.items()`.
+        self.names = names if names is not None else [k.lower() for k in headers]
         self._parts: list[bytes] = []
         self._buffered = 0
-        self._complete = False
+        # Whether the whole body has arrived (at once, for a request without one).  A plain
+        # attribute, not a property: read twice per request.
+        self.body_complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
@@ -116,14 +122,25 @@ class Request:
     def peer(self) -> str:
         return self._conn.peer
 
-    @property
-    def body_complete(self) -> bool:
-        """Whether the whole body has arrived (always, for a request without one)."""
-        return self._complete
-
     def send_continue(self) -> None:
         """Answer `Expect: 100-continue`: the client then sends its body."""
         self._conn.write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def body_now(self, limit: int) -> bytes | None:
+        """The whole body at once when all of it has arrived and needs no inflating (no
+        await, no coroutine: the common case), else None: then use read_body.
+
+        Raises BodyTooLarge like read_body."""
+        if not self.body_complete or "Content-Encoding" in self.headers:
+            return None
+        parts = self._parts
+        if self._buffered > limit:
+            raise BodyTooLarge
+        self._parts, self._buffered = [], 0
+        self._conn.body_taken()
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
 
     async def read_body(self, limit: int, deadline: float | None = None) -> bytes:
         """The whole body, inflated (gzip, deflate...), at most `limit` bytes after
@@ -148,7 +165,7 @@ class Request:
                         if size > limit:
                             raise BodyTooLarge
                         parts.append(chunk)
-                if self._complete:
+                if self.body_complete:
                     break
                 if self._error is not None:
                     raise self._error
@@ -179,13 +196,13 @@ class Request:
         return self._buffered
 
     def finish(self) -> None:
-        self._complete = True
+        self.body_complete = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def fail(self, exc: BaseException) -> None:
-        if self._complete:
+        if self.body_complete:
             return
         self._error = exc
         waiter = self._waiter

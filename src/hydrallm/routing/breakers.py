@@ -74,12 +74,13 @@ class Breakers:
             return "half-open", 0.0
         return c.state, max(0.0, c.open_until - now)
 
-    def plan(self, chain: Sequence[ModelConfig]) -> list[ModelConfig]:
-        """The models a starting request may try: open circuits left out, unless all are open."""
+    def plan(self, chain: Sequence[ModelConfig]) -> Sequence[ModelConfig]:
+        """The models a starting request may try: open circuits left out, unless all are open
+        (`chain` itself when none is left out)."""
         if not self.config.enabled or not self._circuits:
-            return list(chain)
+            return chain
         allowed = [m for m in chain if self._admit(m.id)]
-        return allowed or list(chain)
+        return allowed if allowed and len(allowed) != len(chain) else chain
 
     def _admit(self, model_id: str) -> bool:
         c = self._circuits.get(model_id)

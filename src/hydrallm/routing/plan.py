@@ -77,9 +77,9 @@ class Planner:
         self._try = 1
         self._number = 1
         self._last = 0
-        return Attempt(
-            model=chain[0], index=0, cycle=1, try_no=1, number=1, wait=0.0, is_retry=False
-        )
+        # Positional: keyword arguments to a dataclass cost ~0.5 µs more per call.
+        # (model, index, cycle, try_no, number, wait, is_retry)
+        return Attempt(chain[0], 0, 1, 1, 1, 0.0, False)
 
     def next(self, after: Next, retry_after: float | None = None) -> Attempt | None:
         """The attempt after a failed one, or None when the plan is exhausted."""
