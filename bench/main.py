@@ -520,6 +520,9 @@ class Bench:
                     self.fig(
                         "journal_rps_c16", "journal on: throughput c16 (baseline: off)", "req/s"
                     ).add(label, r["rps"])
+                    self.fig(
+                        "journal_cpu_c16", "journal on: CPU per request c16 (baseline: off)", "ms"
+                    ).add(label, r["cpu_ms_per_req"])
                     self.quiet(on)
                     r = self.load(target, "small", 1, p.duration)
                     self.fig("journal_p99_c1", "journal on: p99 c1 (baseline: off)", "ms").add(
@@ -676,10 +679,16 @@ def evaluate(figs: dict[str, Figure]) -> list[Target]:
             lambda v: expected is not None and v >= expected,
         )
     )
-    on, off = get("journal_rps_c16", "hydrallm"), get("journal_rps_c16", "direct")
-    cost = None if on is None or not off else 1 - on / off
+    # The journal's rows compare the two processes round by round (each round's on and off
+    # were measured seconds apart, in turns): the median of those paired figures.  Over a
+    # run this shared machine drifts by more than the 3 % asked; a median of all the on
+    # figures against one of all the off figures would measure the drift.
+    ratio = _paired(figs, "journal_rps_c16", lambda on, off: on / off)
+    cost = None if ratio is None else 1 - ratio
     out.append(check("journal throughput cost c16", cost, "< 0.03", lambda v: v < 0.03))
-    added = _diff(get("journal_p99_c1", "hydrallm"), get("journal_p99_c1", "direct"))
+    cpu = _paired(figs, "journal_cpu_c16", lambda on, off: on / off - 1)
+    out.append(check("journal CPU per request cost c16", cpu, "< 0.03", lambda v: v < 0.03))
+    added = _paired(figs, "journal_p99_c1", lambda on, off: on - off)
     out.append(check("journal added p99 c1 (ms)", added, "< 0.05", lambda v: v < 0.05))
     big = _diff(get("big_p50", "hydrallm"), get("big_p50", "direct"))
     out.append(check("1 MiB body added p50 (ms)", big, "<= 3", lambda v: v <= 3))
@@ -694,6 +703,19 @@ def evaluate(figs: dict[str, Figure]) -> list[Target]:
     out.append(check("serve ready (ms)", get("ready_ms", "hydrallm"), "<= 300", lambda v: v <= 300))
     out.extend(issue19(get))
     return out
+
+
+def _paired(
+    figs: dict[str, Figure], key: str, compare: Callable[[float, float], float]
+) -> float | None:
+    """The median over rounds of `compare(on, off)`, one pair a round (the journal step's
+    figures: "hydrallm" is the journal on, "direct" off)."""
+    fig = figs.get(key)
+    if fig is None:
+        return None
+    on, off = fig.values.get("hydrallm", []), fig.values.get("direct", [])
+    pairs = [compare(a, b) for a, b in zip(on, off, strict=False) if b]
+    return statistics.median(pairs) if pairs else None
 
 
 def issue19(get: Callable[[str, str], float | None]) -> list[Target]:
