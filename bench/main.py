@@ -213,14 +213,22 @@ class Bench:
         """Wait until hydrallm's journal has loaded what it spooled.  Its writer loads when
         the proxy is quiet, which in this benchmark is while another target is measured:
         left alone, it would take CPU from that target (and flatter hydrallm's ratios).
-        Its cost is reported on its own (`journal_writer_us`)."""
+        Its cost is reported on its own (`journal_writer_us`).  When it had something to
+        load, the kernel's writing of those pages is waited for too (`sync`): it would
+        otherwise run during the next measurement, which is most often of the same
+        process (its c1 run after its c16 one)."""
         deadline = time.monotonic() + timeout
+        loaded = False
         while self.profile.settle and time.monotonic() < deadline:
             journal = self.journal_status(target)
             if not journal.get("enabled") or not (
                 journal.get("queued") or journal.get("spooled_bytes")
             ):
+                if loaded:
+                    os.sync()
+                    time.sleep(0.2)
                 return
+            loaded = True
             time.sleep(0.1)
 
     def journal_status(self, target: str = "hydrallm") -> dict[str, Any]:
