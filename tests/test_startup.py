@@ -250,7 +250,8 @@ def probe():
     deadline = time.monotonic() + 10
     while not gc.isenabled() and time.monotonic() < deadline:
         time.sleep(0.01)
-    print("collector", "on" if gc.isenabled() else "off", flush=True)
+    state = "on" if gc.isenabled() else "off"
+    print("collector", state, "frozen", gc.get_freeze_count() > 0, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=probe, daemon=True).start()
@@ -260,17 +261,24 @@ main(["serve", "-c", sys.argv[2]])
 
 def test_a_started_proxy_collects_garbage_again(tmp_path: Path) -> None:
     """Starting runs without the cyclic garbage collector (it would find nothing to free);
-    a proxy that stayed without it would grow with every request that leaves a cycle."""
-    config, port = _config(tmp_path, journal=False)
+    a proxy that stayed without it would grow with every request that leaves a cycle.  What
+    starting made is frozen out of its view (its full passes would walk it for nothing)."""
+    out = _probe(tmp_path, _COLLECTOR_PROBE, journal=False)
+    assert "collector on frozen True" in out
+
+
+def _probe(tmp_path: Path, probe: str, *, journal: bool) -> str:
+    """`probe` run in a fresh interpreter with a proxy's config and port; its output."""
+    config, port = _config(tmp_path, journal=journal)
     out = subprocess.run(
-        [sys.executable, "-c", _COLLECTOR_PROBE, str(port), str(config)],
+        [sys.executable, "-c", probe, str(port), str(config)],
         capture_output=True,
         text=True,
         env=_env(),
         timeout=60,
     )
-    assert "collector on" in out.stdout, out.stdout + out.stderr
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
 
 
 # Once the port accepts, wait (bounded) until no dataclass of the loaded modules still has
@@ -312,16 +320,8 @@ def test_a_started_proxy_compiles_what_it_left_for_later(tmp_path: Path) -> None
     """`hydrallm.dataclass` compiles a dataclass's `__init__` at its first use so that the
     proxy listens sooner; once it listens, it compiles the rest (one module a turn of the
     loop), so that the first requests do not pay for it."""
-    config, port = _config(tmp_path, journal=True)
-    out = subprocess.run(
-        [sys.executable, "-c", _PENDING_PROBE, str(port), str(config)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=60,
-    )
-    assert "pending []" in out.stdout, out.stdout + out.stderr
-    assert out.returncode == 0, out.stderr
+    out = _probe(tmp_path, _PENDING_PROBE, journal=True)
+    assert "pending []" in out, out
 
 
 def test_a_serve_that_fails_leaves_the_collector_on(tmp_path: Path) -> None:
