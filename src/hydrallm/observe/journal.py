@@ -273,7 +273,7 @@ class JournalSink(Sink):
             self._failed(f"{type(exc).__name__}: {exc}")
 
     def _take(self) -> tuple[str, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The queued requests as a "batch" message (`journal_spool.batch_rows` reads it),
+        """The queued requests as a "batch" message (`journal_spool.rows_of` reads it),
         and the queue emptied.
 
         Made here, once per batch, not once per event: a loop over a batch costs a

@@ -110,7 +110,7 @@ class Writer:
     ) -> Iterator[tuple[Any, ...]]:
         """The request rows of `batch` (rowids from `rowid` + 1); their attempt rows are
         added to `attempts` on the way.  No None in a row: -1 stands for NULL (see
-        `journal_db.NULLABLE`).  The tuples' layout: `journal.JournalSink.request`."""
+        `journal_db.NULLABLE`).  The tuples' layout: `journal_spool.rows_of`."""
         st = self.settings
         worker = st.worker
         prices = st.prices
