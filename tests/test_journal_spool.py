@@ -4,7 +4,9 @@ loaders run at once, and survive a proxy that died."""
 
 from __future__ import annotations
 
+import io
 import json
+import marshal
 import os
 import sqlite3
 import subprocess
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from hydrallm.config import JournalConfig
 from hydrallm.observe import journal
-from hydrallm.observe.events import RequestEvent
+from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, RequestEvent
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.journal_spool import (
     SpoolWriter,
@@ -80,9 +82,9 @@ def write_segment(db: Path, rows: int, *, start: int = 0) -> Path:
     sink = JournalSink(JournalConfig(path=str(db)))  # not started: it only queues
     for i in range(start, start + rows):
         sink.request(event(i))
-        if len(sink._queue) == 500:
+        if len(sink._rows) == 500:
             spool.append(frame(sink._take()))  # the frame a proxy spools
-    if sink._queue:
+    if sink._rows:
         spool.append(frame(sink._take()))
     [path] = [p for p in spool_dir(db).glob("*.open")]
     spool.rotate()
@@ -142,3 +144,61 @@ def test_a_damaged_segment_is_set_aside_and_the_others_load(tmp_path: Path) -> N
     ingest_pending(db)
     assert ids(db) == [f"r-{i}" for i in range(50)]
     assert not good.exists() and bad.with_suffix(".bad").exists()
+
+
+def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> None:
+    """Segments a proxy of the previous version left ("batch" frames: the rows as one
+    list) load into the same rows as this version's ("packed": each row's own data)."""
+
+    def load(db: Path, convert: bool) -> list[tuple[object, ...]]:
+        spool = SpoolWriter(spool_dir(db), lambda: frame(settings_message((), 0)))
+        sink = JournalSink(JournalConfig(path=str(db)))  # not started: it only queues
+        for i in range(300):
+            e = store_event(i, 1_700_000_000.0 + i)
+            token = CURRENT_REQUEST.set(e.request_id)
+            try:
+                for n in range(1 + i % 3):  # a first try, a retry, a fallback
+                    sink.attempt(attempt(n, last=n == i % 3))
+            finally:
+                CURRENT_REQUEST.reset(token)
+            sink.request(e)
+        kind, shapes, packed = sink._take()
+        assert kind == "packed"
+        if convert:
+            f = io.BytesIO(packed)
+            rows = [marshal.load(f) for _ in range(300)]
+            assert f.tell() == len(packed)
+            spool.append(frame(("batch", shapes, rows)))
+        else:
+            spool.append(frame((kind, shapes, packed)))
+        spool.rotate()
+        ingest_pending(db)
+        with sqlite3.connect(db) as conn:
+            found = conn.execute("SELECT * FROM requests ORDER BY id").fetchall()
+            found += conn.execute("SELECT * FROM attempts ORDER BY 1, 2").fetchall()
+        return found
+
+    def attempt(n: int, *, last: bool) -> AttemptEvent:
+        return AttemptEvent(
+            listener="default",
+            route="default",
+            model_id="m" if n < 2 else "fallback",
+            endpoint="e",
+            model="claude-sonnet-4-5",
+            cycle=1,
+            attempt=n + 1,
+            outcome="success" if last else "http_error",
+            status=200 if last else 529,
+            error=None if last else "overloaded",
+            latency=0.25,
+            ttft=0.1,
+            retry=n == 1,
+            fallback=n == 2,
+            waited=0.5 * n,
+            key="sk-…abcd",
+        )
+
+    now = load(tmp_path / "now.db", False)
+    before = load(tmp_path / "before.db", True)
+    assert len(now) == 300 + 600  # every request, and its attempts
+    assert now == before

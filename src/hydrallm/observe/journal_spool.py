@@ -29,11 +29,12 @@ they are queued, and the settings frame holds prices only.
 
 from __future__ import annotations
 
+import io
 import marshal
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -189,26 +190,41 @@ def _frames(f: BinaryIO, limit: int) -> tuple[list[Any], int, bool]:
 def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     """The request tuples of a spooled message, in the layout `Writer._rows` reads.
 
-    "batch" (`JournalSink._take`): what many requests share (listener, route, method,
-    path, requested model, served model, model id, endpoint) once, as `shapes`; each row
-    names its shape, and a request served by its first try carries only that attempt's
-    (key, ttft, latency).  "rows": the same tuples in full (spools of earlier versions)."""
+    "packed" (`JournalSink._take`): what many requests share (listener, route, method,
+    path, requested model, served model, model id, endpoint) once, as `shapes`, then each
+    row's own `marshal` data end to end (`JournalSink._row`).  A row names its shape, and a
+    request served by its first try carries only that attempt's (key, ttft, latency).
+    "batch": the same rows as one list; "rows": the tuples in full (spools of earlier
+    versions)."""
     kind = message[0]
     if kind == "rows":
         yield from message[1]
+        return
+    if kind == "packed":
+        rows: Iterable[tuple[Any, ...]] = _unpacked(message[2])
     elif kind == "batch":
-        # A batch row: (request_id, started_at, shape, status, attempts, recovered, latency,
-        # streamed, body_bytes, usage, error, session, request_body, response_body, trail).
-        shapes = message[1]
-        for row in message[2]:
-            shape = shapes[row[2]]
-            trail = row[14]
-            if trail is not None and not isinstance(trail[0], tuple):
-                key, ttft, attempt_latency = trail
-                served_model, model_id, endpoint = shape[5:]
-                first = (served_model, model_id, endpoint, key, "success", row[3], None)
-                trail = ((*first, attempt_latency, 0.0, ttft, False, False),)
-            yield (*row[:2], *shape, *row[3:14], trail)
+        rows = message[2]
+    else:
+        return
+    # A row: (request_id, started_at, shape, status, attempts, recovered, latency,
+    # streamed, body_bytes, usage, error, session, request_body, response_body, trail).
+    shapes = message[1]
+    for row in rows:
+        shape = shapes[row[2]]
+        trail = row[14]
+        if trail is not None and not isinstance(trail[0], tuple):
+            key, ttft, attempt_latency = trail
+            served_model, model_id, endpoint = shape[5:]
+            first = (served_model, model_id, endpoint, key, "success", row[3], None)
+            trail = ((*first, attempt_latency, 0.0, ttft, False, False),)
+        yield (*row[:2], *shape, *row[3:14], trail)
+
+
+def _unpacked(data: bytes) -> Iterator[tuple[Any, ...]]:
+    f = io.BytesIO(data)
+    end = len(data)
+    while f.tell() < end:
+        yield marshal.load(f)
 
 
 def _step(writer: Writer, name: str, path: Path, closed: bool) -> tuple[int, bool]:
