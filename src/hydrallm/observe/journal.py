@@ -353,7 +353,8 @@ class JournalSink(Sink):
                 self._body(e.request_body) if bodies else None,
                 self._body(e.response_body) if bodies else None,
                 trail,
-            )
+            ),
+            2,  # no references: 0.4 µs a row, not 0.7 (nothing in a row is shared)
         )
 
     def _step(self, step: _Step) -> tuple[Any, ...]:
