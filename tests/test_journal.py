@@ -242,3 +242,23 @@ async def test_a_reload_brings_new_prices(tmp_path: Path) -> None:
     before, after = rows(db)
     assert before["cost_usd"] is None  # "model-0" had no price
     assert after["cost_usd"] == after["input_tokens"]  # $1 a token, as the new config says
+
+
+async def test_a_session_header_is_kept_as_a_hash_never_as_sent(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    session = "0d9c5a1e-session-of-claude-code"
+    async with FakeUpstream() as up, proxy(config(db, up.url)) as px:
+        headers = {"X-Claude-Code-Session-Id": session}  # as Claude Code spells it
+        async with openai.AsyncOpenAI(
+            base_url=px.url() + "/v1", api_key="client", max_retries=0, default_headers=headers
+        ) as c:
+            await c.chat.completions.create(model="asked-model", messages=MESSAGES)  # type: ignore[arg-type]
+        await chat(px.url())  # no session header
+    with_session, without = rows(db)
+    assert isinstance(with_session["session"], str) and len(with_session["session"]) == 16
+    assert without["session"] is None
+    assert not files_hold(tmp_path, session.encode())
+
+
+def files_hold(folder: Path, data: bytes) -> bool:
+    return any(data in p.read_bytes() for p in folder.rglob("*") if p.is_file())

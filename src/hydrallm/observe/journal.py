@@ -2,7 +2,7 @@
 
 `JournalSink` is a telemetry `Sink`.  On the event loop, per request: each attempt's
 event is kept under the request id the handler puts in `CURRENT_REQUEST`; when the
-request ends, its row is made (`_row`: flat primitives, what many requests share written
+request ends, its row is made (`request`: flat primitives, what many requests share written
 once per batch as a "shape", a first-try success carrying three values of its attempt,
 an error's text redacted so that no secret is ever written to a file) and `marshal`led
 onto a bounded deque.  Every `BATCH_ROWS` requests, and every `FLUSH_S`, the batch is
@@ -110,7 +110,7 @@ class JournalSink(Sink):
         self._redact = Redactor(secrets)
         self._report = report or (lambda message: None)
         self._clock = clock
-        # The rows of ended requests (`_row`), until they are spooled, and the shapes
+        # The rows of ended requests (`request`), until they are spooled, and the shapes
         # they name.
         self._rows: deque[bytes] = deque(maxlen=QUEUE_LIMIT)
         self._shapes: dict[tuple[str | None, ...], int] = {}
@@ -288,75 +288,6 @@ class JournalSink(Sink):
             del pending[next(iter(pending))]
         return message
 
-    def _row(self, e: RequestEvent) -> bytes:
-        """One request as its row's `marshal` data, made when it ends (while its event is
-        still in the cache), not when its batch is spooled: a batch of 256 events that
-        had waited in memory cost 0.5-0.9 ms in one piece, and the request that came in
-        meanwhile waited that long (+0.4-0.9 ms at c1's p99).  Made here it is ~2 µs, and
-        nothing the collector tracks is held until the batch is spooled (bytes are not).
-
-        What is the same in many requests (listener, route, models, ...) is a "shape",
-        written once per batch, and a request served by its first try carries three values
-        of that attempt, not the whole trail.  Errors are redacted here: no secret reaches
-        the spool."""
-        shape = (
-            e.listener,
-            e.route,
-            e.method,
-            e.path,
-            e.requested_model,
-            e.served_model,
-            e.served_by,
-            e.endpoint,
-        )
-        shapes = self._shapes
-        at = shapes.get(shape)
-        if at is None:
-            at = shapes[shape] = len(shapes)
-        steps = self._pending.pop(e.request_id, None)
-        trail: tuple[Any, ...] | None = None
-        if isinstance(steps, list):
-            trail = tuple([self._step(x) for x in steps])
-        elif steps is not None:
-            a = steps
-            if (
-                not isinstance(a, tuple)
-                and a.outcome == "success"
-                and a.error is None
-                and not a.waited
-                and not a.retry
-                and not a.fallback
-                and a.status == e.status
-                and a.model_id == e.served_by
-                and a.endpoint == e.endpoint
-                and (a.model == e.served_model or a.model == "*")
-            ):
-                trail = (a.key, a.ttft, a.latency)  # served by its first try
-            else:
-                trail = (self._step(a),)
-        usage = e.usage
-        bodies = self.config.bodies
-        return marshal.dumps(
-            (
-                e.request_id,
-                e.started_at,
-                at,
-                e.status,
-                e.attempts,
-                e.recovered,
-                e.latency,
-                e.streamed,
-                e.body_bytes,
-                e.usage_raw if usage is None else tuple(usage),
-                e.error if e.error is None else self._redact(e.error),
-                e.session,
-                self._body(e.request_body) if bodies else None,
-                self._body(e.response_body) if bodies else None,
-                trail,
-            ),
-            2,  # no references: 0.4 µs a row, not 0.7 (nothing in a row is shared)
-        )
-
     def _step(self, step: _Step) -> tuple[Any, ...]:
         """One step of a trail: (model, model_id, endpoint, key, outcome, status, error,
         latency, waited, ttft, retry, fallback), or (None, ids): models left out."""
@@ -452,25 +383,30 @@ class JournalSink(Sink):
     # --- Sink (event loop: cheap) ----------------------------------------------------------
 
     def attempt(self, event: AttemptEvent) -> None:
-        if self.enabled:
-            self._add(event)
-
-    def skipped(self, listener: str, model_ids: list[str]) -> None:
-        if self.enabled:
-            self._add((None, tuple(model_ids)))
-
-    def _add(self, step: _Step) -> None:
+        if not self.enabled:
+            return
         rid = CURRENT_REQUEST.get()
         if rid is None:
             return  # not a request the handler numbered
         pending = self._pending
         known = pending.get(rid)
         if known is None:
-            pending[rid] = step
+            pending[rid] = event  # the usual case: one attempt, no container made for it
+        else:
+            self._add(rid, known, event)
+
+    def skipped(self, listener: str, model_ids: list[str]) -> None:
+        rid = CURRENT_REQUEST.get()
+        if self.enabled and rid is not None:
+            self._add(rid, self._pending.get(rid), (None, tuple(model_ids)))
+
+    def _add(self, rid: str, known: _Step | list[_Step] | None, step: _Step) -> None:
+        if known is None:
+            self._pending[rid] = step
         elif isinstance(known, list):
             known.append(step)
         else:
-            pending[rid] = [known, step]
+            self._pending[rid] = [known, step]
 
     def reload(self, result: str, detail: str) -> None:
         """A new config serves: its prices and secrets apply to the requests that end from
@@ -492,14 +428,82 @@ class JournalSink(Sink):
             self._redact = Redactor(config.secrets)
             self._header = frame(settings_message(config.prices, self.worker))
 
-    def request(self, event: RequestEvent) -> None:
-        # The journal's work on the event loop per request: its row, packed.
+    def request(self, e: RequestEvent) -> None:
+        """The journal's work on the event loop per request: its row, made when it ends
+        (while its event is still in the cache), not when its batch is spooled: a batch
+        of 256 events that had waited in memory cost 0.5-0.9 ms in one piece, and the
+        request that came in meanwhile waited that long (+0.4-0.9 ms at c1's p99).  Made
+        here it is ~1.5 µs, and nothing the collector tracks is held until the batch is
+        spooled (the row is `marshal` data: bytes).
+
+        What is the same in many requests (listener, route, models, ...) is a "shape",
+        written once per batch, and a request served by its first try carries three values
+        of that attempt, not the whole trail.  Errors are redacted here: no secret reaches
+        the spool."""
         if not self.enabled:
             return
+        shape = (
+            e.listener,
+            e.route,
+            e.method,
+            e.path,
+            e.requested_model,
+            e.served_model,
+            e.served_by,
+            e.endpoint,
+        )
+        shapes = self._shapes
+        at = shapes.get(shape)
+        if at is None:
+            at = shapes[shape] = len(shapes)
+        a = self._pending.pop(e.request_id, None)
+        trail: tuple[Any, ...] | None
+        if type(a) is AttemptEvent:
+            if (
+                a.outcome == "success"
+                and a.status == e.status
+                and a.error is None
+                and not (a.waited or a.retry or a.fallback)
+                and a.model_id == e.served_by
+                and a.endpoint == e.endpoint
+                and (a.model == e.served_model or a.model == "*")
+            ):
+                trail = (a.key, a.ttft, a.latency)  # served by its first try
+            else:
+                trail = (self._step(a),)
+        elif a is None:
+            trail = None
+        elif isinstance(a, list):
+            trail = tuple([self._step(x) for x in a])
+        else:
+            trail = (self._step(a),)
+        usage = e.usage
+        bodies = self.config.bodies
         queue = self._rows
-        if len(queue) >= QUEUE_LIMIT:
+        if len(queue) == QUEUE_LIMIT:
             self.dropped += 1  # the deque's bound lets the oldest go by itself
-        queue.append(self._row(event))
+        queue.append(
+            marshal.dumps(
+                (
+                    e.request_id,
+                    e.started_at,
+                    at,
+                    e.status,
+                    e.attempts,
+                    e.recovered,
+                    e.latency,
+                    e.streamed,
+                    e.body_bytes,
+                    e.usage_raw if usage is None else tuple(usage),
+                    e.error if e.error is None else self._redact(e.error),
+                    e.session,
+                    self._body(e.request_body) if bodies else None,
+                    self._body(e.response_body) if bodies else None,
+                    trail,
+                ),
+                2,  # no references: 0.4 µs a row, not 0.7 (nothing in a row is shared)
+            )
+        )
         if self._catching_up:
             self._hold()
         if len(queue) >= BATCH_ROWS and self._started and not self._flush_soon:
@@ -507,7 +511,7 @@ class JournalSink(Sink):
                 self.flush()
             else:
                 # After the task that ended this request has written its answer, not
-                # before: the batch's ~1 ms is not added to this request's latency.
+                # before: the flush's write is not added to this request's latency.
                 self._flush_soon = True
                 self._loop.call_soon(self._flush_later)
 

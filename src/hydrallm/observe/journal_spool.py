@@ -192,7 +192,7 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
 
     "packed" (`JournalSink._take`): what many requests share (listener, route, method,
     path, requested model, served model, model id, endpoint) once, as `shapes`, then each
-    row's own `marshal` data end to end (`JournalSink._row`).  A row names its shape, and a
+    row's own `marshal` data end to end (`JournalSink.request`).  A row names its shape, and a
     request served by its first try carries only that attempt's (key, ttft, latency).
     "batch": the same rows as one list; "rows": the tuples in full (spools of earlier
     versions)."""

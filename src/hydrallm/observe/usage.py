@@ -23,7 +23,7 @@ import base64
 import hashlib
 import json
 import json.scanner
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from hydrallm.formats.base import Usage, usage_of
 
@@ -187,9 +187,15 @@ def _read_object(data: bytes, brace: int) -> object:
 SESSION_HEADERS = ("x-claude-code-session-id", "session-id", "x-session-affinity")
 
 
-def session_hash(headers: Mapping[str, str]) -> str | None:
-    """A short hash of the client's session id (the id itself is never stored)."""
+def session_hash(
+    headers: Mapping[str, str], names: Collection[str] = SESSION_HEADERS
+) -> str | None:
+    """A short hash of the client's session id (the id itself is never stored).  `names`:
+    the request's header names in lower case, if known (most requests carry none of
+    these: no lookup is made then)."""
     for name in SESSION_HEADERS:
+        if name not in names:
+            continue
         value = headers.get(name)
         if value:
             return hashlib.sha256(value.encode()).hexdigest()[:16]

@@ -226,7 +226,7 @@ class _Exchange:
         self.route, chain = listener.resolve(self.requested)
         if self.state.telemetry.wants_usage:
             self.metered = True
-            self.session = session_hash(request.headers)
+            self.session = session_hash(request.headers, request.names)
             if self.engine.config.journal.bodies:
                 self.body = body
         labels = Labels(listener.config.name, self.route, self.api_type)
