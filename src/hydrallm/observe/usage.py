@@ -23,11 +23,19 @@ import base64
 import hashlib
 import json
 import json.scanner
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 
 from hydrallm.formats.base import Usage, usage_of
 
-__all__ = ["SESSION_HEADERS", "Usage", "UsageMeter", "from_body", "scan", "session_hash"]
+__all__ = [
+    "SESSION_HEADERS",
+    "SESSION_NAMES",
+    "Usage",
+    "UsageMeter",
+    "from_body",
+    "scan",
+    "session_hash",
+]
 
 # base64 of `{"type":"messag`: a Bedrock invoke stream chunk carrying one of Anthropic's
 # message_start / message_delta / message_stop events (compact JSON, as Bedrock sends).
@@ -185,17 +193,14 @@ def _read_object(data: bytes, brace: int) -> object:
 
 # The agents' own session headers (Claude Code, Codex, opencode), most specific first.
 SESSION_HEADERS = ("x-claude-code-session-id", "session-id", "x-session-affinity")
+# For a request whose lower-case header names are known: one C call says it carries none
+# of them (most requests), with no lookup in its headers.
+SESSION_NAMES = frozenset(SESSION_HEADERS)
 
 
-def session_hash(
-    headers: Mapping[str, str], names: Collection[str] = SESSION_HEADERS
-) -> str | None:
-    """A short hash of the client's session id (the id itself is never stored).  `names`:
-    the request's header names in lower case, if known (most requests carry none of
-    these: no lookup is made then)."""
+def session_hash(headers: Mapping[str, str]) -> str | None:
+    """A short hash of the client's session id (the id itself is never stored)."""
     for name in SESSION_HEADERS:
-        if name not in names:
-            continue
         value = headers.get(name)
         if value:
             return hashlib.sha256(value.encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.config import ApiType
 from hydrallm.formats.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
-from hydrallm.observe.usage import UsageMeter, session_hash, usage_slice
+from hydrallm.observe.usage import SESSION_NAMES, UsageMeter, session_hash, usage_slice
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.providers.urls import UnsafePath, check_path, scrub_upstream
 from hydrallm.proxy import admin
@@ -226,7 +226,8 @@ class _Exchange:
         self.route, chain = listener.resolve(self.requested)
         if self.state.telemetry.wants_usage:
             self.metered = True
-            self.session = session_hash(request.headers, request.names)
+            if not SESSION_NAMES.isdisjoint(request.names):
+                self.session = session_hash(request.headers)
             if self.engine.config.journal.bodies:
                 self.body = body
         labels = Labels(listener.config.name, self.route, self.api_type)
