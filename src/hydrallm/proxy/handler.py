@@ -267,14 +267,19 @@ class _Exchange:
             body = self.scrubbed(body)
         return Response(result.status, body=body, headers=headers)
 
+    def answer_headers(self, committed: Committed) -> list[tuple[str, str]]:
+        """The upstream's headers as the client gets them, with hydrallm's tags."""
+        headers = message_headers(committed.response)
+        headers += _tags(committed.model_name, committed.model.endpoint, committed.attempts)
+        headers.append(("x-hydrallm-request-id", self.request_id))
+        return headers
+
     def send_whole(self, committed: Committed) -> Response:
         """A committed answer whose whole body was read before the commit."""
         upstream = committed.response
         status = upstream.status
         model = committed.model
-        headers = message_headers(upstream)
-        headers += _tags(committed.model_name, model.endpoint, committed.attempts)
-        headers.append(("x-hydrallm-request-id", self.request_id))
+        headers = self.answer_headers(committed)
         body = b"".join(committed.prefix)
         self.finish(
             status,
@@ -293,10 +298,7 @@ class _Exchange:
             return self.send_whole(committed)
         upstream = committed.response
         status = upstream.status
-        model = committed.model
-        headers = message_headers(upstream)
-        headers += _tags(committed.model_name, model.endpoint, committed.attempts)
-        headers.append(("x-hydrallm-request-id", self.request_id))
+        headers = self.answer_headers(committed)
         reason = upstream.reason or None
         out = StreamResponse(status, reason=reason, headers=headers)
         length = upstream.headers.get("Content-Length")
