@@ -4,7 +4,6 @@ loaders run at once, and survive a proxy that died."""
 
 from __future__ import annotations
 
-import io
 import json
 import marshal
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from hydrallm.config import JournalConfig
 from hydrallm.observe import journal
-from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, RequestEvent
+from hydrallm.observe.events import AttemptEvent, RequestEvent, TrailStep
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.journal_spool import (
     SpoolWriter,
@@ -147,30 +146,37 @@ def test_a_damaged_segment_is_set_aside_and_the_others_load(tmp_path: Path) -> N
 
 
 def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> None:
-    """Segments a proxy of the previous version left ("batch" frames: the rows as one
-    list) load into the same rows as this version's ("packed": each row's own data)."""
+    """Segments proxies of earlier versions left ("packed": shapes, then each row's own
+    `marshal` data; "batch": shapes and the rows as one list) load into the same request
+    and attempt rows as this version's ("rows": the rows in full, as one list)."""
 
-    def load(db: Path, convert: bool) -> list[tuple[object, ...]]:
+    def load(db: Path, layout: str) -> list[tuple[object, ...]]:
         spool = SpoolWriter(spool_dir(db), lambda: frame(settings_message((), 0)))
         sink = JournalSink(JournalConfig(path=str(db)))  # not started: it only queues
         for i in range(300):
-            e = store_event(i, 1_700_000_000.0 + i)
-            token = CURRENT_REQUEST.set(e.request_id)
-            try:
-                for n in range(1 + i % 3):  # a first try, a retry, a fallback
-                    sink.attempt(attempt(n, last=n == i % 3))
-            finally:
-                CURRENT_REQUEST.reset(token)
+            # a first try; a retry; a fallback after a model a cooldown left out
+            steps: list[TrailStep] = [attempt(n, last=n == i % 3) for n in range(1 + i % 3)]
+            if i % 3 == 2:
+                steps.insert(2, (None, ("cold",)))
+            e = store_event(i, 1_700_000_000.0 + i)._replace(endpoint="e", trail=steps)
             sink.request(e)
-        kind, shapes, packed = sink._take()
-        assert kind == "packed"
-        if convert:
-            f = io.BytesIO(packed)
-            rows = [marshal.load(f) for _ in range(300)]
-            assert f.tell() == len(packed)
-            spool.append(frame(("batch", shapes, rows)))
-        else:
-            spool.append(frame((kind, shapes, packed)))
+        kind, rows = sink._take()
+        assert kind == "rows"
+        # A first try's trail is three values of its attempt (read back into the whole).
+        assert sum(1 for row in rows if not isinstance(row[21][0], tuple)) == 100
+        if layout == "rows":
+            spool.append(frame((kind, rows)))
+        else:  # as the earlier versions wrote them
+            shapes: dict[tuple[object, ...], int] = {}
+            old = []
+            for row in rows:
+                at = shapes.setdefault(row[2:10], len(shapes))
+                old.append((*row[:2], at, *row[10:21], row[21]))
+            if layout == "batch":
+                spool.append(frame(("batch", list(shapes), old)))
+            else:
+                packed = b"".join(marshal.dumps(row, 2) for row in old)
+                spool.append(frame(("packed", list(shapes), packed)))
         spool.rotate()
         ingest_pending(db)
         with sqlite3.connect(db) as conn:
@@ -198,7 +204,7 @@ def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> N
             key="sk-…abcd",
         )
 
-    now = load(tmp_path / "now.db", False)
-    before = load(tmp_path / "before.db", True)
-    assert len(now) == 300 + 600  # every request, and its attempts
-    assert now == before
+    now = load(tmp_path / "now.db", "rows")
+    assert len(now) == 300 + 600  # every request, the attempts and skips of 200
+    assert now == load(tmp_path / "packed.db", "packed")
+    assert now == load(tmp_path / "batch.db", "batch")

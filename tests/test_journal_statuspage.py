@@ -15,7 +15,7 @@ import pytest
 from hydrallm.app.lifecycle import start
 from hydrallm.config import JournalConfig
 from hydrallm.config.load import parse_config
-from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, Logger, RequestEvent
+from hydrallm.observe.events import AttemptEvent, Logger, RequestEvent
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.journal_query import open_readonly, usage
 from hydrallm.observe.usage import Usage
@@ -40,69 +40,63 @@ def seed(db: Path, now: float) -> dict[str, int]:
             ["first_try", "retried", "fell_back", "recovered", "failed"], [70, 12, 10, 4, 4]
         )[0]
         rid = f"seed-{i}"
-        token = CURRENT_REQUEST.set(rid)
-        try:
-            served = MODELS[1] if kind in ("fell_back", "recovered") else MODELS[0]
-            trail: list[tuple[tuple[str, str, float], str, int | None]] = []
-            if kind == "retried":
-                trail = [(MODELS[0], "status", 529), (MODELS[0], "success", 200)]
-            elif kind == "fell_back":
-                trail = [(MODELS[0], "status", 529), (MODELS[1], "success", 200)]
-            elif kind == "failed":
-                trail = [(MODELS[0], "status", 529), (MODELS[1], "status", 503)]
-            else:
-                trail = [(MODELS[0], "success", 200)]
-            for n, (model, outcome, status) in enumerate(trail, 1):
-                sink.attempt(
-                    AttemptEvent(
-                        listener="claude",
-                        route="default",
-                        model_id=model[0],
-                        endpoint=model[0],
-                        model=model[1],
-                        cycle=1,
-                        attempt=n,
-                        outcome=outcome,
-                        status=status,
-                        error=None,
-                        latency=model[2] / 1000 * rng.uniform(0.5, 2.5),
-                        ttft=model[2] / 4000 * rng.uniform(0.5, 3)
-                        if outcome == "success"
-                        else None,
-                        retry=n > 1 and kind == "retried",
-                        fallback=n > 1 and kind in ("fell_back", "failed"),
-                    )
-                )
-            failed = kind == "failed"
-            sink.request(
-                RequestEvent(
-                    request_id=rid,
+        served = MODELS[1] if kind in ("fell_back", "recovered") else MODELS[0]
+        trail: list[tuple[tuple[str, str, float], str, int | None]] = []
+        if kind == "retried":
+            trail = [(MODELS[0], "status", 529), (MODELS[0], "success", 200)]
+        elif kind == "fell_back":
+            trail = [(MODELS[0], "status", 529), (MODELS[1], "success", 200)]
+        elif kind == "failed":
+            trail = [(MODELS[0], "status", 529), (MODELS[1], "status", 503)]
+        else:
+            trail = [(MODELS[0], "success", 200)]
+        steps = []
+        for n, (model, outcome, status) in enumerate(trail, 1):
+            steps.append(
+                AttemptEvent(
                     listener="claude",
                     route="default",
-                    method="POST",
-                    path="/v1/messages",
-                    served_by=None if failed else served[0],
-                    attempts=len(trail),
-                    status=503 if failed else 200,
-                    latency=served[2] / 1000 * rng.uniform(0.6, 3),
-                    streamed=True,
-                    started_at=at,
-                    error="upstream 503"
-                    if failed
-                    else ("stream broke" if kind == "recovered" else None),
-                    requested_model="claude-sonnet-4-5",
-                    recovered="prefill" if kind == "recovered" else None,
-                    served_model=None if failed else served[1],
-                    endpoint=served[0],
-                    usage=None
-                    if failed
-                    else Usage(
-                        rng.randint(50, 3000), rng.randint(20, 900), rng.randint(0, 20000), 0
-                    ),
+                    model_id=model[0],
+                    endpoint=model[0],
+                    model=model[1],
+                    cycle=1,
+                    attempt=n,
+                    outcome=outcome,
+                    status=status,
+                    error=None,
+                    latency=model[2] / 1000 * rng.uniform(0.5, 2.5),
+                    ttft=model[2] / 4000 * rng.uniform(0.5, 3) if outcome == "success" else None,
+                    retry=n > 1 and kind == "retried",
+                    fallback=n > 1 and kind in ("fell_back", "failed"),
                 )
             )
-        finally:
-            CURRENT_REQUEST.reset(token)
+        failed = kind == "failed"
+        sink.request(
+            RequestEvent(
+                request_id=rid,
+                listener="claude",
+                route="default",
+                method="POST",
+                path="/v1/messages",
+                served_by=None if failed else served[0],
+                attempts=len(trail),
+                status=503 if failed else 200,
+                latency=served[2] / 1000 * rng.uniform(0.6, 3),
+                streamed=True,
+                started_at=at,
+                error="upstream 503"
+                if failed
+                else ("stream broke" if kind == "recovered" else None),
+                requested_model="claude-sonnet-4-5",
+                recovered="prefill" if kind == "recovered" else None,
+                served_model=None if failed else served[1],
+                endpoint=served[0],
+                usage=None
+                if failed
+                else Usage(rng.randint(50, 3000), rng.randint(20, 900), rng.randint(0, 20000), 0),
+                trail=steps,
+            )
+        )
         if now - at < 3600 - 60:
             last_hour[kind] += 1
     sink.close()

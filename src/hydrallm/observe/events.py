@@ -9,23 +9,16 @@ a write(2) per line under load.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
 import sys
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from hydrallm.dataclass import dataclass
 
 if TYPE_CHECKING:
     from hydrallm.observe.usage import Usage
-
-# The id of the request the current task is serving (set by the handler), so that sinks can
-# tie attempt, skip and recovery events to their request without every call passing it.
-CURRENT_REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "hydrallm_request", default=None
-)
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 _COLORS = {"debug": "\x1b[2m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
@@ -160,35 +153,46 @@ class AttemptEvent:
     key: str | None = None  # masked label of the key used (key pools)
 
 
-@dataclass(slots=True)
-class RequestEvent:
-    """One client request, reported once when its answer has ended."""
+# A step of a request's trail: an attempt, or (None, ids): models left out (circuit open).
+TrailStep = AttemptEvent | tuple[None, tuple[str, ...]]
+
+
+class RequestEvent(NamedTuple):
+    """One client request, reported once when its answer has ended.
+
+    A tuple, not a dataclass: the handler makes it with `tuple.__new__` from its values in
+    field order, with no Python `__init__` (a slotted dataclass's, called with keywords,
+    was ~17,000 instructions a request: the keywords go through a dict), and its first
+    fields are the journal's row as they are (`JournalSink.request` slices them)."""
 
     request_id: str
+    started_at: float  # wall clock
     listener: str
     route: str
     method: str
     path: str
-    served_by: str | None  # model id (of the model that finished the answer)
-    attempts: int
-    status: int
-    latency: float
-    streamed: bool
-    started_at: float  # wall clock
-    error: str | None = None
     requested_model: str | None = None  # what the client asked for
     served_model: str | None = None  # the model name sent upstream
+    served_by: str | None = None  # model id (of the model that finished the answer)
     endpoint: str | None = None
-    usage: Usage | None = None  # what the upstream reported, when it did
-    usage_raw: bytes | None = None  # or: a whole body's usage, still to be decoded
-    body_bytes: int = 0  # body bytes sent to the client
-    session: str | None = None  # hash of the client's session id, when it sent one
+    status: int = 0
+    attempts: int = 0
     # A stream that broke after commit: "prefill" | "restart" (finished by `served_by`) or
     # "gave_up"; None when nothing broke.
     recovered: str | None = None
+    latency: float = 0.0
+    streamed: bool = False
+    body_bytes: int = 0  # body bytes sent to the client
+    usage_raw: bytes | None = None  # a whole body's usage, still to be decoded
+    error: str | None = None
+    session: str | None = None  # hash of the client's session id, when it sent one
     # Only with `journal.bodies = true` (debugging): the bodies, as received and sent.
     request_body: bytes | None = None
     response_body: bytes | None = None
+    usage: Usage | None = None  # or: what the upstream reported, decoded (a stream's)
+    # The request's steps in order, when a sink reads them (the journal): each attempt's
+    # event, and (None, model ids) for models left out because their circuit was open.
+    trail: list[TrailStep] | None = None
 
 
 class Sink:
@@ -229,7 +233,14 @@ class Telemetry:
     def __init__(self, logger: Logger, sinks: Iterable[Sink] = ()) -> None:
         self.log = logger
         self.sinks: list[Sink] = list(sinks)
+        # A sink that reads usage also reads the trail: each request's steps are kept.
         self.wants_usage = any(s.wants_usage for s in self.sinks)
+        # Per event, the sinks that handle it (a sink's inherited no-op is not called):
+        # these run for every attempt and request.
+        self._attempt = _handlers(self.sinks, "attempt")
+        self._request = _handlers(self.sinks, "request")
+        self._skipped = _handlers(self.sinks, "skipped")
+        self._stream_open = _handlers(self.sinks, "stream_open")
 
     def attempt(self, e: AttemptEvent) -> None:
         log = self.log
@@ -250,8 +261,8 @@ class Telemetry:
                 ttft_ms=None if e.ttft is None else round(e.ttft * 1000, 1),
                 body=e.error_body,
             )
-        for sink in self.sinks:
-            sink.attempt(e)
+        for handle in self._attempt:
+            handle(e)
 
     def request(self, e: RequestEvent) -> None:
         if self.log.threshold <= 20:
@@ -268,8 +279,8 @@ class Telemetry:
                 recovered=e.recovered,
                 error=e.error,
             )
-        for sink in self.sinks:
-            sink.request(e)
+        for handle in self._request:
+            handle(e)
 
     def circuit(self, model_id: str, state: str, open_for: float) -> None:
         self.log.info(
@@ -282,12 +293,12 @@ class Telemetry:
             sink.circuit(model_id, state, open_for)
 
     def skipped(self, listener: str, model_ids: list[str]) -> None:
-        for sink in self.sinks:
-            sink.skipped(listener, model_ids)
+        for handle in self._skipped:
+            handle(listener, model_ids)
 
     def stream_open(self, listener: str, delta: int) -> None:
-        for sink in self.sinks:
-            sink.stream_open(listener, delta)
+        for handle in self._stream_open:
+            handle(listener, delta)
 
     def stream_broken(self, listener: str, model_id: str, reason: str) -> None:
         self.log.warn("stream_broken", listener=listener, model=model_id, reason=reason)
@@ -302,3 +313,9 @@ class Telemetry:
     def reload(self, result: str, detail: str) -> None:
         for sink in self.sinks:
             sink.reload(result, detail)
+
+
+def _handlers(sinks: list[Sink], name: str) -> list[Callable[..., None]]:
+    """The bound `name` methods of the sinks that override the base's no-op."""
+    base = getattr(Sink, name)
+    return [getattr(s, name) for s in sinks if getattr(type(s), name) is not base]

@@ -1,17 +1,16 @@
 """The request journal: one SQLite row per request and per attempt, written off the hot path.
 
-`JournalSink` is a telemetry `Sink`.  On the event loop, per request: each attempt's
-event is kept under the request id the handler puts in `CURRENT_REQUEST`; when the
-request ends, its row is made (`request`: flat primitives, what many requests share written
-once per batch as a "shape", a first-try success carrying three values of its attempt,
-an error's text redacted so that no secret is ever written to a file) and `marshal`led
-onto a bounded deque.  Every `BATCH_ROWS` requests, and every `FLUSH_S`, the batch is
-joined into one frame and appended to the spool (`journal_spool.py`): one `write`.
-Nothing is decoded, formatted or priced on the loop.  Why each row at its request's end
-and not the whole batch at once: the batch's events, waited in memory, were cold in the
-cache; making 256 rows at once took 0.5-0.9 ms in one piece, and the request that arrived
-meanwhile waited for it (c1's p99 +0.4-0.9 ms).  Now a flush is ~0.17 ms, most of it the
-`write`, and what waits for it holds nothing the collector tracks (bytes).
+`JournalSink` is a telemetry `Sink`.  On the event loop, per request: the handler keeps
+the request's steps (each attempt's event, the models a cooldown left out) on the
+request's `Labels`, and hands them over in `RequestEvent.trail`; when the request ends,
+its row is made (`request`: a tuple of plain values, a first-try success carrying three
+values of its attempt, an error's text redacted so that no secret is ever written to a
+file) onto a bounded deque.  Every `BATCH_ROWS` requests, and every `FLUSH_S`, the batch
+is `marshal`led into one frame and appended to the spool (`journal_spool.py`): one
+`write`.  Nothing is decoded, formatted or priced on the loop.  Why each row at its
+request's end and not the whole batch at once: the batch's events, waited in memory, were
+cold in the cache; making 256 rows at once took 0.5-0.9 ms in one piece, and the request
+that arrived meanwhile waited for it (c1's p99 +0.4-0.9 ms).
 
 The rows are built and written into SQLite by the writer process (`journal_writer.py`):
 at once while the proxy is quiet (at most `LIGHT` requests in the last second: a person
@@ -53,14 +52,13 @@ The file itself (schema, connections, limits): `journal_db.py`.
 from __future__ import annotations
 
 import asyncio
-import marshal
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from hydrallm.config import Config, JournalConfig, Price
-from hydrallm.observe.events import CURRENT_REQUEST, AttemptEvent, Redactor, RequestEvent, Sink
+from hydrallm.observe.events import AttemptEvent, Redactor, RequestEvent, Sink, TrailStep
 from hydrallm.observe.journal_db import journal_path, open_for_writing
 from hydrallm.observe.journal_pipe import WriterProcess
 from hydrallm.observe.journal_spool import (
@@ -83,10 +81,6 @@ FORCE_BYTES = 32 << 20  # spooled bytes (~100,000 requests) loaded however busy 
 HOUSEKEEPING_S = 60.0
 LOAD_AT_CLOSE_S = 2.0  # a stopping proxy loads its spool for this long (~80,000 requests)
 BODY_LIMIT = 64 * 1024
-_PENDING_LIMIT = 10_000
-
-# A step of a request: an attempt, or (None, ids): models left out (circuit open).
-_Step = AttemptEvent | tuple[None, tuple[str, ...]]
 
 
 class JournalSink(Sink):
@@ -110,13 +104,8 @@ class JournalSink(Sink):
         self._redact = Redactor(secrets)
         self._report = report or (lambda message: None)
         self._clock = clock
-        # The rows of ended requests (`request`), until they are spooled, and the shapes
-        # they name.
-        self._rows: deque[bytes] = deque(maxlen=QUEUE_LIMIT)
-        self._shapes: dict[tuple[str | None, ...], int] = {}
-        # Each request's steps by request id, until it ends: its one attempt (the usual
-        # case), or a list.
-        self._pending: dict[str, _Step | list[_Step]] = {}
+        # The rows of ended requests (`request`), until they are spooled.
+        self._rows: deque[tuple[Any, ...]] = deque(maxlen=QUEUE_LIMIT)
         self.dropped = 0
         self.written = 0
         self.error: str | None = None
@@ -270,25 +259,26 @@ class JournalSink(Sink):
             self.dropped += count
             return
         try:
-            self._spool.append(frame(message))
+            data = frame(message)
+        except ValueError as exc:  # a value `marshal` cannot write: a bug, not the file's
+            self.dropped += count
+            self._report(f"journal: {count} requests not written: {exc}")
+            return
+        try:
+            self._spool.append(data)
         except OSError as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
 
-    def _take(self) -> tuple[str, list[tuple[Any, ...]], bytes]:
-        """The queued rows as a "packed" message (`journal_spool.rows_of` reads it): the
-        batch's shapes and its rows' `marshal` data end to end; the queue emptied."""
+    def _take(self) -> tuple[str, list[tuple[Any, ...]]]:
+        """The queued rows as a "rows" message (`journal_spool.rows_of` reads it); the
+        queue emptied."""
         rows = self._rows
-        message = ("packed", list(self._shapes), b"".join(rows))
+        message = ("rows", list(rows))
         self._taken += len(rows)
         rows.clear()
-        self._shapes = {}
-        pending = self._pending
-        while len(pending) > _PENDING_LIMIT:
-            # Requests whose end never came (should not happen): forget the oldest.
-            del pending[next(iter(pending))]
         return message
 
-    def _step(self, step: _Step) -> tuple[Any, ...]:
+    def _step(self, step: TrailStep) -> tuple[Any, ...]:
         """One step of a trail: (model, model_id, endpoint, key, outcome, status, error,
         latency, waited, ttft, retry, fallback), or (None, ids): models left out."""
         if isinstance(step, tuple):
@@ -360,7 +350,6 @@ class JournalSink(Sink):
         self.enabled = False
         self._stop_timer()
         self._rows.clear()
-        self._pending.clear()
         self._loading = self._catching_up = False
         try:
             self._spool.rotate()
@@ -381,32 +370,6 @@ class JournalSink(Sink):
         }
 
     # --- Sink (event loop: cheap) ----------------------------------------------------------
-
-    def attempt(self, event: AttemptEvent) -> None:
-        if not self.enabled:
-            return
-        rid = CURRENT_REQUEST.get()
-        if rid is None:
-            return  # not a request the handler numbered
-        pending = self._pending
-        known = pending.get(rid)
-        if known is None:
-            pending[rid] = event  # the usual case: one attempt, no container made for it
-        else:
-            self._add(rid, known, event)
-
-    def skipped(self, listener: str, model_ids: list[str]) -> None:
-        rid = CURRENT_REQUEST.get()
-        if self.enabled and rid is not None:
-            self._add(rid, self._pending.get(rid), (None, tuple(model_ids)))
-
-    def _add(self, rid: str, known: _Step | list[_Step] | None, step: _Step) -> None:
-        if known is None:
-            self._pending[rid] = step
-        elif isinstance(known, list):
-            known.append(step)
-        else:
-            self._pending[rid] = [known, step]
 
     def reload(self, result: str, detail: str) -> None:
         """A new config serves: its prices and secrets apply to the requests that end from
@@ -429,81 +392,48 @@ class JournalSink(Sink):
             self._header = frame(settings_message(config.prices, self.worker))
 
     def request(self, e: RequestEvent) -> None:
-        """The journal's work on the event loop per request: its row, made when it ends
-        (while its event is still in the cache), not when its batch is spooled: a batch
-        of 256 events that had waited in memory cost 0.5-0.9 ms in one piece, and the
-        request that came in meanwhile waited that long (+0.4-0.9 ms at c1's p99).  Made
-        here it is ~1.5 µs, and nothing the collector tracks is held until the batch is
-        spooled (the row is `marshal` data: bytes).
+        """The journal's work on the event loop per request: its row, a tuple of plain
+        values made when the request ends (while its event is still in the cache), not
+        when its batch is spooled: a batch of 256 events that had waited in memory cost
+        0.5-0.9 ms in one piece, and the request that came in meanwhile waited that long
+        (+0.4-0.9 ms at c1's p99).  The batch is `marshal`led whole when it is spooled:
+        one call, whose references write what many rows share (listener, route, models)
+        once, is ~40 % fewer instructions a row than a `marshal` call per row.
 
-        What is the same in many requests (listener, route, models, ...) is a "shape",
-        written once per batch, and a request served by its first try carries three values
-        of that attempt, not the whole trail.  Errors are redacted here: no secret reaches
-        the spool."""
+        A request served by its first try carries three values of that attempt, not the
+        whole trail.  Errors are redacted here: no secret reaches the spool."""
         if not self.enabled:
             return
-        shape = (
-            e.listener,
-            e.route,
-            e.method,
-            e.path,
-            e.requested_model,
-            e.served_model,
-            e.served_by,
-            e.endpoint,
-        )
-        shapes = self._shapes
-        at = shapes.get(shape)
-        if at is None:
-            at = shapes[shape] = len(shapes)
-        a = self._pending.pop(e.request_id, None)
+        steps = e[22]  # by position: a NamedTuple's field by name is a descriptor call
         trail: tuple[Any, ...] | None
-        if type(a) is AttemptEvent:
+        if not steps:
+            trail = None
+        elif len(steps) == 1:
+            a = steps[0]
+            # Served by its first try (not waited for): three values of it are the trail.
+            # (The first attempt is no retry and no fallback, and a success has no error;
+            # the model and endpoint are the served ones, by which `rows_of` restores it.)
             if (
-                a.outcome == "success"
-                and a.status == e.status
-                and a.error is None
-                and not (a.waited or a.retry or a.fallback)
-                and a.model_id == e.served_by
-                and a.endpoint == e.endpoint
-                and (a.model == e.served_model or a.model == "*")
+                type(a) is AttemptEvent
+                and a.outcome == "success"
+                and a.status == e[10]
+                and a.model_id == e[8]
+                and not a.waited
             ):
-                trail = (a.key, a.ttft, a.latency)  # served by its first try
+                trail = (a.key, a.ttft, a.latency)
             else:
                 trail = (self._step(a),)
-        elif a is None:
-            trail = None
-        elif isinstance(a, list):
-            trail = tuple([self._step(x) for x in a])
         else:
-            trail = (self._step(a),)
-        usage = e.usage
-        bodies = self.config.bodies
+            trail = tuple([self._step(x) for x in steps])
+        row = e[:21]  # the usual request: its event's fields as they are
+        if not (row[17] is None and row[19] is row[20] is None and e[21] is None):
+            row = self._fixed(e)  # usage decoded; an error to redact; bodies
         queue = self._rows
         if len(queue) == QUEUE_LIMIT:
             self.dropped += 1  # the deque's bound lets the oldest go by itself
-        queue.append(
-            marshal.dumps(
-                (
-                    e.request_id,
-                    e.started_at,
-                    at,
-                    e.status,
-                    e.attempts,
-                    e.recovered,
-                    e.latency,
-                    e.streamed,
-                    e.body_bytes,
-                    e.usage_raw if usage is None else tuple(usage),
-                    e.error if e.error is None else self._redact(e.error),
-                    e.session,
-                    self._body(e.request_body) if bodies else None,
-                    self._body(e.response_body) if bodies else None,
-                    trail,
-                ),
-                2,  # no references: 0.4 µs a row, not 0.7 (nothing in a row is shared)
-            )
-        )
+        # In the layout `journal_spool.rows_of` reads ("rows").  (A concatenation: `(*row,
+        # trail)` builds a list first.)
+        queue.append(row + (trail,))  # noqa: RUF005
         if self._catching_up:
             self._hold()
         if len(queue) >= BATCH_ROWS and self._started and not self._flush_soon:
@@ -511,9 +441,23 @@ class JournalSink(Sink):
                 self.flush()
             else:
                 # After the task that ended this request has written its answer, not
-                # before: the flush's write is not added to this request's latency.
+                # before: the flush is not added to this request's latency.
                 self._flush_soon = True
                 self._loop.call_soon(self._flush_later)
+
+    def _fixed(self, e: RequestEvent) -> tuple[Any, ...]:
+        """A request's row when its event holds what is not written as it is: decoded
+        usage (a tuple, not `Usage`), an error (redacted), bodies (`bodies = true`:
+        bounded and redacted; never written otherwise)."""
+        usage, bodies = e.usage, self.config.bodies
+        return (
+            *e[:16],
+            e.usage_raw if usage is None else tuple(usage),
+            e.error if e.error is None else self._redact(e.error),
+            e.session,
+            self._body(e.request_body) if bodies else None,
+            self._body(e.response_body) if bodies else None,
+        )
 
     def _body(self, body: bytes | None) -> str | None:
         """A body as the proxy sent it (`bodies = true`, for debugging): its first

@@ -190,15 +190,23 @@ def _frames(f: BinaryIO, limit: int) -> tuple[list[Any], int, bool]:
 def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     """The request tuples of a spooled message, in the layout `Writer._rows` reads.
 
-    "packed" (`JournalSink._take`): what many requests share (listener, route, method,
-    path, requested model, served model, model id, endpoint) once, as `shapes`, then each
-    row's own `marshal` data end to end (`JournalSink.request`).  A row names its shape, and a
-    request served by its first try carries only that attempt's (key, ttft, latency).
-    "batch": the same rows as one list; "rows": the tuples in full (spools of earlier
-    versions)."""
+    "rows" (`JournalSink._take`): the rows in that layout, as one list; a request served
+    by its first try carries only that attempt's (key, ttft, latency) as its trail.
+    Spools of earlier versions: "packed": what many requests share (listener, route,
+    method, path, requested model, served model, model id, endpoint) once, as `shapes`,
+    then each row's own `marshal` data end to end, a row naming its shape; "batch": the
+    same rows as one list."""
     kind = message[0]
     if kind == "rows":
-        yield from message[1]
+        # A row whose trail is (key, ttft, latency) was served by its first try.
+        for row in message[1]:
+            trail = row[21]
+            if trail is not None and not isinstance(trail[0], tuple):
+                key, ttft, attempt_latency = trail
+                first = (*row[7:10], key, "success", row[10], None)
+                yield (*row[:21], ((*first, attempt_latency, 0.0, ttft, False, False),))
+            else:
+                yield row
         return
     if kind == "packed":
         rows: Iterable[tuple[Any, ...]] = _unpacked(message[2])

@@ -30,6 +30,7 @@ from hydrallm.formats.base import Usage, usage_of
 __all__ = [
     "SESSION_HEADERS",
     "SESSION_NAMES",
+    "USAGE_CARRY",
     "Usage",
     "UsageMeter",
     "from_body",
@@ -42,7 +43,7 @@ __all__ = [
 _B64_MESSAGE = b"eyJ0eXBlIjoibWVzc2Fn"
 _KEYS = (b'"usage"', b'"amazon-bedrock-invocationMetrics"')
 # A usage object is small; one split across chunks is held up to this size, never more.
-_CARRY_LIMIT = 16 * 1024
+USAGE_CARRY = 16 * 1024
 _DECODER = json.JSONDecoder()
 # The C scanner `raw_decode` wraps (typeshed types its argument as the class itself).
 _SCAN = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]
@@ -65,7 +66,7 @@ def scan(data: bytes) -> tuple[Usage | None, int]:
                 obj = _read_object(data, brace)
                 if obj is None:
                     rest = data[brace:]
-                    if rest.count(b"{") > rest.count(b"}") and len(rest) < _CARRY_LIMIT:
+                    if rest.count(b"{") > rest.count(b"}") and len(rest) < USAGE_CARRY:
                         return found, start  # cut by the end of the chunk: wait for more
                 usage = usage_of(obj)
                 if usage is not None:
@@ -148,7 +149,7 @@ def usage_slice(body: bytes) -> bytes | None:
         at = body.rfind(b'"amazon-bedrock-invocationMetrics"')
         if at < 0:
             return None
-    return body[at : at + _CARRY_LIMIT]
+    return body[at : at + USAGE_CARRY]
 
 
 def from_body(body: bytes) -> Usage | None:
@@ -185,7 +186,7 @@ def _read_object(data: bytes, brace: int) -> object:
     """The JSON value that starts at `brace`, decoded alone (None: no whole one there)."""
     try:
         # The C scanner itself (what `raw_decode` wraps, less its Python frame).
-        obj, _ = _SCAN(data[brace : brace + _CARRY_LIMIT].decode("utf-8", "replace"), 0)
+        obj, _ = _SCAN(data[brace : brace + USAGE_CARRY].decode("utf-8", "replace"), 0)
     except (StopIteration, ValueError):
         return None
     return obj

@@ -30,7 +30,7 @@ from hydrallm.errors import (
 from hydrallm.formats.base import WireFormat
 from hydrallm.formats.peek import Commit, Failed, Peeker
 from hydrallm.formats.registry import select_format
-from hydrallm.observe.events import AttemptEvent, Telemetry
+from hydrallm.observe.events import AttemptEvent, Telemetry, TrailStep
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.translated import (
@@ -65,6 +65,8 @@ class Labels:
     listener: str
     route: str
     api_type: ApiType
+    # The request's steps, when a sink reads them (the journal; `RequestEvent.trail`).
+    trail: list[TrailStep] | None = None
 
 
 @dataclass(slots=True)
@@ -466,27 +468,30 @@ class AttemptRunner:
         key: str | None = None,
     ) -> None:
         model = attempt.model
-        self.telemetry.attempt(
-            AttemptEvent(
-                listener=labels.listener,
-                route=labels.route,
-                model_id=model.id,
-                endpoint=model.endpoint,
-                model=model.model,
-                cycle=attempt.cycle,
-                attempt=attempt.number,
-                outcome=outcome,
-                status=status,
-                error=error,
-                latency=self._clock() - sent,
-                ttft=ttft,
-                retry=attempt.is_retry,
-                fallback=fallback,
-                error_body=error_body,
-                waited=attempt.wait,
-                key=key,
-            )
+        # Positional, in field order: keyword arguments cost ~8,000 instructions more.
+        event = AttemptEvent(
+            labels.listener,
+            labels.route,
+            model.id,
+            model.endpoint,
+            model.model,
+            attempt.cycle,
+            attempt.number,
+            outcome,
+            status,
+            error,
+            self._clock() - sent,
+            ttft,
+            attempt.is_retry,
+            fallback,
+            error_body,
+            attempt.wait,
+            key,
         )
+        trail = labels.trail
+        if trail is not None:
+            trail.append(event)
+        self.telemetry.attempt(event)
 
     def _error_body(self, status: int, encoding: str, body: bytes) -> str | None:
         """The upstream's error body for the log, when `log.include_error_body` is on."""

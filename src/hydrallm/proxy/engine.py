@@ -80,7 +80,10 @@ class Engine:
         last_key: int | None = None
         plan_chain = self.breakers.plan(chain)
         if len(plan_chain) != len(chain):
-            self.telemetry.skipped(labels.listener, [m.id for m in chain if m not in plan_chain])
+            skipped = [m.id for m in chain if m not in plan_chain]
+            if labels.trail is not None:
+                labels.trail.append((None, tuple(skipped)))
+            self.telemetry.skipped(labels.listener, skipped)
         planner = Planner(plan_chain, retry, rand=self.rand)
         started = self.clock()
         deadline = started + retry.total_timeout if retry.total_timeout else None

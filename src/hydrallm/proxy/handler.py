@@ -19,8 +19,14 @@ from multidict import CIMultiDictProxy
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.config import ApiType
 from hydrallm.formats.body import BodyError, looks_like_json, parse_body, parse_strict
-from hydrallm.observe.events import CURRENT_REQUEST, RequestEvent
-from hydrallm.observe.usage import SESSION_NAMES, UsageMeter, session_hash, usage_slice
+from hydrallm.observe.events import RequestEvent, TrailStep
+from hydrallm.observe.usage import (
+    SESSION_NAMES,
+    USAGE_CARRY,
+    UsageMeter,
+    session_hash,
+    usage_slice,
+)
 from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
 from hydrallm.providers.urls import UnsafePath, check_path, scrub_upstream
 from hydrallm.proxy import admin
@@ -108,6 +114,7 @@ class _Exchange:
         "session",
         "started",
         "state",
+        "trail",
         "trim",
         "unsafe",
         "wall",
@@ -140,6 +147,7 @@ class _Exchange:
         self.body: bytes | None = None  # journal.bodies only
         self.requested: str | None = None
         self.session: str | None = None
+        self.trail: list[TrailStep] | None = None  # the request's steps, for the journal
         self.trim = False  # a client left mid-stream: return freed memory when idle
         self.unsafe: str | None = None  # why check_path refused the path
 
@@ -147,7 +155,6 @@ class _Exchange:
 
     async def proxy(self, query: str) -> Response | StreamResponse:
         listener, request, path = self.listener, self.request, self.path
-        CURRENT_REQUEST.set(self.request_id)
         strip_auth: frozenset[tuple[str, str]] = frozenset()
         if listener.auth_keys:
             ok, strip_auth = _auth_ok(listener, request)
@@ -226,11 +233,12 @@ class _Exchange:
         self.route, chain = listener.resolve(self.requested)
         if self.state.telemetry.wants_usage:
             self.metered = True
+            self.trail = []
             if not SESSION_NAMES.isdisjoint(request.names):
                 self.session = session_hash(request.headers)
             if self.engine.config.journal.bodies:
                 self.body = body
-        labels = Labels(listener.config.name, self.route, self.api_type)
+        labels = Labels(listener.config.name, self.route, self.api_type, self.trail)
         state = self.state
         state.in_flight += 1
         try:
@@ -447,34 +455,44 @@ class _Exchange:
             if body is None:
                 if meter is not None:
                     usage, size = meter.usage, meter.size
-            else:  # decoded by the journal's writer thread, not here
-                raw, size = usage_slice(body), len(body)
-        self.state.telemetry.request(
-            RequestEvent(
-                request_id=self.request_id,
-                listener=self.listener.config.name,
-                route=self.route,
-                method=self.request.method,
-                path=self.path,
-                served_by=served_by,
-                attempts=attempts,
-                status=status,
-                latency=time.monotonic() - self.started,
-                streamed=streamed,
-                started_at=self.wall,
-                error=err,
-                requested_model=self.requested,
-                served_model=model_name,
-                endpoint=endpoint,
-                usage=usage,
-                usage_raw=raw,
-                body_bytes=size or 0,
-                session=self.session,
-                request_body=self.body,
-                response_body=body if self.body is not None else None,
-                recovered=recovered,
-            )
+            else:  # decoded by the journal's writer, not here
+                # `usage_slice`'s usual case inline (a call less on every request).
+                at = body.rfind(b'"usage"')
+                raw = body[at : at + USAGE_CARRY] if at >= 0 else usage_slice(body)
+                size = len(body)
+        # In RequestEvent's field order, made without a Python __init__ (see its doc).
+        event = _new_event(
+            RequestEvent,
+            (
+                self.request_id,
+                self.wall,
+                self.listener.config.name,
+                self.route,
+                self.request.method,
+                self.path,
+                self.requested,
+                model_name,
+                served_by,
+                endpoint,
+                status,
+                attempts,
+                recovered,
+                time.monotonic() - self.started,
+                streamed,
+                size or 0,
+                raw,
+                err,
+                self.session,
+                self.body,
+                body if self.body is not None else None,
+                usage,
+                self.trail,
+            ),
         )
+        self.state.telemetry.request(event)
+
+
+_new_event = tuple.__new__
 
 
 def _auth_ok(
