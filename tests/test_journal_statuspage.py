@@ -93,7 +93,9 @@ def seed(db: Path, now: float) -> dict[str, int]:
                 endpoint=served[0],
                 usage=None
                 if failed
-                else Usage(rng.randint(50, 3000), rng.randint(20, 900), rng.randint(0, 20000), 0),
+                else tuple(
+                    Usage(rng.randint(50, 3000), rng.randint(20, 900), rng.randint(0, 20000), 0)
+                ),
                 trail=steps,
             )
         )

@@ -13,12 +13,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple, TextIO
+from typing import NamedTuple, TextIO
 
 from hydrallm.dataclass import dataclass
-
-if TYPE_CHECKING:
-    from hydrallm.observe.usage import Usage
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 _COLORS = {"debug": "\x1b[2m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31m"}
@@ -183,13 +180,14 @@ class RequestEvent(NamedTuple):
     latency: float = 0.0
     streamed: bool = False
     body_bytes: int = 0  # body bytes sent to the client
-    usage_raw: bytes | None = None  # a whole body's usage, still to be decoded
+    # What the upstream said of its usage: a whole body's part that holds it, still to be
+    # decoded (bytes), or a stream's, decoded (`tuple(Usage)`: a plain tuple, as written).
+    usage: bytes | tuple[int | None, ...] | None = None
     error: str | None = None
     session: str | None = None  # hash of the client's session id, when it sent one
     # Only with `journal.bodies = true` (debugging): the bodies, as received and sent.
     request_body: bytes | None = None
     response_body: bytes | None = None
-    usage: Usage | None = None  # or: what the upstream reported, decoded (a stream's)
     # The request's steps in order, when a sink reads them (the journal): each attempt's
     # event, and (None, model ids) for models left out because their circuit was open.
     trail: list[TrailStep] | None = None
@@ -198,7 +196,7 @@ class RequestEvent(NamedTuple):
 class Sink:
     """Receives telemetry; subclasses override what they need (all no-ops here)."""
 
-    # True when the sink reads `RequestEvent.usage`: only then does the relay meter it.
+    # True when the sink reads `RequestEvent.usage` and `.trail`: only then are they kept.
     wants_usage = False
 
     def attempt(self, event: AttemptEvent) -> None:

@@ -404,7 +404,7 @@ class JournalSink(Sink):
         whole trail.  Errors are redacted here: no secret reaches the spool."""
         if not self.enabled:
             return
-        steps = e[22]  # by position: a NamedTuple's field by name is a descriptor call
+        steps = e[21]  # by position: a NamedTuple's field by name is a descriptor call
         trail: tuple[Any, ...] | None
         if not steps:
             trail = None
@@ -426,8 +426,8 @@ class JournalSink(Sink):
         else:
             trail = tuple([self._step(x) for x in steps])
         row = e[:21]  # the usual request: its event's fields as they are
-        if not (row[17] is None and row[19] is row[20] is None and e[21] is None):
-            row = self._fixed(e)  # usage decoded; an error to redact; bodies
+        if not (row[17] is None and row[19] is row[20] is None):
+            row = self._fixed(e)  # an error to redact; bodies
         queue = self._rows
         if len(queue) == QUEUE_LIMIT:
             self.dropped += 1  # the deque's bound lets the oldest go by itself
@@ -446,13 +446,12 @@ class JournalSink(Sink):
                 self._loop.call_soon(self._flush_later)
 
     def _fixed(self, e: RequestEvent) -> tuple[Any, ...]:
-        """A request's row when its event holds what is not written as it is: decoded
-        usage (a tuple, not `Usage`), an error (redacted), bodies (`bodies = true`:
-        bounded and redacted; never written otherwise)."""
-        usage, bodies = e.usage, self.config.bodies
+        """A request's row when its event holds what is not written as it is: an error
+        (redacted), bodies (`bodies = true`: bounded and redacted; never written
+        otherwise)."""
+        bodies = self.config.bodies
         return (
-            *e[:16],
-            e.usage_raw if usage is None else tuple(usage),
+            *e[:17],
             e.error if e.error is None else self._redact(e.error),
             e.session,
             self._body(e.request_body) if bodies else None,

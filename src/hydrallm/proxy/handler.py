@@ -450,15 +450,18 @@ class _Exchange:
     ) -> None:
         model_name, endpoint, body = served
         meter = self.meter
-        usage = size = raw = None
+        size = None
+        usage: bytes | tuple[int | None, ...] | None = None
         if self.metered:
             if body is None:
                 if meter is not None:
-                    usage, size = meter.usage, meter.size
+                    size = meter.size
+                    if meter.usage is not None:
+                        usage = tuple(meter.usage)
             else:  # decoded by the journal's writer, not here
                 # `usage_slice`'s usual case inline (a call less on every request).
                 at = body.rfind(b'"usage"')
-                raw = body[at : at + USAGE_CARRY] if at >= 0 else usage_slice(body)
+                usage = body[at : at + USAGE_CARRY] if at >= 0 else usage_slice(body)
                 size = len(body)
         # In RequestEvent's field order, made without a Python __init__ (see its doc).
         event = _new_event(
@@ -480,12 +483,11 @@ class _Exchange:
                 time.monotonic() - self.started,
                 streamed,
                 size or 0,
-                raw,
+                usage,
                 err,
                 self.session,
                 self.body,
                 body if self.body is not None else None,
-                usage,
                 self.trail,
             ),
         )
