@@ -76,6 +76,8 @@ QUEUE_LIMIT = 10_000
 # marshal + write on the loop stays well under a millisecond.
 FLUSH_S = 1.0
 BATCH_ROWS = 256
+# ... or one per SHORT_BATCH requests while others are in flight (see `request`).
+SHORT_BATCH = 32
 LIGHT = 50  # requests in the last second up to which the writer loads at once
 FORCE_BYTES = 32 << 20  # spooled bytes (~100,000 requests) loaded however busy the proxy
 HOUSEKEEPING_S = 60.0
@@ -99,8 +101,10 @@ class JournalSink(Sink):
         self.config = config
         self.path = journal_path(config)
         self.worker = worker
-        # Where a reload's new config is read from (set by the process that runs the sink).
+        # Where a reload's new config is read from, and how many requests the proxy is
+        # serving (both set by the process that runs the sink).
         self.config_source: Callable[[], Config] | None = None
+        self.in_flight: Callable[[], int] = lambda: 0
         self._redact = Redactor(secrets)
         self._report = report or (lambda message: None)
         self._clock = clock
@@ -436,7 +440,19 @@ class JournalSink(Sink):
         queue.append(row + (trail,))  # noqa: RUF005
         if self._catching_up:
             self._hold()
-        if len(queue) >= BATCH_ROWS and self._started and not self._flush_soon:
+        # The batch is spooled at BATCH_ROWS requests, or at SHORT_BATCH while other
+        # requests are in flight.  A request alone (c1) is followed by the next, which
+        # waits for the spooling: a long batch makes that rarer (p99).  With others in
+        # flight, a short batch is still in the cache when it is encoded: by measurement
+        # (c16, CPU per request) a batch of 256 cost ~7 %, ~3 points more than its
+        # instructions; one of 32, ~5 %.
+        n = len(queue)
+        if (
+            n >= SHORT_BATCH
+            and (n >= BATCH_ROWS or (n % SHORT_BATCH == 0 and self.in_flight() > 1))
+            and self._started
+            and not self._flush_soon
+        ):
             if self._loop is None:
                 self.flush()
             else:
