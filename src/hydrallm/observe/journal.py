@@ -448,8 +448,8 @@ class JournalSink(Sink):
         # instructions; one of 32, ~5 %.
         n = len(queue)
         if (
-            n >= SHORT_BATCH
-            and (n >= BATCH_ROWS or (n % SHORT_BATCH == 0 and self.in_flight() > 1))
+            not n % SHORT_BATCH  # (BATCH_ROWS is a multiple of it)
+            and (n >= BATCH_ROWS or self.in_flight() > 1)
             and self._started
             and not self._flush_soon
         ):
