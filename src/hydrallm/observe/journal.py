@@ -5,12 +5,13 @@ the request's steps (each attempt's event, the models a cooldown left out) on th
 request's `Labels`, and hands them over in `RequestEvent.trail`; when the request ends,
 its row is made (`request`: a tuple of plain values, a first-try success carrying three
 values of its attempt, an error's text redacted so that no secret is ever written to a
-file) onto a bounded deque.  Every `BATCH_ROWS` requests, and every `FLUSH_S`, the batch
-is `marshal`led into one frame and appended to the spool (`journal_spool.py`): one
-`write`.  Nothing is decoded, formatted or priced on the loop.  Why each row at its
-request's end and not the whole batch at once: the batch's events, waited in memory, were
-cold in the cache; making 256 rows at once took 0.5-0.9 ms in one piece, and the request
-that arrived meanwhile waited for it (c1's p99 +0.4-0.9 ms).
+file) onto a bounded deque.  Every `BATCH_ROWS` requests (`SHORT_BATCH` while others
+are in flight), and every `FLUSH_S`, the batch is `marshal`led into one frame and
+appended to the spool (`journal_spool.py`): one `write`.  Nothing is decoded, formatted
+or priced on the loop.  Why each row at its request's end and not the whole batch at
+once: the batch's events, waited in memory, were cold in the cache; making 256 rows at
+once took 0.5-0.9 ms in one piece, and the request that arrived meanwhile waited for it
+(c1's p99 +0.4-0.9 ms).
 
 The rows are built and written into SQLite by the writer process (`journal_writer.py`):
 at once while the proxy is quiet (at most `LIGHT` requests in the last second: a person
