@@ -197,35 +197,28 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     then each row's own `marshal` data end to end, a row naming its shape; "batch": the
     same rows as one list."""
     kind = message[0]
+    rows: Iterable[tuple[Any, ...]]
     if kind == "rows":
-        # A row whose trail is (key, ttft, latency) was served by its first try.
-        for row in message[1]:
-            trail = row[21]
-            if trail is not None and not isinstance(trail[0], tuple):
-                key, ttft, attempt_latency = trail
-                first = (*row[7:10], key, "success", row[10], None)
-                yield (*row[:21], ((*first, attempt_latency, 0.0, ttft, False, False),))
-            else:
-                yield row
-        return
-    if kind == "packed":
-        rows: Iterable[tuple[Any, ...]] = _unpacked(message[2])
-    elif kind == "batch":
-        rows = message[2]
+        rows = message[1]
+    elif kind in ("packed", "batch"):
+        # A row: (request_id, started_at, shape, status, attempts, recovered, latency,
+        # streamed, body_bytes, usage, error, session, request_body, response_body,
+        # trail); its shape's eight values in its place give this version's layout.
+        shapes = message[1]
+        old = _unpacked(message[2]) if kind == "packed" else message[2]
+        rows = ((*r[:2], *shapes[r[2]], *r[3:]) for r in old)
     else:
         return
-    # A row: (request_id, started_at, shape, status, attempts, recovered, latency,
-    # streamed, body_bytes, usage, error, session, request_body, response_body, trail).
-    shapes = message[1]
     for row in rows:
-        shape = shapes[row[2]]
-        trail = row[14]
+        trail = row[21]
         if trail is not None and not isinstance(trail[0], tuple):
+            # Served by its first try: (key, ttft, latency) of that attempt, whose model,
+            # endpoint and status are the request's.
             key, ttft, attempt_latency = trail
-            served_model, model_id, endpoint = shape[5:]
-            first = (served_model, model_id, endpoint, key, "success", row[3], None)
-            trail = ((*first, attempt_latency, 0.0, ttft, False, False),)
-        yield (*row[:2], *shape, *row[3:14], trail)
+            first = (*row[7:10], key, "success", row[10], None)
+            yield (*row[:21], ((*first, attempt_latency, 0.0, ttft, False, False),))
+        else:
+            yield row
 
 
 def _unpacked(data: bytes) -> Iterator[tuple[Any, ...]]:
