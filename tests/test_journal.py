@@ -52,6 +52,17 @@ def rows(db: Path) -> list[dict[str, Any]]:
         conn.close()
 
 
+def whole_trail(db: Path, request_id: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A request's attempt trail (without latencies) and its row."""
+    conn = open_readonly(db)
+    try:
+        row = one(conn, request_id)
+    finally:
+        conn.close()
+    assert row is not None
+    return [{k: v for k, v in a.items() if k != "latency_ms"} for a in row["attempt_trail"]], row
+
+
 def trail(db: Path, request_id: str) -> list[tuple[Any, ...]]:
     conn = open_readonly(db)
     try:
@@ -205,6 +216,12 @@ async def test_a_broken_stream_finished_on_the_fallback_is_recovered(tmp_path: P
     assert row["recovered"] == "prefill"
     assert row["model_id"] == "m1" and row["served_model"] == "model-1"
     assert row["error"] is not None  # why the first stream broke
+    # The first try, which answered until its stream broke, then the fallback that ended it.
+    first = {"model": "model-0", "endpoint": "e0", "key": "…0000", "outcome": "success",
+             "status": 200, "error": None, "waited_ms": 0.0}  # fmt: skip
+    steps, figures = whole_trail(db, row["id"])
+    assert steps == [first, first | {"model": "model-1", "endpoint": "e1", "key": "…0001"}]
+    assert (figures["key"], figures["retries"], figures["fallbacks"]) == ("…0001", 0, 1)
 
 
 async def test_a_stream_that_cannot_be_recovered_is_failed_gave_up(tmp_path: Path) -> None:
@@ -223,6 +240,11 @@ async def test_a_stream_that_cannot_be_recovered_is_failed_gave_up(tmp_path: Pat
                 pass
     [row] = rows(db)
     assert row["outcome"] == "failed" and row["recovered"] == "gave_up"
+    # A first try's row restored whole, its model the request's.
+    steps, figures = whole_trail(db, row["id"])
+    assert steps == [{"model": "model-0", "endpoint": "e0", "key": "…0000", "outcome": "success",
+                      "status": 200, "error": None, "waited_ms": 0.0}]  # fmt: skip
+    assert (figures["key"], figures["retries"], figures["fallbacks"]) == ("…0000", 0, 0)
 
 
 async def test_a_reload_brings_new_prices(tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from hydrallm.config import JournalConfig
 from hydrallm.observe import journal
-from hydrallm.observe.events import AttemptEvent, RequestEvent, TrailStep
+from hydrallm.observe.events import AttemptEvent, RequestEvent
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.journal_spool import (
     SpoolWriter,
@@ -146,27 +147,34 @@ def test_a_damaged_segment_is_set_aside_and_the_others_load(tmp_path: Path) -> N
 
 
 def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> None:
-    """Segments proxies of earlier versions left ("packed": shapes, then each row's own
-    `marshal` data; "batch": shapes and the rows as one list) load into the same request
-    and attempt rows as this version's ("rows": the rows in full, as one list)."""
+    """Segments proxies of earlier versions left ("rows" whose first-try trails were three
+    values; "packed": shapes, then each row's own `marshal` data; "batch": shapes and the
+    rows as one list) load into the same request and attempt rows as this version's
+    ("rows": the rows in full, as one list)."""
 
     def load(db: Path, layout: str) -> list[tuple[object, ...]]:
         spool = SpoolWriter(spool_dir(db), lambda: frame(settings_message((), 0)))
         sink = JournalSink(JournalConfig(path=str(db)))  # not started: it only queues
         for i in range(300):
             # a first try; a retry; a fallback after a model a cooldown left out
-            steps: list[TrailStep] = [attempt(n, last=n == i % 3) for n in range(1 + i % 3)]
+            steps = [attempt(n, last=n == i % 3).step() for n in range(1 + i % 3)]
+            if i % 3 == 0:  # a first try that answered, as the proxy hands it over
+                steps = [(steps[0][3], steps[0][9], steps[0][7], steps[0][5])]
             if i % 3 == 2:
                 steps.insert(2, (None, ("cold",)))
             e = store_event(i, 1_700_000_000.0 + i)._replace(endpoint="e", trail=steps)
             sink.request(e)
         kind, rows = sink._take()
         assert kind == "rows"
-        # A first try's trail is three values of its attempt (read back into the whole).
-        assert sum(1 for row in rows if not isinstance(row[21][0], tuple)) == 100
         if layout == "rows":
             spool.append(frame((kind, rows)))
         else:  # as the earlier versions wrote them
+            # A first try's trail was three values of its attempt (read back into the whole).
+            rows = [compact(row) for row in rows]
+            assert sum(1 for row in rows if not isinstance(row[21][0], tuple)) == 100
+        if layout == "compact":
+            spool.append(frame((kind, rows)))
+        elif layout != "rows":
             shapes: dict[tuple[object, ...], int] = {}
             old = []
             for row in rows:
@@ -183,6 +191,12 @@ def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> N
             found = conn.execute("SELECT * FROM requests ORDER BY id").fetchall()
             found += conn.execute("SELECT * FROM attempts ORDER BY 1, 2").fetchall()
         return found
+
+    def compact(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        trail = row[21]
+        if len(trail[0]) == 4:  # (key, ttft, latency, status): (key, ttft, latency)
+            return (*row[:21], trail[0][:3])
+        return (*row[:21], tuple(trail))
 
     def attempt(n: int, *, last: bool) -> AttemptEvent:
         return AttemptEvent(
@@ -206,5 +220,6 @@ def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> N
 
     now = load(tmp_path / "now.db", "rows")
     assert len(now) == 300 + 600  # every request, the attempts and skips of 200
+    assert now == load(tmp_path / "compact.db", "compact")
     assert now == load(tmp_path / "packed.db", "packed")
     assert now == load(tmp_path / "batch.db", "batch")

@@ -68,7 +68,7 @@ def seed(db: Path, now: float) -> dict[str, int]:
                     ttft=model[2] / 4000 * rng.uniform(0.5, 3) if outcome == "success" else None,
                     retry=n > 1 and kind == "retried",
                     fallback=n > 1 and kind in ("fell_back", "failed"),
-                )
+                ).step()
             )
         failed = kind == "failed"
         sink.request(

@@ -159,7 +159,7 @@ def test_what_was_not_known_is_null_and_a_trail_keeps_its_order(tmp_path: Path) 
     for n, (outcome, status) in enumerate((("connect_error", None), ("success", 200)), 1):
         steps.append(
             AttemptEvent("default", "default", "m", "up", "*", 0, n, outcome, status,
-                         None if status else "refused", 0.01, None, False, n == 2)
+                         None if status else "refused", 0.01, None, False, n == 2).step()
         )  # fmt: skip
     plain = event(1, time.time())._replace(error=None, requested_model="asked-for", trail=steps)
     sink.request(plain)
@@ -204,7 +204,7 @@ def test_a_first_try_success_has_the_same_trail_without_an_attempt_row(tmp_path:
     for rid, waited in (("plain", 0.0), ("held", 0.25)):  # a wait first: written apart
         first = AttemptEvent("default", "default", "m", "up", "claude-sonnet-4-5", 0, 1,
                              "success", 200, None, 0.0123, 0.004, False, False, waited=waited,
-                             key="…0001")  # fmt: skip
+                             key="…0001").step()  # fmt: skip
         e = event(0, time.time())._replace(request_id=rid, error=None, endpoint="up", trail=[first])
         sink.request(e)
     sink.close()

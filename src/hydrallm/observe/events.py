@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from hydrallm.dataclass import dataclass
 
@@ -149,9 +149,29 @@ class AttemptEvent:
     waited: float = 0.0  # seconds waited before this attempt was sent
     key: str | None = None  # masked label of the key used (key pools)
 
+    def step(self) -> TrailStep:
+        """This attempt as a step of its request's trail (`AttemptRunner._report` makes the
+        same tuple from its values, without an event)."""
+        return (
+            self.model,
+            self.model_id,
+            self.endpoint,
+            self.key,
+            self.outcome,
+            self.status,
+            self.error,
+            self.latency,
+            self.waited,
+            self.ttft,
+            self.retry,
+            self.fallback,
+        )
 
-# A step of a request's trail: an attempt, or (None, ids): models left out (circuit open).
-TrailStep = AttemptEvent | tuple[None, tuple[str, ...]]
+
+# A step of a request's trail, a plain tuple (as `marshal` writes it): an attempt's
+# (model, model_id, endpoint, key, outcome, status, error, latency, waited, ttft, retry,
+# fallback), or (None, ids): models left out (circuit open).
+TrailStep = tuple[Any, ...]
 
 
 class RequestEvent(NamedTuple):

@@ -1,17 +1,16 @@
 """The request journal: one SQLite row per request and per attempt, written off the hot path.
 
 `JournalSink` is a telemetry `Sink`.  On the event loop, per request: the handler keeps
-the request's steps (each attempt's event, the models a cooldown left out) on the
-request's `Labels`, and hands them over in `RequestEvent.trail`; when the request ends,
-its row is made (`request`: a tuple of plain values, a first-try success carrying three
-values of its attempt, an error's text redacted so that no secret is ever written to a
-file) onto a bounded deque.  Every `BATCH_ROWS` requests (`SHORT_BATCH` while others
-are in flight), and every `FLUSH_S`, the batch is `marshal`led into one frame and
-appended to the spool (`journal_spool.py`): one `write`.  Nothing is decoded, formatted
-or priced on the loop.  Why each row at its request's end and not the whole batch at
-once: the batch's events, waited in memory, were cold in the cache; making 256 rows at
-once took 0.5-0.9 ms in one piece, and the request that arrived meanwhile waited for it
-(c1's p99 +0.4-0.9 ms).
+the request's steps (each attempt's values as a plain tuple, the models a cooldown left
+out) on the request's `Labels`, and hands them over in `RequestEvent.trail`; when the
+request ends, its event is queued as it is (`request`: the event's fields are the row),
+onto a bounded deque; only a row with an error (redacted so that no secret is ever
+written to a file) or bodies is made there.  Every `BATCH_ROWS` requests (`SHORT_BATCH`
+while others are in flight), and every `FLUSH_S`, the batch is copied into plain tuples
+and `marshal`led into one frame (C calls, no Python a row) and appended to the spool
+(`journal_spool.py`): one `write`.  Nothing is decoded, formatted or priced on the loop.
+(A batch once made its rows in Python when spooled: 256 rows cold in the cache took
+0.5-0.9 ms in one piece, and the request that arrived meanwhile waited for it.)
 
 The rows are built and written into SQLite by the writer process (`journal_writer.py`):
 at once while the proxy is quiet (at most `LIGHT` requests in the last second: a person
@@ -53,13 +52,14 @@ The file itself (schema, connections, limits): `journal_db.py`.
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from hydrallm.config import Config, JournalConfig, Price
-from hydrallm.observe.events import AttemptEvent, Redactor, RequestEvent, Sink, TrailStep
+from hydrallm.observe.events import Redactor, RequestEvent, Sink, TrailStep
 from hydrallm.observe.journal_db import journal_path, open_for_writing
 from hydrallm.observe.journal_pipe import WriterProcess
 from hydrallm.observe.journal_spool import (
@@ -72,7 +72,7 @@ from hydrallm.observe.journal_spool import (
 
 __all__ = ["JournalSink", "journal_path"]
 
-QUEUE_LIMIT = 10_000
+QUEUE_LIMIT = 10_240  # a multiple of SHORT_BATCH (see `_batch_full`)
 # One frame appended a second, or one per BATCH_ROWS requests when they come faster: each
 # marshal + write on the loop stays well under a millisecond.
 FLUSH_S = 1.0
@@ -84,6 +84,9 @@ FORCE_BYTES = 32 << 20  # spooled bytes (~100,000 requests) loaded however busy 
 HOUSEKEEPING_S = 60.0
 LOAD_AT_CLOSE_S = 2.0  # a stopping proxy loads its spool for this long (~80,000 requests)
 BODY_LIMIT = 64 * 1024
+# A queued row as a plain tuple (`marshal` writes no tuple subclass): a request's event
+# (a NamedTuple) copied by one C call; a row made by `_fixed` is itself.
+_plain = operator.itemgetter(slice(None))
 
 
 class JournalSink(Sink):
@@ -111,6 +114,7 @@ class JournalSink(Sink):
         self._clock = clock
         # The rows of ended requests (`request`), until they are spooled.
         self._rows: deque[tuple[Any, ...]] = deque(maxlen=QUEUE_LIMIT)
+        self._full = False  # the queue is full: each new row lets the oldest go
         self.dropped = 0
         self.written = 0
         self.error: str | None = None
@@ -278,31 +282,11 @@ class JournalSink(Sink):
         """The queued rows as a "rows" message (`journal_spool.rows_of` reads it); the
         queue emptied."""
         rows = self._rows
-        message = ("rows", list(rows))
+        message = ("rows", list(map(_plain, rows)))
         self._taken += len(rows)
         rows.clear()
+        self._full = False
         return message
-
-    def _step(self, step: TrailStep) -> tuple[Any, ...]:
-        """One step of a trail: (model, model_id, endpoint, key, outcome, status, error,
-        latency, waited, ttft, retry, fallback), or (None, ids): models left out."""
-        if isinstance(step, tuple):
-            return step
-        a = step
-        return (
-            a.model,
-            a.model_id,
-            a.endpoint,
-            a.key,
-            a.outcome,
-            a.status,
-            a.error if a.error is None else self._redact(a.error),
-            a.latency,
-            a.waited,
-            a.ttft,
-            a.retry,
-            a.fallback,
-        )
 
     def _load(self, *, catch_up: bool) -> None:
         """Ask the writer to load everything spooled; `catch_up`: the first request from
@@ -355,6 +339,7 @@ class JournalSink(Sink):
         self.enabled = False
         self._stop_timer()
         self._rows.clear()
+        self._full = False
         self._loading = self._catching_up = False
         try:
             self._spool.rotate()
@@ -397,63 +382,42 @@ class JournalSink(Sink):
             self._header = frame(settings_message(config.prices, self.worker))
 
     def request(self, e: RequestEvent) -> None:
-        """The journal's work on the event loop per request: its row, a tuple of plain
-        values made when the request ends (while its event is still in the cache), not
-        when its batch is spooled: a batch of 256 events that had waited in memory cost
-        0.5-0.9 ms in one piece, and the request that came in meanwhile waited that long
-        (+0.4-0.9 ms at c1's p99).  The batch is `marshal`led whole when it is spooled:
-        one call, whose references write what many rows share (listener, route, models)
-        once, is ~40 % fewer instructions a row than a `marshal` call per row.
-
-        A request served by its first try carries three values of that attempt, not the
-        whole trail.  Errors are redacted here: no secret reaches the spool."""
+        """The journal's work on the event loop per request: its event is queued as it is
+        (its fields are the row, its trail already plain tuples: a first try that answered
+        is (key, ttft, latency, status), whose model is the request's), and the batch
+        is made plain tuples (one C call) and `marshal`led whole when it is spooled: one
+        call, whose references write what many rows share (listener, route, models)
+        once.  Only a request whose row holds what is not written as it is (an error to
+        redact, in it or in its trail; bodies) gets its row made here."""
         if not self.enabled:
             return
-        steps = e[21]  # by position: a NamedTuple's field by name is a descriptor call
-        trail: tuple[Any, ...] | None
-        if not steps:
-            trail = None
-        elif len(steps) == 1:
-            a = steps[0]
-            # Served by its first try (not waited for): three values of it are the trail.
-            # (The first attempt is no retry and no fallback, and a success has no error;
-            # the model and endpoint are the served ones, by which `rows_of` restores it.)
-            if (
-                type(a) is AttemptEvent
-                and a.outcome == "success"
-                and a.status == e[10]
-                and a.model_id == e[8]
-                and not a.waited
-            ):
-                trail = (a.key, a.ttft, a.latency)
-            else:
-                trail = (self._step(a),)
-        else:
-            trail = tuple([self._step(x) for x in steps])
-        row = e[:21]  # the usual request: its event's fields as they are
-        if not (row[17] is None and row[19] is row[20] is None):
-            row = self._fixed(e)  # an error to redact; bodies
+        # By position: a NamedTuple's field by name is a descriptor call.  (No trail: a
+        # request refused before any attempt, whose error sends it to `_fixed` first.)
+        steps: list[TrailStep] = e[21]  # type: ignore[assignment]
         queue = self._rows
-        if len(queue) == QUEUE_LIMIT:
-            self.dropped += 1  # the deque's bound lets the oldest go by itself
-        # In the layout `journal_spool.rows_of` reads ("rows").  (A concatenation: `(*row,
-        # trail)` builds a list first.)
-        queue.append(row + (trail,))  # noqa: RUF005
+        if e[17] is None and e[19] is None and len(steps) == 1 and len(steps[0]) == 4:
+            queue.append(e)  # the usual request: a first try that answered, nothing to redact
+        else:
+            queue.append(self._fixed(e))
         if self._catching_up:
             self._hold()
-        # The batch is spooled at BATCH_ROWS requests, or at SHORT_BATCH while other
-        # requests are in flight.  A request alone (c1) is followed by the next, which
-        # waits for the spooling: a long batch makes that rarer (p99).  With others in
-        # flight, a short batch is still in the cache when it is encoded: by measurement
-        # (c16, CPU per request) a batch of 256 cost ~7 %, ~3 points more than its
-        # instructions; one of 32, ~5 %.
-        n = len(queue)
-        if (
-            not n % SHORT_BATCH  # (BATCH_ROWS is a multiple of it)
-            and (n >= BATCH_ROWS or self.in_flight() > 1)
-            and self._started
-            and not self._flush_soon
-        ):
+        if not len(queue) % SHORT_BATCH:
+            self._batch_full()
+
+    def _batch_full(self) -> None:
+        """Every `SHORT_BATCH` rows: spool the batch at `BATCH_ROWS` requests, or at
+        `SHORT_BATCH` while other requests are in flight.  A request alone (c1) is followed
+        by the next, which waits for the spooling: a long batch makes that rarer (p99).
+        With others in flight, a short batch is still in the cache when it is encoded: by
+        measurement (c16, CPU per request) a batch of 256 cost ~7 %, ~3 points more than
+        its instructions; one of 32, ~5 %.  (A full queue, the writer far behind, lets its
+        oldest row go at each request: counted here.)"""
+        n = len(self._rows)
+        if n == QUEUE_LIMIT:
+            if self._full:
+                self.dropped += 1
+            self._full = True
+        if (n >= BATCH_ROWS or self.in_flight() > 1) and self._started and not self._flush_soon:
             if self._loop is None:
                 self.flush()
             else:
@@ -464,16 +428,24 @@ class JournalSink(Sink):
 
     def _fixed(self, e: RequestEvent) -> tuple[Any, ...]:
         """A request's row when its event holds what is not written as it is: an error
-        (redacted), bodies (`bodies = true`: bounded and redacted; never written
-        otherwise)."""
+        (redacted, in the row and in its trail), bodies (`bodies = true`: bounded and
+        redacted; never written otherwise)."""
         bodies = self.config.bodies
+        steps = e[21]
         return (
             *e[:17],
-            e.error if e.error is None else self._redact(e.error),
-            e.session,
-            self._body(e.request_body) if bodies else None,
-            self._body(e.response_body) if bodies else None,
+            e[17] if e[17] is None else self._redact(e[17]),
+            e[18],
+            self._body(e[19]) if bodies else None,
+            self._body(e[20]) if bodies else None,
+            [self._step(s) for s in steps] if steps else None,
         )
+
+    def _step(self, step: TrailStep) -> TrailStep:
+        """A step of a trail with its error redacted."""
+        if len(step) < 12 or step[6] is None:  # a first try; models left out; no error
+            return step
+        return (*step[:6], self._redact(step[6]), *step[7:])
 
     def _body(self, body: bytes | None) -> str | None:
         """A body as the proxy sent it (`bodies = true`, for debugging): its first

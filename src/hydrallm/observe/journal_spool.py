@@ -190,8 +190,9 @@ def _frames(f: BinaryIO, limit: int) -> tuple[list[Any], int, bool]:
 def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     """The request tuples of a spooled message, in the layout `Writer._rows` reads.
 
-    "rows" (`JournalSink._take`): the rows in that layout, as one list; a request served
-    by its first try carries only that attempt's (key, ttft, latency) as its trail.
+    "rows" (`JournalSink._take`): the rows in that layout, as one list, each trail a list
+    of steps; a request served by its first try carries [(key, ttft, latency, status)] of
+    that attempt (spools of the previous version: (key, ttft, latency), not in a list).
     Spools of earlier versions: "packed": what many requests share (listener, route,
     method, path, requested model, served model, model id, endpoint) once, as `shapes`,
     then each row's own `marshal` data end to end, a row naming its shape; "batch": the
@@ -211,11 +212,16 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
         return
     for row in rows:
         trail = row[21]
-        if trail is not None and not isinstance(trail[0], tuple):
-            # Served by its first try: (key, ttft, latency) of that attempt, whose model,
-            # endpoint and status are the request's.
+        if trail and not isinstance(trail[0], tuple):
+            # (The previous version.)  Served by its first try: (key, ttft, latency) of
+            # that attempt, whose model, endpoint and status are the request's.
             key, ttft, attempt_latency = trail
             first = (*row[7:10], key, "success", row[10], None)
+            yield (*row[:21], ((*first, attempt_latency, 0.0, ttft, False, False),))
+        elif trail and len(trail) == 1 and len(trail[0]) == 4:
+            # Served by its first try: that attempt's model and endpoint are the request's.
+            key, ttft, attempt_latency, status = trail[0]
+            first = (*row[7:10], key, "success", status, None)
             yield (*row[:21], ((*first, attempt_latency, 0.0, ttft, False, False),))
         else:
             yield row

@@ -67,6 +67,28 @@ class Labels:
     api_type: ApiType
     # The request's steps, when a sink reads them (the journal; `RequestEvent.trail`).
     trail: list[TrailStep] | None = None
+    first: ModelConfig | None = None  # the model of a first try that answered (`_report`)
+
+
+def _whole_first(first: TrailStep, model: ModelConfig | None) -> TrailStep:
+    """A first try's (key, ttft, latency, status) as a whole step (another step follows it,
+    so the request's model may not be its own)."""
+    key, ttft, latency, status = first
+    name, model_id, endpoint = (model.model, model.id, model.endpoint) if model else (None,) * 3
+    return (
+        name,
+        model_id,
+        endpoint,
+        key,
+        "success",
+        status,
+        None,
+        latency,
+        0.0,
+        ttft,
+        False,
+        False,
+    )
 
 
 @dataclass(slots=True)
@@ -468,29 +490,44 @@ class AttemptRunner:
         key: str | None = None,
     ) -> None:
         model = attempt.model
+        model_id, endpoint, name = model.id, model.endpoint, model.model
+        latency = self._clock() - sent
+        retry, waited = attempt.is_retry, attempt.wait
         # Positional, in field order: keyword arguments cost ~8,000 instructions more.
         event = AttemptEvent(
             labels.listener,
             labels.route,
-            model.id,
-            model.endpoint,
-            model.model,
+            model_id,
+            endpoint,
+            name,
             attempt.cycle,
             attempt.number,
             outcome,
             status,
             error,
-            self._clock() - sent,
+            latency,
             ttft,
-            attempt.is_retry,
+            retry,
             fallback,
             error_body,
-            attempt.wait,
+            waited,
             key,
         )
         trail = labels.trail
         if trail is not None:
-            trail.append(event)
+            if not trail and outcome == "success" and not (retry or fallback or waited):
+                # A first try that answered: (key, ttft, latency, status); its model is the
+                # request's, or is restored from `labels.first` if another step follows.
+                labels.first = model
+                trail.append((key, ttft, latency, status))
+            else:
+                if len(trail) == 1 and len(trail[0]) == 4:
+                    trail[0] = _whole_first(trail[0], labels.first)
+                # The journal's step: `AttemptEvent.step`'s tuple, made from the values here.
+                trail.append(
+                    (name, model_id, endpoint, key, outcome, status, error, latency, waited,
+                     ttft, retry, fallback)
+                )  # fmt: skip
         self.telemetry.attempt(event)
 
     def _error_body(self, status: int, encoding: str, body: bytes) -> str | None:
