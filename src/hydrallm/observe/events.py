@@ -218,6 +218,9 @@ class Sink:
 
     # True when the sink reads `RequestEvent.usage` and `.trail`: only then are they kept.
     wants_usage = False
+    # True when the sink's `request` reads its event by position only (the journal): it is
+    # handed the same values as a plain tuple, when the caller has one (no copy to make).
+    plain_request = False
 
     def attempt(self, event: AttemptEvent) -> None:
         return None
@@ -256,7 +259,8 @@ class Telemetry:
         # Per event, the sinks that handle it (a sink's inherited no-op is not called):
         # these run for every attempt and request.
         self._attempt = _handlers(self.sinks, "attempt")
-        self._request = _handlers(self.sinks, "request")
+        self._request = _handlers([s for s in self.sinks if not s.plain_request], "request")
+        self._plain = _handlers([s for s in self.sinks if s.plain_request], "request")
         self._skipped = _handlers(self.sinks, "skipped")
         self._stream_open = _handlers(self.sinks, "stream_open")
 
@@ -282,7 +286,9 @@ class Telemetry:
         for handle in self._attempt:
             handle(e)
 
-    def request(self, e: RequestEvent) -> None:
+    def request(self, e: RequestEvent, values: tuple[Any, ...] | None = None) -> None:
+        """A request ended; `values`: the event's values as a plain tuple, if the caller
+        made the event from one (the sinks that read by position get it)."""
         if self.log.threshold <= 20:
             self.log.info(
                 "request",
@@ -299,6 +305,8 @@ class Telemetry:
             )
         for handle in self._request:
             handle(e)
+        for handle in self._plain:
+            handle(e if values is None else values)
 
     def circuit(self, model_id: str, state: str, open_for: float) -> None:
         self.log.info(

@@ -91,6 +91,7 @@ _plain = operator.itemgetter(slice(None))
 
 class JournalSink(Sink):
     wants_usage = True
+    plain_request = True  # `request` gets the event's values as they were made
 
     def __init__(
         self,
@@ -381,11 +382,13 @@ class JournalSink(Sink):
             self._redact = Redactor(config.secrets)
             self._header = frame(settings_message(config.prices, self.worker))
 
-    def request(self, e: RequestEvent) -> None:
-        """The journal's work on the event loop per request: its event is queued as it is
-        (its fields are the row, its trail already plain tuples: a first try that answered
-        is (key, ttft, latency, status), whose model is the request's), and the batch
-        is made plain tuples (one C call) and `marshal`led whole when it is spooled: one
+    def request(self, e: RequestEvent | tuple[Any, ...]) -> None:
+        """The journal's work on the event loop per request: its event's values (the tuple
+        the handler made the event from; or the event) are queued as they are (they are
+        the row, the trail already plain tuples: a first try that answered is (key, ttft,
+        latency, status), whose model is the request's), and the batch is made plain
+        tuples (one C call; a plain tuple is itself) and `marshal`led whole when it is
+        spooled: one
         call, whose references write what many rows share (listener, route, models)
         once.  Only a request whose row holds what is not written as it is (an error to
         redact, in it or in its trail; bodies) gets its row made here."""
@@ -426,7 +429,7 @@ class JournalSink(Sink):
                 self._flush_soon = True
                 self._loop.call_soon(self._flush_later)
 
-    def _fixed(self, e: RequestEvent) -> tuple[Any, ...]:
+    def _fixed(self, e: RequestEvent | tuple[Any, ...]) -> tuple[Any, ...]:
         """A request's row when its event holds what is not written as it is: an error
         (redacted, in the row and in its trail), bodies (`bodies = true`: bounded and
         redacted; never written otherwise)."""

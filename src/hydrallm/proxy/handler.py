@@ -463,35 +463,33 @@ class _Exchange:
                 at = body.rfind(b'"usage"')
                 usage = body[at : at + USAGE_CARRY] if at >= 0 else usage_slice(body)
                 size = len(body)
-        # In RequestEvent's field order, made without a Python __init__ (see its doc).
-        event = _new_event(
-            RequestEvent,
-            (
-                self.request_id,
-                self.wall,
-                self.listener.config.name,
-                self.route,
-                self.request.method,
-                self.path,
-                self.requested,
-                model_name,
-                served_by,
-                endpoint,
-                status,
-                attempts,
-                recovered,
-                time.monotonic() - self.started,
-                streamed,
-                size or 0,
-                usage,
-                err,
-                self.session,
-                self.body,
-                body if self.body is not None else None,
-                self.trail,
-            ),
+        # In RequestEvent's field order, made without a Python __init__ (see its doc); the
+        # journal reads the plain tuple.
+        values = (
+            self.request_id,
+            self.wall,
+            self.listener.config.name,
+            self.route,
+            self.request.method,
+            self.path,
+            self.requested,
+            model_name,
+            served_by,
+            endpoint,
+            status,
+            attempts,
+            recovered,
+            time.monotonic() - self.started,
+            streamed,
+            size or 0,
+            usage,
+            err,
+            self.session,
+            self.body,
+            body if self.body is not None else None,
+            self.trail,
         )
-        self.state.telemetry.request(event)
+        self.state.telemetry.request(_new_event(RequestEvent, values), values)
 
 
 _new_event = tuple.__new__
