@@ -22,7 +22,6 @@ import openai
 import pytest
 
 from hydrallm.config import JournalConfig
-from hydrallm.observe import journal
 from hydrallm.observe.events import RequestEvent
 from hydrallm.observe.journal import JournalSink
 from hydrallm.observe.journal_query import open_readonly, requests
@@ -596,23 +595,3 @@ def test_a_row_that_cannot_be_written_costs_its_batch_and_is_reported_once(
     sink.request(event(2, time.time()))
     sink.close()
     assert ids(db) == ["r-2"]
-
-
-def test_a_batch_is_spooled_sooner_while_other_requests_are_in_flight(tmp_path: Path) -> None:
-    """Alone, a request's row waits for a long batch (the next request waits for the
-    spooling: rarer is better for latency); with others in flight, a short batch is
-    spooled (still in the cache: cheaper).  Either way every row is written."""
-    db = tmp_path / "j.db"
-    sink = JournalSink(JournalConfig(path=str(db)))
-    sink.start()
-    serving = [1]
-    sink.in_flight = lambda: serving[0]
-    for i in range(journal.SHORT_BATCH):
-        sink.request(event(i, time.time()))
-    assert sink.status()["queued"] == journal.SHORT_BATCH  # alone: still queued
-    serving[0] = 5
-    for i in range(journal.SHORT_BATCH, 2 * journal.SHORT_BATCH):
-        sink.request(event(i, time.time()))
-    assert sink.status()["queued"] == 0 and sink.status()["spooled_bytes"] > 0
-    sink.close()
-    assert ids(db) == [f"r-{i}" for i in range(2 * journal.SHORT_BATCH)]

@@ -189,7 +189,6 @@ async def start(
     for sink in sinks:
         if isinstance(sink, JournalSink):
             sink.config_source = lambda: state.current.config  # prices etc. follow reloads
-            sink.in_flight = lambda: state.in_flight  # the size of its batches
     proxy = Proxy(state, reuse_port=reuse_port, fixed_sockets=sockets is not None)
     try:
         # The cluster's code (and the shared-state records) loads only with something to

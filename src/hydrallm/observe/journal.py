@@ -3,12 +3,11 @@
 `JournalSink` is a telemetry `Sink`.  On the event loop, per request: the handler keeps
 the request's steps (each attempt's values as a plain tuple, the models a cooldown left
 out) on the request's `Labels`, and hands them over in `RequestEvent.trail`; when the
-request ends, its event is queued as it is (`request`: the event's fields are the row),
-onto a bounded deque; only a row with an error (redacted so that no secret is ever
-written to a file) or bodies is made there.  Every `BATCH_ROWS` requests (`SHORT_BATCH`
-while others are in flight), and every `FLUSH_S`, the batch is copied into plain tuples
-and `marshal`led into one frame (C calls, no Python a row) and appended to the spool
-(`journal_spool.py`): one `write`.  Nothing is decoded, formatted or priced on the loop.
+request ends, the values its event is made from are queued as they are (`request`: they
+are the row), onto a bounded deque; only a row with an error (redacted so that no secret
+is ever written to a file) or bodies is made there.  Every `BATCH_ROWS` requests, and
+every `FLUSH_S`, the batch is `marshal`led into one frame (a C call, no Python a row) and
+appended to the spool (`journal_spool.py`): one `write`.  Nothing is decoded, formatted or priced on the loop.
 (A batch once made its rows in Python when spooled: 256 rows cold in the cache took
 0.5-0.9 ms in one piece, and the request that arrived meanwhile waited for it.)
 
@@ -72,13 +71,11 @@ from hydrallm.observe.journal_spool import (
 
 __all__ = ["JournalSink", "journal_path"]
 
-QUEUE_LIMIT = 10_240  # a multiple of SHORT_BATCH (see `_batch_full`)
 # One frame appended a second, or one per BATCH_ROWS requests when they come faster: each
-# marshal + write on the loop stays well under a millisecond.
+# marshal + write on the loop stays well under a millisecond (see `_batch_full`).
 FLUSH_S = 1.0
 BATCH_ROWS = 256
-# ... or one per SHORT_BATCH requests while others are in flight (see `request`).
-SHORT_BATCH = 32
+QUEUE_LIMIT = 40 * BATCH_ROWS  # a multiple of it (see `_batch_full`)
 LIGHT = 50  # requests in the last second up to which the writer loads at once
 FORCE_BYTES = 32 << 20  # spooled bytes (~100,000 requests) loaded however busy the proxy
 HOUSEKEEPING_S = 60.0
@@ -106,10 +103,8 @@ class JournalSink(Sink):
         self.config = config
         self.path = journal_path(config)
         self.worker = worker
-        # Where a reload's new config is read from, and how many requests the proxy is
-        # serving (both set by the process that runs the sink).
+        # Where a reload's new config is read from (set by the process that runs the sink).
         self.config_source: Callable[[], Config] | None = None
-        self.in_flight: Callable[[], int] = lambda: 0
         self._redact = Redactor(secrets)
         self._report = report or (lambda message: None)
         self._clock = clock
@@ -404,23 +399,23 @@ class JournalSink(Sink):
             queue.append(self._fixed(e))
         if self._catching_up:
             self._hold()
-        if not len(queue) % SHORT_BATCH:
+        if not len(queue) % BATCH_ROWS:
             self._batch_full()
 
     def _batch_full(self) -> None:
-        """Every `SHORT_BATCH` rows: spool the batch at `BATCH_ROWS` requests, or at
-        `SHORT_BATCH` while other requests are in flight.  A request alone (c1) is followed
-        by the next, which waits for the spooling: a long batch makes that rarer (p99).
-        With others in flight, a short batch is still in the cache when it is encoded: by
-        measurement (c16, CPU per request) a batch of 256 cost ~7 %, ~3 points more than
-        its instructions; one of 32, ~5 %.  (A full queue, the writer far behind, lets its
-        oldest row go at each request: counted here.)"""
+        """Every `BATCH_ROWS` rows: spool the batch.  A request alone (c1) is followed by
+        the next, which waits for the spooling: a long batch makes that rarer (p99).  A
+        long batch is also cheaper a row: `marshal` puts every object another reference
+        holds in a table, and the status page keeps the last 50 requests' events, which
+        hold the same values (callgrind, c16: 32 rows a batch, 1.7k instructions a row more
+        than 256, and no fewer cache misses; 512 no cheaper).  (A full queue, the writer
+        far behind, lets its oldest row go at each request: counted here.)"""
         n = len(self._rows)
         if n == QUEUE_LIMIT:
             if self._full:
                 self.dropped += 1
             self._full = True
-        if (n >= BATCH_ROWS or self.in_flight() > 1) and self._started and not self._flush_soon:
+        if self._started and not self._flush_soon:
             if self._loop is None:
                 self.flush()
             else:
