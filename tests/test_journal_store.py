@@ -292,6 +292,31 @@ def test_a_full_queue_drops_the_oldest_rows_and_counts_them(tmp_path: Path) -> N
     for i in range(journal.QUEUE_LIMIT + 5):
         sink.request(event(i, 0.0))
     assert sink.dropped == 5 and sink.status()["dropped"] == 5
+    # The same for rows queued as they are (a first try that answered, no error).
+    sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db")))
+    first_try = event(0, 0.0)._replace(error=None, trail=[(None, None, 0.1, 200)])
+    for i in range(journal.QUEUE_LIMIT + 7):
+        sink.request(first_try._replace(request_id=f"r-{i}"))
+    assert sink.dropped == 7 and sink.status()["queued"] == journal.QUEUE_LIMIT
+
+
+def test_the_first_request_after_a_busy_time_tells_a_catching_up_writer_to_hold(
+    tmp_path: Path,
+) -> None:
+    # The writer was handed a busy time's backlog; the next request tells it to stop after
+    # its transaction (the proxy has work again), once, and its row is queued as any other.
+    sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db")))  # not started: no writer
+    first_try = event(0, 0.0)._replace(error=None, trail=[(None, None, 0.1, 200)])
+    sink._load(catch_up=True)
+    sent = sink._writer._control
+    assert ("hold",) not in sent
+    sink.request(first_try)
+    sink.request(first_try._replace(request_id="r-1"))
+    assert sent.count(("hold",)) == 1
+    assert sink.status()["queued"] == 2
+    sink._load(catch_up=False)  # a quiet proxy's load: nobody holds it
+    sink.request(first_try._replace(request_id="r-2"))
+    assert sent.count(("hold",)) == 1
 
 
 def test_a_spool_the_writer_cannot_keep_up_with_drops_new_rows_and_counts_them(

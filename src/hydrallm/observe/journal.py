@@ -123,6 +123,9 @@ class JournalSink(Sink):
         self._flush_soon = False  # a flush is scheduled (call_soon)
         self._loading = False  # the writer was asked to load and has not said it is idle
         self._catching_up = False  # ... a backlog of a busy time: the next request holds it
+        # A request's row may be queued as it is (`request`): the journal is on, nothing
+        # to hold, no bodies to write.
+        self._plain = self.enabled and not config.bodies
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_housekeeping = 0.0
@@ -294,10 +297,12 @@ class JournalSink(Sink):
             return
         self._loading = True
         self._catching_up = catch_up
+        self._plain = self._plain and not catch_up
         self._writer.send(("ingest",))
 
     def _hold(self) -> None:
         self._catching_up = False
+        self._plain = self.enabled and not self.config.bodies
         self._writer.send(("hold",))
 
     def _replied(self, message: tuple[Any, ...]) -> None:
@@ -306,6 +311,7 @@ class JournalSink(Sink):
         elif message[0] == "idle":
             self._backlog = message[1]
             self._loading = self._catching_up = False
+            self._plain = self.enabled and not self.config.bodies
 
     def _housekeeping(self) -> None:
         self._last_housekeeping = now = self._clock()
@@ -332,7 +338,7 @@ class JournalSink(Sink):
         """The file or the writer failed: one log line, the journal off (once)."""
         if self.error is not None:
             return
-        self.enabled = False
+        self.enabled = self._plain = False
         self._stop_timer()
         self._rows.clear()
         self._full = False
@@ -378,27 +384,27 @@ class JournalSink(Sink):
             self._header = frame(settings_message(config.prices, self.worker))
 
     def request(self, e: RequestEvent | tuple[Any, ...]) -> None:
-        """The journal's work on the event loop per request: its event's values (the tuple
-        the handler made the event from; or the event) are queued as they are (they are
-        the row, the trail already plain tuples: a first try that answered is (key, ttft,
-        latency, status), whose model is the request's), and the batch is made plain
-        tuples (one C call; a plain tuple is itself) and `marshal`led whole when it is
-        spooled: one
-        call, whose references write what many rows share (listener, route, models)
-        once.  Only a request whose row holds what is not written as it is (an error to
-        redact, in it or in its trail; bodies) gets its row made here."""
-        if not self.enabled:
-            return
+        """The journal's work on the event loop per request: the values the handler made
+        the request's event from (or the event) are queued as they are: they are the row,
+        the trail already plain tuples (a first try that answered is (key, ttft, latency,
+        status), whose model is the request's).  The batch is made plain tuples (one C
+        call; a plain tuple is itself) and `marshal`led whole when it is spooled: one call,
+        whose references write what many rows share (listener, route, models) once.  Only
+        a row that holds what is not written as it is (an error to redact, in it or in its
+        trail; bodies) is made here, and the first request after a busy time's backlog
+        went to the writer tells it to hold (`_plain` is off meanwhile)."""
         # By position: a NamedTuple's field by name is a descriptor call.  (No trail: a
         # request refused before any attempt, whose error sends it to `_fixed` first.)
         steps: list[TrailStep] = e[21]  # type: ignore[assignment]
         queue = self._rows
-        if e[17] is None and e[19] is None and len(steps) == 1 and len(steps[0]) == 4:
+        if self._plain and e[17] is None and len(steps) == 1 and len(steps[0]) == 4:
             queue.append(e)  # the usual request: a first try that answered, nothing to redact
-        else:
+        elif self.enabled:
+            if self._catching_up:
+                self._hold()
             queue.append(self._fixed(e))
-        if self._catching_up:
-            self._hold()
+        else:
+            return
         if not len(queue) % BATCH_ROWS:
             self._batch_full()
 

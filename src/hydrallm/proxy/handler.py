@@ -234,7 +234,7 @@ class _Exchange:
         if self.state.telemetry.wants_usage:
             self.metered = True
             self.trail = []
-            if not SESSION_NAMES.isdisjoint(request.names):
+            if not _no_session_header(request.names):
                 self.session = session_hash(request.headers)
             if self.engine.config.journal.bodies:
                 self.body = body
@@ -493,6 +493,8 @@ class _Exchange:
 
 
 _new_event = tuple.__new__
+# Bound once: the method looked up on the frozenset each request made a method object.
+_no_session_header = SESSION_NAMES.isdisjoint
 
 
 def _auth_ok(
