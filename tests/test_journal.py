@@ -64,13 +64,8 @@ def whole_trail(db: Path, request_id: str) -> tuple[list[dict[str, Any]], dict[s
 
 
 def trail(db: Path, request_id: str) -> list[tuple[Any, ...]]:
-    conn = open_readonly(db)
-    try:
-        row = one(conn, request_id)
-    finally:
-        conn.close()
-    assert row is not None
-    return [(a["model"], a["outcome"], a["status"]) for a in row["attempt_trail"]]
+    steps, _ = whole_trail(db, request_id)
+    return [(a["model"], a["outcome"], a["status"]) for a in steps]
 
 
 async def chat(url: str, *, stream: bool = False) -> tuple[str, str]:

@@ -300,6 +300,17 @@ def test_a_full_queue_drops_the_oldest_rows_and_counts_them(tmp_path: Path) -> N
     assert sink.dropped == 7 and sink.status()["queued"] == journal.QUEUE_LIMIT
 
 
+def test_a_request_with_neither_trail_nor_error_is_written(tmp_path: Path) -> None:
+    # Whatever path ends a request without attempts, its row is written, never an
+    # exception in the handler that ends it.
+    db = tmp_path / "j.db"
+    sink = JournalSink(JournalConfig(path=str(db)))
+    sink.start()
+    sink.request(event(0, time.time())._replace(error=None))
+    sink.close()
+    assert ids(db) == ["r-0"] and sink.error is None
+
+
 def test_the_first_request_after_a_busy_time_tells_a_catching_up_writer_to_hold(
     tmp_path: Path,
 ) -> None:

@@ -394,10 +394,10 @@ class JournalSink(Sink):
         trail; bodies) is made here, and the first request after a busy time's backlog
         went to the writer tells it to hold (`_plain` is off meanwhile)."""
         # By position: a NamedTuple's field by name is a descriptor call.  (No trail: a
-        # request refused before any attempt, whose error sends it to `_fixed` first.)
-        steps: list[TrailStep] = e[21]  # type: ignore[assignment]
+        # request refused before any attempt.)
+        steps: list[TrailStep] | None = e[21]
         queue = self._rows
-        if self._plain and e[17] is None and len(steps) == 1 and len(steps[0]) == 4:
+        if self._plain and e[17] is None and steps and len(steps) == 1 and len(steps[0]) == 4:
             queue.append(e)  # the usual request: a first try that answered, nothing to redact
         elif self.enabled:
             if self._catching_up:
