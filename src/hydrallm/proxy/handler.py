@@ -9,12 +9,9 @@ relayed as it streams).  There is exactly one route: no router, no middleware.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
-from collections.abc import Awaitable, Iterable
-
-from multidict import CIMultiDictProxy
+from collections.abc import Awaitable
 
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.config import ApiType
@@ -27,16 +24,16 @@ from hydrallm.observe.usage import (
     session_hash,
     usage_slice,
 )
-from hydrallm.providers.base import HOP_BY_HOP, ClientRequest, Provider
+from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.providers.urls import UnsafePath, check_path, scrub_upstream
 from hydrallm.proxy import admin
+from hydrallm.proxy.client_headers import auth_ok, forwarded_headers, readable_encoding, tags
 from hydrallm.proxy.engine import Committed, Engine, Final, Labels
 from hydrallm.proxy.recovery import Recovery, make_recovery
 from hydrallm.proxy.relay import bound_send_queue, relay, return_freed_memory
 from hydrallm.proxy.translated import client_type
 from hydrallm.proxy.upstream import message_headers
 from hydrallm.proxy.wire import (
-    INFLATED,
     BodyTooLarge,
     Handler,
     Request,
@@ -46,7 +43,6 @@ from hydrallm.proxy.wire import (
     json_response,
 )
 
-_NO_CONTROLS = dict.fromkeys([*range(32), 127])
 _JSON_START = frozenset(b"{ \t\r\n")
 # The types whose requests carry a `model` the proxy rewrites (Bedrock's is in the path).
 _REWRITTEN = frozenset({"openai", "anthropic"})
@@ -157,13 +153,13 @@ class _Exchange:
         listener, request, path = self.listener, self.request, self.path
         strip_auth: frozenset[tuple[str, str]] = frozenset()
         if listener.auth_keys:
-            ok, strip_auth = _auth_ok(listener, request)
+            ok, strip_auth = auth_ok(listener.auth_keys, request.headers)
             if not ok:
                 return self.refuse(401, "missing or invalid proxy key", "authentication_error")
         if self.unsafe is not None:
             return self.refuse(400, self.unsafe, "invalid_request_error")
         encoding = request.headers.get("Content-Encoding")
-        if encoding is not None and not _readable_encoding(encoding):
+        if encoding is not None and not readable_encoding(encoding):
             return self.refuse(
                 415,
                 f"request Content-Encoding {encoding[:40]!r} is not supported;"
@@ -212,7 +208,7 @@ class _Exchange:
                     return self.refuse(400, str(exc), "invalid_request_error")
             elif body[0] in _JSON_START:
                 parsed = parse_body(body)
-        headers, accept = _forwarded_headers(request.headers, request.names, strip_auth)
+        headers, accept = forwarded_headers(request.headers, request.names, strip_auth)
         streaming = (
             (parsed is not None and parsed.stream)
             or "text/event-stream" in accept
@@ -258,7 +254,7 @@ class _Exchange:
     def send_final(self, result: Final) -> Response:
         model = result.model
         endpoint = model.endpoint if model is not None else None
-        headers = [*result.headers, *_tags(result.model_name, endpoint, result.attempts)]
+        headers = [*result.headers, *tags(result.model_name, endpoint, result.attempts)]
         headers.append(("x-hydrallm-request-id", self.request_id))
         self.finish(
             result.status,
@@ -278,7 +274,7 @@ class _Exchange:
     def answer_headers(self, committed: Committed) -> list[tuple[str, str]]:
         """The upstream's headers as the client gets them, with hydrallm's tags."""
         headers = message_headers(committed.response)
-        headers += _tags(committed.model_name, committed.model.endpoint, committed.attempts)
+        headers += tags(committed.model_name, committed.model.endpoint, committed.attempts)
         headers.append(("x-hydrallm-request-id", self.request_id))
         return headers
 
@@ -495,86 +491,6 @@ class _Exchange:
 _new_event = tuple.__new__
 # Bound once: the method looked up on the frozenset each request made a method object.
 _no_session_header = SESSION_NAMES.isdisjoint
-
-
-def _auth_ok(
-    listener: ListenerRuntime, request: Request
-) -> tuple[bool, frozenset[tuple[str, str]]]:
-    """Check proxy auth; returns (ok, the (header, value) pairs that carry a proxy key).
-
-    Every header the listener accepts keys in is checked, each occurrence of it: a proxy
-    key is removed from all of them before forwarding, not only from the one that
-    authenticated.
-    """
-    headers = request.headers
-    presented: list[tuple[str, str, str]] = []
-    for auth in headers.getall("Authorization", ()):
-        if auth[:7].lower() == "bearer ":
-            presented.append(("authorization", auth, auth[7:].strip()))
-    for key in headers.getall("x-api-key", ()):
-        presented.append(("x-api-key", key, key.strip()))
-    carrying: set[tuple[str, str]] = set()
-    for name, raw, value in presented:
-        candidate = value.encode()
-        # Compare against every key, always, so timing says nothing about which matched.
-        matched = False
-        for k in listener.auth_keys:
-            matched |= hmac.compare_digest(candidate, k)
-        if matched:
-            carrying.add((name, raw))
-    return bool(carrying), frozenset(carrying)
-
-
-def _readable_encoding(value: str) -> bool:
-    """Whether a request Content-Encoding is one the body arrives inflated from."""
-    return (value.isascii() and value.lower() in INFLATED) or value.strip().lower() == "identity"
-
-
-def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
-    """Header names the client's `Connection:` header values nominate as hop-by-hop."""
-    names: set[str] = set()
-    for v in values:
-        names.update(t.strip().lower() for t in v.split(",") if t.strip())
-    return frozenset(names)
-
-
-# Never forwarded: hop-by-hop, and Content-Encoding (the body was inflated when read).
-_DROPPED = HOP_BY_HOP | {"content-encoding"}
-
-
-def _forwarded_headers(
-    headers: CIMultiDictProxy[str], names: list[str], strip: frozenset[tuple[str, str]]
-) -> tuple[tuple[tuple[str, str], ...], str]:
-    """The client's headers less hop-by-hop ones (fixed, and those its `Connection:` names,
-    RFC 9110 §7.6.1), the proxy key wherever it was presented, and `Content-Encoding`
-    (the body was inflated when read); also its (last) Accept.  `names` are the header
-    names in lower case, in order: no header is lower-cased here again."""
-    drop = _DROPPED
-    if "Connection" in headers:
-        drop = drop | _connection_tokens(headers.getall("Connection"))
-    kept = [pair for pair, name in zip(headers.items(), names, strict=True) if name not in drop]
-    if strip:
-        kept = [(k, v) for k, v in kept if (k.lower(), v) not in strip]
-    accept = ""
-    if "Accept" in headers and "accept" not in drop:
-        accept = headers.getall("Accept")[-1]
-    if "Accept-Encoding" not in headers or "accept-encoding" in drop:
-        # The upstream client does not decompress; ask for what the client can read.
-        kept.append(("Accept-Encoding", "identity"))
-    return tuple(kept), accept
-
-
-def _tags(model: str | None, endpoint: str | None, attempts: int) -> list[tuple[str, str]]:
-    """The x-hydrallm-* headers every response carries."""
-    count = ("x-hydrallm-attempts", str(attempts))
-    if model is None:
-        return [("x-hydrallm-endpoint", endpoint), count] if endpoint is not None else [count]
-    # A "*" model is the client's own string: no CR/LF/NUL may reach a header line.
-    # (isprintable first: translate with a table costs ~2 µs even when nothing changes.)
-    shown = ("x-hydrallm-model", model if model.isprintable() else model.translate(_NO_CONTROLS))
-    if endpoint is None:
-        return [shown, count]
-    return [shown, ("x-hydrallm-endpoint", endpoint), count]
 
 
 def _plain_error(status: int, message: str) -> Response:
