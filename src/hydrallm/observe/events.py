@@ -170,7 +170,8 @@ class AttemptEvent:
 
 # A step of a request's trail, a plain tuple (as `marshal` writes it): an attempt's
 # (model, model_id, endpoint, key, outcome, status, error, latency, waited, ttft, retry,
-# fallback), or (None, ids): models left out (circuit open).
+# fallback); a first try that answered, (key, ttft, latency, status) (its model is the
+# request's); or (None, ids): models left out (circuit open).
 TrailStep = tuple[Any, ...]
 
 
@@ -179,8 +180,8 @@ class RequestEvent(NamedTuple):
 
     A tuple, not a dataclass: the handler makes it with `tuple.__new__` from its values in
     field order, with no Python `__init__` (a slotted dataclass's, called with keywords,
-    was ~17,000 instructions a request: the keywords go through a dict), and its first
-    fields are the journal's row as they are (`JournalSink.request` slices them)."""
+    was ~17,000 instructions a request: the keywords go through a dict); the journal
+    queues those values as its row (`Sink.plain_request`)."""
 
     request_id: str
     started_at: float  # wall clock
@@ -208,8 +209,9 @@ class RequestEvent(NamedTuple):
     # Only with `journal.bodies = true` (debugging): the bodies, as received and sent.
     request_body: bytes | None = None
     response_body: bytes | None = None
-    # The request's steps in order, when a sink reads them (the journal): each attempt's
-    # event, and (None, model ids) for models left out because their circuit was open.
+    # The request's steps in order, when a sink reads them (the journal), as plain tuples
+    # (`TrailStep`): each attempt's, a first try that answered as (key, ttft, latency,
+    # status), and (None, model ids) for models left out because their circuit was open.
     trail: list[TrailStep] | None = None
 
 
