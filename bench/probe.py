@@ -1,0 +1,214 @@
+"""Two measurements finer than the bench's rounds, for one change at a time (journal on
+vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seventh session.
+
+    python -m bench.probe instructions [--journal] [--src DIR] [-n 2000] [--conc 1]
+                                       [--cache-sim]
+        valgrind's callgrind on `hydrallm serve` (the proxy process only), counting from
+        after a warm-up to the end of N keep-alive requests: instructions a request.
+        Repeated runs agree within ~0.7k at c1 when the journal's one-second tick is off
+        in the copy (`FLUSH_S = 1e9`); at c16 the count depends on timing (±1k).
+
+    python -m bench.probe onoff [--src DIR] [--rounds 10] [--seconds 5]
+        two proxies, journal off and on, loaded at once by a `wrk -c16` each; their user
+        and system CPU per request from /proc, the on/off ratio per round and the median.
+        Two identical processes measured so read 1.00 ± 0.02 a round.
+
+Both need the bench's upstream (started here) and, for `onoff`, wrk; `instructions` needs
+valgrind (`apt-get install -y valgrind`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.procs import CLOCK_TICKS, free_port, wait_port
+from bench.variants import hydrallm_config
+
+HERE = Path(__file__).resolve().parent
+BODY = (
+    b'{"model":"bench-model","messages":[{"role":"user","content":"Say hello."}],"max_tokens":32}'
+)
+REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nContent-Length: "
+    + str(len(BODY)).encode()
+    + b"\r\n\r\n"
+    + BODY
+)
+
+
+async def _client(port: int, total: int, conc: int) -> None:
+    """`total` requests over `conc` keep-alive connections, each answer read whole."""
+    left = total
+
+    async def one() -> None:
+        nonlocal left
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while left > 0:
+            left -= 1
+            writer.write(REQUEST)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head[:200].decode("latin-1"))
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(conc)))
+
+
+def _env(src: Path | None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    return env
+
+
+def _proxy(
+    work: Path, name: str, upstream: int, journal: bool, src: Path | None, prefix: list[str]
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    config = work / f"{name}.toml"
+    config.write_text(hydrallm_config(port, upstream, work / f"{name}.db" if journal else None))
+    argv = [*prefix, sys.executable, "-m", "hydrallm", "serve", "-c", str(config)]
+    proc = subprocess.Popen(
+        argv, env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_port(port, proc, timeout=120.0)
+    return proc, port
+
+
+def _stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def instructions(args: argparse.Namespace, work: Path, upstream: int) -> None:
+    out = work / "cg.out"
+    prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    if args.cache_sim:
+        prefix.append("--cache-sim=yes")
+    proc, port = _proxy(work, "cg", upstream, args.journal, args.src, prefix)
+    try:
+        asyncio.run(_client(port, 400, args.conc))  # warm-up, not counted
+        subprocess.run(
+            ["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True
+        )
+        asyncio.run(_client(port, args.n, args.conc))
+        subprocess.run(
+            ["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True
+        )
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(1.0)
+    finally:
+        _stop(proc)
+    dumps = sorted(work.glob("cg.out.*"))  # the first dump: from "on" to "off"
+    events = totals = None
+    for line in dumps[0].read_text().splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("totals:"):
+            totals = [int(v) for v in line.split()[1:]]
+    if events is None or totals is None:
+        raise RuntimeError(f"no totals in {dumps[0]}")
+    per = ", ".join(f"{e} {t / args.n:,.0f}" for e, t in zip(events, totals, strict=True))
+    print(f"journal {'on' if args.journal else 'off'}, c{args.conc}, a request: {per}")
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def _wrk(port: int, seconds: int) -> subprocess.Popen[str]:
+    body = Path(tempfile.gettempdir()) / "hydrallm-probe-body.json"
+    body.write_bytes(BODY)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    argv = ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(HERE / "wrk.lua"), url]
+    env = dict(os.environ, BENCH_BODY_FILE=str(body))
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def _requests(output: str) -> int:
+    for line in output.splitlines():
+        if " requests in " in line:
+            return int(line.split()[0])
+    raise RuntimeError(f"no request count in wrk's output: {output!r}")
+
+
+def onoff(args: argparse.Namespace, work: Path, upstream: int) -> None:
+    off, off_port = _proxy(work, "off", upstream, False, args.src, [])
+    on, on_port = _proxy(work, "on", upstream, True, args.src, [])
+    ratios = []
+    try:
+        time.sleep(2.0)
+        for n in range(args.rounds):
+            before = [_cpu(off.pid), _cpu(on.pid)]
+            loads = [_wrk(off_port, args.seconds), _wrk(on_port, args.seconds)]
+            outputs = [load.communicate()[0] for load in loads]
+            after = [_cpu(off.pid), _cpu(on.pid)]
+            per = []
+            for b, a, out in zip(before, after, outputs, strict=True):
+                count = _requests(out)
+                per.append(((a[0] - b[0]) * 1e6 / count, (a[1] - b[1]) * 1e6 / count))
+            ratio = sum(per[1]) / sum(per[0])
+            ratios.append(ratio)
+            print(
+                f"round {n + 1}: off user {per[0][0]:.1f} sys {per[0][1]:.1f} µs, "
+                f"on user {per[1][0]:.1f} sys {per[1][1]:.1f} µs a request: on/off {ratio:.3f}"
+            )
+            time.sleep(2.0)  # the journal's writer loads when the proxy is quiet
+    finally:
+        _stop(off, on)
+    print(f"CPU per request on/off: median {statistics.median(ratios):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.probe")
+    sub = parser.add_subparsers(dest="what", required=True)
+    one = sub.add_parser("instructions")
+    one.add_argument("--journal", action="store_true")
+    one.add_argument("-n", type=int, default=2000)
+    one.add_argument("--conc", type=int, default=1)
+    one.add_argument("--cache-sim", action="store_true")
+    two = sub.add_parser("onoff")
+    two.add_argument("--rounds", type=int, default=10)
+    two.add_argument("--seconds", type=int, default=5)
+    for p in (one, two):
+        p.add_argument("--src", type=Path, default=None, help="a copy of src/ to run instead")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hydrallm-probe-") as tmp:
+        work = Path(tmp)
+        up_port = free_port()
+        upstream = subprocess.Popen(
+            [sys.executable, str(HERE / "upstream.py"), "--port", str(up_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(up_port, upstream)
+            (instructions if args.what == "instructions" else onoff)(args, work, up_port)
+        finally:
+            _stop(upstream)
+
+
+if __name__ == "__main__":
+    main()
