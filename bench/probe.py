@@ -138,8 +138,8 @@ def _cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
-def _wrk(port: int, seconds: int) -> subprocess.Popen[str]:
-    body = Path(tempfile.gettempdir()) / "hydrallm-probe-body.json"
+def _wrk(work: Path, port: int, seconds: int) -> subprocess.Popen[str]:
+    body = work / "body.json"
     body.write_bytes(BODY)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     argv = ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(HERE / "wrk.lua"), url]
@@ -162,7 +162,7 @@ def onoff(args: argparse.Namespace, work: Path, upstream: int) -> None:
         time.sleep(2.0)
         for n in range(args.rounds):
             before = [_cpu(off.pid), _cpu(on.pid)]
-            loads = [_wrk(off_port, args.seconds), _wrk(on_port, args.seconds)]
+            loads = [_wrk(work, off_port, args.seconds), _wrk(work, on_port, args.seconds)]
             outputs = [load.communicate()[0] for load in loads]
             after = [_cpu(off.pid), _cpu(on.pid)]
             per = []

@@ -300,6 +300,38 @@ def test_a_full_queue_drops_the_oldest_rows_and_counts_them(tmp_path: Path) -> N
     assert sink.dropped == 7 and sink.status()["queued"] == journal.QUEUE_LIMIT
 
 
+def test_a_secret_in_an_attempts_error_is_redacted_before_it_is_spooled(tmp_path: Path) -> None:
+    # An attempt's error (a connect error naming a URL with credentials, an upstream that
+    # echoes the key) is redacted in the trail, in the spool and in the file, and the
+    # rest of the error is kept.
+    from hydrallm.observe.events import AttemptEvent
+    from hydrallm.observe.journal_query import one
+
+    db = tmp_path / "j.db"
+    sink = JournalSink(JournalConfig(path=str(db)), secrets=frozenset({UPSTREAM_KEY}))
+    sink.start()
+    failed = AttemptEvent("default", "default", "m", "up", "model-0", 1, 1, "connect_error",
+                          None, f"cannot connect to https://u:{UPSTREAM_KEY}@up.example/v1",
+                          0.01, None, False, False)  # fmt: skip
+    answered = (None, None, 0.02, 200)  # a first try's four values: redacting keeps them
+    sink.request(event(0, time.time())._replace(error=None, trail=[failed.step()]))
+    sink.request(event(1, time.time())._replace(error=None, trail=[answered]))
+    sink.flush()
+    spooled = b"".join(p.read_bytes() for p in spool_dir(db).iterdir())
+    assert b"cannot connect to" in spooled and UPSTREAM_KEY.encode() not in spooled
+    sink.close()
+    assert UPSTREAM_KEY.encode() not in file_bytes(db)
+    conn = open_readonly(db)
+    try:
+        row = one(conn, "r-0")
+    finally:
+        conn.close()
+    assert row is not None
+    [step] = row["attempt_trail"]
+    assert step["outcome"] == "connect_error" and step["error"].startswith("cannot connect to")
+    assert ids(db) == ["r-0", "r-1"]
+
+
 def test_a_request_with_neither_trail_nor_error_is_written(tmp_path: Path) -> None:
     # Whatever path ends a request without attempts, its row is written, never an
     # exception in the handler that ends it.

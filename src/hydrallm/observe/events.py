@@ -175,6 +175,33 @@ class AttemptEvent:
 TrailStep = tuple[Any, ...]
 
 
+def first_try_step(
+    model: str | None,
+    model_id: str | None,
+    endpoint: str | None,
+    key: str | None,
+    ttft: float | None,
+    latency: float,
+    status: int | None,
+) -> TrailStep:
+    """A first try that answered as a whole step (`AttemptEvent.step`'s layout): the one
+    place its four values (key, ttft, latency, status) and its model are put together."""
+    return (
+        model,
+        model_id,
+        endpoint,
+        key,
+        "success",
+        status,
+        None,
+        latency,
+        0.0,
+        ttft,
+        False,
+        False,
+    )
+
+
 class RequestEvent(NamedTuple):
     """One client request, reported once when its answer has ended.
 

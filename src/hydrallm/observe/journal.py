@@ -83,7 +83,7 @@ LOAD_AT_CLOSE_S = 2.0  # a stopping proxy loads its spool for this long (~80,000
 BODY_LIMIT = 64 * 1024
 # A queued row as a plain tuple (`marshal` writes no tuple subclass): a request's event
 # (a NamedTuple) copied by one C call; a row made by `_fixed` is itself.
-_plain = operator.itemgetter(slice(None))
+_as_tuple = operator.itemgetter(slice(None))
 
 
 class JournalSink(Sink):
@@ -123,9 +123,7 @@ class JournalSink(Sink):
         self._flush_soon = False  # a flush is scheduled (call_soon)
         self._loading = False  # the writer was asked to load and has not said it is idle
         self._catching_up = False  # ... a backlog of a busy time: the next request holds it
-        # A request's row may be queued as it is (`request`): the journal is on, nothing
-        # to hold, no bodies to write.
-        self._plain = self.enabled and not config.bodies
+        self._plain_again()  # (sets `_plain`, the flag `request` reads first)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_housekeeping = 0.0
@@ -281,7 +279,7 @@ class JournalSink(Sink):
         """The queued rows as a "rows" message (`journal_spool.rows_of` reads it); the
         queue emptied."""
         rows = self._rows
-        message = ("rows", list(map(_plain, rows)))
+        message = ("rows", list(map(_as_tuple, rows)))
         self._taken += len(rows)
         rows.clear()
         self._full = False
@@ -297,13 +295,18 @@ class JournalSink(Sink):
             return
         self._loading = True
         self._catching_up = catch_up
-        self._plain = self._plain and not catch_up
+        self._plain_again()
         self._writer.send(("ingest",))
 
     def _hold(self) -> None:
         self._catching_up = False
-        self._plain = self.enabled and not self.config.bodies
+        self._plain_again()
         self._writer.send(("hold",))
+
+    def _plain_again(self) -> None:
+        """A request's row may be queued as it is (`request`) when the journal is on, has
+        no writer to tell to hold, and writes no bodies."""
+        self._plain = self.enabled and not self._catching_up and not self.config.bodies
 
     def _replied(self, message: tuple[Any, ...]) -> None:
         if message[0] == "written":
@@ -311,7 +314,7 @@ class JournalSink(Sink):
         elif message[0] == "idle":
             self._backlog = message[1]
             self._loading = self._catching_up = False
-            self._plain = self.enabled and not self.config.bodies
+            self._plain_again()
 
     def _housekeeping(self) -> None:
         self._last_housekeeping = now = self._clock()

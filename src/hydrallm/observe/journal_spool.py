@@ -197,6 +197,9 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     method, path, requested model, served model, model id, endpoint) once, as `shapes`,
     then each row's own `marshal` data end to end, a row naming its shape; "batch": the
     same rows as one list."""
+    # Here, not at the top: the writer process does not load events.py (nor asyncio).
+    from hydrallm.observe.events import first_try_step
+
     kind = message[0]
     rows: Iterable[tuple[Any, ...]]
     if kind == "rows":
@@ -215,14 +218,15 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
         if trail and not isinstance(trail[0], tuple):
             # (The previous version.)  Served by its first try: (key, ttft, latency) of
             # that attempt, whose model, endpoint and status are the request's.
-            key, ttft, attempt_latency = trail
-            first = (*row[7:10], key, "success", row[10], None)
-            yield (*row[:21], ((*first, attempt_latency, 0.0, ttft, False, False),))
+            key, ttft, latency = trail
+            yield (
+                *row[:21],
+                (first_try_step(row[7], row[8], row[9], key, ttft, latency, row[10]),),
+            )
         elif trail and len(trail) == 1 and len(trail[0]) == 4:
             # Served by its first try: that attempt's model and endpoint are the request's.
-            key, ttft, attempt_latency, status = trail[0]
-            first = (*row[7:10], key, "success", status, None)
-            yield (*row[:21], ((*first, attempt_latency, 0.0, ttft, False, False),))
+            key, ttft, latency, status = trail[0]
+            yield (*row[:21], (first_try_step(row[7], row[8], row[9], key, ttft, latency, status),))
         else:
             yield row
 

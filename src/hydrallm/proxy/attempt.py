@@ -30,7 +30,7 @@ from hydrallm.errors import (
 from hydrallm.formats.base import WireFormat
 from hydrallm.formats.peek import Commit, Failed, Peeker
 from hydrallm.formats.registry import select_format
-from hydrallm.observe.events import AttemptEvent, Telemetry, TrailStep
+from hydrallm.observe.events import AttemptEvent, Telemetry, TrailStep, first_try_step
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.translated import (
@@ -68,27 +68,6 @@ class Labels:
     # The request's steps, when a sink reads them (the journal; `RequestEvent.trail`).
     trail: list[TrailStep] | None = None
     first: ModelConfig | None = None  # the model of a first try that answered (`_report`)
-
-
-def _whole_first(first: TrailStep, model: ModelConfig | None) -> TrailStep:
-    """A first try's (key, ttft, latency, status) as a whole step (another step follows it,
-    so the request's model may not be its own)."""
-    key, ttft, latency, status = first
-    name, model_id, endpoint = (model.model, model.id, model.endpoint) if model else (None,) * 3
-    return (
-        name,
-        model_id,
-        endpoint,
-        key,
-        "success",
-        status,
-        None,
-        latency,
-        0.0,
-        ttft,
-        False,
-        False,
-    )
 
 
 @dataclass(slots=True)
@@ -520,14 +499,12 @@ class AttemptRunner:
                 # request's, or is restored from `labels.first` if another step follows.
                 labels.first = model
                 trail.append((key, ttft, latency, status))
-            else:
-                if len(trail) == 1 and len(trail[0]) == 4:
-                    trail[0] = _whole_first(trail[0], labels.first)
-                # The journal's step: `AttemptEvent.step`'s tuple, made from the values here.
-                trail.append(
-                    (name, model_id, endpoint, key, outcome, status, error, latency, waited,
-                     ttft, retry, fallback)
-                )  # fmt: skip
+            else:  # (a retry, a fallback, a failure, a recovery: not every request)
+                first = labels.first
+                if first is not None and len(trail) == 1 and len(trail[0]) == 4:
+                    # Another step follows a first try: the request's model may not be its.
+                    trail[0] = first_try_step(first.model, first.id, first.endpoint, *trail[0])
+                trail.append(event.step())
         self.telemetry.attempt(event)
 
     def _error_body(self, status: int, encoding: str, body: bytes) -> str | None:
