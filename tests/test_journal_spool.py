@@ -147,10 +147,11 @@ def test_a_damaged_segment_is_set_aside_and_the_others_load(tmp_path: Path) -> N
 
 
 def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> None:
-    """Segments proxies of earlier versions left ("rows" whose first-try trails were three
-    values; "packed": shapes, then each row's own `marshal` data; "batch": shapes and the
-    rows as one list) load into the same request and attempt rows as this version's
-    ("rows": the rows in full, as one list)."""
+    """Segments proxies of earlier versions left ("rows" whose first-try trails were
+    [(key, ttft, latency, status)], or three values not in a list; "packed": shapes, then
+    each row's own `marshal` data; "batch": shapes and the rows as one list) load into the
+    same request and attempt rows as this version's ("rows": the rows in full, as one
+    list, a first try's four values after the trail)."""
 
     def load(db: Path, layout: str) -> list[tuple[object, ...]]:
         spool = SpoolWriter(spool_dir(db), lambda: frame(settings_message((), 0)))
@@ -158,23 +159,30 @@ def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> N
         for i in range(300):
             # a first try; a retry; a fallback after a model a cooldown left out
             steps = [attempt(n, last=n == i % 3).step() for n in range(1 + i % 3)]
+            e = store_event(i, 1_700_000_000.0 + i)._replace(endpoint="e", trail=steps)
             if i % 3 == 0:  # a first try that answered, as the proxy hands it over
-                steps = [(steps[0][3], steps[0][9], steps[0][7], steps[0][5])]
+                first = steps[0]
+                e = e._replace(trail=None, first_key=first[3], first_ttft=first[9])
+                e = e._replace(first_latency=first[7], first_status=first[5])
             if i % 3 == 2:
                 steps.insert(2, (None, ("cold",)))
-            e = store_event(i, 1_700_000_000.0 + i)._replace(endpoint="e", trail=steps)
             sink.request(e)
         kind, rows = sink._take()
         assert kind == "rows"
         if layout == "rows":
             spool.append(frame((kind, rows)))
+            assert sum(1 for row in rows if row[21] is None) == 100
         else:  # as the earlier versions wrote them
+            rows = [listed(row) for row in rows]
+        if layout == "listed":
+            spool.append(frame((kind, rows)))
+        elif layout != "rows":
             # A first try's trail was three values of its attempt (read back into the whole).
             rows = [compact(row) for row in rows]
             assert sum(1 for row in rows if not isinstance(row[21][0], tuple)) == 100
         if layout == "compact":
             spool.append(frame((kind, rows)))
-        elif layout != "rows":
+        elif layout in ("batch", "packed"):
             shapes: dict[tuple[object, ...], int] = {}
             old = []
             for row in rows:
@@ -191,6 +199,11 @@ def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> N
             found = conn.execute("SELECT * FROM requests ORDER BY id").fetchall()
             found += conn.execute("SELECT * FROM attempts ORDER BY 1, 2").fetchall()
         return found
+
+    def listed(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        if row[21] is None:  # a first try's four values: [(key, ttft, latency, status)]
+            return (*row[:21], [tuple(row[22:26])])
+        return row[:22]
 
     def compact(row: tuple[Any, ...]) -> tuple[Any, ...]:
         trail = row[21]
@@ -220,6 +233,7 @@ def test_a_spool_of_the_previous_layout_loads_the_same_rows(tmp_path: Path) -> N
 
     now = load(tmp_path / "now.db", "rows")
     assert len(now) == 300 + 600  # every request, the attempts and skips of 200
+    assert now == load(tmp_path / "listed.db", "listed")
     assert now == load(tmp_path / "compact.db", "compact")
     assert now == load(tmp_path / "packed.db", "packed")
     assert now == load(tmp_path / "batch.db", "batch")

@@ -294,7 +294,7 @@ def test_a_full_queue_drops_the_oldest_rows_and_counts_them(tmp_path: Path) -> N
     assert sink.dropped == 5 and sink.status()["dropped"] == 5
     # The same for rows queued as they are (a first try that answered, no error).
     sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db")))
-    first_try = event(0, 0.0)._replace(error=None, trail=[(None, None, 0.1, 200)])
+    first_try = event(0, 0.0)._replace(error=None, first_latency=0.1, first_status=200)
     for i in range(journal.QUEUE_LIMIT + 7):
         sink.request(first_try._replace(request_id=f"r-{i}"))
     assert sink.dropped == 7 and sink.status()["queued"] == journal.QUEUE_LIMIT
@@ -313,9 +313,9 @@ def test_a_secret_in_an_attempts_error_is_redacted_before_it_is_spooled(tmp_path
     failed = AttemptEvent("default", "default", "m", "up", "model-0", 1, 1, "connect_error",
                           None, f"cannot connect to https://u:{UPSTREAM_KEY}@up.example/v1",
                           0.01, None, False, False)  # fmt: skip
-    answered = (None, None, 0.02, 200)  # a first try's four values: redacting keeps them
     sink.request(event(0, time.time())._replace(error=None, trail=[failed.step()]))
-    sink.request(event(1, time.time())._replace(error=None, trail=[answered]))
+    # A first try's four values, with an error (redacting keeps them).
+    sink.request(event(1, time.time())._replace(first_latency=0.02, first_status=200))
     sink.flush()
     spooled = b"".join(p.read_bytes() for p in spool_dir(db).iterdir())
     assert b"cannot connect to" in spooled and UPSTREAM_KEY.encode() not in spooled
@@ -349,7 +349,7 @@ def test_the_first_request_after_a_busy_time_tells_a_catching_up_writer_to_hold(
     # The writer was handed a busy time's backlog; the next request tells it to stop after
     # its transaction (the proxy has work again), once, and its row is queued as any other.
     sink = JournalSink(JournalConfig(path=str(tmp_path / "j.db")))  # not started: no writer
-    first_try = event(0, 0.0)._replace(error=None, trail=[(None, None, 0.1, 200)])
+    first_try = event(0, 0.0)._replace(error=None, first_latency=0.1, first_status=200)
     sink._load(catch_up=True)
     sent = sink._writer._control
     assert ("hold",) not in sent

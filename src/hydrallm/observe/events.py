@@ -170,8 +170,8 @@ class AttemptEvent:
 
 # A step of a request's trail, a plain tuple (as `marshal` writes it): an attempt's
 # (model, model_id, endpoint, key, outcome, status, error, latency, waited, ttft, retry,
-# fallback); a first try that answered, (key, ttft, latency, status) (its model is the
-# request's); or (None, ids): models left out (circuit open).
+# fallback); or (None, ids): models left out (circuit open).  (A first try that answered,
+# the usual request, is no step: `RequestEvent.first_key` and the three after it.)
 TrailStep = tuple[Any, ...]
 
 
@@ -185,7 +185,7 @@ def first_try_step(
     status: int | None,
 ) -> TrailStep:
     """A first try that answered as a whole step (`AttemptEvent.step`'s layout): the one
-    place its four values (key, ttft, latency, status) and its model are put together."""
+    place its four values (`RequestEvent.first_key` ...) and its model are put together."""
     return (
         model,
         model_id,
@@ -237,9 +237,17 @@ class RequestEvent(NamedTuple):
     request_body: bytes | None = None
     response_body: bytes | None = None
     # The request's steps in order, when a sink reads them (the journal), as plain tuples
-    # (`TrailStep`): each attempt's, a first try that answered as (key, ttft, latency,
-    # status), and (None, model ids) for models left out because their circuit was open.
+    # (`TrailStep`): each attempt's, and (None, model ids) for models left out because
+    # their circuit was open.  None when there were none, or only a first try that
+    # answered (the usual request): that attempt's key label, time to first token,
+    # latency and status are the four fields after this one (None otherwise), so that
+    # the usual event holds strings and numbers only.  (A container in it would keep the
+    # cyclic collector busy while the journal queues it: see `JournalSink.request`.)
     trail: list[TrailStep] | None = None
+    first_key: str | None = None
+    first_ttft: float | None = None
+    first_latency: float | None = None
+    first_status: int | None = None
 
 
 class Sink:

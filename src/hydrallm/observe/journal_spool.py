@@ -191,8 +191,10 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
     """The request tuples of a spooled message, in the layout `Writer._rows` reads.
 
     "rows" (`JournalSink._take`): the rows in that layout, as one list, each trail a list
-    of steps; a request served by its first try carries [(key, ttft, latency, status)] of
-    that attempt (spools of the previous version: (key, ttft, latency), not in a list).
+    of steps, and after it the four values of a first try that answered when the request
+    has no trail (`RequestEvent.first_key` ...).  Spools of the two previous versions have
+    no such values: such a request's trail is [(key, ttft, latency, status)] of that
+    attempt, or (key, ttft, latency), not in a list.
     Spools of earlier versions: "packed": what many requests share (listener, route,
     method, path, requested model, served model, model id, endpoint) once, as `shapes`,
     then each row's own `marshal` data end to end, a row naming its shape; "batch": the
@@ -215,7 +217,14 @@ def rows_of(message: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
         return
     for row in rows:
         trail = row[21]
-        if trail and not isinstance(trail[0], tuple):
+        if len(row) > 22:
+            # Served by its first try (its latency is set): that attempt's model and
+            # endpoint are the request's.
+            if trail is None and row[24] is not None:
+                yield (*row[:21], (first_try_step(*row[7:10], *row[22:26]),))
+            else:
+                yield row[:22]
+        elif trail and not isinstance(trail[0], tuple):
             # (The previous version.)  Served by its first try: (key, ttft, latency) of
             # that attempt, whose model, endpoint and status are the request's.
             key, ttft, latency = trail

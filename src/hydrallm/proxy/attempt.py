@@ -67,7 +67,13 @@ class Labels:
     api_type: ApiType
     # The request's steps, when a sink reads them (the journal; `RequestEvent.trail`).
     trail: list[TrailStep] | None = None
-    first: ModelConfig | None = None  # the model of a first try that answered (`_report`)
+    # A first try that answered, while no other step follows it (`_report`): its model,
+    # and its values as `RequestEvent.first_key` and the three after it take them.
+    first: ModelConfig | None = None
+    first_key: str | None = None
+    first_ttft: float | None = None
+    first_latency: float | None = None
+    first_status: int | None = None
 
 
 @dataclass(slots=True)
@@ -494,16 +500,36 @@ class AttemptRunner:
         )
         trail = labels.trail
         if trail is not None:
-            if not trail and outcome == "success" and not (retry or fallback or waited):
-                # A first try that answered: (key, ttft, latency, status); its model is the
-                # request's, or is restored from `labels.first` if another step follows.
+            first = labels.first
+            if (
+                not trail
+                and first is None
+                and outcome == "success"
+                and not (retry or fallback or waited)
+            ):
+                # A first try that answered: no step (no tuple kept by the journal), only
+                # its values, which the request's event carries.
                 labels.first = model
-                trail.append((key, ttft, latency, status))
+                labels.first_key = key
+                labels.first_ttft = ttft
+                labels.first_latency = latency
+                labels.first_status = status
             else:  # (a retry, a fallback, a failure, a recovery: not every request)
-                first = labels.first
-                if first is not None and len(trail) == 1 and len(trail[0]) == 4:
-                    # Another step follows a first try: the request's model may not be its.
-                    trail[0] = first_try_step(first.model, first.id, first.endpoint, *trail[0])
+                if first is not None:
+                    # Another step follows a first try (a recovery): it becomes a step.
+                    trail.append(
+                        first_try_step(
+                            first.model,
+                            first.id,
+                            first.endpoint,
+                            labels.first_key,
+                            labels.first_ttft,
+                            labels.first_latency or 0.0,
+                            labels.first_status,
+                        )
+                    )
+                    labels.first = labels.first_key = labels.first_ttft = None
+                    labels.first_latency = labels.first_status = None
                 trail.append(event.step())
         self.telemetry.attempt(event)
 

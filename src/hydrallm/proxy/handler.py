@@ -98,6 +98,7 @@ class _Exchange:
         "api_type",
         "body",
         "engine",
+        "labels",
         "listener",
         "meter",
         "metered",
@@ -144,6 +145,7 @@ class _Exchange:
         self.requested: str | None = None
         self.session: str | None = None
         self.trail: list[TrailStep] | None = None  # the request's steps, for the journal
+        self.labels = _NO_LABELS  # the request's, once made (a first try's values)
         self.trim = False  # a client left mid-stream: return freed memory when idle
         self.unsafe: str | None = None  # why check_path refused the path
 
@@ -234,7 +236,7 @@ class _Exchange:
                 self.session = session_hash(request.headers)
             if self.engine.config.journal.bodies:
                 self.body = body
-        labels = Labels(listener.config.name, self.route, self.api_type, self.trail)
+        self.labels = labels = Labels(listener.config.name, self.route, self.api_type, self.trail)
         state = self.state
         state.in_flight += 1
         try:
@@ -459,6 +461,7 @@ class _Exchange:
                 at = body.rfind(b'"usage"')
                 usage = body[at : at + USAGE_CARRY] if at >= 0 else usage_slice(body)
                 size = len(body)
+        labels = self.labels
         # In RequestEvent's field order, made without a Python __init__ (see its doc); the
         # journal reads the plain tuple.
         values = (
@@ -483,12 +486,18 @@ class _Exchange:
             self.session,
             self.body,
             body if self.body is not None else None,
-            self.trail,
+            self.trail or None,
+            labels.first_key,
+            labels.first_ttft,
+            labels.first_latency,
+            labels.first_status,
         )
         self.state.telemetry.request(_new_event(RequestEvent, values), values)
 
 
 _new_event = tuple.__new__
+# A request's labels until it has its own (one refused before any attempt): no first try.
+_NO_LABELS = Labels("", "", "openai")
 # Bound once: the method looked up on the frozenset each request made a method object.
 _no_session_header = SESSION_NAMES.isdisjoint
 
