@@ -2,16 +2,21 @@
 vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seventh session.
 
     python -m bench.probe instructions [--journal] [--src DIR] [-n 2000] [--conc 1]
-                                       [--cache-sim]
+                                       [--cache-sim] [--keep FILE]
         valgrind's callgrind on `hydrallm serve` (the proxy process only), counting from
         after a warm-up to the end of N keep-alive requests: instructions a request.
         Repeated runs agree within ~0.7k at c1 when the journal's one-second tick is off
         in the copy (`FLUSH_S = 1e9`); at c16 the count depends on timing (±1k).
+        `--keep FILE` keeps the dump, for `callgrind_annotate --inclusive=yes FILE`.
 
     python -m bench.probe onoff [--src DIR] [--rounds 10] [--seconds 5]
+                                [--off-src DIR] [--off-journal]
         two proxies, journal off and on, loaded at once by a `wrk -c16` each; their user
         and system CPU per request from /proc, the on/off ratio per round and the median.
-        Two identical processes measured so read 1.00 ± 0.02 a round.
+        `--off-src`/`--off-journal`: the "off" process runs another copy of src/, or has
+        its journal on too (two versions of the journal compared; or a calibration: the
+        same code on both sides).  Single rounds vary by ±5 %, and medians of 12 rounds
+        by ±3 % between runs (bench/RESULTS.md, eighth session).
 
 Both need the bench's upstream (started here) and, for `onoff`, wrk; `instructions` needs
 valgrind (`apt-get install -y valgrind`).
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,13 +135,28 @@ def instructions(args: argparse.Namespace, work: Path, upstream: int) -> None:
             totals = [int(v) for v in line.split()[1:]]
     if events is None or totals is None:
         raise RuntimeError(f"no totals in {dumps[0]}")
+    if args.keep is not None:
+        shutil.copy(dumps[0], args.keep)  # for callgrind_annotate
     per = ", ".join(f"{e} {t / args.n:,.0f}" for e, t in zip(events, totals, strict=True))
     print(f"journal {'on' if args.journal else 'off'}, c{args.conc}, a request: {per}")
 
 
-def _cpu(pid: int) -> tuple[float, float]:
+def _cpu(pid: int) -> tuple[float, float, int]:
+    """User and system CPU seconds, and minor page faults, of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
+
+
+def _writer_pid(pid: int) -> int | None:
+    """The journal's writer process among `pid`'s children."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"journal_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+            except OSError:
+                continue
+    return None
 
 
 def _wrk(work: Path, port: int, seconds: int) -> subprocess.Popen[str]:
@@ -155,25 +176,38 @@ def _requests(output: str) -> int:
 
 
 def onoff(args: argparse.Namespace, work: Path, upstream: int) -> None:
-    off, off_port = _proxy(work, "off", upstream, False, args.src, [])
+    off_src = args.src if args.off_src is None else args.off_src
+    off, off_port = _proxy(work, "off", upstream, args.off_journal, off_src, [])
     on, on_port = _proxy(work, "on", upstream, True, args.src, [])
     ratios = []
     try:
         time.sleep(2.0)
         for n in range(args.rounds):
+            writer = _writer_pid(on.pid)
             before = [_cpu(off.pid), _cpu(on.pid)]
+            writer_before = _cpu(writer) if writer is not None else None
             loads = [_wrk(work, off_port, args.seconds), _wrk(work, on_port, args.seconds)]
             outputs = [load.communicate()[0] for load in loads]
             after = [_cpu(off.pid), _cpu(on.pid)]
+            if writer is not None and writer_before is not None:
+                used = sum(_cpu(writer)[:2]) - sum(writer_before[:2])
+                print(f"  the journal's writer process: {used:.2f} s CPU during the round")
             per = []
             for b, a, out in zip(before, after, outputs, strict=True):
                 count = _requests(out)
-                per.append(((a[0] - b[0]) * 1e6 / count, (a[1] - b[1]) * 1e6 / count))
-            ratio = sum(per[1]) / sum(per[0])
+                per.append(
+                    (
+                        (a[0] - b[0]) * 1e6 / count,
+                        (a[1] - b[1]) * 1e6 / count,
+                        (a[2] - b[2]) * 1000 / count,
+                    )
+                )
+            ratio = sum(per[1][:2]) / sum(per[0][:2])
             ratios.append(ratio)
             print(
-                f"round {n + 1}: off user {per[0][0]:.1f} sys {per[0][1]:.1f} µs, "
-                f"on user {per[1][0]:.1f} sys {per[1][1]:.1f} µs a request: on/off {ratio:.3f}"
+                f"round {n + 1}: off user {per[0][0]:.1f} sys {per[0][1]:.1f} µs "
+                f"faults {per[0][2]:.1f}, on user {per[1][0]:.1f} sys {per[1][1]:.1f} µs "
+                f"faults {per[1][2]:.1f} (a 1,000 requests): on/off {ratio:.3f}"
             )
             time.sleep(2.0)  # the journal's writer loads when the proxy is quiet
     finally:
@@ -189,9 +223,12 @@ def main() -> None:
     one.add_argument("-n", type=int, default=2000)
     one.add_argument("--conc", type=int, default=1)
     one.add_argument("--cache-sim", action="store_true")
+    one.add_argument("--keep", type=Path, default=None, help="copy callgrind's dump here")
     two = sub.add_parser("onoff")
     two.add_argument("--rounds", type=int, default=10)
     two.add_argument("--seconds", type=int, default=5)
+    two.add_argument("--off-src", type=Path, default=None, help="the 'off' process's src/")
+    two.add_argument("--off-journal", action="store_true", help="the 'off' one's journal on")
     for p in (one, two):
         p.add_argument("--src", type=Path, default=None, help="a copy of src/ to run instead")
     args = parser.parse_args()
