@@ -65,7 +65,8 @@ class Labels:
     listener: str
     route: str
     api_type: ApiType
-    # The request's steps, when a sink reads them (the journal; `RequestEvent.trail`).
+    keep: bool = False  # a sink reads the request's steps (the journal)
+    # Its steps (`RequestEvent.trail`), once there is one: none for the usual request.
     trail: list[TrailStep] | None = None
     # A first try that answered, while no other step follows it (`_report`): its model,
     # and its values as `RequestEvent.first_key` and the three after it take them.
@@ -498,11 +499,11 @@ class AttemptRunner:
             waited,
             key,
         )
-        trail = labels.trail
-        if trail is not None:
+        if labels.keep:
+            trail = labels.trail
             first = labels.first
             if (
-                not trail
+                trail is None
                 and first is None
                 and outcome == "success"
                 and not (retry or fallback or waited)
@@ -515,6 +516,8 @@ class AttemptRunner:
                 labels.first_latency = latency
                 labels.first_status = status
             else:  # (a retry, a fallback, a failure, a recovery: not every request)
+                if trail is None:
+                    trail = labels.trail = []
                 if first is not None:
                     # Another step follows a first try (a recovery): it becomes a step.
                     trail.append(

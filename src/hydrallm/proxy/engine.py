@@ -81,8 +81,12 @@ class Engine:
         plan_chain = self.breakers.plan(chain)
         if len(plan_chain) != len(chain):
             skipped = [m.id for m in chain if m not in plan_chain]
-            if labels.trail is not None:
-                labels.trail.append((None, tuple(skipped)))
+            if labels.keep:
+                step = (None, tuple(skipped))
+                if labels.trail is None:
+                    labels.trail = [step]
+                else:
+                    labels.trail.append(step)
             self.telemetry.skipped(labels.listener, skipped)
         planner = Planner(plan_chain, retry, rand=self.rand)
         started = self.clock()

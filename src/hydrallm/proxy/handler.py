@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.config import ApiType
 from hydrallm.formats.body import BodyError, looks_like_json, parse_body, parse_strict
-from hydrallm.observe.events import RequestEvent, TrailStep
+from hydrallm.observe.events import RequestEvent
 from hydrallm.observe.usage import (
     SESSION_NAMES,
     USAGE_CARRY,
@@ -111,7 +111,6 @@ class _Exchange:
         "session",
         "started",
         "state",
-        "trail",
         "trim",
         "unsafe",
         "wall",
@@ -144,8 +143,7 @@ class _Exchange:
         self.body: bytes | None = None  # journal.bodies only
         self.requested: str | None = None
         self.session: str | None = None
-        self.trail: list[TrailStep] | None = None  # the request's steps, for the journal
-        self.labels = _NO_LABELS  # the request's, once made (a first try's values)
+        self.labels = _NO_LABELS  # the request's, once made (its steps, for the journal)
         self.trim = False  # a client left mid-stream: return freed memory when idle
         self.unsafe: str | None = None  # why check_path refused the path
 
@@ -231,12 +229,11 @@ class _Exchange:
         self.route, chain = listener.resolve(self.requested)
         if self.state.telemetry.wants_usage:
             self.metered = True
-            self.trail = []
             if not _no_session_header(request.names):
                 self.session = session_hash(request.headers)
             if self.engine.config.journal.bodies:
                 self.body = body
-        self.labels = labels = Labels(listener.config.name, self.route, self.api_type, self.trail)
+        self.labels = labels = Labels(listener.config.name, self.route, self.api_type, self.metered)
         state = self.state
         state.in_flight += 1
         try:
@@ -486,7 +483,7 @@ class _Exchange:
             self.session,
             self.body,
             body if self.body is not None else None,
-            self.trail or None,
+            labels.trail,
             labels.first_key,
             labels.first_ttft,
             labels.first_latency,
