@@ -107,18 +107,31 @@ def _stop(*procs: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def instructions(args: argparse.Namespace, work: Path, upstream: int) -> None:
-    out = work / "cg.out"
+def count(
+    work: Path,
+    upstream: int,
+    *,
+    journal: bool,
+    src: Path | None = None,
+    n: int = 2000,
+    conc: int = 1,
+    cache_sim: bool = False,
+    keep: Path | None = None,
+    name: str = "cg",
+) -> dict[str, float]:
+    """callgrind's counts a request (Ir, and the cache events with `cache_sim`) of a
+    `hydrallm serve` loaded by N keep-alive requests after a warm-up of 400."""
+    out = work / f"{name}.out"
     prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    if args.cache_sim:
+    if cache_sim:
         prefix.append("--cache-sim=yes")
-    proc, port = _proxy(work, "cg", upstream, args.journal, args.src, prefix)
+    proc, port = _proxy(work, name, upstream, journal, src, prefix)
     try:
-        asyncio.run(_client(port, 400, args.conc))  # warm-up, not counted
+        asyncio.run(_client(port, 400, conc))  # warm-up, not counted
         subprocess.run(
             ["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True
         )
-        asyncio.run(_client(port, args.n, args.conc))
+        asyncio.run(_client(port, n, conc))
         subprocess.run(
             ["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True
         )
@@ -126,7 +139,7 @@ def instructions(args: argparse.Namespace, work: Path, upstream: int) -> None:
         time.sleep(1.0)
     finally:
         _stop(proc)
-    dumps = sorted(work.glob("cg.out.*"))  # the first dump: from "on" to "off"
+    dumps = sorted(work.glob(f"{name}.out.*"))  # the first dump: from "on" to "off"
     events = totals = None
     for line in dumps[0].read_text().splitlines():
         if line.startswith("events:"):
@@ -135,9 +148,23 @@ def instructions(args: argparse.Namespace, work: Path, upstream: int) -> None:
             totals = [int(v) for v in line.split()[1:]]
     if events is None or totals is None:
         raise RuntimeError(f"no totals in {dumps[0]}")
-    if args.keep is not None:
-        shutil.copy(dumps[0], args.keep)  # for callgrind_annotate
-    per = ", ".join(f"{e} {t / args.n:,.0f}" for e, t in zip(events, totals, strict=True))
+    if keep is not None:
+        shutil.copy(dumps[0], keep)  # for callgrind_annotate
+    return {e: t / n for e, t in zip(events, totals, strict=True)}
+
+
+def instructions(args: argparse.Namespace, work: Path, upstream: int) -> None:
+    counts = count(
+        work,
+        upstream,
+        journal=args.journal,
+        src=args.src,
+        n=args.n,
+        conc=args.conc,
+        cache_sim=args.cache_sim,
+        keep=args.keep,
+    )
+    per = ", ".join(f"{e} {v:,.0f}" for e, v in counts.items())
     print(f"journal {'on' if args.journal else 'off'}, c{args.conc}, a request: {per}")
 
 

@@ -56,7 +56,11 @@ def test_bench_smoke_runs_and_reports(tmp_path: Path) -> None:
     assert data["figures"]["retry_rps"]["hydrallm"] > 0
     names = [t["name"] for t in data["targets"]]
     assert "serve ready (ms)" in names and "1 MiB body added p50 (ms)" in names
-    assert all(t["passed"] in (True, False) for t in data["targets"])
+    # Every target is judged, except the journal's instruction count: it needs valgrind
+    # and minutes, and the smoke profile leaves it out.
+    judged = {t["name"]: t["passed"] for t in data["targets"]}
+    assert judged.pop("journal instructions cost c16") is None
+    assert all(passed in (True, False) for passed in judged.values()), judged
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
