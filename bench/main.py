@@ -624,8 +624,9 @@ class Bench:
         proxy with the journal on and of one with it off, the same 4,000 requests at c16
         (`bench.probe`; both run at once, each under valgrind).  Unlike the rows above,
         the count does not move with the machine's load (±0.3 % run to run).  The
-        journal's one-second flush runs ~50 times more often a request under valgrind:
-        the count overstates the journal's cost a little, never understates it."""
+        journal's one-second flush runs ~50 times more often a request under valgrind
+        (batches of ~150 rows, not 256): the count overstates the journal's cost a
+        little."""
         if shutil.which("valgrind") is None or self.profile.name == "smoke":
             return
         from concurrent.futures import ThreadPoolExecutor

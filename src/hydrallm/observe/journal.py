@@ -401,8 +401,8 @@ class JournalSink(Sink):
         collector's count of live containers is raised by each one made and kept, and a
         pass runs at 700; rows queued with their trail's list and step (three containers
         a request) made one pass every ~230 requests, each walking the queue and moving it
-        to an older generation (measured at c16: 1.1 % of the proxy's CPU in the
-        collector, 0.2 % with one container a row).  A row that is only strings and
+        to an older generation (measured at c16: 0.8-1.1 % of the proxy's CPU in the
+        collector, 0.2 % with one container a row; bench/RESULTS.md, eighth session).  A row that is only strings and
         numbers is also dropped from the collector's view by its first pass."""
         # By position: a NamedTuple's field by name is a descriptor call.
         queue = self._rows
