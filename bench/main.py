@@ -33,7 +33,15 @@ from typing import Any
 
 from bench import paired
 from bench.peers import Peer, start_litellm, start_portkey
-from bench.procs import Procs, cpu_seconds, free_port, raise_nofile, rss_mb, wait_port
+from bench.procs import (
+    Procs,
+    cpu_seconds,
+    free_port,
+    raise_nofile,
+    rss_mb,
+    wait_port,
+    writer_pid,
+)
 from bench.variants import hydrallm_config, run_variants
 
 HERE = Path(__file__).resolve().parent
@@ -570,7 +578,7 @@ class Bench:
             procs.append(proc)
         on = "hydrallm-journal"
         self.quiet(on)
-        writer = _writer_pid(self.pids[on])
+        writer = writer_pid(self.pids[on])
         cpu0 = None if writer is None else cpu_seconds(writer)
         written0 = self.journal_status(on).get("written", 0)
         try:
@@ -607,7 +615,7 @@ class Bench:
             self.quiet(on)
             written = self.journal_status(on).get("written", 0) - written0
             if writer is None:  # started a second after the process (first flush)
-                writer = _writer_pid(self.pids[on])
+                writer = writer_pid(self.pids[on])
                 cpu0 = 0.0
             if writer is not None and cpu0 is not None and written > 0:
                 label = "journal writer CPU per request, loaded when quiet"
@@ -938,22 +946,6 @@ def to_json(bench: Bench, targets: list[Target], elapsed: float) -> dict[str, An
         "figures": figures,
         "targets": [asdict(t) for t in targets],
     }
-
-
-def _writer_pid(pid: int) -> int | None:
-    """The journal writer process among `pid`'s children."""
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                if b"journal_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    return int(child)
-            except OSError:
-                continue
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

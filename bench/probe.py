@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import CLOCK_TICKS, free_port, wait_port
+from bench.procs import CLOCK_TICKS, free_port, wait_port, writer_pid
 from bench.variants import hydrallm_config
 
 HERE = Path(__file__).resolve().parent
@@ -174,18 +174,6 @@ def _cpu(pid: int) -> tuple[float, float, int]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
 
 
-def _writer_pid(pid: int) -> int | None:
-    """The journal's writer process among `pid`'s children."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                if b"journal_writer" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    return int(child)
-            except OSError:
-                continue
-    return None
-
-
 def _wrk(work: Path, port: int, seconds: int) -> subprocess.Popen[str]:
     body = work / "body.json"
     body.write_bytes(BODY)
@@ -210,7 +198,7 @@ def onoff(args: argparse.Namespace, work: Path, upstream: int) -> None:
     try:
         time.sleep(2.0)
         for n in range(args.rounds):
-            writer = _writer_pid(on.pid)
+            writer = writer_pid(on.pid)
             before = [_cpu(off.pid), _cpu(on.pid)]
             writer_before = _cpu(writer) if writer is not None else None
             loads = [_wrk(work, off_port, args.seconds), _wrk(work, on_port, args.seconds)]
