@@ -68,6 +68,7 @@ from hydrallm.observe.journal_spool import (
     settings_message,
     spool_dir,
 )
+from hydrallm.observe.rowcodec import NATIVE
 
 __all__ = ["JournalSink", "journal_path"]
 
@@ -279,7 +280,9 @@ class JournalSink(Sink):
         """The queued rows as a "rows" message (`journal_spool.rows_of` reads it); the
         queue emptied."""
         rows = self._rows
-        message = ("rows", list(map(_as_tuple, rows)))
+        # The C encoder writes a NamedTuple (a request's event) as a tuple; `marshal`
+        # writes none: each made a plain tuple first (one C call a row).
+        message = ("rows", list(rows) if NATIVE else list(map(_as_tuple, rows)))
         self._taken += len(rows)
         rows.clear()
         self._full = False

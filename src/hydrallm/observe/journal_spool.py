@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from hydrallm.observe.rowcodec import encode
+
 if TYPE_CHECKING:
     from hydrallm.config import Price
     from hydrallm.observe.journal_writer import Writer
@@ -60,7 +62,7 @@ OPEN, CLOSED = ".open", ".seg"
 
 
 def frame(message: tuple[Any, ...]) -> bytes:
-    data = marshal.dumps(message)
+    data = encode(message)  # as `marshal.dumps` writes it; `marshal.loads` reads it
     return HEADER.pack(len(data)) + data
 
 

@@ -17,13 +17,8 @@ from hydrallm.app.runtime import ListenerRuntime, ProxyState
 from hydrallm.config import ApiType
 from hydrallm.formats.body import BodyError, looks_like_json, parse_body, parse_strict
 from hydrallm.observe.events import RequestEvent
-from hydrallm.observe.usage import (
-    SESSION_NAMES,
-    USAGE_CARRY,
-    UsageMeter,
-    session_hash,
-    usage_slice,
-)
+from hydrallm.observe.rowcodec import usage_slice
+from hydrallm.observe.usage import SESSION_NAMES, UsageMeter, session_hash
 from hydrallm.providers.base import ClientRequest, Provider
 from hydrallm.providers.urls import UnsafePath, check_path, scrub_upstream
 from hydrallm.proxy import admin
@@ -454,9 +449,7 @@ class _Exchange:
                     if meter.usage is not None:
                         usage = tuple(meter.usage)
             else:  # decoded by the journal's writer, not here
-                # `usage_slice`'s usual case inline (a call less on every request).
-                at = body.rfind(b'"usage"')
-                usage = body[at : at + USAGE_CARRY] if at >= 0 else usage_slice(body)
+                usage = usage_slice(body)  # one C call (rowcodec), when it is built
                 size = len(body)
         labels = self.labels
         # In RequestEvent's field order, made without a Python __init__ (see its doc); the

@@ -1,0 +1,290 @@
+/* The journal's two per-request steps in C: optional, with the same functions in Python
+   (hydrallm/observe/rowcodec.py) used when this module is not built.
+
+   encode(obj) -> bytes
+       `marshal.dumps(obj)` for what the journal queues (tuples and lists of None, bools,
+       ints that fit in 32 bits, floats, str and bytes), readable by `marshal.loads`; but
+       with no table of objects already written (marshal looks up every object another
+       reference holds, and the status page holds the newest rows' values): ~25 machine
+       instructions a value instead of ~140.  Anything else (a larger int, another type,
+       nesting deeper than 8) raises ValueError, and the caller uses `marshal` instead.
+
+   usage_slice(body) -> bytes | None
+       The part of a whole response body from its last `"usage"` (else its last
+       `"amazon-bedrock-invocationMetrics"`), at most CARRY bytes; None when neither is
+       there.  As `hydrallm.observe.usage.usage_slice`, in one call (`bytes.rfind` parses
+       its arguments the old way: ~0.25k instructions before it searches). */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memrchr */
+#endif
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define CARRY (16 * 1024)
+#define MAX_DEPTH 8
+
+typedef struct {
+    PyObject *bytes; /* the output, resized as it grows */
+    Py_ssize_t len;
+    Py_ssize_t cap;
+} Out;
+
+static int
+reserve(Out *out, Py_ssize_t more)
+{
+    if (out->len + more <= out->cap) {
+        return 0;
+    }
+    Py_ssize_t cap = out->cap * 2;
+    if (cap < out->len + more) {
+        cap = out->len + more;
+    }
+    if (_PyBytes_Resize(&out->bytes, cap) < 0) {
+        return -1;
+    }
+    out->cap = cap;
+    return 0;
+}
+
+static inline char *
+at(Out *out)
+{
+    return PyBytes_AS_STRING(out->bytes) + out->len;
+}
+
+static inline void
+put_u32(char *p, uint32_t n)
+{
+    p[0] = (char)(n & 0xff);
+    p[1] = (char)((n >> 8) & 0xff);
+    p[2] = (char)((n >> 16) & 0xff);
+    p[3] = (char)((n >> 24) & 0xff);
+}
+
+static int
+put_sized(Out *out, char type, const char *data, Py_ssize_t n)
+{
+    if (n > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "too long");
+        return -1;
+    }
+    if (reserve(out, 5 + n) < 0) {
+        return -1;
+    }
+    char *p = at(out);
+    p[0] = type;
+    put_u32(p + 1, (uint32_t)n);
+    memcpy(p + 5, data, (size_t)n);
+    out->len += 5 + n;
+    return 0;
+}
+
+static int put(Out *out, PyObject *v, int depth);
+
+static int
+put_items(Out *out, PyObject *const *items, Py_ssize_t n, char small, char big, int depth)
+{
+    if (n > 0x7fffffff) {
+        PyErr_SetString(PyExc_ValueError, "too long");
+        return -1;
+    }
+    if (reserve(out, 5) < 0) {
+        return -1;
+    }
+    char *p = at(out);
+    if (small && n < 256) {
+        p[0] = small;
+        p[1] = (char)n;
+        out->len += 2;
+    }
+    else {
+        p[0] = big;
+        put_u32(p + 1, (uint32_t)n);
+        out->len += 5;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (put(out, items[i], depth + 1) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+put(Out *out, PyObject *v, int depth)
+{
+    if (depth > MAX_DEPTH) {
+        PyErr_SetString(PyExc_ValueError, "nested too deep");
+        return -1;
+    }
+    if (v == Py_None || v == Py_True || v == Py_False) {
+        if (reserve(out, 1) < 0) {
+            return -1;
+        }
+        *at(out) = v == Py_None ? 'N' : (v == Py_True ? 'T' : 'F');
+        out->len += 1;
+        return 0;
+    }
+    if (PyUnicode_CheckExact(v)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        if (PyUnicode_IS_ASCII(v)) {
+            const char *data = (const char *)PyUnicode_DATA(v);
+            if (n < 256) {
+                if (reserve(out, 2 + n) < 0) {
+                    return -1;
+                }
+                char *p = at(out);
+                p[0] = 'z'; /* TYPE_SHORT_ASCII */
+                p[1] = (char)n;
+                memcpy(p + 2, data, (size_t)n);
+                out->len += 2 + n;
+                return 0;
+            }
+            return put_sized(out, 'a', data, n); /* TYPE_ASCII */
+        }
+        /* As marshal writes it: UTF-8, lone surrogates passed through. */
+        PyObject *utf8 = PyUnicode_AsEncodedString(v, "utf8", "surrogatepass");
+        if (utf8 == NULL) {
+            return -1;
+        }
+        int r = put_sized(out, 'u', PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8));
+        Py_DECREF(utf8);
+        return r;
+    }
+    if (PyFloat_CheckExact(v)) {
+        if (reserve(out, 9) < 0) {
+            return -1;
+        }
+        char *p = at(out);
+        p[0] = 'g'; /* TYPE_BINARY_FLOAT */
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(v), p + 1, 1) < 0) {
+            return -1;
+        }
+        out->len += 9;
+        return 0;
+    }
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long x = PyLong_AsLongAndOverflow(v, &overflow);
+        if (overflow || x > 0x7fffffffL || x < -0x7fffffffL - 1) {
+            PyErr_SetString(PyExc_ValueError, "an int larger than 32 bits");
+            return -1;
+        }
+        if (x == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (reserve(out, 5) < 0) {
+            return -1;
+        }
+        char *p = at(out);
+        p[0] = 'i'; /* TYPE_INT */
+        put_u32(p + 1, (uint32_t)(int32_t)x);
+        out->len += 5;
+        return 0;
+    }
+    if (PyTuple_Check(v)) { /* a NamedTuple too: written as the plain tuple it is */
+        return put_items(out, &PyTuple_GET_ITEM(v, 0), PyTuple_GET_SIZE(v), ')', '(', depth);
+    }
+    if (PyList_CheckExact(v)) {
+        return put_items(out, &PyList_GET_ITEM(v, 0), PyList_GET_SIZE(v), 0, '[', depth);
+    }
+    if (PyBytes_CheckExact(v)) {
+        return put_sized(out, 's', PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)); /* TYPE_STRING */
+    }
+    PyErr_Format(PyExc_ValueError, "a %.80s", Py_TYPE(v)->tp_name);
+    return -1;
+}
+
+static PyObject *
+encode(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    Out out = {PyBytes_FromStringAndSize(NULL, 4096), 0, 4096};
+    if (out.bytes == NULL) {
+        return NULL;
+    }
+    if (put(&out, obj, 0) < 0) {
+        Py_XDECREF(out.bytes);
+        return NULL;
+    }
+    if (_PyBytes_Resize(&out.bytes, out.len) < 0) {
+        return NULL;
+    }
+    return out.bytes;
+}
+
+/* The last occurrence of `needle` (m bytes) in `h` (n bytes), or -1. */
+static Py_ssize_t
+last(const char *h, Py_ssize_t n, const char *needle, Py_ssize_t m)
+{
+    const char first = needle[0];
+#ifdef __GLIBC__
+    /* memrchr: the C library's vectorised search for the needle's first byte. */
+    Py_ssize_t end = n - m + 1; /* where the needle may start: [0, end) */
+    while (end > 0) {
+        const char *p = memrchr(h, first, (size_t)end);
+        if (p == NULL) {
+            return -1;
+        }
+        if (memcmp(p, needle, (size_t)m) == 0) {
+            return p - h;
+        }
+        end = p - h;
+    }
+#else
+    for (Py_ssize_t i = n - m; i >= 0; i--) {
+        if (h[i] == first && memcmp(h + i, needle, (size_t)m) == 0) {
+            return i;
+        }
+    }
+#endif
+    return -1;
+}
+
+static PyObject *
+usage_slice(PyObject *Py_UNUSED(module), PyObject *body)
+{
+    if (!PyBytes_CheckExact(body)) {
+        PyErr_SetString(PyExc_TypeError, "usage_slice() takes bytes");
+        return NULL;
+    }
+    const char *h = PyBytes_AS_STRING(body);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    static const char usage[] = "\"usage\"";
+    static const char bedrock[] = "\"amazon-bedrock-invocationMetrics\"";
+    Py_ssize_t i = last(h, n, usage, sizeof(usage) - 1);
+    if (i < 0) {
+        i = last(h, n, bedrock, sizeof(bedrock) - 1);
+        if (i < 0) {
+            Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t end = n - i < CARRY ? n : i + CARRY;
+    return PyBytes_FromStringAndSize(h + i, end - i);
+}
+
+static PyMethodDef methods[] = {
+    {"encode", encode, METH_O, "marshal.dumps(obj) for the journal's rows, with no reference table."},
+    {"usage_slice", usage_slice, METH_O, "The part of a whole body that states its usage, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_rowcodec",
+    .m_doc = "The journal's per-request steps in C (optional).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__rowcodec(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "CARRY", CARRY) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,6 @@
+from typing import Any
+
+CARRY: int
+
+def encode(obj: Any, /) -> bytes: ...
+def usage_slice(body: bytes, /) -> bytes | None: ...
