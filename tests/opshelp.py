@@ -105,11 +105,11 @@ async def post_chat(
 class ServeProcess:
     """`hydrallm serve -c PATH` as a real subprocess; stderr goes to a file."""
 
-    def __init__(self, config_path: Path, *args: str) -> None:
+    def __init__(self, config_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
         self.log_path = config_path.with_suffix(".log")
         self._log = self.log_path.open("wb")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRALLM")} | (env or {})
         self.proc = subprocess.Popen(
             [HYDRALLM, "serve", "-c", str(config_path), *args],
             stdout=self._log,
