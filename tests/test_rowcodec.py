@@ -9,6 +9,7 @@ import marshal
 import os
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -152,14 +153,41 @@ def test_the_c_usage_slice_is_bounded_like_the_python_one() -> None:
         native.usage_slice("not bytes")  # type: ignore[arg-type]
 
 
+@needs_native
+def test_the_appender_queues_the_usual_row_and_hands_the_rest_to_python() -> None:
+    queue: deque[tuple[Any, ...]] = deque(maxlen=8)
+    full: list[int] = []
+    slow: list[tuple[Any, ...]] = []
+    append = native.Appender(queue, 4, lambda: full.append(len(queue)), slow.append)
+    usual = ("id", *[None] * 25)
+    with_error = (*usual[:17], "boom", *usual[18:])
+    with_trail = (*usual[:21], [("step",)], *usual[22:])
+    append(usual)
+    assert (list(queue), slow) == ([], [usual])  # not `plain` yet: Python decides
+    append.plain = True
+    for _ in range(9):
+        append(usual)
+    # Full at each multiple of the batch, and at every row once the queue is at its bound
+    # (the sink counts the oldest row dropped there), as `JournalSink.request` does.
+    assert (len(queue), full) == (8, [4, 8, 8])
+    append(with_error)
+    append(with_trail)
+    append(("short",))
+    assert slow[1:] == [with_error, with_trail, ("short",)]
+    with pytest.raises(TypeError):
+        append()  # type: ignore[call-arg]
+    with pytest.raises(AttributeError):
+        append.batch = 3  # type: ignore[misc]
+
+
 def test_without_the_c_module_the_python_functions_are_used() -> None:
     code = (
         "from hydrallm.observe import rowcodec, usage\n"
-        "print(rowcodec.NATIVE, rowcodec.usage_slice is usage.usage_slice)"
+        "print(rowcodec.NATIVE, rowcodec.usage_slice is usage.usage_slice, rowcodec.Appender)"
     )
     env = dict(os.environ, HYDRALLM_NO_NATIVE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["False", "True"], out.stderr
+    assert out.stdout.split() == ["False", "True", "None"], out.stderr
 
 
 async def _serve_and_ask(tmp_path: Path, env: dict[str, str]) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ from hydrallm.observe.journal_spool import (
     settings_message,
     spool_dir,
 )
-from hydrallm.observe.rowcodec import NATIVE
+from hydrallm.observe.rowcodec import NATIVE, Appender
 
 __all__ = ["JournalSink", "journal_path"]
 
@@ -116,6 +116,12 @@ class JournalSink(Sink):
         self.written = 0
         self.error: str | None = None
         self.enabled = config.enabled
+        # `request` in C for the usual row, when the C module is built (rowcodec.Appender).
+        self._appender = (
+            Appender(self._rows, BATCH_ROWS, self._batch_full, self._request_slow)
+            if Appender is not None
+            else None
+        )
         self._writer = WriterProcess(self._replied, self._failed)
         self._header = frame(settings_message(prices, worker))
         self._spool = SpoolWriter(spool_dir(self.path), lambda: self._header)
@@ -309,7 +315,15 @@ class JournalSink(Sink):
     def _plain_again(self) -> None:
         """A request's row may be queued as it is (`request`) when the journal is on, has
         no writer to tell to hold, and writes no bodies."""
-        self._plain = self.enabled and not self._catching_up and not self.config.bodies
+        self._set_plain(self.enabled and not self._catching_up and not self.config.bodies)
+
+    def _set_plain(self, plain: bool) -> None:
+        self._plain = plain
+        if self._appender is not None:
+            self._appender.plain = plain
+
+    def plain_handler(self) -> Callable[[tuple[Any, ...]], None]:
+        return self._appender if self._appender is not None else self.request
 
     def _replied(self, message: tuple[Any, ...]) -> None:
         if message[0] == "written":
@@ -344,7 +358,8 @@ class JournalSink(Sink):
         """The file or the writer failed: one log line, the journal off (once)."""
         if self.error is not None:
             return
-        self.enabled = self._plain = False
+        self.enabled = False
+        self._set_plain(False)
         self._stop_timer()
         self._rows.clear()
         self._full = False
@@ -411,12 +426,20 @@ class JournalSink(Sink):
         queue = self._rows
         if self._plain and e[17] is None and e[21] is None:
             queue.append(e)  # the usual request: no trail (a first try), nothing to redact
-        elif self.enabled:
-            if self._catching_up:
-                self._hold()
-            queue.append(self._fixed(e))
+            if not len(queue) % BATCH_ROWS:
+                self._batch_full()
         else:
+            self._request_slow(e)
+
+    def _request_slow(self, e: RequestEvent | tuple[Any, ...]) -> None:
+        """`request` for any other row (and `Appender`'s `slow`): made anew (`_fixed`);
+        the first request after a backlog went to the writer tells it to hold."""
+        if not self.enabled:
             return
+        if self._catching_up:
+            self._hold()
+        queue = self._rows
+        queue.append(self._fixed(e))
         if not len(queue) % BATCH_ROWS:
             self._batch_full()
 

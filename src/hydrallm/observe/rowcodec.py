@@ -6,12 +6,14 @@ results are the same either way (tests/test_rowcodec.py).
   `marshal.loads` reads them (a NamedTuple in it written as the plain tuple it is).
 - `usage_slice(body)`: the part of a whole response body that states its usage
   (`hydrallm.observe.usage.usage_slice`).
+- `Appender`: `JournalSink.request` for the usual row (queued as it is), a callable
+  object instead of a Python call (None without the C module: the method is used).
 
 Why C: these two were ~6.5k of the journal's ~10.5k instructions a request (callgrind;
 bench/RESULTS.md, ninth session), each one call at CPython's floor: `marshal` looks every
 value another reference holds up in a table (the status page holds the newest rows'
 values), and `bytes.rfind` parses its arguments the old way before it searches.  In C:
-~2k and ~0.5k.  `HYDRALLM_NO_NATIVE=1` in the environment uses the Python ones (to rule
+~2k and ~0.5k; the Python call of `request` (~1k) is gone too.  `HYDRALLM_NO_NATIVE=1` in the environment uses the Python ones (to rule
 the C module out when something looks wrong)."""
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from typing import Any
 
 from hydrallm.observe.usage import usage_slice as _py_usage_slice
 
-__all__ = ["NATIVE", "encode", "usage_slice"]
+__all__ = ["NATIVE", "Appender", "encode", "usage_slice"]
 
 _native_encode: Callable[[Any], bytes] | None = None
 usage_slice: Callable[[bytes], bytes | None] = _py_usage_slice
+# The journal's `request` for the usual row in C (`JournalSink.request` in Python).
+Appender: type[_rowcodec.Appender] | None = None
 if not os.environ.get("HYDRALLM_NO_NATIVE"):
     try:
         from hydrallm.observe import _rowcodec
@@ -35,6 +39,7 @@ if not os.environ.get("HYDRALLM_NO_NATIVE"):
     else:
         _native_encode = _rowcodec.encode
         usage_slice = _rowcodec.usage_slice
+        Appender = _rowcodec.Appender
 
 # The C module is in use: the journal may queue its rows as they are (NamedTuples too).
 NATIVE = _native_encode is not None
