@@ -47,6 +47,9 @@ from bench.variants import hydrallm_config, run_variants
 HERE = Path(__file__).resolve().parent
 TARGETS = ("direct", "passthrough", "hydrallm")
 OPENAI_PATH = "/v1/chat/completions"
+# The journal's CPU per request (both at once) is measured this many times a round, each
+# round with a fresh pair of processes (see `Bench._journal_cpu`).
+CPU_SAMPLES = 2
 
 
 @dataclass(frozen=True)
@@ -555,7 +558,9 @@ class Bench:
         so that the pair shares every moment of the machine: two journal-off processes
         measured so had per-round CPU ratios of 1.00-1.03 (median 1.007) in one run, two
         journal-on processes of 0.92-1.13 (median 0.984) in another (`bench.probe onoff`,
-        eighth session): a median of a few rounds is good to ±3 %, no better.  Their
+        eighth session): a median of a few rounds is good to ±3 %, no better; and a pair
+        of processes has a ratio of its own (`_journal_cpu`), so each round measures a
+        fresh pair, `CPU_SAMPLES` times.  Their
         throughput at once is not reported: the two share the cores by demand, so the
         costlier one takes CPU from the other and the ratio understates the cost.  c1
         p99: a request to each in turn, one at a time (`bench/paired.py`): measured one
@@ -563,19 +568,7 @@ class Bench:
         between rounds.  Then the instruction count (`journal_instructions`), which the
         machine's load does not move."""
         p = self.profile
-        procs = []
-        for name, journal in (("hydrallm-nojournal", None), ("hydrallm-journal", "j.db")):
-            port = free_port()
-            config = self.work / f"{name}.toml"
-            db = None if journal is None else self.work / f"{name}-{journal}"
-            config.write_text(hydrallm_config(port, self.upstream_port, db))
-            proc = self.procs.spawn(
-                name, [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"]
-            )
-            wait_port(port, proc)
-            self.urls[name] = f"http://127.0.0.1:{port}"
-            self.pids[name] = proc.pid
-            procs.append(proc)
+        procs = self._journal_pair("")
         on = "hydrallm-journal"
         self.quiet(on)
         writer = writer_pid(self.pids[on])
@@ -593,16 +586,7 @@ class Bench:
                     self.fig(
                         "journal_rps_c16", "journal on: throughput c16 (baseline: off)", "req/s"
                     ).add(label, r["rps"])
-                self.quiet(on)
-                together = self.load_together(
-                    [target for _, target in pair], "small", 16, p.duration, threads=1
-                )
-                for (label, _), r in zip(pair, together, strict=True):
-                    self.fig(
-                        "journal_cpu_c16",
-                        "journal on: CPU per request c16, both at once (baseline: off)",
-                        "ms",
-                    ).add(label, r["cpu_ms_per_req"])
+                self._journal_cpu(n)
                 self.quiet(on)
                 ports = [int(self.urls[target].rsplit(":", 1)[1]) for _, target in pair]
                 body = self.bodies["small"].read_bytes()
@@ -626,6 +610,56 @@ class Bench:
             for proc in procs:
                 self.procs.stop(proc)
         self.journal_instructions()
+
+    def _journal_pair(self, suffix: str) -> list[subprocess.Popen[bytes]]:
+        """Two fresh hydrallm processes, journal off and on ("hydrallm-nojournal" and
+        "hydrallm-journal" + `suffix`), ready."""
+        procs = []
+        for name, journal in (("hydrallm-nojournal", None), ("hydrallm-journal", "j.db")):
+            name += suffix
+            port = free_port()
+            config = self.work / f"{name}.toml"
+            db = None if journal is None else self.work / f"{name}-{journal}"
+            config.write_text(hydrallm_config(port, self.upstream_port, db))
+            proc = self.procs.spawn(
+                name, [*self.hydrallm_cmd, "serve", "-c", str(config), "--log-level", "warn"]
+            )
+            wait_port(port, proc)
+            self.urls[name] = f"http://127.0.0.1:{port}"
+            self.pids[name] = proc.pid
+            procs.append(proc)
+        return procs
+
+    def _journal_cpu(self, n: int) -> None:
+        """One round of the CPU row: a fresh pair of processes (each its own hash seed and
+        memory layout), loaded at once `CPU_SAMPLES` times.  One pair's ratio stays put
+        from sample to sample but moves by ±3 % from pair to pair (ninth session: pairs'
+        medians 1.011-1.075, and 1.019-1.024 for three pairs that shared one hash seed):
+        a long-lived pair would measure its own layout, not the journal."""
+        suffix = f"-cpu{n}"
+        pair = [
+            ("direct", f"hydrallm-nojournal{suffix}"),
+            ("hydrallm", f"hydrallm-journal{suffix}"),
+        ]
+        procs = self._journal_pair(suffix)
+        try:
+            for _ in range(CPU_SAMPLES):
+                self.quiet(pair[1][1])
+                together = self.load_together(
+                    [target for _, target in pair], "small", 16, self.profile.duration, threads=1
+                )
+                for (label, _), r in zip(pair, together, strict=True):
+                    self.fig(
+                        "journal_cpu_c16",
+                        "journal on: CPU per request c16, both at once (baseline: off)",
+                        "ms",
+                    ).add(label, r["cpu_ms_per_req"])
+        finally:
+            for proc in procs:
+                self.procs.stop(proc)
+            for _, name in pair:
+                self.urls.pop(name, None)
+                self.pids.pop(name, None)
 
     def journal_instructions(self) -> None:
         """The journal's cost as callgrind counts it: instructions a request of a fresh

@@ -16,7 +16,10 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
         `--off-src`/`--off-journal`: the "off" process runs another copy of src/, or has
         its journal on too (two versions of the journal compared; or a calibration: the
         same code on both sides).  Single rounds vary by ±5 %, and medians of 12 rounds
-        by ±3 % between runs (bench/RESULTS.md, eighth session).
+        by ±3 % between runs (bench/RESULTS.md, eighth session).  Both processes run with
+        PYTHONHASHSEED=0: one pair, one memory layout, whose ratio may not be the
+        journal's (ninth session: 1.019-1.024 in three runs here, 1.011-1.075 for four
+        pairs with their own seeds); the bench's CPU row starts a fresh pair a round.
 
 Both need the bench's upstream (started here) and, for `onoff`, wrk; `instructions` needs
 valgrind (`apt-get install -y valgrind`).

@@ -6,8 +6,10 @@ out) on the request's `Labels`, and hands them over in `RequestEvent.trail`; whe
 request ends, the values its event is made from are queued as they are (`request`: they
 are the row), onto a bounded deque; only a row with an error (redacted so that no secret
 is ever written to a file) or bodies is made there.  Every `BATCH_ROWS` requests, and
-every `FLUSH_S`, the batch is `marshal`led into one frame (a C call, no Python a row) and
-appended to the spool (`journal_spool.py`): one `write`.  Nothing is decoded, formatted or priced on the loop.
+every `FLUSH_S`, the batch is encoded into one frame (a C call, no Python a row: as
+`marshal` writes it) and appended to the spool (`journal_spool.py`): one `write`.  Nothing
+is decoded, formatted or priced on the loop.  Where the optional C module is built
+(`rowcodec`), the usual row's queuing, the usage slice and the encoding run in it.
 (A batch once made its rows in Python when spooled: 256 rows cold in the cache took
 0.5-0.9 ms in one piece, and the request that arrived meanwhile waited for it.)
 
@@ -408,9 +410,10 @@ class JournalSink(Sink):
         """The journal's work on the event loop per request: the values the handler made
         the request's event from (or the event) are queued as they are: they are the row,
         the trail already plain tuples (a first try that answered is no step but four
-        values of the row, its model the request's).  The batch is made plain tuples (one
-        C call; a plain tuple is itself) and `marshal`led whole when it is spooled: one
-        call, whose references write what many rows share (listener, route, models) once.
+        values of the row, its model the request's).  The batch is encoded whole when it
+        is spooled (`rowcodec.encode`: C, or `marshal` after each row is made a plain
+        tuple).  With the C module, Telemetry calls `rowcodec.Appender` instead of this
+        method (`plain_handler`): the same, less the Python call.
         Only a row that holds what is not written as it is (an error to redact, in it or
         in its trail; bodies) is made here, and the first request after a busy time's
         backlog went to the writer tells it to hold (`_plain` is off meanwhile).
