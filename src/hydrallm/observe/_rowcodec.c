@@ -1,5 +1,6 @@
-/* The journal's two per-request steps in C: optional, with the same functions in Python
-   (hydrallm/observe/rowcodec.py) used when this module is not built.
+/* The journal's steps on every request in C (the encoder, the usage slice, `Appender`):
+   optional, with the same functions in Python (hydrallm/observe/rowcodec.py) used when
+   this module is not built.
 
    encode(obj) -> bytes
        `marshal.dumps(obj)` for what the journal queues (tuples and lists of None, bools,

@@ -1,4 +1,4 @@
-"""The journal's two steps on every request, in C when the optional `_rowcodec` module
+"""The journal's steps on every request, in C when the optional `_rowcodec` module
 was built at install (`hatch_build.py`: when a C compiler is there), else in Python; the
 results are the same either way (tests/test_rowcodec.py).
 
