@@ -4,6 +4,7 @@ the journal file says about each request (rows, attempt trails, outcomes)."""
 from __future__ import annotations
 
 import gc
+import marshal
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -145,8 +146,10 @@ async def test_the_usual_row_waits_in_the_queue_out_of_the_collectors_view(
     gc.collect()
     gc.collect()
     for row in queued[:2]:
-        assert row[21] is None and row[25] == 200  # no trail; the first try's status
         assert not gc.is_tracked(row), row
+        # With the C module the usual row is queued already encoded (`Appender`).
+        values = marshal.loads(row) if isinstance(row, bytes) else row
+        assert values[21] is None and values[25] == 200  # no trail; the first try's status
     assert gc.is_tracked(queued[2]) and len(queued[2][21]) == 2  # the 503, then the answer
     assert [r["outcome"] for r in rows(db)] == ["first_try", "first_try", "retried"]
 

@@ -170,6 +170,11 @@ def test_the_appender_queues_the_usual_row_and_hands_the_rest_to_python() -> Non
     # Full at each multiple of the batch, and at every row once the queue is at its bound
     # (the sink counts the oldest row dropped there), as `JournalSink.request` does.
     assert (len(queue), full) == (8, [4, 8, 8])
+    assert all(marshal.loads(row) == usual for row in queue)  # encoded at its request
+    big = ("id", 2**40, *usual[2:])  # a value the C encoder leaves to marshal: Python's
+    append(big)
+    assert slow[-1] == big
+    del slow[-1]
     append(with_error)
     append(with_trail)
     append(("short",))
@@ -178,6 +183,18 @@ def test_the_appender_queues_the_usual_row_and_hands_the_rest_to_python() -> Non
         append()  # type: ignore[call-arg]
     with pytest.raises(AttributeError):
         append.batch = 3  # type: ignore[misc]
+
+
+def test_the_rows_message_reads_back_whichever_way_its_rows_were_queued() -> None:
+    usual = ("r1", 1.5, *[None] * 24)
+    fixed = ("r2", 2.5, *[None] * 19, [("step", 503)], *[None] * 4)
+    wide = Row("r3", 2**40, (1, 2))  # an int over 32 bits: marshal's, and a NamedTuple
+    queued: list[Any] = [usual, fixed, wide]
+    if native is not None:
+        queued.insert(0, native.encode(usual))  # as Appender queues it
+    kind, rows = marshal.loads(rowcodec.rows_message(queued))
+    assert kind == "rows"
+    assert rows == [tuple(r) if not isinstance(r, bytes) else usual for r in queued]
 
 
 def test_without_the_c_module_the_python_functions_are_used() -> None:

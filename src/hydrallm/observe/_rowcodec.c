@@ -10,6 +10,10 @@
        instructions a value instead of ~140.  Anything else (a larger int, another type,
        nesting deeper than 8) raises ValueError, and the caller uses `marshal` instead.
 
+   rows_message(rows) -> bytes
+       The spooled message of the queue's rows (`marshal.dumps(("rows", rows))`), each
+       row encoded at its request by `Appender` (bytes) or a tuple encoded here.
+
    usage_slice(body) -> bytes | None
        The part of a whole response body from its last `"usage"` (else its last
        `"amazon-bedrock-invocationMetrics"`), at most CARRY bytes; None when neither is
@@ -216,6 +220,53 @@ encode(PyObject *Py_UNUSED(module), PyObject *obj)
     return out.bytes;
 }
 
+/* rows_message(rows) -> bytes: `marshal.dumps(("rows", rows))` for the queue's rows, each
+   one encoded at its request (bytes, by Appender: copied as they are) or a row's values
+   (a tuple: encoded here).  ValueError as `encode`. */
+static PyObject *
+rows_message(PyObject *Py_UNUSED(module), PyObject *rows)
+{
+    if (!PyList_CheckExact(rows)) {
+        PyErr_SetString(PyExc_TypeError, "rows_message() takes a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    Out out = {PyBytes_FromStringAndSize(NULL, 4096), 0, 4096};
+    if (out.bytes == NULL) {
+        return NULL;
+    }
+    if (reserve(&out, 13) < 0) {
+        return NULL;
+    }
+    char *p = at(&out);
+    memcpy(p, ")\x02z\x04rows[", 9);
+    put_u32(p + 9, (uint32_t)n);
+    out.len += 13;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(rows, i);
+        int r;
+        if (PyBytes_CheckExact(item)) {
+            Py_ssize_t m = PyBytes_GET_SIZE(item);
+            r = reserve(&out, m);
+            if (r == 0) {
+                memcpy(at(&out), PyBytes_AS_STRING(item), (size_t)m);
+                out.len += m;
+            }
+        }
+        else {
+            r = put(&out, item, 1);
+        }
+        if (r < 0) {
+            Py_XDECREF(out.bytes);
+            return NULL;
+        }
+    }
+    if (_PyBytes_Resize(&out.bytes, out.len) < 0) {
+        return NULL;
+    }
+    return out.bytes;
+}
+
 /* The last occurrence of `needle` (m bytes) in `h` (n bytes), or -1. */
 static Py_ssize_t
 last(const char *h, Py_ssize_t n, const char *needle, Py_ssize_t m)
@@ -268,8 +319,8 @@ usage_slice(PyObject *Py_UNUSED(module), PyObject *body)
 
 /* Appender(queue, batch, full, slow): the journal's `request` for the usual row.  Called
    with a request's values (a tuple in RequestEvent's field order): while `plain` is set,
-   one with no error (field 17) and no trail (field 21) is appended to `queue` (a deque) as
-   it is, and `full()` is called when the queue's length becomes a multiple of `batch`;
+   one with no error (field 17) and no trail (field 21) is encoded (as `encode`) and the
+   bytes appended to `queue` (a deque), and `full()` is called when the queue's length becomes a multiple of `batch`;
    any other row, or any row while `plain` is unset, goes to `slow(row)`.  What
    `JournalSink.request` does in Python, less the Python call (~1k instructions). */
 
@@ -301,7 +352,17 @@ appender_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
         || PyTuple_GET_ITEM(row, TRAIL_FIELD) != Py_None) {
         return PyObject_Vectorcall(self->slow, args, 1, NULL);
     }
-    PyObject *done = PyObject_Vectorcall(self->append, args, 1, NULL);
+    /* Encoded now, while its values are in the cache (and then let go): queued as bytes. */
+    PyObject *encoded = encode(NULL, row);
+    if (encoded == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            return NULL;
+        }
+        PyErr_Clear(); /* a value left to marshal: Python queues the row as it is */
+        return PyObject_Vectorcall(self->slow, args, 1, NULL);
+    }
+    PyObject *done = PyObject_Vectorcall(self->append, &encoded, 1, NULL);
+    Py_DECREF(encoded);
     if (done == NULL) {
         return NULL;
     }
@@ -406,6 +467,7 @@ static PyTypeObject AppenderType = {
 
 static PyMethodDef methods[] = {
     {"encode", encode, METH_O, "marshal.dumps(obj) for the journal's rows, with no reference table."},
+    {"rows_message", rows_message, METH_O, "The spooled message of the queue's rows."},
     {"usage_slice", usage_slice, METH_O, "The part of a whole body that states its usage, or None."},
     {NULL, NULL, 0, NULL},
 };

@@ -6,6 +6,7 @@ CARRY: int
 
 def encode(obj: Any, /) -> bytes: ...
 def usage_slice(body: bytes, /) -> bytes | None: ...
+def rows_message(rows: list[Any], /) -> bytes: ...
 
 class Appender:
     plain: bool
@@ -13,7 +14,7 @@ class Appender:
     def batch(self) -> int: ...
     def __init__(
         self,
-        queue: deque[tuple[Any, ...]],
+        queue: deque[Any],
         batch: int,
         full: Callable[[], None],
         slow: Callable[[tuple[Any, ...]], None],

@@ -53,7 +53,6 @@ The file itself (schema, connections, limits): `journal_db.py`.
 from __future__ import annotations
 
 import asyncio
-import operator
 import time
 from collections import deque
 from collections.abc import Callable
@@ -66,11 +65,12 @@ from hydrallm.observe.journal_pipe import WriterProcess
 from hydrallm.observe.journal_spool import (
     SpoolWriter,
     frame,
+    frame_data,
     pending_bytes,
     settings_message,
     spool_dir,
 )
-from hydrallm.observe.rowcodec import NATIVE, Appender
+from hydrallm.observe.rowcodec import Appender, rows_message
 
 __all__ = ["JournalSink", "journal_path"]
 
@@ -84,9 +84,6 @@ FORCE_BYTES = 32 << 20  # spooled bytes (~100,000 requests) loaded however busy 
 HOUSEKEEPING_S = 60.0
 LOAD_AT_CLOSE_S = 2.0  # a stopping proxy loads its spool for this long (~80,000 requests)
 BODY_LIMIT = 64 * 1024
-# A queued row as a plain tuple (`marshal` writes no tuple subclass): a request's event
-# (a NamedTuple) copied by one C call; a row made by `_fixed` is itself.
-_as_tuple = operator.itemgetter(slice(None))
 
 
 class JournalSink(Sink):
@@ -112,7 +109,8 @@ class JournalSink(Sink):
         self._report = report or (lambda message: None)
         self._clock = clock
         # The rows of ended requests (`request`), until they are spooled.
-        self._rows: deque[tuple[Any, ...]] = deque(maxlen=QUEUE_LIMIT)
+        # (With the C module the usual row is queued encoded, as bytes: `Appender`.)
+        self._rows: deque[Any] = deque(maxlen=QUEUE_LIMIT)
         self._full = False  # the queue is full: each new row lets the oldest go
         self.dropped = 0
         self.written = 0
@@ -274,7 +272,7 @@ class JournalSink(Sink):
             self.dropped += count
             return
         try:
-            data = frame(message)
+            data = frame_data(rows_message(message[1]))
         except ValueError as exc:  # a value `marshal` cannot write: a bug, not the file's
             self.dropped += count
             self._report(f"journal: {count} requests not written: {exc}")
@@ -284,13 +282,12 @@ class JournalSink(Sink):
         except OSError as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
 
-    def _take(self) -> tuple[str, list[tuple[Any, ...]]]:
-        """The queued rows as a "rows" message (`journal_spool.rows_of` reads it); the
-        queue emptied."""
+    def _take(self) -> tuple[str, list[Any]]:
+        """The queued rows as a "rows" message (`journal_spool.rows_of` reads it,
+        `rowcodec.rows_message` writes it: a row is its values, or the bytes `Appender`
+        encoded them to); the queue emptied."""
         rows = self._rows
-        # The C encoder writes a NamedTuple (a request's event) as a tuple; `marshal`
-        # writes none: each made a plain tuple first (one C call a row).
-        message = ("rows", list(rows) if NATIVE else list(map(_as_tuple, rows)))
+        message = ("rows", list(rows))
         self._taken += len(rows)
         rows.clear()
         self._full = False

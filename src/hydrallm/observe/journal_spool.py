@@ -48,6 +48,7 @@ __all__ = [
     "HEADER",
     "SpoolWriter",
     "frame",
+    "frame_data",
     "ingest",
     "ingest_pending",
     "pending_bytes",
@@ -62,7 +63,11 @@ OPEN, CLOSED = ".open", ".seg"
 
 
 def frame(message: tuple[Any, ...]) -> bytes:
-    data = encode(message)  # as `marshal.dumps` writes it; `marshal.loads` reads it
+    return frame_data(encode(message))  # as `marshal.dumps` writes it; `loads` reads it
+
+
+def frame_data(data: bytes) -> bytes:
+    """A frame of a message already encoded."""
     return HEADER.pack(len(data)) + data
 
 

@@ -6,8 +6,10 @@ results are the same either way (tests/test_rowcodec.py).
   `marshal.loads` reads them (a NamedTuple in it written as the plain tuple it is).
 - `usage_slice(body)`: the part of a whole response body that states its usage
   (`hydrallm.observe.usage.usage_slice`).
-- `Appender`: `JournalSink.request` for the usual row (queued as it is), a callable
-  object instead of a Python call (None without the C module: the method is used).
+- `Appender`: `JournalSink.request` for the usual row, a callable object instead of a
+  Python call, which also encodes the row at once and queues the bytes (None without the
+  C module: the method is used, and the rows are encoded by the batch).
+- `rows_message(rows)`: the spooled message of the queued rows, whichever they are.
 
 Why C: these two were ~6.5k of the journal's ~10.5k instructions a request (callgrind;
 bench/RESULTS.md, ninth session), each one call at CPython's floor: `marshal` looks every
@@ -19,15 +21,17 @@ the C module out when something looks wrong)."""
 from __future__ import annotations
 
 import marshal
+import operator
 import os
 from collections.abc import Callable
 from typing import Any
 
 from hydrallm.observe.usage import usage_slice as _py_usage_slice
 
-__all__ = ["NATIVE", "Appender", "encode", "usage_slice"]
+__all__ = ["NATIVE", "Appender", "encode", "rows_message", "usage_slice"]
 
 _native_encode: Callable[[Any], bytes] | None = None
+_native_rows: Callable[[list[Any]], bytes] | None = None
 usage_slice: Callable[[bytes], bytes | None] = _py_usage_slice
 # The journal's `request` for the usual row in C (`JournalSink.request` in Python).
 Appender: type[_rowcodec.Appender] | None = None
@@ -38,6 +42,7 @@ if not os.environ.get("HYDRALLM_NO_NATIVE"):
         pass
     else:
         _native_encode = _rowcodec.encode
+        _native_rows = _rowcodec.rows_message
         usage_slice = _rowcodec.usage_slice
         Appender = _rowcodec.Appender
 
@@ -57,6 +62,24 @@ def encode(message: Any) -> bytes:
         return marshal.dumps(message)
     except ValueError:
         return marshal.dumps(_plain(message))  # a NamedTuple in it (marshal writes none)
+
+
+def rows_message(rows: list[Any]) -> bytes:
+    """The spooled message of the journal's queued rows, `("rows", [row, ...])` as
+    `marshal.dumps` writes it: each row a tuple of its values (a NamedTuple too), or, with
+    the C module, the bytes `Appender` encoded it to at its request."""
+    if _native_rows is not None:
+        try:
+            return _native_rows(rows)
+        except ValueError:  # a value the C encoder leaves to marshal
+            decoded = [marshal.loads(r) if type(r) is bytes else _plain(r) for r in rows]
+            return marshal.dumps(("rows", decoded))
+    return marshal.dumps(("rows", list(map(_as_tuple, rows))))
+
+
+# A row as a plain tuple (`marshal` writes no tuple subclass): a request's event (a
+# NamedTuple) copied by one C call; a plain tuple is itself.
+_as_tuple = operator.itemgetter(slice(None))
 
 
 def _plain(value: Any) -> Any:
