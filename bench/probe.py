@@ -10,7 +10,7 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
         `--keep FILE` keeps the dump, for `callgrind_annotate --inclusive=yes FILE`.
 
     python -m bench.probe onoff [--src DIR] [--rounds 10] [--seconds 5]
-                                [--off-src DIR] [--off-journal]
+                                [--off-src DIR] [--off-journal] [--pairs N]
         two proxies, journal off and on, loaded at once by a `wrk -c16` each; their user
         and system CPU per request from /proc, the on/off ratio per round and the median.
         `--off-src`/`--off-journal`: the "off" process runs another copy of src/, or has
@@ -20,6 +20,8 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
         PYTHONHASHSEED=0: one pair, one memory layout, whose ratio may not be the
         journal's (ninth session: 1.019-1.024 in three runs here, 1.011-1.075 for four
         pairs with their own seeds); the bench's CPU row starts a fresh pair a round.
+        `--pairs N` does so too: N fresh pairs (their own seeds), `--rounds` each, and the
+        mean and spread of the pairs' means.
 
 Both need the bench's upstream (started here) and, for `onoff`, wrk; `instructions` needs
 valgrind (`apt-get install -y valgrind`).
@@ -78,22 +80,33 @@ async def _client(port: int, total: int, conc: int) -> None:
     await asyncio.gather(*(one() for _ in range(conc)))
 
 
-def _env(src: Path | None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONHASHSEED="0")
+def _env(src: Path | None, seed: bool = True) -> dict[str, str]:
+    """The proxy's environment: one hash seed (0) unless `seed` is off (its own)."""
+    env = dict(os.environ)
+    if seed:
+        env["PYTHONHASHSEED"] = "0"
+    else:
+        env.pop("PYTHONHASHSEED", None)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     return env
 
 
 def _proxy(
-    work: Path, name: str, upstream: int, journal: bool, src: Path | None, prefix: list[str]
+    work: Path,
+    name: str,
+    upstream: int,
+    journal: bool,
+    src: Path | None,
+    prefix: list[str],
+    seed: bool = True,
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = work / f"{name}.toml"
     config.write_text(hydrallm_config(port, upstream, work / f"{name}.db" if journal else None))
     argv = [*prefix, sys.executable, "-m", "hydrallm", "serve", "-c", str(config)]
     proc = subprocess.Popen(
-        argv, env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv, env=_env(src, seed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_port(port, proc, timeout=120.0)
     return proc, port
@@ -177,12 +190,14 @@ def _cpu(pid: int) -> tuple[float, float, int]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
 
 
-def _wrk(work: Path, port: int, seconds: int) -> subprocess.Popen[str]:
+def _wrk(work: Path, port: int, seconds: int, delay_ms: int = 0) -> subprocess.Popen[str]:
     body = work / "body.json"
     body.write_bytes(BODY)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     argv = ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(HERE / "wrk.lua"), url]
     env = dict(os.environ, BENCH_BODY_FILE=str(body))
+    if delay_ms:
+        env["BENCH_DELAY_MS"] = str(delay_ms)
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
 
 
@@ -194,9 +209,27 @@ def _requests(output: str) -> int:
 
 
 def onoff(args: argparse.Namespace, work: Path, upstream: int) -> None:
+    if args.pairs == 1:
+        ratios = _pair(args, work, upstream, seed=True)
+        print(f"CPU per request on/off: median {statistics.median(ratios):.3f}")
+        return
+    means = []
+    for n in range(args.pairs):
+        print(f"pair {n + 1} (its own hash seeds):")
+        ratios = _pair(args, work, upstream, seed=False)
+        means.append(statistics.fmean(ratios))
+        print(f"  pair {n + 1}: mean on/off {means[-1]:.3f}")
+    print(
+        f"CPU per request on/off over {len(means)} pairs: mean {statistics.fmean(means):.3f}, "
+        f"sd {statistics.stdev(means):.3f}, pairs' means {', '.join(f'{m:.3f}' for m in means)}"
+    )
+
+
+def _pair(args: argparse.Namespace, work: Path, upstream: int, *, seed: bool) -> list[float]:
+    """One pair of proxies, `args.rounds` rounds: the on/off ratio of each."""
     off_src = args.src if args.off_src is None else args.off_src
-    off, off_port = _proxy(work, "off", upstream, args.off_journal, off_src, [])
-    on, on_port = _proxy(work, "on", upstream, True, args.src, [])
+    off, off_port = _proxy(work, "off", upstream, args.off_journal, off_src, [], seed)
+    on, on_port = _proxy(work, "on", upstream, True, args.src, [], seed)
     ratios = []
     try:
         time.sleep(2.0)
@@ -204,7 +237,10 @@ def onoff(args: argparse.Namespace, work: Path, upstream: int) -> None:
             writer = writer_pid(on.pid)
             before = [_cpu(off.pid), _cpu(on.pid)]
             writer_before = _cpu(writer) if writer is not None else None
-            loads = [_wrk(work, off_port, args.seconds), _wrk(work, on_port, args.seconds)]
+            loads = [
+                _wrk(work, off_port, args.seconds, args.delay_ms),
+                _wrk(work, on_port, args.seconds, args.delay_ms),
+            ]
             outputs = [load.communicate()[0] for load in loads]
             after = [_cpu(off.pid), _cpu(on.pid)]
             if writer is not None and writer_before is not None:
@@ -230,7 +266,9 @@ def onoff(args: argparse.Namespace, work: Path, upstream: int) -> None:
             time.sleep(2.0)  # the journal's writer loads when the proxy is quiet
     finally:
         _stop(off, on)
-    print(f"CPU per request on/off: median {statistics.median(ratios):.3f}")
+        for db in work.glob("*.db*"):  # the next pair's journal starts empty
+            shutil.rmtree(db) if db.is_dir() else db.unlink()
+    return ratios
 
 
 def main() -> None:
@@ -247,6 +285,15 @@ def main() -> None:
     two.add_argument("--seconds", type=int, default=5)
     two.add_argument("--off-src", type=Path, default=None, help="the 'off' process's src/")
     two.add_argument("--off-journal", action="store_true", help="the 'off' one's journal on")
+    two.add_argument(
+        "--delay-ms",
+        type=int,
+        default=0,
+        help="each connection waits this long between requests (the same rate for both)",
+    )
+    two.add_argument(
+        "--pairs", type=int, default=1, help="fresh pairs, each with its own hash seeds"
+    )
     for p in (one, two):
         p.add_argument("--src", type=Path, default=None, help="a copy of src/ to run instead")
     args = parser.parse_args()

@@ -38,6 +38,15 @@ if fail_every >= 0 then
    end
 end
 
+-- $BENCH_DELAY_MS: each connection waits this long before its next request (an offered
+-- load below what the proxy can take: two proxies loaded at once get the same rate).
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if delay_ms then
+   function delay()
+      return delay_ms
+   end
+end
+
 function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
