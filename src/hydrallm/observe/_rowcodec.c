@@ -128,9 +128,82 @@ put_sized(Out *out, char type, const char *data, Py_ssize_t n)
 
 static int put(Out *out, PyObject *v, int depth);
 
+/* A value that is not a container, written at once (1), or 0 when it is not one of them
+   (or -1 and an exception).  Inline, in the order of how often a row holds them: a row's
+   26 values are written with no call each. */
+static inline int
+put_scalar(Out *out, PyObject *v)
+{
+    PyTypeObject *type = Py_TYPE(v);
+    if (type == &PyUnicode_Type && PyUnicode_IS_ASCII(v)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        if (n < 256) {
+            if (reserve(out, 2 + n) < 0) {
+                return -1;
+            }
+            char *p = at(out);
+            p[0] = 'z'; /* TYPE_SHORT_ASCII */
+            p[1] = (char)n;
+            memcpy(p + 2, PyUnicode_DATA(v), (size_t)n);
+            out->len += 2 + n;
+            return 1;
+        }
+        return 0;
+    }
+    if (v == Py_None || v == Py_True || v == Py_False) {
+        if (reserve(out, 1) < 0) {
+            return -1;
+        }
+        *at(out) = v == Py_None ? 'N' : (v == Py_True ? 'T' : 'F');
+        out->len += 1;
+        return 1;
+    }
+    if (type == &PyFloat_Type) {
+        if (reserve(out, 9) < 0) {
+            return -1;
+        }
+        char *p = at(out);
+        p[0] = 'g'; /* TYPE_BINARY_FLOAT: the IEEE double, little-endian */
+#if PY_LITTLE_ENDIAN
+        double d = PyFloat_AS_DOUBLE(v);
+        memcpy(p + 1, &d, 8);
+#else
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(v), p + 1, 1) < 0) {
+            return -1;
+        }
+#endif
+        out->len += 9;
+        return 1;
+    }
+    if (type == &PyLong_Type) {
+        int overflow = 0;
+        long x = PyLong_AsLongAndOverflow(v, &overflow);
+        if (overflow || x > 0x7fffffffL || x < -0x7fffffffL - 1) {
+            PyErr_SetString(PyExc_ValueError, "an int larger than 32 bits");
+            return -1;
+        }
+        if (x == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (reserve(out, 5) < 0) {
+            return -1;
+        }
+        char *p = at(out);
+        p[0] = 'i'; /* TYPE_INT */
+        put_u32(p + 1, (uint32_t)(int32_t)x);
+        out->len += 5;
+        return 1;
+    }
+    return 0;
+}
+
 static int
 put_items(Out *out, PyObject *const *items, Py_ssize_t n, char small, char big, int depth)
 {
+    if (depth >= MAX_DEPTH) {
+        PyErr_SetString(PyExc_ValueError, "nested too deep");
+        return -1;
+    }
     if (n > 0x7fffffff) {
         PyErr_SetString(PyExc_ValueError, "too long");
         return -1;
@@ -150,89 +223,39 @@ put_items(Out *out, PyObject *const *items, Py_ssize_t n, char small, char big, 
         out->len += 5;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (put(out, items[i], depth + 1) < 0) {
+        int r = put_scalar(out, items[i]);
+        if (r == 0) {
+            r = put(out, items[i], depth + 1) < 0 ? -1 : 1;
+        }
+        if (r < 0) {
             return -1;
         }
     }
     return 0;
 }
 
+/* Any value the journal writes: a scalar (`put_scalar`), a longer or non-ASCII str,
+   bytes, or a tuple or list of them (nested up to MAX_DEPTH). */
 static int
 put(Out *out, PyObject *v, int depth)
 {
-    if (depth > MAX_DEPTH) {
-        PyErr_SetString(PyExc_ValueError, "nested too deep");
-        return -1;
-    }
-    if (v == Py_None || v == Py_True || v == Py_False) {
-        if (reserve(out, 1) < 0) {
-            return -1;
-        }
-        *at(out) = v == Py_None ? 'N' : (v == Py_True ? 'T' : 'F');
-        out->len += 1;
-        return 0;
+    int r = put_scalar(out, v);
+    if (r != 0) {
+        return r < 0 ? -1 : 0;
     }
     if (PyUnicode_CheckExact(v)) {
         Py_ssize_t n = PyUnicode_GET_LENGTH(v);
         if (PyUnicode_IS_ASCII(v)) {
-            const char *data = (const char *)PyUnicode_DATA(v);
-            if (n < 256) {
-                if (reserve(out, 2 + n) < 0) {
-                    return -1;
-                }
-                char *p = at(out);
-                p[0] = 'z'; /* TYPE_SHORT_ASCII */
-                p[1] = (char)n;
-                memcpy(p + 2, data, (size_t)n);
-                out->len += 2 + n;
-                return 0;
-            }
-            return put_sized(out, 'a', data, n); /* TYPE_ASCII */
+            return put_sized(out, 'a', (const char *)PyUnicode_DATA(v), n); /* TYPE_ASCII */
         }
         /* As marshal writes it: UTF-8, lone surrogates passed through. */
         PyObject *utf8 = PyUnicode_AsEncodedString(v, "utf8", "surrogatepass");
         if (utf8 == NULL) {
             return -1;
         }
-        int r = put_sized(out, 'u', PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8));
+        r = put_sized(out, 'u', PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8));
         Py_DECREF(utf8);
         return r;
-    }
-    if (PyFloat_CheckExact(v)) {
-        if (reserve(out, 9) < 0) {
-            return -1;
-        }
-        char *p = at(out);
-        p[0] = 'g'; /* TYPE_BINARY_FLOAT: the IEEE double, little-endian */
-#if PY_LITTLE_ENDIAN
-        double d = PyFloat_AS_DOUBLE(v);
-        memcpy(p + 1, &d, 8);
-#else
-        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(v), p + 1, 1) < 0) {
-            return -1;
-        }
-#endif
-        out->len += 9;
-        return 0;
-    }
-    if (PyLong_CheckExact(v)) {
-        int overflow = 0;
-        long x = PyLong_AsLongAndOverflow(v, &overflow);
-        if (overflow || x > 0x7fffffffL || x < -0x7fffffffL - 1) {
-            PyErr_SetString(PyExc_ValueError, "an int larger than 32 bits");
-            return -1;
-        }
-        if (x == -1 && PyErr_Occurred()) {
-            return -1;
-        }
-        if (reserve(out, 5) < 0) {
-            return -1;
-        }
-        char *p = at(out);
-        p[0] = 'i'; /* TYPE_INT */
-        put_u32(p + 1, (uint32_t)(int32_t)x);
-        out->len += 5;
-        return 0;
     }
     if (PyTuple_Check(v)) { /* a NamedTuple too: written as the plain tuple it is */
         return put_items(out, &PyTuple_GET_ITEM(v, 0), PyTuple_GET_SIZE(v), ')', '(', depth);
@@ -313,7 +336,8 @@ last(const char *h, Py_ssize_t n, const char *needle, Py_ssize_t m)
         if (p == NULL) {
             return -1;
         }
-        if (memcmp(p, needle, (size_t)m) == 0) {
+        /* JSON holds many quotes: the next byte first, then the call (m >= 2). */
+        if (p[1] == needle[1] && memcmp(p, needle, (size_t)m) == 0) {
             return p - h;
         }
         end = p - h;
