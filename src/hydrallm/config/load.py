@@ -27,10 +27,16 @@ from hydrallm.config import (
     ModelConfig,
 )
 from hydrallm.config.cluster import CLUSTER_KEYS, cluster_section
+from hydrallm.config.endpoints import (
+    ENDPOINT_KEYS,
+    build_model,
+    endpoint_section,
+    finish_endpoint,
+    model_entries,
+)
 from hydrallm.config.sections import (
     COOLDOWN_KEYS,
     DEFAULT_LISTENER,
-    ENDPOINT_KEYS,
     JOURNAL_KEYS,
     LOG_KEYS,
     LOG_LEVELS,
@@ -39,15 +45,11 @@ from hydrallm.config.sections import (
     SERVER_KEYS,
     TOML_POSITION,
     TOP_TABLES,
-    build_model,
     check_listeners,
     cooldown_section,
-    endpoint_section,
-    finish_endpoint,
     journal_section,
     listener_section,
     log_section,
-    model_entries,
     prices_section,
     retry_section,
     routing_section,
