@@ -12,7 +12,8 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
     python -m bench.probe onoff [--src DIR] [--rounds 10] [--seconds 5]
                                 [--off-src DIR] [--off-journal] [--pairs N]
         two proxies, journal off and on, loaded at once by a `wrk -c16` each; their user
-        and system CPU per request from /proc, the on/off ratio per round and the median.
+        and system CPU per request from /proc, the on/off ratio per round and the median
+        (and the same ratio by the scheduler's run time, `_runtime`).
         `--off-src`/`--off-journal`: the "off" process runs another copy of src/, or has
         its journal on too (two versions of the journal compared; or a calibration: the
         same code on both sides).  Single rounds vary by ±5 %, and medians of 12 rounds
