@@ -11,6 +11,7 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
 
     python -m bench.probe onoff [--src DIR] [--rounds 10] [--seconds 5]
                                 [--off-src DIR] [--off-journal] [--pairs N]
+                                [--delay-ms MS]
         two proxies, journal off and on, loaded at once by a `wrk -c16` each; their user
         and system CPU per request from /proc, the on/off ratio per round and the median
         (and the same ratio by the scheduler's run time, `_runtime`).
@@ -22,7 +23,8 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
         journal's (ninth session: 1.019-1.024 in three runs here, 1.011-1.075 for four
         pairs with their own seeds); the bench's CPU row starts a fresh pair a round.
         `--pairs N` does so too: N fresh pairs (their own seeds), `--rounds` each, and the
-        mean and spread of the pairs' means.
+        mean and spread of the pairs' means.  `--delay-ms MS`: each connection waits MS between
+        requests, so both proxies are offered the same rate, below saturation.
 
 Both need the bench's upstream (started here) and, for `onoff`, wrk; `instructions` needs
 valgrind (`apt-get install -y valgrind`).
@@ -193,9 +195,9 @@ def _cpu(pid: int) -> tuple[float, float, int]:
 
 def _runtime(pid: int) -> float:
     """Seconds a process has run, all its threads, from the scheduler's own count
-    (/proc/<pid>/task/*/schedstat, nanoseconds).  utime and stime are sampled at each
-    timer tick on this kernel (CONFIG_TICK_CPU_ACCOUNTING): a 5 s round of one busy
-    process is ~500 samples, ±4-5 % by chance alone."""
+    (/proc/<pid>/task/*/schedstat, nanoseconds), beside `_cpu`'s utime and stime, which
+    this kernel samples at each timer tick (CONFIG_TICK_CPU_ACCOUNTING).  The two agreed
+    within ±0.004 a pair over 16 pairs (bench/RESULTS.md, tenth session)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -274,9 +276,9 @@ def _pair(
             if writer is not None and writer_before is not None:
                 used = sum(_cpu(writer)[:2]) - sum(writer_before[:2])
                 print(f"  the journal's writer process: {used:.2f} s CPU during the round")
+            counts = [_requests(out) for out in outputs]
             per = []
-            for b, a, out in zip(before, after, outputs, strict=True):
-                count = _requests(out)
+            for b, a, count in zip(before, after, counts, strict=True):
                 per.append(
                     (
                         (a[0] - b[0]) * 1e6 / count,
@@ -285,7 +287,6 @@ def _pair(
                     )
                 )
             ratio = sum(per[1][:2]) / sum(per[0][:2])
-            counts = [_requests(out) for out in outputs]
             exact = (ran[1] / counts[1]) / (ran[0] / counts[0])
             ratios.append((ratio, exact))
             print(

@@ -126,7 +126,7 @@ put_sized(Out *out, char type, const char *data, Py_ssize_t n)
     return 0;
 }
 
-static int put(Out *out, PyObject *v, int depth);
+static int put_other(Out *out, PyObject *v, int depth);
 
 /* A value that is not a container, written at once (1), or 0 when it is not one of them
    (or -1 and an exception).  Inline, in the order of how often a row holds them: a row's
@@ -224,25 +224,19 @@ put_items(Out *out, PyObject *const *items, Py_ssize_t n, char small, char big, 
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         int r = put_scalar(out, items[i]);
-        if (r == 0) {
-            r = put(out, items[i], depth + 1) < 0 ? -1 : 1;
-        }
-        if (r < 0) {
+        if (r < 0 || (r == 0 && put_other(out, items[i], depth + 1) < 0)) {
             return -1;
         }
     }
     return 0;
 }
 
-/* Any value the journal writes: a scalar (`put_scalar`), a longer or non-ASCII str,
-   bytes, or a tuple or list of them (nested up to MAX_DEPTH). */
+/* A value `put_scalar` does not write: a longer or non-ASCII str, bytes, or a tuple or
+   list of values (nested up to MAX_DEPTH). */
 static int
-put(Out *out, PyObject *v, int depth)
+put_other(Out *out, PyObject *v, int depth)
 {
-    int r = put_scalar(out, v);
-    if (r != 0) {
-        return r < 0 ? -1 : 0;
-    }
+    int r;
     if (PyUnicode_CheckExact(v)) {
         Py_ssize_t n = PyUnicode_GET_LENGTH(v);
         if (PyUnicode_IS_ASCII(v)) {
@@ -268,6 +262,14 @@ put(Out *out, PyObject *v, int depth)
     }
     PyErr_Format(PyExc_ValueError, "a %.80s", Py_TYPE(v)->tp_name);
     return -1;
+}
+
+/* Any value the journal writes. */
+static int
+put(Out *out, PyObject *v, int depth)
+{
+    int r = put_scalar(out, v);
+    return r < 0 ? -1 : (r > 0 ? 0 : put_other(out, v, depth));
 }
 
 #define STACK_BYTES 1024
