@@ -161,23 +161,32 @@ def test_help_loads_only_the_command_table() -> None:
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
-    """Lines of `proc`'s merged output up to (without) the first one containing `marker`."""
+    """Lines of `proc`'s merged output up to (without) the first one containing `marker`.
+
+    Read from the descriptor as bytes arrive, not with `readline`: a text pipe's buffer
+    takes in several lines at a read, and a select on the descriptor then waits for more
+    while the marker sits in that buffer (a loaded machine writes them in one burst)."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     lines: list[str] = []
+    pending = b""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not sel.select(timeout=0.5):
                 if proc.poll() is not None:
                     break
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            if marker in line:
-                return lines
-            lines.append(line)
+            *whole, pending = (pending + chunk).split(b"\n")
+            for raw in whole:
+                line = raw.decode("utf-8", "replace") + "\n"
+                if marker in line:
+                    return lines
+                lines.append(line)
     raise AssertionError(f"no {marker!r} line; output:\n" + "".join(lines[-40:]))
 
 

@@ -178,9 +178,9 @@ def client_api(path: str) -> str:
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection set up for sharing the file between processes."""
     import sqlite3  # not before the proxy is ready: sqlite3 (and datetime) cost ~5 ms
 
-    """A connection set up for sharing the file between processes."""
     if readonly:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
     else:
