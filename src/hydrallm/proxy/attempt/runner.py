@@ -1,37 +1,35 @@
-"""ONE attempt: prepare → send → classify → peek → `Committed` | `Final` | `Outcome`.
+"""`AttemptRunner.run`: ONE attempt, prepare → send → classify → peek → `Committed` |
+`Final` | `Outcome` (`results.py`).
 
-Every upstream request the proxy makes goes through `AttemptRunner.run`: the plan loop in
-`engine.py` and mid-stream recovery in `recovery.py` alike.  So an attempt's rules hold
-everywhere: the request's time budget bounds it, the breakers hear of it, it is reported to
-telemetry, compressed streams are peeked through, and upstream exceptions become outcomes.
-
-- `Committed`: an upstream response the client will now receive (nothing written yet).
-- `Final`: a whole response to hand back as it is (a non-retryable upstream answer).
-- `Outcome`: the attempt failed; its `action` says what the plan should do next, with the
-  Retry-After asked for, the effect on the model's breaker and the response seen, if any.
+Every upstream request the proxy makes goes through it: the plan loop in `engine.py` and
+mid-stream recovery in `recovery.py` alike.  So an attempt's rules hold everywhere: the
+request's time budget bounds it, the breakers hear of it, it is reported to telemetry (and
+its step kept for the journal), compressed streams are peeked through (`reading.py`), and
+upstream exceptions become outcomes.
 """
 
 from __future__ import annotations
 
 import time
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import partial
 
-from hydrallm.config import ApiType, Config, ModelConfig
-from hydrallm.dataclass import dataclass
-from hydrallm.errors import (
-    ProtocolError,
-    RequestNotPossible,
-    StreamFailure,
-    UpstreamError,
-    UpstreamTimeout,
-)
-from hydrallm.formats.base import WireFormat
-from hydrallm.formats.peek import Commit, Failed, Peeker
+from hydrallm.config import Config, ModelConfig
+from hydrallm.errors import ProtocolError, RequestNotPossible, UpstreamError, UpstreamTimeout
 from hydrallm.formats.registry import select_format
-from hydrallm.observe.events import AttemptEvent, Telemetry, TrailStep, first_try_step
+from hydrallm.observe.events import AttemptEvent, Telemetry, first_try_step
 from hydrallm.providers.base import ClientRequest, Provider
+from hydrallm.proxy.attempt.reading import (
+    DEBUG_BODY_LIMIT,
+    ERROR_BODY_LIMIT,
+    PRECOMMIT_BODY_LIMIT,
+    error_excerpt,
+    excerpt,
+    peek,
+    read_ahead,
+    timeout_message,
+)
+from hydrallm.proxy.attempt.results import Committed, Final, Labels, Outcome
 from hydrallm.proxy.deadline import Deadlines
 from hydrallm.proxy.translated import (
     BadTranslation,
@@ -49,76 +47,7 @@ from hydrallm.routing.outcome import Action, StatusDecision, classify_status
 from hydrallm.routing.plan import Attempt
 from hydrallm.routing.pooling import Chosen, RequestKeys
 
-# A non-streaming 2xx body is read completely before commit (so a reset mid-body can still
-# be retried) up to this size; a larger body is committed and relayed as it comes.
-PRECOMMIT_BODY_LIMIT = 4 * 1024 * 1024
-# How much of an upstream error body `log.include_error_body` shows, and of an outgoing
-# body the debug level shows.
-ERROR_LOG_LIMIT = 4096
-DEBUG_BODY_LIMIT = 2048
-# Error bodies kept for the client / classification are read up to this size.
-ERROR_BODY_LIMIT = 1024 * 1024
-
-
-@dataclass(slots=True)
-class Labels:
-    listener: str
-    route: str
-    api_type: ApiType
-    keep: bool = False  # a sink reads the request's steps (the journal)
-    # Its steps (`RequestEvent.trail`), once there is one: none for the usual request.
-    trail: list[TrailStep] | None = None
-    # A first try that answered, while no other step follows it (`_report`): its model,
-    # and its values as `RequestEvent.first_key` and the three after it take them.
-    first: ModelConfig | None = None
-    first_key: str | None = None
-    first_ttft: float | None = None
-    first_latency: float | None = None
-    first_status: int | None = None
-
-
-@dataclass(slots=True)
-class Committed:
-    """An upstream response the client now receives."""
-
-    response: Response
-    prefix: list[bytes]  # body bytes already read, to be written first
-    complete: bool  # the whole body is in `prefix`
-    format: WireFormat | None  # the body's wire format, when it is a stream
-    model: ModelConfig
-    model_name: str
-    attempts: int
-    chain: Sequence[ModelConfig]  # the plan's chain, for mid-stream recovery
-    attempt: Attempt
-    labels: Labels  # the request's, for a recovery's attempts
-    deadline: float | None  # the request's time budget ends here (recovery obeys it too)
-
-
-@dataclass(slots=True)
-class Final:
-    """A whole response to send: an upstream response as received, or a proxy-made error."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    attempts: int
-    model: ModelConfig | None
-    model_name: str | None
-    proxy_made: bool
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """A failed attempt, in the one vocabulary the planner, engine and recovery share."""
-
-    action: Action
-    retry_after: float | None = None  # what the upstream asked us to wait
-    open_for: float | None = None  # breaker effect: open the circuit at once for this long
-    snapshot: Final | None = None  # the upstream response, when there was one
-    error: UpstreamError | None = None
-    counts_for_cooldown: bool = True  # a sign that the model is unwell
-    another_key: bool = False  # the key's limit: ask the same model again at once, another key
+__all__ = ["AttemptRunner"]
 
 
 class AttemptRunner:
@@ -207,7 +136,7 @@ class AttemptRunner:
                     "upstream_request",
                     method=request.method,
                     url=outgoing.url,
-                    body=_excerpt(outgoing.body, DEBUG_BODY_LIMIT),
+                    body=excerpt(outgoing.body, DEBUG_BODY_LIMIT),
                 )
             limit = retry.first_token_timeout if request.streaming else model.timeout
             if deadline is not None and deadline - sent < limit:
@@ -222,83 +151,20 @@ class AttemptRunner:
                     request.method, outgoing.url, headers, outgoing.body
                 )
                 status = response.status
-                get = response.headers.get
                 if status >= 400 or status < 200:
                     phase = "body"
-                    response_encoding = get("Content-Encoding", "")
-                    body = await read_body(response, ERROR_BODY_LIMIT)
-                    decision = classify_status(status, get, retry, body)
-                    # A limit of this key: the next key at once, or the same key later.
-                    key_step = Step.NOT_A_LIMIT
-                    if keyed is not None and chosen is not None:
-                        step = keyed.answered(chosen, status, get, body)
-                        key_step = step.step
-                        if key_step is Step.RETRY_SAME:
-                            decision = StatusDecision(Action.RETRY, retry_after=step.wait)
-                        elif key_step is Step.NEXT_KEY:
-                            decision = StatusDecision(Action.FALLBACK)
-                    snapshot = Final(
-                        status,
-                        message_headers(response),
-                        body,
-                        attempt.number,
-                        model,
+                    return await self._answered_error(
+                        response,
+                        attempt,
+                        labels,
+                        deadline,
+                        fallback,
+                        (keyed, chosen, label),
                         outgoing.model_label,
-                        False,
+                        translated,
+                        sent,
                     )
-                    if translated is not None:
-                        # Judged on the upstream's own answer; the client reads its API's.
-                        snapshot.status, snapshot.headers, snapshot.body = as_client_error(
-                            snapshot.status, snapshot.headers, body, translated, response_encoding
-                        )
-                    shown = self._error_body(status, response_encoding, body)
-                    self._report(
-                        attempt, labels, "status", status, None, sent, None, fallback, shown, label
-                    )
-                    if decision.verdict is Action.RETURN:
-                        self.breakers.success(model.id)
-                        if len(body) < ERROR_BODY_LIMIT or translated is not None:
-                            response.release()
-                            return snapshot
-                        # A body longer than we hold: the client gets all of it, relayed.
-                        return Committed(
-                            response=response,
-                            prefix=[body],
-                            complete=False,
-                            format=None,
-                            model=model,
-                            model_name=outgoing.model_label,
-                            attempts=attempt.number,
-                            chain=(),
-                            attempt=attempt,
-                            labels=labels,
-                            deadline=deadline,
-                        )
-                    response.release()
-                    response = None
-                    whole = len(body) < ERROR_BODY_LIMIT
-                    if key_step is Step.NEXT_KEY:  # the key's limit, not the model's fault
-                        return Outcome(
-                            Action.FALLBACK,
-                            snapshot=snapshot if whole else None,
-                            counts_for_cooldown=False,
-                            another_key=True,
-                        )
-                    outcome = Outcome(
-                        Action.FALLBACK if decision.verdict is Action.FALLBACK else Action.RETRY,
-                        retry_after=decision.retry_after,
-                        open_for=decision.retry_after if decision.too_long else None,
-                        # An error body longer than we hold is never handed back cut short.
-                        snapshot=snapshot if whole else None,
-                        error=None
-                        if whole
-                        else ProtocolError(
-                            f"HTTP {status} with a body over {ERROR_BODY_LIMIT} bytes"
-                        ),
-                        counts_for_cooldown=retry.is_retryable_status(status) or decision.too_long,
-                    )
-                    self._failed(model, outcome)
-                    return outcome
+                get = response.headers.get
                 content_type = get("Content-Type", "")
                 if translated is not None:
                     # From here on the answer is read in the client's API (see translated.py).
@@ -319,7 +185,6 @@ class AttemptRunner:
                         encoding=get("Content-Encoding", ""),
                     )
                 prefix: list[bytes] = []
-                complete = False
                 arrived = take_whole(response, PRECOMMIT_BODY_LIMIT) if fmt is None else None
                 if arrived is not None:
                     complete = True  # all of it came with the head
@@ -327,40 +192,12 @@ class AttemptRunner:
                         prefix.append(arrived)
                 elif fmt is None:
                     phase = "body"
-                    size = 0
-                    while size < PRECOMMIT_BODY_LIMIT:
-                        chunk = await response.read_chunk()
-                        if not chunk:
-                            complete = True
-                            break
-                        prefix.append(chunk)
-                        size += len(chunk)
+                    complete = await read_ahead(response, prefix)
                 else:
                     phase = "first_token"
                     # A compressed stream is relayed as it is; the peek reads through it.
-                    # (br, zstd...: the registry chose passthrough, which commits at once.)
-                    inflate = _inflater(get("Content-Encoding", ""))
-                    peeker = fmt.peeker()
-                    while True:
-                        chunk = await response.read_chunk()
-                        if chunk:
-                            prefix.append(chunk)
-                            verdict = _feed(peeker, inflate, chunk)
-                        else:
-                            verdict = _feed(peeker, inflate, b"", end=True) or peeker.eof()
-                            complete = True
-                        if verdict is None:
-                            continue
-                        if isinstance(verdict, Commit):
-                            ttft = self._clock() - sent
-                            break
-                        assert isinstance(verdict, Failed)
-                        if not verdict.retryable:
-                            # The provider's own, final answer (e.g. a validation error as an
-                            # exception frame): the client gets it as it is.
-                            ttft = self._clock() - sent
-                            break
-                        raise StreamFailure(f"{verdict.kind}: {verdict.message}")
+                    complete = await peek(response, fmt, prefix)
+                    ttft = self._clock() - sent
         except BaseException as exc:
             if response is not None:
                 response.abort()
@@ -399,6 +236,94 @@ class AttemptRunner:
             deadline,
         )
 
+    async def _answered_error(
+        self,
+        response: Response,
+        attempt: Attempt,
+        labels: Labels,
+        deadline: float | None,
+        fallback: bool,
+        key: tuple[RequestKeys | None, Chosen | None, str | None],
+        model_label: str,
+        translated: Translated | None,
+        sent: float,
+    ) -> Committed | Final | Outcome:
+        """`run`'s attempt answered with an error status (or a 1xx): its body read (up to
+        `ERROR_BODY_LIMIT`) and judged; handed back as it is, or the outcome of a failed
+        attempt.  `key`: the request's keys, the key used and its label."""
+        model = attempt.model
+        retry = self.config.retry
+        status = response.status
+        get = response.headers.get
+        keyed, chosen, label = key
+        response_encoding = get("Content-Encoding", "")
+        body = await read_body(response, ERROR_BODY_LIMIT)
+        decision = classify_status(status, get, retry, body)
+        # A limit of this key: the next key at once, or the same key later.
+        key_step = Step.NOT_A_LIMIT
+        if keyed is not None and chosen is not None:
+            step = keyed.answered(chosen, status, get, body)
+            key_step = step.step
+            if key_step is Step.RETRY_SAME:
+                decision = StatusDecision(Action.RETRY, retry_after=step.wait)
+            elif key_step is Step.NEXT_KEY:
+                decision = StatusDecision(Action.FALLBACK)
+        snapshot = Final(
+            status, message_headers(response), body, attempt.number, model, model_label, False
+        )
+        if translated is not None:
+            # Judged on the upstream's own answer; the client reads its API's.
+            snapshot.status, snapshot.headers, snapshot.body = as_client_error(
+                snapshot.status, snapshot.headers, body, translated, response_encoding
+            )
+        shown = (
+            error_excerpt(response_encoding, body)
+            if status >= 400 and self.config.log.include_error_body
+            else None
+        )
+        self._report(attempt, labels, "status", status, None, sent, None, fallback, shown, label)
+        if decision.verdict is Action.RETURN:
+            self.breakers.success(model.id)
+            if len(body) < ERROR_BODY_LIMIT or translated is not None:
+                response.release()
+                return snapshot
+            # A body longer than we hold: the client gets all of it, relayed.
+            return Committed(
+                response=response,
+                prefix=[body],
+                complete=False,
+                format=None,
+                model=model,
+                model_name=model_label,
+                attempts=attempt.number,
+                chain=(),
+                attempt=attempt,
+                labels=labels,
+                deadline=deadline,
+            )
+        response.release()
+        whole = len(body) < ERROR_BODY_LIMIT
+        if key_step is Step.NEXT_KEY:  # the key's limit, not the model's fault
+            return Outcome(
+                Action.FALLBACK,
+                snapshot=snapshot if whole else None,
+                counts_for_cooldown=False,
+                another_key=True,
+            )
+        outcome = Outcome(
+            Action.FALLBACK if decision.verdict is Action.FALLBACK else Action.RETRY,
+            retry_after=decision.retry_after,
+            open_for=decision.retry_after if decision.too_long else None,
+            # An error body longer than we hold is never handed back cut short.
+            snapshot=snapshot if whole else None,
+            error=None
+            if whole
+            else ProtocolError(f"HTTP {status} with a body over {ERROR_BODY_LIMIT} bytes"),
+            counts_for_cooldown=retry.is_retryable_status(status) or decision.too_long,
+        )
+        self._failed(model, outcome)
+        return outcome
+
     def _refused(
         self, exc: BadTranslation, attempt: Attempt, model: ModelConfig, request: ClientRequest
     ) -> Final:
@@ -435,7 +360,7 @@ class AttemptRunner:
         outcome: Outcome
         if isinstance(exc, TimeoutError):
             err: UpstreamError = UpstreamTimeout(
-                _timeout_message(phase, sent, self._clock()), phase=phase
+                timeout_message(phase, sent, self._clock()), phase=phase
             )
             outcome = Outcome(
                 Action.FALLBACK if retry.fallback_on_timeout else Action.RETRY,
@@ -535,59 +460,3 @@ class AttemptRunner:
                     labels.first_latency = labels.first_status = None
                 trail.append(event.step())
         self.telemetry.attempt(event)
-
-    def _error_body(self, status: int, encoding: str, body: bytes) -> str | None:
-        """The upstream's error body for the log, when `log.include_error_body` is on."""
-        if status < 400 or not self.config.log.include_error_body:
-            return None
-        lowered = encoding.lower()
-        if "gzip" in lowered or "deflate" in lowered:
-            # Inflate at most what is logged: a 1 MiB gzip of zeros is 1 GiB inflated.
-            try:
-                inflated = zlib.decompressobj(wbits=47).decompress(body, ERROR_LOG_LIMIT + 1)
-            except zlib.error:
-                return "(compressed body that could not be decompressed)"
-            if len(inflated) > ERROR_LOG_LIMIT:
-                shown = inflated[:ERROR_LOG_LIMIT].decode("utf-8", "replace")
-                return f"{shown}… (inflated further; {len(body)} bytes compressed)"
-            body = inflated
-        return _excerpt(body, ERROR_LOG_LIMIT)
-
-
-def _inflater(encoding: str) -> zlib._Decompress | bool | None:
-    """A decompressor for the peek: None when the body is not compressed, False when it is
-    compressed in a way the standard library cannot read."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return None
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        return zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
-    return False
-
-
-def _feed(
-    peeker: Peeker, inflate: zlib._Decompress | bool | None, chunk: bytes, *, end: bool = False
-) -> Commit | Failed | None:
-    """Feed the peek the plain bytes of `chunk` (None: no verdict yet)."""
-    if inflate is None or isinstance(inflate, bool):
-        return None if end else peeker.feed(chunk)
-    try:
-        data = inflate.flush() if end else inflate.decompress(chunk)
-    except zlib.error:
-        return Commit()  # cannot look inside: the client's own decoder will judge it
-    return peeker.feed(data) if data else None
-
-
-def _excerpt(body: bytes, limit: int) -> str:
-    text = body[:limit].decode("utf-8", "replace")
-    return text + f"… ({len(body)} bytes)" if len(body) > limit else text
-
-
-def _timeout_message(phase: str, sent: float, now: float) -> str:
-    waited = now - sent
-    what = {
-        "response": "no response",
-        "first_token": "no first token",
-        "body": "response body not complete",
-    }.get(phase, "no answer")
-    return f"{what} after {waited:.1f}s"
