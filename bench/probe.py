@@ -26,6 +26,22 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
         mean and spread of the pairs' means.  `--delay-ms MS`: each connection waits MS between
         requests, so both proxies are offered the same rate, below saturation.
 
+    python -m bench.probe toggle [--seconds 60] [--phase 0.5] [--runs 3] [--no-pin]
+                                 [--part all|sink|usage]
+        one proxy, journal on, whose journal is switched off and on in turns every PHASE
+        seconds while a `wrk -c16` loads it (`bench/toggled.py`): the process's CPU time
+        (the scheduler's, nanoseconds) a request in the phases on against the phases off
+        around them.  One process for both: no pair's memory layout or hash seed in the
+        ratio; what only a process with the journal disabled lacks (its modules, its
+        tick, the idle writer) is not in it (`onoff` has it).  A fresh process a run.
+        `--part`: switch only the journal's handler (`sink`) or only the usage read, the
+        session hash and the steps kept (`usage`); see `bench/toggled.py`.
+        The proxy runs alone on the second CPU, wrk and the upstream on the first
+        (`--no-pin`: wherever the kernel puts them): its core is busy all the time, so its
+        CPU a request is its speed.  That speed still moves by ±10-25 % from one
+        half-second to the next on this shared host, so a run needs minutes (each on phase
+        is compared with the off phases either side of it: a slow drift cancels).
+
 Both need the bench's upstream (started here) and, for `onoff`, wrk; `instructions` needs
 valgrind (`apt-get install -y valgrind`).
 """
@@ -34,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import statistics
@@ -207,11 +224,15 @@ def _runtime(pid: int) -> float:
     return total / 1e9
 
 
-def _wrk(work: Path, port: int, seconds: int, delay_ms: int = 0) -> subprocess.Popen[str]:
+def _wrk(
+    work: Path, port: int, seconds: int, delay_ms: int = 0, *, pin: bool = False
+) -> subprocess.Popen[str]:
     body = work / "body.json"
     body.write_bytes(BODY)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     argv = ["wrk", "-t1", "-c16", f"-d{seconds}s", "-s", str(HERE / "wrk.lua"), url]
+    if pin:
+        argv = ["taskset", "-c", "0", *argv]
     env = dict(os.environ, BENCH_BODY_FILE=str(body))
     if delay_ms:
         env["BENCH_DELAY_MS"] = str(delay_ms)
@@ -303,6 +324,67 @@ def _pair(
     return ratios
 
 
+def toggle(args: argparse.Namespace, work: Path, upstream: int) -> None:
+    runs = []
+    for n in range(args.runs):
+        out = work / f"phases-{n}.txt"
+        port = free_port()
+        config = work / "toggled.toml"
+        config.write_text(hydrallm_config(port, upstream, work / f"toggled-{n}.db"))
+        argv = [sys.executable, "-m", "bench.toggled", str(args.phase), str(out), args.part]
+        if args.pin:
+            argv = ["taskset", "-c", "1", *argv]
+        proc = subprocess.Popen(
+            [*argv, "-c", str(config)],
+            cwd=HERE.parent,
+            env=_env(args.src, seed=False),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(port, proc, timeout=120.0)
+            time.sleep(1.0)
+            _wrk(work, port, args.seconds, pin=args.pin).communicate()
+        finally:
+            _stop(proc)
+        ratio, pairs = _phases(out.read_text())
+        runs.append(ratio)
+        print(
+            f"run {n + 1}: CPU a request, journal on / off in the same process: {ratio:.4f} "
+            f"({len(pairs)} neighbouring phases on/off: mean {statistics.fmean(pairs):.4f}, "
+            f"sd {statistics.stdev(pairs):.4f}, standard error "
+            f"{statistics.stdev(pairs) / len(pairs) ** 0.5:.4f})"
+        )
+    if len(runs) > 1:
+        print(
+            f"over {len(runs)} runs: mean {statistics.fmean(runs):.4f}, sd "
+            f"{statistics.stdev(runs):.4f}; runs {', '.join(f'{r:.4f}' for r in runs)}"
+        )
+
+
+def _phases(text: str) -> tuple[float, list[float]]:
+    """From `toggled`'s lines (phase, on, CPU ns, requests so far), each phase's CPU a
+    request, of the phases under full load: the ratio of all on phases' to all off
+    phases', and each on phase's against the mean of the off phases beside it."""
+    rows = [tuple(int(v) for v in line.split()) for line in text.splitlines()]
+    phases = []
+    for before, after in itertools.pairwise(rows):
+        count = after[3] - before[3]
+        phases.append((after[1], (after[2] - before[2]) / count if count else 0.0, count))
+    usual = statistics.median(p[2] for p in phases if p[2])
+    full = [p for p in phases if p[2] > 0.7 * usual]
+    on = [p for p in full if p[0]]
+    off = [p for p in full if not p[0]]
+    ratio = (sum(p[1] * p[2] for p in on) / sum(p[2] for p in on)) / (
+        sum(p[1] * p[2] for p in off) / sum(p[2] for p in off)
+    )
+    pairs = []
+    for i in range(1, len(full) - 1):
+        if full[i][0] and not full[i - 1][0] and not full[i + 1][0]:
+            pairs.append(full[i][1] / ((full[i - 1][1] + full[i + 1][1]) / 2))
+    return ratio, pairs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.probe")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -326,7 +408,13 @@ def main() -> None:
     two.add_argument(
         "--pairs", type=int, default=1, help="fresh pairs, each with its own hash seeds"
     )
-    for p in (one, two):
+    three = sub.add_parser("toggle")
+    three.add_argument("--seconds", type=int, default=60)
+    three.add_argument("--phase", type=float, default=0.5, help="seconds a phase")
+    three.add_argument("--runs", type=int, default=3, help="fresh processes, one after another")
+    three.add_argument("--part", choices=("all", "sink", "usage"), default="all")
+    three.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU of its own")
+    for p in (one, two, three):
         p.add_argument("--src", type=Path, default=None, help="a copy of src/ to run instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hydrallm-probe-") as tmp:
@@ -339,7 +427,10 @@ def main() -> None:
         )
         try:
             wait_port(up_port, upstream)
-            (instructions if args.what == "instructions" else onoff)(args, work, up_port)
+            if getattr(args, "pin", False):
+                os.sched_setaffinity(upstream.pid, {0})
+            measure = {"instructions": instructions, "onoff": onoff, "toggle": toggle}
+            measure[args.what](args, work, up_port)
         finally:
             _stop(upstream)
 
