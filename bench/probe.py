@@ -27,7 +27,7 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
         requests, so both proxies are offered the same rate, below saturation.
 
     python -m bench.probe toggle [--seconds 60] [--phase 0.5] [--runs 3] [--no-pin]
-                                 [--part all|sink|usage]
+                                 [--part all|sink|usage|none]
         one proxy, journal on, whose journal is switched off and on in turns every PHASE
         seconds while a `wrk -c16` loads it (`bench/toggled.py`): the process's CPU time
         (the scheduler's, nanoseconds) a request in the phases on against the phases off
@@ -35,7 +35,8 @@ vs off, or a copy of `src/` with one part cut off).  See bench/RESULTS.md, seven
         ratio; what only a process with the journal disabled lacks (its modules, its
         tick, the idle writer) is not in it (`onoff` has it).  A fresh process a run.
         `--part`: switch only the journal's handler (`sink`) or only the usage read, the
-        session hash and the steps kept (`usage`); see `bench/toggled.py`.
+        session hash and the steps kept (`usage`), or nothing (`none`: a calibration); see
+        `bench/toggled.py`.
         The proxy runs alone on the second CPU, wrk and the upstream on the first
         (`--no-pin`: wherever the kernel puts them): its core is busy all the time, so its
         CPU a request is its speed.  That speed still moves by ±10-25 % from one
@@ -412,7 +413,7 @@ def main() -> None:
     three.add_argument("--seconds", type=int, default=60)
     three.add_argument("--phase", type=float, default=0.5, help="seconds a phase")
     three.add_argument("--runs", type=int, default=3, help="fresh processes, one after another")
-    three.add_argument("--part", choices=("all", "sink", "usage"), default="all")
+    three.add_argument("--part", choices=("all", "sink", "usage", "none"), default="all")
     three.add_argument("--no-pin", dest="pin", action="store_false", help="no CPU of its own")
     for p in (one, two, three):
         p.add_argument("--src", type=Path, default=None, help="a copy of src/ to run instead")

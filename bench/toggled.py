@@ -12,9 +12,10 @@ session hashed, no steps kept (`Telemetry.wants_usage` off, its journal handler 
 What a disabled journal would not have at all (its modules imported, its one-second tick,
 an idle writer process) stays in both phases: those are measured by `probe onoff`.
 PART says what is switched: `all` (the above), `sink` (only the journal's handler called
-or not; the usage read and the steps kept in both phases) or `usage` (only
+or not; the usage read and the steps kept in both phases), `usage` (only
 `wants_usage`: the usage read, the session hashed, the steps kept; the handler called in
-both).
+both), or `none` (nothing: the phases differ only by their names; a calibration, which
+should read 1.000).
 """
 
 from __future__ import annotations
@@ -52,16 +53,15 @@ def _patch(phase_s: float, out: str, part: str) -> None:
                 state["metrics"] = next(s for s in telemetry.sinks if isinstance(s, MetricsSink))
                 state["handlers"] = list(telemetry._plain)
             telemetry, on = state["telemetry"], state["on"]
-            if on:
-                sink.flush()
+            sink.flush()  # (nothing queued after a phase whose handler was off)
             cpu = time.clock_gettime_ns(time.CLOCK_PROCESS_CPUTIME_ID)
             served = sum(state["metrics"].requests.values())
             log.write(f"{state['n']} {int(on)} {cpu} {served}\n")
             state["on"] = on = not on
             state["n"] += 1
-            if part != "sink":
+            if part in ("all", "usage"):
                 telemetry.wants_usage = on
-            if part != "usage":
+            if part in ("all", "sink"):
                 telemetry._plain = state["handlers"] if on else []
             loop.call_later(phase_s, switch)
 
@@ -73,8 +73,8 @@ def _patch(phase_s: float, out: str, part: str) -> None:
 
 def main() -> None:
     phase_s, out, part = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-    if part not in ("all", "sink", "usage"):
-        raise SystemExit(f"PART is all, sink or usage, not {part!r}")
+    if part not in ("all", "sink", "usage", "none"):
+        raise SystemExit(f"PART is all, sink, usage or none, not {part!r}")
     _patch(phase_s, out, part)
     run(["serve", *sys.argv[4:]])
 
