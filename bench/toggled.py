@@ -68,7 +68,7 @@ def _patch(phase_s: float, out: str, part: str) -> None:
         loop.call_later(phase_s, switch)
 
     events.Telemetry.__init__ = init  # type: ignore[method-assign]
-    journal.JournalSink.start = start  # type: ignore[method-assign]
+    journal.JournalSink.start = start  # type: ignore[method-assign,assignment]
 
 
 def main() -> None:
