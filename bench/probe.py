@@ -350,11 +350,13 @@ def toggle(args: argparse.Namespace, work: Path, upstream: int) -> None:
             _stop(proc)
         ratio, pairs = _phases(out.read_text())
         runs.append(ratio)
+        if len(pairs) < 2:
+            raise SystemExit(f"{len(pairs)} on phase(s) under full load: use longer --seconds")
+        sd = statistics.stdev(pairs)
         print(
             f"run {n + 1}: CPU a request, journal on / off in the same process: {ratio:.4f} "
             f"({len(pairs)} neighbouring phases on/off: mean {statistics.fmean(pairs):.4f}, "
-            f"sd {statistics.stdev(pairs):.4f}, standard error "
-            f"{statistics.stdev(pairs) / len(pairs) ** 0.5:.4f})"
+            f"sd {sd:.4f}, standard error {sd / len(pairs) ** 0.5:.4f})"
         )
     if len(runs) > 1:
         print(
